@@ -1,0 +1,80 @@
+"""mlpipe: typed Python functions as ML pipelines, run locally or on Kubeflow, Vertex AI and SageMaker.
+
+This module is the facade. It imports only the step and pipeline definitions
+(which need nothing heavy); everything else is loaded on first attribute
+access, so ``import mlpipe`` stays fast and never imports pandas, pyarrow,
+kfp, sagemaker, google-cloud-aiplatform or mlflow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+from mlpipe.errors import MlpipeError
+from mlpipe.pipeline import Pipeline, pipeline
+from mlpipe.step import Resources, Step, step
+
+if TYPE_CHECKING:
+    from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
+    from mlpipe.config import Profile
+    from mlpipe.ir import PipelineIR
+    from mlpipe.materializers import Materializer, register_materializer
+    from mlpipe.run import Run, StepRun, get_run, runs
+    from mlpipe.store import ArtifactStore
+
+__all__ = [
+    "ArtifactStore",
+    "Backend",
+    "BackendOptions",
+    "Capabilities",
+    "Materializer",
+    "MlpipeError",
+    "Pipeline",
+    "PipelineIR",
+    "Profile",
+    "Resources",
+    "Run",
+    "RunHandle",
+    "RunStatus",
+    "Step",
+    "StepRun",
+    "__version__",
+    "get_run",
+    "pipeline",
+    "register_materializer",
+    "runs",
+    "step",
+]
+
+_LAZY = {
+    "ArtifactStore": "mlpipe.store",
+    "Backend": "mlpipe.backend",
+    "BackendOptions": "mlpipe.backend",
+    "Capabilities": "mlpipe.backend",
+    "Materializer": "mlpipe.materializers",
+    "PipelineIR": "mlpipe.ir",
+    "Profile": "mlpipe.config",
+    "Run": "mlpipe.run",
+    "RunHandle": "mlpipe.backend",
+    "RunStatus": "mlpipe.backend",
+    "StepRun": "mlpipe.run",
+    "get_run": "mlpipe.run",
+    "register_materializer": "mlpipe.materializers",
+    "runs": "mlpipe.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mlpipe' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

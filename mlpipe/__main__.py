@@ -1,0 +1,5 @@
+"""``python -m mlpipe`` runs the CLI."""
+
+from mlpipe.cli import main
+
+main()

@@ -1,0 +1,196 @@
+"""Cache keys, cache entries, and the explanation of hits and misses.
+
+The cache key of a step call is the SHA-256 of its *components*:
+
+- ``code``: the step's code fingerprint (see :mod:`mlpipe.fingerprint`);
+- ``inputs``: per argument, the content hash of the upstream artifact, or the
+  canonical JSON of a parameter or constant;
+- ``outputs``: the output names and annotations;
+- ``materializers``: the name and version of each output's materializer;
+- ``version``: the step's manual salt.
+
+Because artifact inputs enter by content hash, an upstream step that re-runs
+and produces identical bytes leaves downstream keys unchanged (early cutoff).
+
+Entries live in the store at ``cache/<key[:2]>/<key>.json``, so every process,
+machine and backend sharing a store shares the cache. An entry is only served
+when every object it names still exists.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from mlpipe.hashing import canonical_json, digest_json
+from mlpipe.ir import StepSpec
+from mlpipe.materializers import registry_signature
+from mlpipe.store import ArtifactStore
+
+__all__ = ["CacheEntry", "Difference", "cache_key", "diff_components", "lookup", "write_entry"]
+
+
+def entry_path(key: str) -> str:
+    return f"cache/{key[:2]}/{key}.json"
+
+
+def param_input(value: Any) -> dict[str, Any]:
+    return {"kind": "value", "value": value}
+
+
+def artifact_input(digest: str, step: str, output: str) -> dict[str, Any]:
+    return {"kind": "artifact", "digest": digest, "step": step, "output": output}
+
+
+def components_for(spec: StepSpec, inputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Everything that determines a step's outputs, in a form ``explain`` can diff."""
+    outputs = [[o.name, o.type] for o in spec.outputs]
+    materializers = [o.materializer for o in spec.outputs]
+    if any(m == "auto" for m in materializers):
+        materializers.append(registry_signature())
+    return {
+        "code": spec.fingerprint,
+        "code_manifest": spec.code_manifest,
+        "inputs": inputs,
+        "outputs": outputs,
+        "materializers": materializers,
+        "version": spec.version,
+    }
+
+
+def cache_key(components: dict[str, Any]) -> str:
+    """The key: a hash of the components (the manifest is already inside the code digest)."""
+    keyed = {
+        "code": components["code"],
+        "inputs": {
+            name: (inp["digest"] if inp["kind"] == "artifact" else canonical_json(inp["value"]))
+            for name, inp in components["inputs"].items()
+        },
+        "outputs": components["outputs"],
+        "materializers": components["materializers"],
+        "version": components["version"],
+    }
+    return digest_json(keyed)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    key: str
+    pipeline: str
+    step: str
+    run_id: str
+    created: float
+    outputs: dict[str, dict[str, Any]]
+    components: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CacheEntry:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+
+
+def lookup(store: ArtifactStore, key: str) -> CacheEntry | None:
+    """The entry for ``key`` if it exists and all its objects are still in the store."""
+    path = entry_path(key)
+    try:
+        entry = CacheEntry.from_dict(store.get_json(path))
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+    for info in entry.outputs.values():
+        if not store.exists(info["digest"]):
+            return None
+    return entry
+
+
+def write_entry(
+    store: ArtifactStore,
+    key: str,
+    pipeline: str,
+    step: str,
+    run_id: str,
+    outputs: dict[str, dict[str, Any]],
+    components: dict[str, Any],
+) -> CacheEntry:
+    entry = CacheEntry(key, pipeline, step, run_id, time.time(), outputs, components)
+    store.put_json(entry_path(key), entry.to_dict())
+    return entry
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One component that differs between a step call and an earlier cache entry."""
+
+    component: str  # "code", "constant", "input", "parameter", "outputs", "materializers", "version"
+    name: str
+    old: Any
+    new: Any
+    detail: str
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+def _short(value: Any) -> str:
+    text = canonical_json(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def diff_components(old: dict[str, Any], new: dict[str, Any]) -> list[Difference]:
+    """What differs between two sets of components, most specific first."""
+    diffs: list[Difference] = []
+    if old.get("code") != new.get("code"):
+        om, nm = old.get("code_manifest", {}), new.get("code_manifest", {})
+        found = False
+        for label in sorted(set(om) | set(nm)):
+            kind, _, name = label.partition(" ")
+            if label not in om:
+                diffs.append(Difference("code", name, None, nm[label], f"{kind} {name} is new (now reached by the step)"))
+            elif label not in nm:
+                diffs.append(Difference("code", name, om[label], None, f"{kind} {name} is no longer reached"))
+            elif om[label] != nm[label]:
+                diffs.append(Difference("code", name, om[label], nm[label], f"{kind} {name} changed"))
+            else:
+                continue
+            found = True
+        if not found:
+            diffs.append(Difference("code", "", old.get("code"), new.get("code"), "code changed"))
+    oi, ni = old.get("inputs", {}), new.get("inputs", {})
+    for name in sorted(set(oi) | set(ni)):
+        a, b = oi.get(name), ni.get(name)
+        if a == b:
+            continue
+        if a is None or b is None:
+            detail = f"argument {name!r} {'added' if a is None else 'removed'}"
+            diffs.append(Difference("input", name, a, b, detail))
+        elif a["kind"] == "artifact" and b["kind"] == "artifact":
+            if a["digest"] == b["digest"]:
+                continue
+            diffs.append(
+                Difference(
+                    "input",
+                    name,
+                    a["digest"],
+                    b["digest"],
+                    f"input {name!r} from step {b['step']!r} changed: {a['digest'][:12]}… → {b['digest'][:12]}…",
+                )
+            )
+        elif a["kind"] == "value" and b["kind"] == "value":
+            diffs.append(
+                Difference("parameter", name, a["value"], b["value"],
+                           f"parameter {name!r}: {_short(a['value'])} → {_short(b['value'])}")
+            )
+        else:
+            diffs.append(Difference("input", name, a, b, f"argument {name!r} changed source"))
+    if old.get("outputs") != new.get("outputs"):
+        diffs.append(Difference("outputs", "", old.get("outputs"), new.get("outputs"),
+                                f"output signature: {old.get('outputs')} → {new.get('outputs')}"))
+    if old.get("materializers") != new.get("materializers"):
+        diffs.append(Difference("materializers", "", old.get("materializers"), new.get("materializers"),
+                                f"materializers: {old.get('materializers')} → {new.get('materializers')}"))
+    if old.get("version") != new.get("version"):
+        diffs.append(Difference("version", "", old.get("version"), new.get("version"),
+                                f"version salt: {old.get('version')!r} → {new.get('version')!r}"))
+    return diffs

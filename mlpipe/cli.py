@@ -1,0 +1,431 @@
+"""The ``mlpipe`` command line (typer + rich; plain text when not on a terminal).
+
+Exit codes: 0 success, 1 pipeline failed, 2 usage or validation error. Errors
+are printed to stderr as one paragraph; ``--debug`` adds the traceback.
+Each command is a thin layer over the Python API: nothing here that a user
+could not do from Python.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from mlpipe.errors import DefinitionError, MlpipeError
+from mlpipe.pipeline import Pipeline
+
+app = typer.Typer(
+    name="mlpipe",
+    help="Typed Python functions as ML pipelines: run locally, compile to Kubeflow, Vertex AI and SageMaker.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+runs_app = typer.Typer(help="Inspect recorded runs.", no_args_is_help=True)
+cache_app = typer.Typer(help="Explain and clean the cache.", no_args_is_help=True)
+artifacts_app = typer.Typer(help="Inspect stored artifacts and their lineage.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+app.add_typer(cache_app, name="cache")
+app.add_typer(artifacts_app, name="artifacts")
+
+_state = {"debug": False}
+
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile from mlpipe.toml (default: MLPIPE_PROFILE or the file's default).")]
+ParamOpt = Annotated[list[str] | None, typer.Option("-p", "--param", help="Pipeline parameter as key=value (repeatable).")]
+
+
+def _is_tty() -> bool:
+    return sys.stderr.isatty() and os.environ.get("TERM") != "dumb"
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    tty = (sys.stderr if stderr else sys.stdout).isatty()
+    return Console(stderr=stderr, highlight=False, width=None if tty else 200)
+
+
+def _fail(exc: BaseException, code: int | None = None) -> NoReturn:
+    if _state["debug"]:
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    message = str(exc) if isinstance(exc, MlpipeError) else f"{type(exc).__name__}: {exc}"
+    print(f"error: {message}", file=sys.stderr)
+    raise typer.Exit(code if code is not None else getattr(exc, "exit_code", 1))
+
+
+def load_pipeline(target: str) -> Pipeline:
+    """Import ``FILE.py:PIPELINE`` (or ``package.module:PIPELINE``) and return the pipeline."""
+    path, sep, attr = target.rpartition(":")
+    if not sep or not path or not attr:
+        raise DefinitionError(f"expected FILE.py:PIPELINE, got {target!r} (for example pipeline.py:training)")
+    if path.endswith(".py") or os.sep in path or "/" in path:
+        file = Path(path).resolve()
+        if not file.is_file():
+            raise DefinitionError(f"pipeline file {path!r} does not exist (looked in {file.parent})")
+        module_name, root = _module_name(file)
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+    else:
+        module_name = path
+        if os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise DefinitionError(f"cannot import {module_name!r} from {target!r}: {exc}") from exc
+    obj = getattr(module, attr, None)
+    if obj is None:
+        found = sorted(name for name, value in vars(module).items() if isinstance(value, Pipeline))
+        raise DefinitionError(
+            f"{path} has no attribute {attr!r}; pipelines defined there: {', '.join(found) or '(none)'}"
+        )
+    if not isinstance(obj, Pipeline):
+        raise DefinitionError(f"{path}:{attr} is a {type(obj).__name__}, not a pipeline; decorate it with @mp.pipeline")
+    return obj
+
+
+def _module_name(file: Path) -> tuple[str, Path]:
+    """Dotted module name of a file and the directory to put on sys.path for it."""
+    parts = [file.stem]
+    directory = file.parent
+    while (directory / "__init__.py").is_file():
+        parts.insert(0, directory.name)
+        directory = directory.parent
+    return ".".join(parts), directory
+
+
+def parse_params(pipe: Pipeline, items: list[str] | None) -> dict[str, Any]:
+    from mlpipe.errors import ParameterError
+    from mlpipe.typecheck import parse_cli_value
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ParameterError(f"-p expects key=value, got {item!r}")
+        if key not in pipe.params:
+            raise ParameterError(
+                f"pipeline {pipe.name!r} has no parameter {key!r}; its parameters are: {', '.join(pipe.params) or '(none)'}",
+                pipeline=pipe.name,
+                argument=key,
+            )
+        out[key] = parse_cli_value(pipe.params[key].annotation, raw)
+    return out
+
+
+@app.callback()
+def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+    _state["debug"] = debug or bool(os.environ.get("MLPIPE_DEBUG"))
+
+
+@app.command()
+def run(
+    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE")],
+    param: ParamOpt = None,
+    profile: ProfileOpt = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every step.")] = False,
+) -> None:
+    """Run a pipeline and wait for it (exit 1 if it fails)."""
+    from mlpipe.progress import REPORTER, PlainReporter, RichReporter
+
+    try:
+        pipe = load_pipeline(target)
+        params = parse_params(pipe, param)
+        token = REPORTER.set(RichReporter() if _is_tty() else PlainReporter())
+        try:
+            result = pipe.run(profile=profile, cache=not no_cache, **params)
+        finally:
+            REPORTER.reset(token)
+    except MlpipeError as exc:
+        _fail(exc)
+    if result.status != "succeeded":
+        for step in result.steps.values():
+            if step.status == "failed":
+                print(f"\nstep {step.name!r} failed:", file=sys.stderr)
+                print((step.traceback or step.error or "").rstrip(), file=sys.stderr)
+        skipped = [s.name for s in result.steps.values() if s.status == "skipped"]
+        if skipped:
+            print(f"skipped because of the failure: {', '.join(skipped)}", file=sys.stderr)
+        raise typer.Exit(1)
+    for step_name, output in result.outputs_ref:
+        try:
+            value = result.output(step_name, output)
+        except MlpipeError as exc:
+            _fail(exc)
+        text = repr(value)
+        print(f"{step_name}.{output} = {text if len(text) < 400 else text[:397] + '...'}")
+
+
+@app.command("compile")
+def compile_cmd(
+    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE")],
+    output: Annotated[str, typer.Option("-o", "--output", help="File to write.")],
+    backend: Annotated[str | None, typer.Option("--backend", help="Backend name (kubeflow, vertex, sagemaker).")] = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Compile a pipeline for a backend and write it to a file."""
+    try:
+        pipe = load_pipeline(target)
+        if backend is None and profile is None:
+            raise DefinitionError("compile needs --backend B or --profile P")
+        if backend is None:
+            from mlpipe.config import load_profile
+
+            backend = load_profile(profile).backend
+        path = pipe.compile(backend, output, profile=profile)
+    except MlpipeError as exc:
+        _fail(exc)
+    print(f"wrote {path}")
+
+
+@app.command()
+def submit(
+    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE")],
+    profile: ProfileOpt = None,
+    param: ParamOpt = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the run to its end; exit 1 if it fails.")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every step.")] = False,
+) -> None:
+    """Submit a pipeline to the profile's backend."""
+    from mlpipe.launch import resolve
+
+    try:
+        pipe = load_pipeline(target)
+        params = parse_params(pipe, param)
+        handle = pipe.submit(profile=profile, cache=not no_cache, **params)
+        print(f"submitted run {handle.run_id} to {handle.backend}" + (f": {handle.url}" if handle.url else ""))
+        if not wait:
+            return
+        _prof, backend, _store = resolve(profile, handle.backend)
+        last = ""
+        status = backend.status(handle)
+        while not status.done:
+            if status.state != last:
+                print(f"  {status.state}", file=sys.stderr)
+                last = status.state
+            time.sleep(2.0)
+            status = backend.status(handle)
+    except MlpipeError as exc:
+        _fail(exc)
+    print(f"run {handle.run_id} {status.state}" + (f": {status.message}" if status.message else ""))
+    if status.state != "succeeded":
+        raise typer.Exit(1)
+
+
+@app.command()
+def graph(
+    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE")],
+    fmt: Annotated[str, typer.Option("--format", help="mermaid, dot or html")] = "mermaid",
+    output: Annotated[str | None, typer.Option("-o", "--output", help="Write to a file instead of stdout.")] = None,
+) -> None:
+    """Print the pipeline's graph as Mermaid, DOT or a self-contained HTML page."""
+    from mlpipe.graph import render
+
+    try:
+        text = render(load_pipeline(target).ir, fmt)
+    except MlpipeError as exc:
+        _fail(exc)
+    if output:
+        Path(output).write_text(text)
+        print(f"wrote {output}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def backends() -> None:
+    """List installed backends (from the mlpipe.backends entry point group)."""
+    from mlpipe.backend import available_backends
+
+    for name, source in available_backends().items():
+        print(f"{name:<12} {source}")
+
+
+def _store(profile: str | None) -> Any:
+    from mlpipe.config import load_profile
+    from mlpipe.store import open_store
+
+    prof = load_profile(profile)
+    return open_store(prof.store, prof.storage_options)
+
+
+def _fmt_size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _fmt_time(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+@runs_app.command("list")
+def runs_list(
+    profile: ProfileOpt = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+    pipeline: Annotated[str | None, typer.Option("--pipeline")] = None,
+) -> None:
+    """Recent runs, newest first."""
+    from rich.table import Table
+
+    from mlpipe.run import runs as list_runs
+
+    try:
+        found = list_runs(_store(profile), limit=limit, pipeline=pipeline)
+    except MlpipeError as exc:
+        _fail(exc)
+    table = Table("run", "pipeline", "status", "steps", "cached", "started", "duration", box=None)
+    for r in found:
+        cached = sum(1 for s in r.steps.values() if s.cached)
+        table.add_row(r.id, r.pipeline, r.status, str(len(r.steps)), str(cached), _fmt_time(r.started),
+                      f"{r.duration:.2f} s" if r.ended else "-")
+    _console().print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")], profile: ProfileOpt = None) -> None:
+    """A run's steps: status, cache hits, durations, artifact addresses and sizes."""
+    from rich.table import Table
+
+    from mlpipe.run import get_run
+
+    try:
+        store = _store(profile)
+        r = get_run(run_id, store)
+        _refresh_remote(store, r)
+        r = get_run(r.id, store)
+    except MlpipeError as exc:
+        _fail(exc)
+    console = _console()
+    console.print(f"run {r.id}  pipeline {r.pipeline}  backend {r.backend}  status {r.status}")
+    console.print(f"started {_fmt_time(r.started)}  duration {r.duration:.2f} s  params {r.params}")
+    handle = r.doc.get("handle")
+    if handle and handle.get("external_id"):
+        console.print(f"{handle['backend']} id {handle['external_id']}" + (f"  {handle['url']}" if handle.get("url") else ""))
+    table = Table("step", "status", "cached", "duration", "output", "address", "size", "type", box=None)
+    for s in r.steps.values():
+        first = True
+        for name, info in (s.outputs or {}).items():
+            table.add_row(s.name if first else "", s.status if first else "", ("yes" if s.cached else "no") if first else "",
+                          f"{s.duration * 1000:.0f} ms" if first else "", name, info.digest[:16], _fmt_size(info.size),
+                          info.type.split(":")[-1])
+            first = False
+        if first:
+            table.add_row(s.name, s.status, "yes" if s.cached else "no", f"{s.duration * 1000:.0f} ms", "-", "-", "-",
+                          (s.error or "")[:60])
+    console.print(table)
+    for s in r.steps.values():
+        for key, value in (s.record.get("reports") or {}).items():
+            console.print(f"report {s.name}.{key}: {value}")
+
+
+def _refresh_remote(store: Any, run: Any) -> None:
+    """For a run submitted to a remote backend, ask the backend for its state and sync its records."""
+    handle = run.doc.get("handle")
+    if not handle or handle.get("backend") == "local" or run.status in ("succeeded", "failed", "cancelled"):
+        return
+    from mlpipe.backend import RunHandle, get_backend
+    from mlpipe.metadata import open_index
+
+    h = RunHandle.model_validate(handle)
+    try:
+        status = get_backend(h.backend).status(h)
+    except MlpipeError as exc:
+        print(f"note: could not reach {h.backend} for the run's state: {exc}", file=sys.stderr)
+        return
+    doc = dict(run.doc)
+    doc["status"] = status.state
+    if status.done and not doc.get("ended"):
+        doc["ended"] = time.time()
+    store.put_json(f"runs/{run.id}/run.json", doc)
+    open_index(store).sync_run(store, run.id)
+
+
+@cache_app.command("explain")
+def cache_explain(
+    run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
+    step: Annotated[str, typer.Argument(help="Step name.")],
+    profile: ProfileOpt = None,
+) -> None:
+    """Why a step ran or was served from the cache."""
+    from mlpipe.explain import explain
+
+    try:
+        text = explain(_store(profile), run_id, step)
+    except MlpipeError as exc:
+        _fail(exc)
+    print(text)
+
+
+@cache_app.command("gc")
+def cache_gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed, with sizes.")] = False,
+    keep_runs: Annotated[int | None, typer.Option("--keep-runs", help="Keep only the N most recent runs (and their cache entries).")] = None,
+    profile: ProfileOpt = None,
+) -> None:
+    """Remove objects unreachable from kept runs and cache entries."""
+    from mlpipe.gc import collect
+
+    try:
+        report = collect(_store(profile), keep_runs=keep_runs, dry_run=dry_run)
+    except MlpipeError as exc:
+        _fail(exc)
+    verb = "would remove" if dry_run else "removed"
+    for rel, size in report.items:
+        print(f"{verb} {rel} ({_fmt_size(size)})")
+    print(f"{verb} {len(report.items)} files, {_fmt_size(report.bytes)}; kept {report.kept_objects} objects")
+
+
+@artifacts_app.command("show")
+def artifacts_show(address: Annotated[str, typer.Argument(help="Artifact digest (a unique prefix is enough).")], profile: ProfileOpt = None) -> None:
+    """What produced an artifact and what consumed it."""
+    from mlpipe.explain import describe_artifact
+
+    try:
+        text = describe_artifact(_store(profile), address)
+    except MlpipeError as exc:
+        _fail(exc)
+    print(text)
+
+
+@app.command()
+def index(
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Recreate the SQLite index from the store.")] = True,
+    profile: ProfileOpt = None,
+) -> None:
+    """Rebuild the metadata index (metadata.db) from the store's records."""
+    from mlpipe.metadata import open_index
+
+    try:
+        store = _store(profile)
+        runs_count, entries = open_index(store).rebuild(store)
+    except MlpipeError as exc:
+        _fail(exc)
+    print(f"indexed {runs_count} runs and {entries} cache entries from {store.url}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""Executing one step call: the part every backend shares.
+
+Given a step's spec, its function, the run's parameters and the objects its
+upstream steps produced, :class:`StepExecutor` computes the cache key, serves
+a hit when the entry and its objects exist, and otherwise loads the inputs
+(verifying their hashes), calls the function with retries and a timeout,
+validates the outputs against the annotation, stores them, writes the cache
+entry, and records the step in the store and the index. The local backend
+calls it in threads; ``python -m mlpipe.runtime`` calls it in a container.
+Scheduling does not live here.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import threading
+import time
+import traceback
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlpipe.cache import artifact_input, cache_key, components_for, lookup, param_input, write_entry
+from mlpipe.errors import CorruptObjectError, MlpipeError, OutputTypeError, StepFailedError
+from mlpipe.ir import StepSpec
+from mlpipe.metadata import Index
+from mlpipe.store import ArtifactStore, ObjectInfo
+from mlpipe.typecheck import type_name, validate
+
+__all__ = ["StepExecutor", "StepOutcome", "UpstreamCorrupted"]
+
+_IMMUTABLE = (int, float, str, bytes, bool, type(None), frozenset)
+
+
+@dataclass
+class StepOutcome:
+    """What happened to one step call."""
+
+    name: str
+    status: str  # "succeeded" | "failed" | "skipped"
+    cached: bool = False
+    key: str | None = None
+    outputs: dict[str, ObjectInfo] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0
+    ended: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+    traceback: str | None = None
+    source_run: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+
+class UpstreamCorrupted(Exception):
+    """An input object failed verification; the producing step must be recomputed."""
+
+    def __init__(self, step: str, output: str, digest: str) -> None:
+        super().__init__(f"output {output!r} of step {step!r} ({digest[:12]}…) is corrupted")
+        self.step, self.output, self.digest = step, output, digest
+
+
+def is_immutable(value: Any) -> bool:
+    if isinstance(value, _IMMUTABLE):
+        return True
+    if type(value) is tuple:
+        return all(is_immutable(v) for v in value)
+    return False
+
+
+@functools.lru_cache(maxsize=None)
+def _package_versions(packages: frozenset[str]) -> dict[str, str]:
+    mapping = importlib.metadata.packages_distributions()
+    out: dict[str, str] = {}
+    for top in sorted(packages):
+        for dist in mapping.get(top, [])[:1]:
+            try:
+                out[top] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return out
+
+
+_hint_cache: dict[Any, dict[str, Any]] = {}
+
+
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    try:
+        return _hint_cache[fn]
+    except KeyError:
+        hints = _hint_cache[fn] = typing.get_type_hints(fn)
+        return hints
+
+
+def _retry_delay(attempt: int) -> float:
+    import os
+
+    base = float(os.environ.get("MLPIPE_RETRY_BACKOFF", "1.0"))
+    return float(min(base * (2 ** (attempt - 1)), 60.0))
+
+
+class StepExecutor:
+    """Runs step calls of one pipeline run against one store.
+
+    Args:
+        store: The artifact store.
+        index: The metadata index to record into (None: store records only).
+        run_id: The run this step belongs to.
+        pipeline: The pipeline's name.
+        use_cache: False recomputes every step (entries are still written).
+    """
+
+    def __init__(
+        self, store: ArtifactStore, index: Index | None, run_id: str, pipeline: str, use_cache: bool = True
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.run_id = run_id
+        self.pipeline = pipeline
+        self.use_cache = use_cache
+
+    def execute(
+        self,
+        spec: StepSpec,
+        fn: Callable[..., Any],
+        params: Mapping[str, Any],
+        upstream: Mapping[tuple[str, str], ObjectInfo],
+        memory: Mapping[str, Any] | None = None,
+        force: bool = False,
+        packages: frozenset[str] = frozenset(),
+    ) -> StepOutcome:
+        """Run (or serve from the cache) one step call and record it.
+
+        ``upstream`` maps ``(step, output)`` to the stored object; ``memory``
+        maps digests to values already in this process (immutable values only).
+        ``force`` recomputes even when an entry exists (used to repair).
+
+        Raises:
+            UpstreamCorrupted: an input failed verification (the caller repairs).
+        """
+        outcome = StepOutcome(spec.name, "running", started=time.time())
+        hints = _hints(fn)
+        inputs_fp: dict[str, dict[str, Any]] = {}
+        values: dict[str, Any] = {}
+        pending: dict[str, tuple[InputRef, ObjectInfo]] = {}
+        for inp in spec.inputs:
+            annotation = hints.get(inp.name, Any)
+            if inp.source == "step":
+                assert inp.step is not None and inp.output is not None
+                info = upstream[(inp.step, inp.output)]
+                inputs_fp[inp.name] = artifact_input(info.digest, inp.step, inp.output)
+                pending[inp.name] = ((inp.step, inp.output), info)
+            else:
+                raw = params[inp.param] if inp.source == "param" else inp.value  # type: ignore[index]
+                inputs_fp[inp.name] = param_input(raw)
+                values[inp.name] = validate(annotation, raw)
+        components = components_for(spec, inputs_fp)
+        key = outcome.key = cache_key(components)
+
+        if self.use_cache and spec.cache and not force:
+            entry = lookup(self.store, key)
+            if entry is not None:
+                outcome.status, outcome.cached, outcome.source_run = "succeeded", True, entry.run_id
+                outcome.outputs = {n: ObjectInfo(**i) for n, i in entry.outputs.items()}
+                outcome.ended = time.time()
+                self._record(spec, outcome, components, packages, new_entry=None)
+                return outcome
+
+        for name, ((up_step, up_output), info) in pending.items():
+            if memory is not None and info.digest in memory:
+                values[name] = memory[info.digest]
+                continue
+            try:
+                values[name] = self.store.get_value(info.digest, hints.get(name, Any))
+            except CorruptObjectError:
+                raise UpstreamCorrupted(up_step, up_output, info.digest) from None
+
+        try:
+            result, outcome.attempts = self._call(spec, fn, values)
+            produced = self._split_outputs(spec, result, hints.get("return", Any))
+            for out in spec.outputs:
+                info = self.store.put_value(produced[out.name])
+                outcome.outputs[out.name] = info
+                if is_immutable(produced[out.name]):
+                    outcome.values[info.digest] = produced[out.name]
+        except MlpipeError as exc:
+            return self._fail(spec, outcome, components, packages, exc, with_traceback=False)
+        except Exception as exc:  # the user's code may raise anything
+            return self._fail(spec, outcome, components, packages, exc, with_traceback=True)
+        outcome.status = "succeeded"
+        outcome.ended = time.time()
+        entry = write_entry(
+            self.store, key, self.pipeline, spec.name, self.run_id,
+            {n: i.to_dict() for n, i in outcome.outputs.items()}, components,
+        )
+        self._record(spec, outcome, components, packages, new_entry=entry.to_dict())
+        return outcome
+
+    def _call(self, spec: StepSpec, fn: Callable[..., Any], values: dict[str, Any]) -> tuple[Any, int]:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._call_once(spec, fn, values), attempt
+            except Exception:
+                if attempt > spec.retries:
+                    raise
+                time.sleep(_retry_delay(attempt))
+
+    def _call_once(self, spec: StepSpec, fn: Callable[..., Any], values: dict[str, Any]) -> Any:
+        if spec.timeout is None:
+            return fn(**values)
+        box: dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["result"] = fn(**values)
+            except BaseException as exc:  # carried to the caller's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=target, name=f"mlpipe-step-{spec.name}", daemon=True)
+        worker.start()
+        worker.join(spec.timeout)
+        if worker.is_alive():
+            raise StepFailedError(
+                f"step {spec.name!r} timed out after {spec.timeout:g} s (its thread is abandoned, not killed); "
+                "raise the step's timeout= or make it faster",
+                step=spec.name,
+            )
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
+    def _split_outputs(self, spec: StepSpec, result: Any, annotation: Any) -> dict[str, Any]:
+        where = f"pipeline {self.pipeline!r}, step {spec.name!r}"
+        outs = spec.outputs
+        if not outs:
+            return {}
+        if len(outs) == 1 and not spec.namedtuple:
+            values = {outs[0].name: result}
+        else:
+            if not isinstance(result, tuple) or len(result) != len(outs):
+                got = f"{type_name(type(result))} of length {len(result)}" if isinstance(result, tuple) else type_name(type(result))
+                raise OutputTypeError(
+                    f"{where}: expected a tuple of {len(outs)} outputs ({', '.join(o.name for o in outs)}), got {got}",
+                    pipeline=self.pipeline,
+                    step=spec.name,
+                )
+            values = {o.name: v for o, v in zip(outs, result, strict=True)}
+        hints = _output_annotations(annotation, [o.name for o in outs])
+        for name, value in values.items():
+            expected = hints.get(name, Any)
+            try:
+                validate(expected, value, strict=True)
+            except ValueError as exc:
+                label = "output" if name == "output" else f"output {name!r}"
+                raise OutputTypeError(
+                    f"{where}: {label} expected {type_name(expected)}, got {type_name(type(value))} "
+                    f"({_preview(value)}): {exc}",
+                    pipeline=self.pipeline,
+                    step=spec.name,
+                    argument=name,
+                    expected=type_name(expected),
+                    actual=type_name(type(value)),
+                ) from None
+        return values
+
+    def _fail(
+        self,
+        spec: StepSpec,
+        outcome: StepOutcome,
+        components: dict[str, Any],
+        packages: frozenset[str],
+        exc: BaseException,
+        with_traceback: bool,
+    ) -> StepOutcome:
+        outcome.status = "failed"
+        outcome.ended = time.time()
+        outcome.outputs = {}
+        outcome.error = f"{type(exc).__name__}: {exc}" if with_traceback else str(exc)
+        if with_traceback:
+            outcome.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        self._record(spec, outcome, components, packages, new_entry=None)
+        return outcome
+
+    def _record(
+        self,
+        spec: StepSpec,
+        outcome: StepOutcome,
+        components: dict[str, Any],
+        packages: frozenset[str],
+        new_entry: dict[str, Any] | None,
+    ) -> None:
+        doc = step_record(self.run_id, self.pipeline, spec, outcome, components)
+        if packages and not outcome.cached:
+            doc["packages"] = _package_versions(packages)
+        outcome.record = doc
+        self.store.put_json(f"runs/{self.run_id}/steps/{spec.name}.json", doc)
+        if self.index is not None:
+            self.index.record_step(doc, new_entry)
+
+
+def step_record(
+    run_id: str, pipeline: str, spec: StepSpec, outcome: StepOutcome, components: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The JSON record of a step call, as written to ``runs/<id>/steps/<name>.json``."""
+    doc: dict[str, Any] = {
+        "run_id": run_id,
+        "pipeline": pipeline,
+        "step": spec.name,
+        "status": outcome.status,
+        "cached": outcome.cached,
+        "key": outcome.key,
+        "started": outcome.started,
+        "ended": outcome.ended,
+        "duration": outcome.duration,
+        "attempts": outcome.attempts,
+        "outputs": {n: i.to_dict() for n, i in outcome.outputs.items()},
+        "code": {"module": spec.code.module, "qualname": spec.code.qualname, "fingerprint": spec.fingerprint},
+        "cache_option": spec.cache,
+    }
+    if components is not None:
+        doc["components"] = components
+    if outcome.source_run:
+        doc["source_run"] = outcome.source_run
+    if outcome.error:
+        doc["error"] = outcome.error
+    if outcome.traceback:
+        doc["traceback"] = outcome.traceback
+    return doc
+
+
+def _output_annotations(annotation: Any, names: list[str]) -> dict[str, Any]:
+    from mlpipe.step import output_specs
+
+    specs = output_specs(annotation)
+    if [s.name for s in specs] == names:
+        return {s.name: s.annotation for s in specs}
+    return {}
+
+
+def _preview(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+InputRef = tuple[str, str]

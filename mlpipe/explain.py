@@ -1,0 +1,134 @@
+"""Explanations: why a step was a cache hit or miss, and where an artifact came from.
+
+For a miss, the step's recorded cache-key components are compared with every
+earlier cache entry of the same step of the same pipeline; the closest one
+(fewest differing components, then the most recent) is reported with each
+difference named: which function or constant by qualified name, which
+parameter (old → new), which input and from which upstream step, or the salt.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from mlpipe.cache import diff_components
+from mlpipe.errors import MlpipeError, RunNotFoundError
+from mlpipe.metadata import open_index
+from mlpipe.run import get_run
+from mlpipe.store import ArtifactStore
+
+__all__ = ["describe_artifact", "explain", "explain_step"]
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "?"
+
+
+def explain_step(store: ArtifactStore, run_id: str, step: str) -> dict[str, Any]:
+    """A structured explanation (used by :func:`explain` and by tests).
+
+    Returns a dict with ``verdict`` (``hit``, ``miss``, ``failed``, ``skipped``),
+    ``reason`` and, for misses, ``closest`` (the earlier entry) and ``differences``.
+    """
+    run = get_run(run_id, store)
+    if step not in run.steps:
+        raise RunNotFoundError(f"run {run.id} has no step {step!r}; steps: {', '.join(run.steps)}", run_id=run.id)
+    record = run.steps[step].record
+    out: dict[str, Any] = {"run": run.id, "step": step, "key": record.get("key"), "record": record}
+    if record.get("status") == "skipped":
+        return {**out, "verdict": "skipped", "reason": record.get("error", "skipped")}
+    if record.get("cached"):
+        source = record.get("source_run")
+        return {**out, "verdict": "hit", "reason": f"served from the cache entry written by run {source}",
+                "source_run": source}
+    verdict = "failed" if record.get("status") == "failed" else "miss"
+    components = record.get("components")
+    if not run.doc.get("cache", True):
+        return {**out, "verdict": verdict, "reason": "the run was started with --no-cache / cache=False"}
+    if record.get("cache_option") is False:
+        return {**out, "verdict": verdict, "reason": "the step is declared with cache=False"}
+    if components is None:
+        return {**out, "verdict": verdict, "reason": "no cache-key components were recorded"}
+    index = open_index(store)
+    started = record.get("started") or time.time()
+    candidates = [e for e in index.entries_for(run.pipeline, step) if e["created"] < started]
+    same = [e for e in candidates if e["key"] == record.get("key")]
+    if same:
+        return {**out, "verdict": verdict, "closest": same[0], "differences": [],
+                "reason": f"an entry with the same key (from run {same[0]['run_id']}) existed but its objects were "
+                          "missing or corrupted, so the step was recomputed"}
+    if not candidates:
+        return {**out, "verdict": verdict, "differences": [],
+                "reason": f"no earlier cache entry for step {step!r} of pipeline {run.pipeline!r}: first computation"}
+    scored = []
+    for i, entry in enumerate(candidates):  # candidates are newest first
+        diffs = diff_components(entry["components"], components)
+        scored.append((len(diffs), i, entry, diffs))
+    _n, _i, closest, diffs = min(scored, key=lambda t: (t[0], t[1]))
+    return {**out, "verdict": verdict, "closest": closest, "differences": diffs,
+            "reason": f"{len(diffs)} component{'s' if len(diffs) != 1 else ''} of the cache key changed"}
+
+
+def explain(store: ArtifactStore, run_id: str, step: str) -> str:
+    """A readable explanation of why ``step`` of ``run_id`` ran or was a hit."""
+    info = explain_step(store, run_id, step)
+    record = info["record"]
+    key = (info.get("key") or "")[:16]
+    duration = f"{(record.get('duration') or 0) * 1000:.0f} ms"
+    lines = []
+    if info["verdict"] == "hit":
+        lines.append(f"step {step!r} of run {info['run']}: HIT (key {key}…, {duration})")
+        lines.append(f"  served from the cache entry written by run {info['source_run']}")
+        for name, out in (record.get("outputs") or {}).items():
+            lines.append(f"  output {name}: {out['digest'][:16]}… ({out.get('size', '?')} bytes)")
+        return "\n".join(lines)
+    if info["verdict"] == "skipped":
+        return f"step {step!r} of run {info['run']}: SKIPPED — {info['reason']}"
+    label = "MISS, and the step FAILED" if info["verdict"] == "failed" else "MISS — computed"
+    lines.append(f"step {step!r} of run {info['run']}: {label} (key {key}…, {duration})")
+    lines.append(f"  why: {info['reason']}")
+    closest = info.get("closest")
+    if closest is not None:
+        lines.append(f"  closest earlier entry: run {closest['run_id']} ({_when(closest['created'])}), key {closest['key'][:16]}…")
+        for diff in info.get("differences", []):
+            lines.append(f"    - {diff}")
+    return "\n".join(lines)
+
+
+def describe_artifact(store: ArtifactStore, address: str) -> str:
+    """Producer(s), consumers and sidecar of an artifact, by digest or unique prefix."""
+    index = open_index(store)
+    art = index.artifact(address)
+    if art is None:
+        raise MlpipeError(f"no artifact {address!r} is indexed for the store {store.url}; "
+                          "try `mlpipe index --rebuild` if runs were recorded elsewhere")
+    digest = art["digest"]
+    lines = [f"artifact {digest}", f"  type {art['type']}  materializer {art['materializer']}  size {art['size']} bytes"]
+    producers = index.producers(digest)
+    original = next((p for p in producers if not p["cached"]), None)
+    if original:
+        run = get_run(original["run_id"], store)
+        step = run.steps.get(original["step"])
+        code = (step.record.get("code") if step else None) or {}
+        lines.append(f"  produced by run {original['run_id']}, step {original['step']!r} (output {original['name']!r})"
+                     f" at {_when(original['started'])}")
+        if code:
+            lines.append(f"    code {code.get('module')}.{code.get('qualname')} fingerprint {str(code.get('fingerprint'))[:16]}…")
+        if step is not None:
+            for name, inp in (step.record.get("components") or {}).get("inputs", {}).items():
+                if inp["kind"] == "artifact":
+                    lines.append(f"    input {name}: {inp['digest'][:16]}… from step {inp['step']!r}")
+                else:
+                    lines.append(f"    input {name} = {inp['value']!r}")
+    reused = [p for p in producers if p["cached"]]
+    if reused:
+        lines.append(f"  served from the cache in {len(reused)} later run(s): " + ", ".join(p["run_id"] for p in reused[:10]))
+    consumers = index.consumers(digest)
+    if consumers:
+        lines.append("  consumed by:")
+        for c in consumers[:50]:
+            lines.append(f"    run {c['run_id']}, step {c['step']!r} as {c['name']!r}{' (cache hit)' if c['cached'] else ''}")
+    else:
+        lines.append("  not consumed by any recorded step")
+    return "\n".join(lines)

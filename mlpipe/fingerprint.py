@@ -1,0 +1,403 @@
+"""Code fingerprints: a hash of a step's code and of all the user code it reaches.
+
+The fingerprint of a function is built from its *normalised* source: the
+abstract syntax tree without comments, docstrings, formatting or (for the
+step itself) decorators, so cosmetic edits keep the fingerprint and semantic
+edits change it. From the function it follows, transitively, every name it
+uses that resolves to user code: helper functions, classes (their whole body,
+methods included), module-level constants, functions reached through
+``import helpers; helpers.clean(...)``, closure variables and default
+arguments. Installed libraries and the standard library are not hashed; their
+top-level package names are collected so the run metadata can record their
+versions.
+
+The result keeps a *manifest*, one hash per reached object
+(``function pkg.mod.clean``, ``constant pkg.mod.THRESHOLD``), so that
+``mlpipe cache explain`` can say exactly which one changed. Module sources are
+parsed once per process and fingerprints are memoised per function object.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import enum
+import hashlib
+import linecache
+import os
+import sys
+import sysconfig
+import threading
+import types
+from dataclasses import dataclass, field, is_dataclass
+from typing import Any
+
+from mlpipe.hashing import canonical_json, digest_json
+
+__all__ = ["Fingerprint", "fingerprint", "is_user_module"]
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The code fingerprint of a step.
+
+    Attributes:
+        digest: SHA-256 over the manifest.
+        manifest: One entry per reached user object: ``"function mod.qualname"``,
+            ``"class mod.qualname"`` or ``"constant mod.NAME"`` to its hash.
+        packages: Top-level names of the installed packages the code reaches.
+    """
+
+    digest: str
+    manifest: dict[str, str] = field(default_factory=dict)
+    packages: frozenset[str] = frozenset()
+
+
+_lock = threading.RLock()
+_memo: dict[int, tuple[Any, Fingerprint]] = {}
+_user_modules: dict[str, bool] = {}
+_module_index: dict[str, tuple[int, dict[str, list[ast.AST]]]] = {}
+_library_roots: tuple[str, ...] | None = None
+_MAX_CONSTANT_BYTES = 64 * 1024 * 1024
+
+
+def _roots() -> tuple[str, ...]:
+    global _library_roots
+    if _library_roots is None:
+        roots = set()
+        for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+            with contextlib.suppress(KeyError):
+                roots.add(os.path.realpath(sysconfig.get_paths()[key]))
+        for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
+            roots.add(os.path.realpath(os.path.join(prefix, "lib")))
+        import mlpipe
+
+        roots.add(os.path.realpath(os.path.dirname(mlpipe.__file__)))
+        _library_roots = tuple(sorted(r + os.sep for r in roots))
+    return _library_roots
+
+
+def is_user_module(name: str | None) -> bool:
+    """Whether module ``name`` is the user's own code (not stdlib, not installed, not mlpipe)."""
+    if not name:
+        return False
+    cached = _user_modules.get(name)
+    if cached is not None:
+        return cached
+    module = sys.modules.get(name)
+    result = False
+    if name == "__main__":
+        result = True
+    elif module is not None and name.split(".")[0] not in sys.builtin_module_names:
+        path = getattr(module, "__file__", None)
+        if path:
+            real = os.path.realpath(path)
+            result = not any(real.startswith(root) for root in _roots()) and "site-packages" not in real
+    _user_modules[name] = result
+    return result
+
+
+def fingerprint(fn: Any) -> Fingerprint:
+    """Fingerprint a function and all user code it reaches (memoised per function object)."""
+    fn = getattr(fn, "fn", fn)  # a Step
+    key = id(fn)
+    with _lock:
+        hit = _memo.get(key)
+        if hit is not None and hit[0] is fn:
+            return hit[1]
+        walker = _Walker()
+        walker.visit_function(fn, root=True)
+        result = Fingerprint(digest_json(walker.manifest), dict(sorted(walker.manifest.items())),
+                             frozenset(walker.packages))
+        _memo[key] = (fn, result)
+        return result
+
+
+def clear_memo() -> None:
+    """Forget memoised fingerprints and parsed modules (tests that edit source files use it)."""
+    with _lock:
+        _memo.clear()
+        _module_index.clear()
+        _user_modules.clear()
+        linecache.clearcache()
+
+
+# -- source lookup -----------------------------------------------------------------
+
+
+class _Indexer(ast.NodeVisitor):
+    """Maps qualnames (CPython's convention, ``outer.<locals>.inner``) to definition nodes."""
+
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+        self.index: dict[str, list[ast.AST]] = {}
+
+    def _define(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef, is_function: bool) -> None:
+        qualname = ".".join([*self.stack, node.name])
+        self.index.setdefault(qualname, []).append(node)
+        self.stack.append(node.name)
+        if is_function:
+            self.stack.append("<locals>")
+        self.generic_visit(node)
+        if is_function:
+            self.stack.pop()
+        self.stack.pop()
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
+        self._define(node, True)
+
+    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
+        self._define(node, True)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        self._define(node, False)
+
+
+def _index_for(filename: str, module_globals: dict[str, Any] | None) -> dict[str, list[ast.AST]] | None:
+    lines = linecache.getlines(filename, module_globals)
+    if not lines:
+        return None
+    size = sum(len(line) for line in lines)
+    cached = _module_index.get(filename)
+    if cached is not None and cached[0] == size:
+        return cached[1]
+    try:
+        tree = ast.parse("".join(lines), filename)
+    except SyntaxError:
+        return None
+    indexer = _Indexer()
+    indexer.visit(tree)
+    _module_index[filename] = (size, indexer.index)
+    return indexer.index
+
+
+def _find_node(obj: Any, filename: str | None, firstlineno: int | None) -> ast.AST | None:
+    if not filename:
+        return None
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    index = _index_for(filename, getattr(module, "__dict__", None))
+    if index is None:
+        return None
+    candidates = index.get(obj.__qualname__)
+    if not candidates:
+        return None
+    if len(candidates) == 1 or firstlineno is None:
+        return candidates[-1]
+    for node in candidates:
+        decorators = getattr(node, "decorator_list", [])
+        start = min([node.lineno] + [d.lineno for d in decorators])  # type: ignore[attr-defined]
+        if start == firstlineno or node.lineno == firstlineno:  # type: ignore[attr-defined]
+            return node
+    return candidates[-1]
+
+
+def _normalised_hash(node: ast.AST, strip_decorators: bool) -> str:
+    """Hash of the AST without docstrings (and decorators, for the step itself).
+
+    The tree is edited in place and restored afterwards (callers hold ``_lock``):
+    copying a tree costs more than dumping it.
+    """
+    saved: list[tuple[ast.AST, str, Any]] = []
+    if strip_decorators and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        saved.append((node, "decorator_list", node.decorator_list))
+        node.decorator_list = []
+    for sub in ast.walk(node):
+        body = getattr(sub, "body", None)
+        if (
+            isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            saved.append((sub, "body", body))
+            sub.body = body[1:] or [ast.Pass()]
+    try:
+        return hashlib.sha256(ast.dump(node, annotate_fields=False).encode()).hexdigest()
+    finally:
+        for obj, attr, value in reversed(saved):
+            setattr(obj, attr, value)
+
+
+def _referenced_names(node: ast.AST) -> tuple[set[str], set[tuple[str, ...]]]:
+    """Names loaded in ``node`` and attribute chains rooted at a name (``helpers.clean``)."""
+    names: set[str] = set()
+    chains: set[tuple[str, ...]] = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
+            names.add(sub.id)
+        elif isinstance(sub, ast.Attribute):
+            parts = [sub.attr]
+            value = sub.value
+            while isinstance(value, ast.Attribute):
+                parts.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name):
+                parts.append(value.id)
+                chains.add(tuple(reversed(parts)))
+    return names, chains
+
+
+def _code_hash(code: types.CodeType, doc: str | None) -> str:
+    """Fallback when no source exists: bytecode, constants and names (Python-version specific)."""
+    h = hashlib.sha256()
+    h.update(code.co_code)
+    h.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            h.update(_code_hash(const, None).encode())
+        elif not (doc is not None and const == doc):
+            h.update(repr(const).encode())
+    return h.hexdigest()
+
+
+def _code_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _code_names(const)
+    return names
+
+
+# -- the walk ----------------------------------------------------------------------
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.manifest: dict[str, str] = {}
+        self.packages: set[str] = set()
+        self._seen: set[int] = set()
+
+    def _library(self, module: str | None) -> None:
+        if module:
+            top = module.split(".")[0]
+            if top and top not in sys.stdlib_module_names and top != "builtins":
+                self.packages.add(top)
+
+    def visit_function(self, fn: Any, root: bool = False) -> None:
+        if id(fn) in self._seen:
+            return
+        self._seen.add(id(fn))
+        code: types.CodeType | None = getattr(fn, "__code__", None)
+        module = getattr(fn, "__module__", None)
+        label = f"function {module}.{fn.__qualname__}"
+        if code is None:
+            return
+        node = None if fn.__name__ == "<lambda>" else _find_node(fn, code.co_filename, code.co_firstlineno)
+        if node is not None:
+            digest = _normalised_hash(node, strip_decorators=root)
+            names, chains = _referenced_names(node)
+            names -= set(code.co_varnames)
+        else:
+            digest = _code_hash(code, fn.__doc__)
+            names, chains = _code_names(code), set()
+        self.manifest[label] = digest
+        for i, default in enumerate(getattr(fn, "__defaults__", None) or ()):
+            self.visit_value(default, f"{label} default {i}", chains=set())
+        for name, default in (getattr(fn, "__kwdefaults__", None) or {}).items():
+            self.visit_value(default, f"{label} default {name}", chains=set())
+        closure = getattr(fn, "__closure__", None) or ()
+        for name, cell in zip(code.co_freevars, closure, strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:
+                continue
+            self.visit_reference(name, value, f"closure {module}.{fn.__qualname__}.{name}", chains)
+        fn_globals = getattr(fn, "__globals__", {})
+        for name in sorted(names - set(code.co_freevars)):
+            if name in fn_globals:
+                self.visit_reference(name, fn_globals[name], f"constant {module}.{name}", chains)
+
+    def visit_reference(self, name: str, value: Any, label: str, chains: set[tuple[str, ...]]) -> None:
+        if isinstance(value, types.ModuleType):
+            if not is_user_module(value.__name__):
+                self._library(value.__name__)
+                return
+            for chain in chains:
+                if chain[0] != name or len(chain) < 2:
+                    continue
+                obj: Any = value
+                path = [value.__name__]
+                for attr in chain[1:]:
+                    if not isinstance(obj, types.ModuleType):
+                        break
+                    obj = getattr(obj, attr, None)
+                    path.append(attr)
+                self.visit_value(obj, f"constant {'.'.join(path)}", chains=set())
+            return
+        self.visit_value(value, label, chains)
+
+    def visit_value(self, value: Any, label: str, chains: set[tuple[str, ...]]) -> None:
+        fn = getattr(value, "fn", None)
+        if fn is not None and type(value).__name__ == "Step" and type(value).__module__ == "mlpipe.step":
+            value = fn
+        wrapped = getattr(value, "__wrapped__", None)
+        if wrapped is not None and callable(value) and not isinstance(value, type):
+            value = wrapped  # functools.wraps / lru_cache: fingerprint the function inside
+        if isinstance(value, (types.FunctionType, types.MethodType)):
+            target = value.__func__ if isinstance(value, types.MethodType) else value
+            if is_user_module(getattr(target, "__module__", None)):
+                self.visit_function(target)
+            else:
+                self._library(getattr(target, "__module__", None))
+            return
+        if isinstance(value, type):
+            if is_user_module(value.__module__):
+                self.visit_class(value)
+            else:
+                self._library(value.__module__)
+            return
+        if isinstance(value, (types.BuiltinFunctionType, types.ModuleType)):
+            self._library(getattr(value, "__module__", None) or getattr(value, "__name__", None))
+            return
+        self.manifest[label] = self._value_hash(value)
+
+    def visit_class(self, cls: type) -> None:
+        if id(cls) in self._seen:
+            return
+        self._seen.add(id(cls))
+        label = f"class {cls.__module__}.{cls.__qualname__}"
+        module = sys.modules.get(cls.__module__)
+        filename = getattr(module, "__file__", None)
+        node = None
+        if filename:
+            node = _find_node(cls, filename, None)
+        if node is None:
+            # Classes from notebooks/__main__ without a file: fall back to their methods' code.
+            first = next((v for v in vars(cls).values() if isinstance(v, types.FunctionType)), None)
+            if first is not None:
+                node = _find_node(cls, first.__code__.co_filename, None)
+        self.manifest[label] = _normalised_hash(node, strip_decorators=False) if node is not None else "opaque"
+        for base in cls.__bases__:
+            if base is not object:
+                self.visit_value(base, f"class {base.__module__}.{base.__qualname__}", chains=set())
+        for attr, member in sorted(vars(cls).items()):
+            if isinstance(member, (staticmethod, classmethod)):
+                member = member.__func__
+            if isinstance(member, property):
+                for accessor in (member.fget, member.fset, member.fdel):
+                    if accessor is not None:
+                        self.visit_function(accessor)
+            elif isinstance(member, types.FunctionType):
+                self.visit_function(member)
+
+    def _value_hash(self, value: Any) -> str:
+        if isinstance(value, enum.Enum):
+            return digest_json([type(value).__qualname__, repr(value.value)])
+        try:
+            return hashlib.sha256(canonical_json(value).encode()).hexdigest()
+        except (TypeError, ValueError):
+            pass
+        cls = type(value)
+        if cls.__module__.split(".")[0] == "numpy" and getattr(value, "nbytes", 0) < _MAX_CONSTANT_BYTES:
+            h = hashlib.sha256(repr((value.dtype, value.shape)).encode())
+            h.update(value.tobytes())
+            return h.hexdigest()
+        if is_user_module(cls.__module__):
+            self.visit_class(cls)
+            if is_dataclass(value) or hasattr(value, "model_dump") or isinstance(value, tuple):
+                return hashlib.sha256(repr(value).encode()).hexdigest()
+        if isinstance(value, (set, frozenset, tuple, list)):
+            return hashlib.sha256(repr(value).encode()).hexdigest()
+        self._library(cls.__module__)
+        return f"opaque {cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,84 @@
+"""Garbage collection of the store: remove what no kept run or cache entry reaches.
+
+Kept runs are all recorded runs, or the N most recent with ``keep_runs``.
+Kept cache entries are all entries, or those written by kept runs. Reachable
+objects are the outputs of kept runs' steps, the outputs of kept entries, and
+pickled step code named by kept runs' pipelines. Everything else under
+``objects/`` goes, with ``quarantine/`` and temporaries left by killed
+writers (older than an hour, so a running writer is never disturbed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mlpipe.metadata import open_index
+from mlpipe.store import ArtifactStore
+
+__all__ = ["GcReport", "collect"]
+
+
+@dataclass
+class GcReport:
+    items: list[tuple[str, int]] = field(default_factory=list)
+    kept_objects: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _rel, size in self.items)
+
+
+def collect(store: ArtifactStore, *, keep_runs: int | None = None, dry_run: bool = False) -> GcReport:
+    report = GcReport()
+    run_ids = sorted(store.listdir("runs"), reverse=True)  # ids sort by start time
+    kept = set(run_ids if keep_runs is None else run_ids[:keep_runs])
+    reachable: set[str] = set()
+    irs: set[str] = set()
+    for run_id in run_ids:
+        if run_id not in kept:
+            for rel, size in store.walk_files(f"runs/{run_id}"):
+                report.items.append((rel, size))
+            continue
+        if store.has(f"runs/{run_id}/run.json"):
+            doc = store.get_json(f"runs/{run_id}/run.json")
+            if doc.get("ir"):
+                irs.add(doc["ir"])
+        for name in store.listdir(f"runs/{run_id}/steps"):
+            if name.endswith(".json"):
+                rec = store.get_json(f"runs/{run_id}/steps/{name}")
+                reachable.update(info["digest"] for info in (rec.get("outputs") or {}).values())
+    dropped_entries = []
+    for rel, size in store.walk_files("cache"):
+        if not rel.endswith(".json"):
+            continue
+        entry = store.get_json(rel)
+        if keep_runs is not None and entry.get("run_id") not in kept:
+            report.items.append((rel, size))
+            dropped_entries.append(entry["key"])
+            continue
+        reachable.update(info["digest"] for info in entry.get("outputs", {}).values())
+    for digest in irs:
+        rel = f"pipelines/{digest}.json"
+        if store.has(rel):
+            for step in store.get_json(rel).get("steps", []):
+                pickle = (step.get("code") or {}).get("pickle_digest")
+                if pickle:
+                    reachable.add(pickle)
+    for digest, size in store.iter_objects():
+        if digest in reachable:
+            report.kept_objects += 1
+            continue
+        report.items.append((store.object_path(digest), size))
+    report.items.extend(store.walk_files("quarantine"))
+    if not dry_run:
+        for rel, _size in report.items:
+            if rel.startswith("objects/"):
+                store.delete_object(rel.rsplit("/", 1)[-1])
+            else:
+                store.delete(rel)
+        if dropped_entries:
+            open_index(store).forget_entries(dropped_entries)
+        store.clean_temporaries()
+        if keep_runs is not None:
+            open_index(store).rebuild(store)
+    return report

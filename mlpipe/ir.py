@@ -1,0 +1,130 @@
+"""The intermediate representation: a frozen, backend-neutral compiled pipeline.
+
+The IR is the only thing a backend receives. It names steps, their inputs
+(pipeline parameters, constants, or outputs of upstream steps), their outputs,
+options, and a *reference* to the code (import path, or a cloudpickle object in
+the store for code that cannot be imported). Backends never see user functions.
+
+It serialises to JSON (``PipelineIR.model_dump_json()``) so it can be written
+to the store and read back by ``python -m mlpipe.runtime`` inside a container.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["CodeRef", "InputSpec", "OutputRef", "ParamSpec", "PipelineIR", "StepOutput", "StepSpec"]
+
+ParamKind = Literal["int", "float", "str", "bool", "list", "dict", "json"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ParamSpec(_Frozen):
+    """A pipeline parameter."""
+
+    name: str
+    type: str
+    kind: ParamKind
+    required: bool
+    default: Any = None
+
+
+class InputSpec(_Frozen):
+    """Where one argument of a step comes from."""
+
+    name: str
+    type: str
+    source: Literal["param", "step", "const"]
+    param: str | None = None
+    step: str | None = None
+    output: str | None = None
+    value: Any = None
+
+
+class StepOutput(_Frozen):
+    """One output of a step. ``materializer`` is the static choice for its annotation."""
+
+    name: str
+    type: str
+    materializer: str
+
+
+class CodeRef(_Frozen):
+    """How a runtime finds a step's function.
+
+    ``module``/``qualname`` locate it by import. When ``importable`` is false
+    (functions defined in ``__main__``, notebooks, closures) the launcher
+    stores the function with cloudpickle and ``pickle_digest`` addresses it.
+    """
+
+    module: str
+    qualname: str
+    importable: bool
+    pickle_digest: str | None = None
+    python: str | None = None
+
+
+class StepSpec(_Frozen):
+    """One step call in the compiled pipeline."""
+
+    name: str
+    code: CodeRef
+    fingerprint: str
+    code_manifest: dict[str, str] = Field(default_factory=dict)
+    inputs: tuple[InputSpec, ...] = ()
+    outputs: tuple[StepOutput, ...] = ()
+    upstream: tuple[str, ...] = ()
+    retries: int = 0
+    timeout: float | None = None
+    resources: dict[str, Any] = Field(default_factory=dict)
+    cache: bool = True
+    version: str | None = None
+    image: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    namedtuple: bool = False
+
+    def input(self, name: str) -> InputSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+class OutputRef(_Frozen):
+    step: str
+    output: str
+
+
+class PipelineIR(_Frozen):
+    """A compiled pipeline. ``steps`` are in a topological order."""
+
+    name: str
+    params: tuple[ParamSpec, ...] = ()
+    steps: tuple[StepSpec, ...] = ()
+    outputs: tuple[OutputRef, ...] = ()
+    mlpipe_version: str = ""
+
+    def step(self, name: str) -> StepSpec:
+        for spec in self.steps:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"pipeline {self.name!r} has no step {name!r}; steps: {[s.name for s in self.steps]}")
+
+    def param(self, name: str) -> ParamSpec:
+        for spec in self.params:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def downstream(self) -> dict[str, list[str]]:
+        """Map of step name to the names of the steps that consume its outputs."""
+        out: dict[str, list[str]] = {s.name: [] for s in self.steps}
+        for spec in self.steps:
+            for up in spec.upstream:
+                out[up].append(spec.name)
+        return out

@@ -1,0 +1,330 @@
+"""Materializers: how values of each type become bytes in the store, and back.
+
+Built in, tried in this order: pandas DataFrame → Parquet (pyarrow), numpy
+array → ``.npy``, pydantic model → canonical JSON, JSON-able value →
+canonical JSON, and cloudpickle as the fallback for anything else (recorded as
+such in the object's sidecar, with the Python version, since a pickle only
+loads on the same Python minor version).
+
+Types are matched by their qualified class names, so this module never
+imports pandas or numpy to decide whether a value is one of theirs. Users add
+materializers with :func:`register_materializer`; third-party packages add
+them through the ``mlpipe.materializers`` entry point group, loaded the first
+time a value matches no built-in materializer.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import sys
+import threading
+import typing
+from abc import ABC, abstractmethod
+from typing import IO, Any, ClassVar
+
+from mlpipe.errors import MaterializerError
+from mlpipe.hashing import canonical_json, json_safe
+from mlpipe.typecheck import is_any, type_name, validate
+
+__all__ = [
+    "Materializer",
+    "for_annotation",
+    "for_value",
+    "get_materializer",
+    "register_materializer",
+    "type_path",
+]
+
+ENTRY_POINT_GROUP = "mlpipe.materializers"
+PY_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def type_path(tp: type) -> str:
+    return f"{tp.__module__}:{tp.__qualname__}"
+
+
+def import_type(path: str) -> Any:
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _mro_names(tp: type) -> set[str]:
+    try:
+        return {f"{c.__module__}.{c.__qualname__}" for c in tp.__mro__}
+    except AttributeError:
+        return set()
+
+
+class Materializer(ABC):
+    """Turns values of some types into bytes and back.
+
+    Subclasses set ``name`` (unique, stable: it is written into sidecars),
+    ``version`` (part of every cache key of outputs it stores: bump it when the
+    byte format changes) and either ``type_names`` (qualified class names, which
+    avoids importing the library) or override :meth:`handles_type`.
+    """
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    type_names: ClassVar[frozenset[str]] = frozenset()
+
+    def handles_type(self, tp: Any) -> bool:
+        """Whether values annotated/typed ``tp`` are stored by this materializer."""
+        return isinstance(tp, type) and bool(self.type_names & _mro_names(tp))
+
+    def handles_value(self, value: Any) -> bool:
+        return self.handles_type(type(value))
+
+    @abstractmethod
+    def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
+        """Write ``value`` to ``f``; return extra sidecar fields (may be empty)."""
+
+    @abstractmethod
+    def load(self, data: bytes | bytearray | memoryview, annotation: Any, meta: dict[str, Any]) -> Any:
+        """Rebuild the value from the bytes ``save`` wrote."""
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+class PandasMaterializer(Materializer):
+    name = "pandas.parquet"
+    version = "1"
+    type_names = frozenset({"pandas.core.frame.DataFrame"})
+
+    def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
+        value.to_parquet(f, engine="pyarrow", compression="snappy")
+        return {"rows": int(len(value)), "columns": [str(c) for c in value.columns][:50]}
+
+    def load(self, data: bytes | bytearray | memoryview, annotation: Any, meta: dict[str, Any]) -> Any:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        return pq.read_table(pa.BufferReader(data)).to_pandas()
+
+
+class NumpyMaterializer(Materializer):
+    name = "numpy.npy"
+    version = "1"
+    type_names = frozenset({"numpy.ndarray"})
+
+    def handles_value(self, value: Any) -> bool:
+        return self.handles_type(type(value)) and not value.dtype.hasobject
+
+    def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
+        import numpy as np
+
+        np.lib.format.write_array(f, value, allow_pickle=False)
+        return {"shape": list(value.shape), "dtype": str(value.dtype)}
+
+    def load(self, data: bytes | bytearray | memoryview, annotation: Any, meta: dict[str, Any]) -> Any:
+        import numpy as np
+
+        fmt = np.lib.format
+        if not isinstance(data, bytearray):
+            return fmt.read_array(io.BytesIO(data), allow_pickle=False)
+        # Zero-copy view of the writable bytearray the store read into.
+        header = io.BytesIO(bytes(memoryview(data)[:65536]))
+        version = fmt.read_magic(header)
+        if version == (1, 0):
+            shape, fortran, dtype = fmt.read_array_header_1_0(header)
+        elif version == (2, 0):
+            shape, fortran, dtype = fmt.read_array_header_2_0(header)
+        else:
+            return fmt.read_array(io.BytesIO(data), allow_pickle=False)
+        count = 1
+        for dim in shape:
+            count *= dim
+        arr = np.frombuffer(data, dtype=dtype, count=count, offset=header.tell())
+        return arr.reshape(shape, order="F" if fortran else "C")
+
+
+class PydanticMaterializer(Materializer):
+    name = "pydantic.json"
+    version = "1"
+    type_names = frozenset({"pydantic.main.BaseModel"})
+
+    def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
+        f.write(canonical_json(value.model_dump(mode="json")).encode())
+        return {}
+
+    def load(self, data: bytes | bytearray | memoryview, annotation: Any, meta: dict[str, Any]) -> Any:
+        cls = annotation if self.handles_type(annotation) else import_type(meta["type"])
+        return cls.model_validate_json(bytes(data))
+
+
+_JSON_TYPES = (type(None), bool, int, float, str, list, dict)
+
+
+class JsonMaterializer(Materializer):
+    name = "json"
+    version = "1"
+
+    def handles_type(self, tp: Any) -> bool:
+        if tp in _JSON_TYPES:
+            return True
+        origin = typing.get_origin(tp)
+        if origin in (list, dict):
+            return all(self.handles_type(a) for a in typing.get_args(tp))
+        return False
+
+    def handles_value(self, value: Any) -> bool:
+        return json_safe(value)
+
+    def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
+        f.write(canonical_json(value).encode())
+        return {}
+
+    def load(self, data: bytes | bytearray | memoryview, annotation: Any, meta: dict[str, Any]) -> Any:
+        value = json.loads(bytes(data))
+        return value if is_any(annotation) else validate(annotation, value)
+
+
+class CloudpickleMaterializer(Materializer):
+    """The fallback. Pickles load only on the Python minor version that wrote them."""
+
+    name = "cloudpickle"
+    version = "1"
+
+    def handles_type(self, tp: Any) -> bool:
+        return False  # never chosen statically: only as the recorded fallback
+
+    def handles_value(self, value: Any) -> bool:
+        return True
+
+    def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
+        import cloudpickle
+
+        try:
+            cloudpickle.dump(value, f, protocol=5)
+        except Exception as exc:  # pickling can fail with any error type
+            raise MaterializerError(
+                f"no materializer can store a value of type {type_name(type(value))}: cloudpickle failed "
+                f"({type(exc).__name__}: {exc}). Register one with mp.register_materializer(...) "
+                "(see docs/materializers.md), or return a different type",
+                type=type_name(type(value)),
+            ) from exc
+        return {"python": PY_VERSION, "fallback": True}
+
+    def load(self, data: bytes | bytearray | memoryview, annotation: Any, meta: dict[str, Any]) -> Any:
+        import cloudpickle
+
+        written = meta.get("python")
+        if written and written != PY_VERSION:
+            raise MaterializerError(
+                f"this object was pickled by Python {written} and cannot be loaded safely by Python "
+                f"{PY_VERSION}; run with Python {written} or give the type a materializer",
+                python=written,
+            )
+        return cloudpickle.loads(data)
+
+
+_lock = threading.Lock()
+_registry: list[Materializer] = [
+    PandasMaterializer(),
+    NumpyMaterializer(),
+    PydanticMaterializer(),
+    JsonMaterializer(),
+]
+_fallback = CloudpickleMaterializer()
+_plugins_loaded = False
+
+
+def register_materializer(materializer: Materializer | type[Materializer], *, first: bool = True) -> Materializer:
+    """Register a materializer. With ``first=True`` (default) it wins over the built-ins.
+
+    Raises:
+        MaterializerError: if it is not a Materializer or its name is taken.
+    """
+    if isinstance(materializer, type) and issubclass(materializer, Materializer):
+        materializer = materializer()
+    if not isinstance(materializer, Materializer):
+        raise MaterializerError(
+            f"register_materializer() needs a mlpipe.Materializer subclass or instance, got {materializer!r}"
+        )
+    with _lock:
+        for existing in _registry:
+            if existing.name == materializer.name:
+                if type(existing) is type(materializer):
+                    return existing
+                raise MaterializerError(
+                    f"a materializer named {materializer.name!r} is already registered "
+                    f"({type(existing).__qualname__}); choose another name",
+                    name=materializer.name,
+                )
+        if first:
+            _registry.insert(0, materializer)
+        else:
+            _registry.append(materializer)
+    return materializer
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    if os.environ.get("MLPIPE_DISABLE_PLUGIN_AUTOLOAD"):
+        return
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must say which one
+            raise MaterializerError(
+                f"materializer plugin {ep.name!r} ({ep.value}) from distribution "
+                f"{ep.dist.name if ep.dist else '?'} failed to load: {exc}",
+            ) from exc
+        register_materializer(obj, first=False)
+
+
+def for_value(value: Any) -> Materializer:
+    """The materializer that will store ``value`` (cloudpickle when nothing else fits)."""
+    for m in _registry:
+        if m.handles_value(value):
+            return m
+    if not _plugins_loaded:
+        _load_plugins()
+        return for_value(value)
+    return _fallback
+
+
+def for_annotation(tp: Any) -> Materializer | None:
+    """The materializer chosen statically for an annotation, or None when only the value decides."""
+    if is_any(tp):
+        return None
+    for m in _registry:
+        try:
+            if m.handles_type(tp):
+                return m
+        except TypeError:
+            continue
+    return None
+
+
+def get_materializer(name: str) -> Materializer:
+    for m in _registry:
+        if m.name == name:
+            return m
+    if name == _fallback.name:
+        return _fallback
+    if not _plugins_loaded:
+        _load_plugins()
+        return get_materializer(name)
+    raise MaterializerError(
+        f"no materializer named {name!r} is registered; install or register the package that provides it",
+        name=name,
+    )
+
+
+def registry_signature() -> str:
+    """Names and versions of every registered materializer, for cache keys of ``Any`` outputs."""
+    return ",".join(m.key for m in [*_registry, _fallback])

@@ -1,0 +1,237 @@
+"""The SQLite index of runs, step runs, artifacts, cache entries and lineage.
+
+The store is the truth; this database (``metadata.db`` inside a local store,
+or under ``~/.cache/mlpipe/index/`` for a remote one) is a fast local index of
+it, opened in WAL mode so concurrent runs can write while the CLI reads.
+:meth:`Index.rebuild` recreates it from the store's records at any time, and
+:meth:`Index.sync` pulls in records written by other machines (remote steps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from mlpipe.store import ArtifactStore
+
+__all__ = ["Index", "open_index"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, status TEXT NOT NULL, backend TEXT,
+    started REAL, ended REAL, doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_started ON runs(started);
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL, name TEXT NOT NULL, pipeline TEXT NOT NULL, status TEXT NOT NULL,
+    cached INTEGER NOT NULL, key TEXT, started REAL, ended REAL, doc TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
+CREATE INDEX IF NOT EXISTS steps_key ON steps(key);
+CREATE TABLE IF NOT EXISTS artifacts (
+    digest TEXT PRIMARY KEY, size INTEGER, materializer TEXT, type TEXT
+);
+CREATE TABLE IF NOT EXISTS lineage (
+    run_id TEXT NOT NULL, step TEXT NOT NULL, digest TEXT NOT NULL, direction TEXT NOT NULL,
+    name TEXT NOT NULL, PRIMARY KEY (run_id, step, direction, name)
+);
+CREATE INDEX IF NOT EXISTS lineage_digest ON lineage(digest);
+CREATE TABLE IF NOT EXISTS cache_entries (
+    key TEXT PRIMARY KEY, pipeline TEXT NOT NULL, step TEXT NOT NULL, run_id TEXT NOT NULL,
+    created REAL NOT NULL, doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS cache_step ON cache_entries(pipeline, step, created);
+"""
+
+_indexes: dict[str, Index] = {}
+_indexes_lock = threading.Lock()
+
+
+def index_path(store: ArtifactStore) -> str:
+    root = store.local_root()
+    if root is not None:
+        return os.path.join(root, "metadata.db")
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    tag = hashlib.sha256(store.url.encode()).hexdigest()[:16]
+    return os.path.join(base, "mlpipe", "index", f"{tag}.db")
+
+
+def open_index(store: ArtifactStore) -> Index:
+    """The (process-wide, shared) index of ``store``."""
+    path = index_path(store)
+    with _indexes_lock:
+        index = _indexes.get(path)
+        if index is None or not os.path.exists(path):
+            index = _indexes[path] = Index(path)
+        return index
+
+
+class Index:
+    """A thread-safe handle on one ``metadata.db``."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self._lock:
+            self._db.executescript(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- writes ------------------------------------------------------------------
+    def record_run(self, doc: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?)",
+                (doc["id"], doc["pipeline"], doc["status"], doc.get("backend"), doc.get("started"),
+                 doc.get("ended"), json.dumps(doc)),
+            )
+
+    def record_step(self, doc: dict[str, Any], entry: dict[str, Any] | None = None) -> None:
+        """Index a step record, its artifacts and lineage edges, and its new cache entry."""
+        with self._tx() as db:
+            self._insert_step(db, doc)
+            if entry is not None:
+                self._insert_entry(db, entry)
+
+    def _insert_step(self, db: sqlite3.Connection, doc: dict[str, Any]) -> None:
+        run_id, name = doc["run_id"], doc["step"]
+        db.execute(
+            "INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?)",
+            (run_id, name, doc["pipeline"], doc["status"], int(bool(doc.get("cached"))), doc.get("key"),
+             doc.get("started"), doc.get("ended"), json.dumps(doc)),
+        )
+        rows = []
+        for out_name, info in (doc.get("outputs") or {}).items():
+            db.execute(
+                "INSERT OR IGNORE INTO artifacts VALUES (?,?,?,?)",
+                (info["digest"], info.get("size"), info.get("materializer"), info.get("type")),
+            )
+            rows.append((run_id, name, info["digest"], "out", out_name))
+        for in_name, inp in (doc.get("components") or {}).get("inputs", {}).items():
+            if inp.get("kind") == "artifact":
+                rows.append((run_id, name, inp["digest"], "in", in_name))
+        if rows:
+            db.executemany("INSERT OR REPLACE INTO lineage VALUES (?,?,?,?,?)", rows)
+
+    def _insert_entry(self, db: sqlite3.Connection, entry: dict[str, Any]) -> None:
+        db.execute(
+            "INSERT OR REPLACE INTO cache_entries VALUES (?,?,?,?,?,?)",
+            (entry["key"], entry["pipeline"], entry["step"], entry["run_id"], entry["created"], json.dumps(entry)),
+        )
+
+    def forget_entries(self, keys: list[str]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM cache_entries WHERE key = ?", [(k,) for k in keys])
+
+    # -- reads -------------------------------------------------------------------
+    def runs(self, limit: int = 50, pipeline: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT doc FROM runs"
+        args: tuple[Any, ...] = ()
+        if pipeline:
+            sql += " WHERE pipeline = ?"
+            args = (pipeline,)
+        sql += " ORDER BY started DESC LIMIT ?"
+        with self._lock:
+            return [json.loads(r[0]) for r in self._db.execute(sql, (*args, limit))]
+
+    def run(self, run_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                row = self._db.execute(
+                    "SELECT doc FROM runs WHERE id LIKE ? ORDER BY started DESC", (run_id + "%",)
+                ).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def steps(self, run_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT doc FROM steps WHERE run_id = ? ORDER BY started", (run_id,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def entries_for(self, pipeline: str, step: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT doc FROM cache_entries WHERE pipeline = ? AND step = ? ORDER BY created DESC LIMIT 200",
+                (pipeline, step),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def entry_keys(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._db.execute("SELECT key FROM cache_entries")]
+
+    def producers(self, digest: str) -> list[dict[str, Any]]:
+        return self._lineage(digest, "out")
+
+    def consumers(self, digest: str) -> list[dict[str, Any]]:
+        return self._lineage(digest, "in")
+
+    def _lineage(self, digest: str, direction: str) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT l.run_id, l.step, l.name, s.cached, s.started FROM lineage l "
+                "LEFT JOIN steps s ON s.run_id = l.run_id AND s.name = l.step "
+                "WHERE l.digest = ? AND l.direction = ? ORDER BY s.started",
+                (digest, direction),
+            ).fetchall()
+        return [{"run_id": r[0], "step": r[1], "name": r[2], "cached": bool(r[3]), "started": r[4]} for r in rows]
+
+    def artifact(self, digest_prefix: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT digest, size, materializer, type FROM artifacts WHERE digest LIKE ?", (digest_prefix + "%",)
+            ).fetchone()
+        return None if row is None else {"digest": row[0], "size": row[1], "materializer": row[2], "type": row[3]}
+
+    # -- rebuilding ----------------------------------------------------------------
+    def sync_run(self, store: ArtifactStore, run_id: str) -> dict[str, Any] | None:
+        """Index one run from the store's records (used for runs written elsewhere)."""
+        if not store.has(f"runs/{run_id}/run.json"):
+            return None
+        doc: dict[str, Any] = store.get_json(f"runs/{run_id}/run.json")
+        self.record_run(doc)
+        for name in store.listdir(f"runs/{run_id}/steps"):
+            if name.endswith(".json"):
+                self.record_step(store.get_json(f"runs/{run_id}/steps/{name}"))
+        return doc
+
+    def rebuild(self, store: ArtifactStore) -> tuple[int, int]:
+        """Recreate the whole index from the store. Returns (runs, cache entries) indexed."""
+        with self._tx() as db:
+            for table in ("runs", "steps", "artifacts", "lineage", "cache_entries"):
+                db.execute(f"DELETE FROM {table}")
+        runs = 0
+        for run_id in store.listdir("runs"):
+            if self.sync_run(store, run_id) is not None:
+                runs += 1
+        entries = 0
+        for rel, _size in store.walk_files("cache"):
+            if rel.endswith(".json"):
+                with self._tx() as db:
+                    self._insert_entry(db, store.get_json(rel))
+                entries += 1
+        return runs, entries

@@ -1,0 +1,454 @@
+"""The content-addressed artifact store, on a local directory or any fsspec URL.
+
+Layout under the store root::
+
+    objects/ab/abcdef…            the bytes, named by their SHA-256
+    objects/ab/abcdef….meta.json  sidecar: type, materializer, size, python
+    cache/ab/<key>.json           cache entries (step outputs by cache key)
+    runs/<run_id>/run.json        run records; steps/<step>.json per step
+    quarantine/                   objects that failed verification
+
+Every write is atomic: a temporary file renamed into place on filesystems, a
+single PUT (which object stores publish whole or not at all) on ``s3://``,
+``gs://`` and friends. Objects are written once: a digest that exists is never
+rewritten. Every read of an object verifies its hash; a mismatch moves the
+object to ``quarantine/`` and raises :class:`CorruptObjectError`, so the next
+existence check fails and the producer is recomputed.
+
+Local paths use ``os`` directly (fsspec costs 0.14 s to import and adds
+overhead to every call); other URLs go through fsspec, imported on first use.
+This module owns bytes and JSON documents; what the documents mean belongs to
+:mod:`mlpipe.cache` and :mod:`mlpipe.records`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import IO, Any
+
+from mlpipe.errors import CorruptObjectError, MissingDependencyError, ObjectNotFoundError, StoreError
+from mlpipe.hashing import HashingWriter, canonical_json
+from mlpipe.materializers import Materializer, for_value, get_materializer, type_path
+from mlpipe.typecheck import is_any
+
+__all__ = ["ArtifactStore", "ObjectInfo", "open_store"]
+
+_counter = itertools.count()
+_OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store knows about one stored value."""
+
+    digest: str
+    size: int
+    materializer: str
+    type: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"digest": self.digest, "size": self.size, "materializer": self.materializer, "type": self.type}
+
+
+class _LocalFS:
+    """Plain-``os`` filesystem access under a root directory."""
+
+    atomic_put = False
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+        self._made: set[str] = set()
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def _ensure_dir(self, directory: str) -> None:
+        if directory not in self._made:
+            os.makedirs(directory, exist_ok=True)
+            self._made.add(directory)
+
+    def exists(self, rel: str) -> bool:
+        return os.path.exists(self.path(rel))
+
+    def size(self, rel: str) -> int:
+        return os.path.getsize(self.path(rel))
+
+    def read_bytes(self, rel: str) -> bytearray:
+        path = self.path(rel)
+        try:
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                buf = bytearray(size)
+                view = memoryview(buf)
+                got = 0
+                while got < size:
+                    n = f.readinto(view[got:])
+                    if not n:
+                        break
+                    got += n
+                return buf if got == size else buf[:got]
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{rel} is not in the store at {self.root}", path=rel) from None
+
+    @contextlib.contextmanager
+    def open_atomic(self, rel: str) -> Iterator[IO[bytes]]:
+        final = self.path(rel)
+        directory = os.path.dirname(final)
+        self._ensure_dir(directory)
+        tmp = f"{final}.tmp-{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        with self.open_atomic(rel) as f:
+            f.write(data)
+
+    def write_if_absent(self, rel: str, data: bytes) -> None:
+        if not os.path.exists(self.path(rel)):
+            self.write_bytes(rel, data)
+
+    def move(self, src: str, dst: str) -> None:
+        self._ensure_dir(os.path.dirname(self.path(dst)))
+        os.replace(self.path(src), self.path(dst))
+
+    def delete(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path(rel))
+
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            return sorted(os.listdir(self.path(rel)))
+        except FileNotFoundError:
+            return []
+
+    def walk_files(self, rel: str) -> Iterator[tuple[str, int]]:
+        base = self.path(rel)
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                full = os.path.join(dirpath, name)
+                with contextlib.suppress(FileNotFoundError):
+                    yield os.path.relpath(full, self.root).replace(os.sep, "/"), os.path.getsize(full)
+
+    @contextlib.contextmanager
+    def spool(self) -> Iterator[tuple[IO[bytes], str]]:
+        raise NotImplementedError  # local writes go straight into the store
+
+
+class _FsspecFS:
+    """fsspec access for ``s3://``, ``gs://``, ``memory://`` and any other URL."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None) -> None:
+        try:
+            import fsspec
+        except ImportError as exc:  # pragma: no cover - fsspec is a core dependency
+            raise MissingDependencyError("fsspec is needed for remote stores: pip install fsspec") from exc
+        try:
+            fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        except (ImportError, ValueError) as exc:
+            protocol = url.split("://", 1)[0]
+            hint = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(protocol)
+            extra = f": pip install {hint}" if hint else ""
+            raise MissingDependencyError(f"cannot open store {url!r}: {exc}{extra}", url=url) from exc
+        self.fs = fs
+        self.root = root.rstrip("/")
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        self.atomic_put = protocol in _OBJECT_STORES
+
+    def path(self, rel: str) -> str:
+        return f"{self.root}/{rel}"
+
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.exists(self.path(rel)))
+
+    def size(self, rel: str) -> int:
+        return int(self.fs.size(self.path(rel)))
+
+    def read_bytes(self, rel: str) -> bytearray:
+        try:
+            return bytearray(self.fs.cat_file(self.path(rel)))
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{rel} is not in the store at {self.root}", path=rel) from None
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        if self.atomic_put:
+            self.fs.pipe_file(self.path(rel), data)
+            return
+        tmp = f"{self.path(rel)}.tmp-{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
+        self.fs.pipe_file(tmp, data)
+        self.fs.mv(tmp, self.path(rel))
+
+    def write_if_absent(self, rel: str, data: bytes) -> None:
+        if not self.exists(rel):
+            self.write_bytes(rel, data)
+
+    def put_file(self, local_path: str, rel: str) -> None:
+        if self.atomic_put:
+            self.fs.put_file(local_path, self.path(rel))
+            return
+        tmp = f"{self.path(rel)}.tmp-{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
+        self.fs.put_file(local_path, tmp)
+        self.fs.mv(tmp, self.path(rel))
+
+    def move(self, src: str, dst: str) -> None:
+        self.fs.mv(self.path(src), self.path(dst))
+
+    def delete(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.path(rel))
+
+    def listdir(self, rel: str) -> list[str]:
+        try:
+            entries = self.fs.ls(self.path(rel), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def walk_files(self, rel: str) -> Iterator[tuple[str, int]]:
+        try:
+            found = self.fs.find(self.path(rel), detail=True)
+        except FileNotFoundError:
+            return
+        prefix = self.root + "/"
+        for name, info in sorted(found.items()):
+            yield name[len(prefix) :] if name.startswith(prefix) else name, int(info.get("size") or 0)
+
+
+class ArtifactStore:
+    """A content-addressed store of step outputs, cache entries and run records.
+
+    Args:
+        url: A local path (default ``.mlpipe``) or any fsspec URL
+            (``s3://bucket/prefix``, ``gs://…``, ``memory://…``).
+        storage_options: Passed to fsspec for remote URLs.
+    """
+
+    def __init__(self, url: str = ".mlpipe", storage_options: dict[str, Any] | None = None) -> None:
+        self.storage_options = dict(storage_options or {})
+        if "://" in url and not url.startswith("file://"):
+            self.url = url.rstrip("/")
+            self._fs: _LocalFS | _FsspecFS = _FsspecFS(self.url, self.storage_options)
+            self.is_local = False
+        else:
+            path = url[len("file://") :] if url.startswith("file://") else url
+            self._fs = _LocalFS(os.path.expanduser(path))
+            self.url = self._fs.root
+            self.is_local = True
+        self._meta_cache: dict[str, dict[str, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"ArtifactStore({self.url!r})"
+
+    # -- objects ---------------------------------------------------------------
+    @staticmethod
+    def object_path(digest: str) -> str:
+        return f"objects/{digest[:2]}/{digest}"
+
+    def put_value(self, value: Any, materializer: Materializer | None = None) -> ObjectInfo:
+        """Serialise ``value`` into the store and return its content address.
+
+        The hash is computed while the bytes are written; an object that is
+        already present is not written again.
+        """
+        m = materializer or for_value(value)
+        if isinstance(self._fs, _LocalFS):
+            digest, size, extra = self._put_local(value, m)
+        else:
+            digest, size, extra = self._put_remote(value, m)
+        meta = {
+            "digest": digest,
+            "size": size,
+            "materializer": m.name,
+            "materializer_version": m.version,
+            "type": type_path(type(value)),
+            **extra,
+        }
+        self._fs.write_if_absent(self.object_path(digest) + ".meta.json", canonical_json(meta).encode())
+        self._meta_cache[digest] = meta
+        return ObjectInfo(digest, size, m.name, meta["type"])
+
+    def _put_local(self, value: Any, m: Materializer) -> tuple[str, int, dict[str, Any]]:
+        fs = self._fs
+        assert isinstance(fs, _LocalFS)
+        tmp_rel = f"objects/tmp/{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
+        tmp = fs.path(tmp_rel)
+        fs._ensure_dir(os.path.dirname(tmp))
+        try:
+            with open(tmp, "wb") as raw:
+                writer = HashingWriter(raw)
+                extra = m.save(value, writer)  # type: ignore[arg-type]
+            digest = writer.hexdigest()
+            final = fs.path(self.object_path(digest))
+            if os.path.exists(final):
+                os.unlink(tmp)
+            else:
+                fs._ensure_dir(os.path.dirname(final))
+                os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return digest, writer.size, extra
+
+    def _put_remote(self, value: Any, m: Materializer) -> tuple[str, int, dict[str, Any]]:
+        fs = self._fs
+        assert isinstance(fs, _FsspecFS)
+        with tempfile.NamedTemporaryFile(prefix="mlpipe-", delete=False) as raw:
+            try:
+                writer = HashingWriter(raw)
+                extra = m.save(value, writer)  # type: ignore[arg-type]
+            except BaseException:
+                raw.close()
+                os.unlink(raw.name)
+                raise
+        try:
+            digest = writer.hexdigest()
+            rel = self.object_path(digest)
+            if not fs.exists(rel):
+                fs.put_file(raw.name, rel)
+        finally:
+            os.unlink(raw.name)
+        return digest, writer.size, extra
+
+    def exists(self, digest: str) -> bool:
+        return self._fs.exists(self.object_path(digest))
+
+    def meta(self, digest: str) -> dict[str, Any]:
+        """The sidecar of an object: type, materializer, size, and materializer extras."""
+        cached = self._meta_cache.get(digest)
+        if cached is not None:
+            return cached
+        try:
+            meta: dict[str, Any] = json.loads(self._fs.read_bytes(self.object_path(digest) + ".meta.json"))
+        except ObjectNotFoundError:
+            raise ObjectNotFoundError(
+                f"object {digest[:12]}… has no sidecar in {self.url}", digest=digest
+            ) from None
+        self._meta_cache[digest] = meta
+        return meta
+
+    def read_verified(self, digest: str) -> bytearray:
+        """The object's bytes, after checking they still hash to ``digest``."""
+        rel = self.object_path(digest)
+        try:
+            data = self._fs.read_bytes(rel)
+        except ObjectNotFoundError:
+            raise ObjectNotFoundError(
+                f"object {digest[:12]}… is missing from the store {self.url}; re-run the pipeline to recompute it",
+                digest=digest,
+            ) from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            self.quarantine(digest)
+            raise CorruptObjectError(
+                f"object {digest[:12]}… in {self.url} is corrupted (its bytes hash to {actual[:12]}…); "
+                "it was moved to quarantine/ and will be recomputed by the step that produced it",
+                digest=digest,
+            )
+        return data
+
+    def get_value(self, digest: str, annotation: Any = Any) -> Any:
+        """Load the value stored under ``digest``, verifying its bytes first."""
+        data = self.read_verified(digest)
+        meta = self.meta(digest)
+        materializer = get_materializer(meta["materializer"])
+        return materializer.load(data, annotation if not is_any(annotation) else Any, meta)
+
+    def quarantine(self, digest: str) -> None:
+        """Move a bad object aside so it is never served again."""
+        self._meta_cache.pop(digest, None)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        with contextlib.suppress(OSError, FileNotFoundError):
+            self._fs.move(self.object_path(digest), f"quarantine/{digest}-{stamp}")
+
+    def delete_object(self, digest: str) -> None:
+        self._meta_cache.pop(digest, None)
+        self._fs.delete(self.object_path(digest))
+        self._fs.delete(self.object_path(digest) + ".meta.json")
+
+    def iter_objects(self) -> Iterator[tuple[str, int]]:
+        """Every (digest, size) in the store, sidecars and temporaries excluded."""
+        for rel, size in self._fs.walk_files("objects"):
+            name = rel.rsplit("/", 1)[-1]
+            if len(name) == 64 and "." not in name and "/tmp/" not in rel:
+                yield name, size
+
+    # -- JSON documents ---------------------------------------------------------
+    def put_json(self, rel: str, document: Any) -> None:
+        self._fs.write_bytes(rel, canonical_json(document).encode())
+
+    def get_json(self, rel: str) -> Any:
+        try:
+            return json.loads(self._fs.read_bytes(rel))
+        except ObjectNotFoundError:
+            raise ObjectNotFoundError(f"{rel} is not in the store {self.url}", path=rel) from None
+
+    def has(self, rel: str) -> bool:
+        return self._fs.exists(rel)
+
+    def delete(self, rel: str) -> None:
+        self._fs.delete(rel)
+
+    def listdir(self, rel: str) -> list[str]:
+        return self._fs.listdir(rel)
+
+    def walk_files(self, rel: str) -> Iterator[tuple[str, int]]:
+        return self._fs.walk_files(rel)
+
+    def put_bytes(self, rel: str, data: bytes) -> None:
+        self._fs.write_bytes(rel, data)
+
+    def get_bytes(self, rel: str) -> bytes:
+        return bytes(self._fs.read_bytes(rel))
+
+    def local_root(self) -> str | None:
+        return self._fs.root if isinstance(self._fs, _LocalFS) else None
+
+    def clean_temporaries(self, older_than: float = 3600.0) -> list[str]:
+        """Remove temporary files left by killed writers, older than ``older_than`` seconds."""
+        removed: list[str] = []
+        if not isinstance(self._fs, _LocalFS):
+            return removed
+        now = time.time()
+        for rel, _size in list(self._fs.walk_files("")):
+            if ".tmp-" in rel or rel.startswith("objects/tmp/"):
+                full = self._fs.path(rel)
+                with contextlib.suppress(OSError):
+                    if now - os.path.getmtime(full) > older_than:
+                        os.unlink(full)
+                        removed.append(rel)
+        return removed
+
+    def destroy(self) -> None:
+        """Delete the whole store (tests and ``cache gc --all`` only)."""
+        if isinstance(self._fs, _LocalFS):
+            shutil.rmtree(self._fs.root, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self._fs.fs.rm(self._fs.root, recursive=True)
+
+
+def open_store(url: str | ArtifactStore | None = None, storage_options: dict[str, Any] | None = None) -> ArtifactStore:
+    """An :class:`ArtifactStore` for ``url`` (default ``.mlpipe``), or the store passed in."""
+    if isinstance(url, ArtifactStore):
+        return url
+    if url is None:
+        url = ".mlpipe"
+    if not isinstance(url, str):
+        raise StoreError(f"store must be a path or URL string, got {type(url).__name__}")
+    return ArtifactStore(url, storage_options)
