@@ -1,0 +1,237 @@
+"""The container entrypoint: ``python -m mlpipe.runtime``, run once per step by every remote backend.
+
+It reads the compiled pipeline (IR) from the store by content address, finds
+the step, resolves the pipeline parameters it was given to their declared
+types (orchestrators pass text; KFP turns ints inside lists and dicts into
+floats, and the step's annotation wins), reads the upstream steps' records to
+find their outputs, checks the shared cache, runs the step, stores the
+outputs and writes the step's record, all through
+:class:`~mlpipe.executor.StepExecutor`, exactly as the local backend does.
+The orchestrator only orders tasks; data never passes through it.
+
+Usage::
+
+    python -m mlpipe.runtime --store URL --ir DIGEST --run-id ID --step NAME \
+        [--param name=value ...] [--backend NAME] [--no-cache] [--output-file PATH]
+
+Exit status: 0 when the step succeeded (computed or served from the cache),
+1 when it failed, 2 when the invocation itself is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from mlpipe.errors import MlpipeError, ParameterError, StepFailedError
+from mlpipe.ir import ParamSpec, PipelineIR, StepSpec
+from mlpipe.store import ArtifactStore, ObjectInfo, open_store
+
+__all__ = ["decode_param", "execute_remote_step", "main", "write_ir"]
+
+
+def write_ir(store: ArtifactStore, ir: PipelineIR) -> str:
+    """Store the IR (with non-importable code shipped) and return its digest for ``--ir``."""
+    from mlpipe.code import ship
+    from mlpipe.launch import _ir_bytes
+
+    shipped = ship(ir, store)
+    digest, data = _ir_bytes(shipped)
+    rel = f"pipelines/{digest}.json"
+    if not store.has(rel):
+        store.put_bytes(rel, data)
+    return digest
+
+
+def load_ir(store: ArtifactStore, digest: str) -> PipelineIR:
+    rel = f"pipelines/{digest}.json"
+    if not store.has(rel):
+        raise MlpipeError(
+            f"the compiled pipeline {digest[:12]}… is not in the store {store.url}; compile or submit again with "
+            "the profile whose store this task uses",
+        )
+    return PipelineIR.model_validate_json(store.get_bytes(rel))
+
+
+def decode_param(spec: ParamSpec, raw: str) -> Any:
+    """Turn an orchestrator's text back into the parameter's JSON value by its declared kind."""
+    if spec.kind == "str":
+        return raw
+    if spec.kind == "bool":
+        lowered = raw.strip().lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        raise ParameterError(f"parameter {spec.name!r}: expected a boolean, got {raw!r}", argument=spec.name)
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ParameterError(
+            f"parameter {spec.name!r}: expected {spec.type} as JSON text, got {raw!r}", argument=spec.name
+        ) from None
+    if spec.kind == "int" and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return _integral_floats_to_int(value) if spec.kind in ("list", "dict", "json") else value
+
+
+def _integral_floats_to_int(value: Any) -> Any:
+    """KFP stores every number inside lists and dicts as a float; integral ones go back to int.
+
+    The step's own annotation is applied afterwards (pydantic turns ``3`` back
+    into ``3.0`` for ``list[float]``), so the declared type always wins.
+    """
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    if isinstance(value, list):
+        return [_integral_floats_to_int(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _integral_floats_to_int(v) for k, v in value.items()}
+    return value
+
+
+def _upstream(store: ArtifactStore, run_id: str, spec: StepSpec) -> dict[tuple[str, str], ObjectInfo]:
+    produced: dict[tuple[str, str], ObjectInfo] = {}
+    for up in spec.upstream:
+        rel = f"runs/{run_id}/steps/{up}.json"
+        if not store.has(rel):
+            raise StepFailedError(
+                f"step {spec.name!r} of run {run_id}: upstream step {up!r} has no record in {store.url}; "
+                "it has not run, or ran against another store",
+                step=spec.name,
+                run_id=run_id,
+            )
+        record = store.get_json(rel)
+        if record.get("status") != "succeeded":
+            raise StepFailedError(
+                f"step {spec.name!r} of run {run_id}: upstream step {up!r} {record.get('status')}",
+                step=spec.name,
+                run_id=run_id,
+            )
+        for name, info in record["outputs"].items():
+            produced[(up, name)] = ObjectInfo(**info)
+    return produced
+
+
+def _ensure_run_doc(
+    store: ArtifactStore, ir: PipelineIR, ir_digest: str, run_id: str, backend: str, params: dict[str, Any], cache: bool
+) -> None:
+    rel = f"runs/{run_id}/run.json"
+    if store.has(rel):
+        return
+    store.put_json(rel, {
+        "id": run_id,
+        "pipeline": ir.name,
+        "status": "running",
+        "backend": backend,
+        "params": params,
+        "started": time.time(),
+        "ended": None,
+        "order": [s.name for s in ir.steps],
+        "outputs": [o.model_dump() for o in ir.outputs],
+        "ir": ir_digest,
+        "store": store.url,
+        "cache": cache,
+    })
+
+
+def execute_remote_step(
+    store: ArtifactStore,
+    ir: PipelineIR,
+    ir_digest: str,
+    run_id: str,
+    step: str,
+    raw_params: dict[str, str],
+    *,
+    backend: str = "remote",
+    cache: bool = True,
+) -> Any:
+    """Run one step of a run as a remote task does. Returns the :class:`StepOutcome`."""
+    from mlpipe.code import resolve
+    from mlpipe.executor import StepExecutor, UpstreamCorrupted
+    from mlpipe.fingerprint import fingerprint
+
+    spec = ir.step(step)
+    declared = {p.name: p for p in ir.params}
+    unknown = sorted(set(raw_params) - set(declared))
+    if unknown:
+        raise ParameterError(f"pipeline {ir.name!r} has no parameter {', '.join(unknown)}")
+    params: dict[str, Any] = {}
+    for name, p in declared.items():
+        if name in raw_params:
+            params[name] = decode_param(p, raw_params[name])
+        elif not p.required:
+            params[name] = p.default
+        elif any(i.source == "param" and i.param == name for i in spec.inputs):
+            raise ParameterError(f"pipeline {ir.name!r}: parameter {name!r} is required", argument=name)
+    _ensure_run_doc(store, ir, ir_digest, run_id, backend, params, cache)
+    executor = StepExecutor(store, None, run_id, ir.name, use_cache=cache)
+
+    def run(target: StepSpec, force: bool, depth: int = 0) -> Any:
+        fn = resolve(target, store)
+        produced = _upstream(store, run_id, target)
+        try:
+            return executor.execute(target, fn, params, produced, force=force, packages=fingerprint(fn).packages)
+        except UpstreamCorrupted as bad:
+            if depth >= 3:
+                raise
+            print(f"mlpipe: {bad}; recomputing step {bad.step!r} to repair the store", file=sys.stderr)
+            repaired = run(ir.step(bad.step), True, depth + 1)
+            if repaired.status != "succeeded":
+                raise StepFailedError(f"repairing step {bad.step!r} failed: {repaired.error}", step=bad.step) from None
+            return run(target, force, depth + 1)
+
+    return run(spec, False)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mlpipe.runtime", description="Run one mlpipe step.")
+    parser.add_argument("--store", required=True, help="Store URL shared by all tasks")
+    parser.add_argument("--ir", required=True, help="Digest of the compiled pipeline in the store")
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--step", required=True)
+    parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--backend", default=os.environ.get("MLPIPE_BACKEND", "remote"))
+    parser.add_argument("--no-cache", action="store_true")
+    parser.add_argument("--output-file", help="Write the step's status and cache key here (orchestrator output)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    raw: dict[str, str] = {}
+    for item in args.param:
+        name, sep, value = item.partition("=")
+        if not sep:
+            print(f"mlpipe.runtime: --param expects NAME=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        raw[name] = value
+    try:
+        store = open_store(args.store)
+        ir = load_ir(store, args.ir)
+        outcome = execute_remote_step(
+            store, ir, args.ir, args.run_id, args.step, raw, backend=args.backend, cache=not args.no_cache
+        )
+    except MlpipeError as exc:
+        print(f"mlpipe.runtime: step {args.step!r}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    label = "cached" if outcome.cached else outcome.status
+    print(f"mlpipe.runtime: step {args.step!r} of run {args.run_id}: {label} in {outcome.duration:.3f} s", file=sys.stderr)
+    if outcome.status != "succeeded":
+        print(outcome.traceback or outcome.error or "", file=sys.stderr)
+    if args.output_file:
+        directory = os.path.dirname(args.output_file)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        with open(args.output_file, "w") as f:
+            f.write(json.dumps({"status": outcome.status, "key": outcome.key, "cached": outcome.cached}))
+    return 0 if outcome.status == "succeeded" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The backend conformance suite, shipped with mlpipe so that every backend runs the same tests.
+
+A backend's test module subclasses :class:`BackendConformance` and supplies
+fixtures; the inherited tests run the pipelines below and check that results,
+statuses, cache behaviour and failure handling are the same as on the local
+backend::
+
+    from mlpipe.testing import BackendConformance
+
+    class TestMyBackend(BackendConformance):
+        @pytest.fixture
+        def backend(self):
+            return MyBackend({"mode": "local"})
+
+Override ``store`` to run against another store (``s3://`` on moto,
+``gs://`` on an emulator). The pipelines live in this importable module, so
+remote runtimes started as subprocesses can import their steps.
+
+Importing this module needs pytest; nothing else in mlpipe imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+import mlpipe as mp
+from mlpipe.backend import Backend
+from mlpipe.launch import new_run_id
+from mlpipe.run import Run
+from mlpipe.store import ArtifactStore, open_store
+
+__all__ = ["BackendConformance", "run_on"]
+
+
+# -- the conformance pipelines ------------------------------------------------------------
+
+
+class Stats(NamedTuple):
+    total: float
+    count: int
+
+
+@mp.step
+def make_numbers(n: int, scale: float = 1.0) -> list[float]:
+    return [i * scale for i in range(n)]
+
+
+@mp.step
+def summarize(values: list[float]) -> Stats:
+    return Stats(float(sum(values)), len(values))
+
+
+@mp.step
+def describe(total: float, count: int, label: str, options: dict[str, Any], flags: list[int]) -> dict[str, Any]:
+    return {"label": label, "mean": total / count if count else 0.0, "options": options, "flags": flags}
+
+
+@mp.step
+def parity(n: int) -> int:
+    return n % 2
+
+
+@mp.step
+def after_parity(p: int, values: list[float]) -> float:
+    return float(len(values) + p * 0)
+
+
+@mp.step
+def explode(values: list[float], fail: bool = True) -> float:
+    if fail:
+        raise RuntimeError("planted failure")
+    return sum(values)
+
+
+@mp.step
+def consume(x: float) -> float:
+    return x + 1
+
+
+@mp.pipeline(name="conformance-basic")
+def basic(n: int = 5, scale: float = 2.0, label: str = "demo", options: dict[str, Any] = {"k": 1},  # noqa: B006
+          flags: list[int] = [1, 2]) -> dict[str, Any]:  # noqa: B006
+    total, count = summarize(make_numbers(n, scale=scale))
+    return describe(total, count, label=label, options=options, flags=flags)
+
+
+@mp.pipeline(name="conformance-cutoff")
+def cutoff(n: int = 4) -> float:
+    return after_parity(parity(n), make_numbers(3))
+
+
+@mp.pipeline(name="conformance-failure")
+def failing(fail: bool = True) -> None:
+    values = make_numbers(3)
+    consume(explode(values, fail=fail))
+    summarize(values)
+
+
+def run_on(backend: Backend, pipeline: mp.Pipeline, store: ArtifactStore, *, cache: bool = True, **params: Any) -> Run:
+    """Run ``pipeline`` on ``backend`` against ``store``, as ``Pipeline.run`` would with a profile."""
+    values = pipeline.validate_params(params)
+    ir = pipeline.ir
+    backend.check(ir)
+    return backend.run(ir, store, params=values, run_id=new_run_id(), cache=cache)
+
+
+class BackendConformance:
+    """Tests every executing backend must pass. Subclass it and provide the ``backend`` fixture."""
+
+    @pytest.fixture
+    def backend(self) -> Backend:
+        raise NotImplementedError("subclasses provide a `backend` fixture")
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> Iterator[ArtifactStore]:
+        yield open_store(str(tmp_path / "store"))
+
+    @pytest.fixture
+    def local(self) -> Backend:
+        from mlpipe.local import LocalBackend
+
+        return LocalBackend()
+
+    def test_basic_results_match_local(self, backend: Backend, local: Backend, store: ArtifactStore,
+                                       tmp_path: Path) -> None:
+        params = {"n": 4, "scale": 0.5, "label": "x y", "options": {"a": 1, "nested": [1, 2]}, "flags": [3, 4]}
+        run = run_on(backend, basic, store, **params)
+        assert run.status == "succeeded", run.error
+        reference = run_on(local, basic, open_store(str(tmp_path / "reference")), **params)
+        assert run.output("describe") == reference.output("describe")
+        assert run.output("summarize", "total") == 3.0
+        assert run.output("summarize", 1) == 4
+        assert set(run.steps) == {"make_numbers", "summarize", "describe"}
+        assert all(not s.cached for s in run.steps.values())
+
+    def test_second_run_is_fully_cached(self, backend: Backend, store: ArtifactStore) -> None:
+        first = run_on(backend, basic, store, n=3)
+        second = run_on(backend, basic, store, n=3)
+        assert first.status == second.status == "succeeded"
+        assert all(s.cached for s in second.steps.values())
+        assert second.output("describe") == first.output("describe")
+
+    def test_cache_shared_with_local_backend(self, backend: Backend, local: Backend, store: ArtifactStore) -> None:
+        run_on(local, basic, store, n=6)
+        remote = run_on(backend, basic, store, n=6)
+        assert remote.status == "succeeded"
+        assert all(s.cached for s in remote.steps.values())
+
+    def test_early_cutoff(self, backend: Backend, store: ArtifactStore) -> None:
+        run_on(backend, cutoff, store, n=4)
+        again = run_on(backend, cutoff, store, n=6)  # parity re-runs, produces the same 0
+        assert not again.steps["parity"].cached
+        assert again.steps["after_parity"].cached
+
+    def test_no_cache_recomputes(self, backend: Backend, store: ArtifactStore) -> None:
+        run_on(backend, basic, store, n=2)
+        again = run_on(backend, basic, store, cache=False, n=2)
+        assert not any(s.cached for s in again.steps.values())
+
+    def test_failure_skips_dependents(self, backend: Backend, store: ArtifactStore) -> None:
+        run = run_on(backend, failing, store, fail=True)
+        assert run.status == "failed"
+        assert run.steps["explode"].status == "failed"
+        assert "planted failure" in (run.steps["explode"].error or "")
+        assert run.steps["consume"].status in ("skipped", "pending", "cancelled")
+        assert run.steps["make_numbers"].status == "succeeded"
