@@ -126,9 +126,7 @@ class Backend(ABC):
                 self.options = self.Options(**dict(options or {}))
             except ValidationError as exc:
                 valid = ", ".join(self.Options.model_fields) or "(none)"
-                problems = "; ".join(
-                    f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors()
-                )
+                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
                 raise ConfigError(
                     f"invalid options for backend {self.name!r}: {problems}. Valid options: {valid}",
                     backend=self.name,
@@ -277,7 +275,9 @@ def get_backend_class(name: str) -> type[Backend]:
                 backend=name,
             ) from exc
     if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise BackendError(f"entry point {name!r} from {source} is not a mlpipe.Backend subclass: {cls!r}", backend=name)
+        raise BackendError(
+            f"entry point {name!r} from {source} is not a mlpipe.Backend subclass: {cls!r}", backend=name
+        )
     return cls
 
 

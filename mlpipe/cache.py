@@ -147,7 +147,9 @@ def diff_components(old: dict[str, Any], new: dict[str, Any]) -> list[Difference
         for label in sorted(set(om) | set(nm)):
             kind, _, name = label.partition(" ")
             if label not in om:
-                diffs.append(Difference("code", name, None, nm[label], f"{kind} {name} is new (now reached by the step)"))
+                diffs.append(
+                    Difference("code", name, None, nm[label], f"{kind} {name} is new (now reached by the step)")
+                )
             elif label not in nm:
                 diffs.append(Difference("code", name, om[label], None, f"{kind} {name} is no longer reached"))
             elif om[label] != nm[label]:
@@ -179,18 +181,44 @@ def diff_components(old: dict[str, Any], new: dict[str, Any]) -> list[Difference
             )
         elif a["kind"] == "value" and b["kind"] == "value":
             diffs.append(
-                Difference("parameter", name, a["value"], b["value"],
-                           f"parameter {name!r}: {_short(a['value'])} → {_short(b['value'])}")
+                Difference(
+                    "parameter",
+                    name,
+                    a["value"],
+                    b["value"],
+                    f"parameter {name!r}: {_short(a['value'])} → {_short(b['value'])}",
+                )
             )
         else:
             diffs.append(Difference("input", name, a, b, f"argument {name!r} changed source"))
     if old.get("outputs") != new.get("outputs"):
-        diffs.append(Difference("outputs", "", old.get("outputs"), new.get("outputs"),
-                                f"output signature: {old.get('outputs')} → {new.get('outputs')}"))
+        diffs.append(
+            Difference(
+                "outputs",
+                "",
+                old.get("outputs"),
+                new.get("outputs"),
+                f"output signature: {old.get('outputs')} → {new.get('outputs')}",
+            )
+        )
     if old.get("materializers") != new.get("materializers"):
-        diffs.append(Difference("materializers", "", old.get("materializers"), new.get("materializers"),
-                                f"materializers: {old.get('materializers')} → {new.get('materializers')}"))
+        diffs.append(
+            Difference(
+                "materializers",
+                "",
+                old.get("materializers"),
+                new.get("materializers"),
+                f"materializers: {old.get('materializers')} → {new.get('materializers')}",
+            )
+        )
     if old.get("version") != new.get("version"):
-        diffs.append(Difference("version", "", old.get("version"), new.get("version"),
-                                f"version salt: {old.get('version')!r} → {new.get('version')!r}"))
+        diffs.append(
+            Difference(
+                "version",
+                "",
+                old.get("version"),
+                new.get("version"),
+                f"version salt: {old.get('version')!r} → {new.get('version')!r}",
+            )
+        )
     return diffs

@@ -38,8 +38,13 @@ app.add_typer(artifacts_app, name="artifacts")
 
 _state = {"debug": False}
 
-ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile from mlpipe.toml (default: MLPIPE_PROFILE or the file's default).")]
-ParamOpt = Annotated[list[str] | None, typer.Option("-p", "--param", help="Pipeline parameter as key=value (repeatable).")]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option("--profile", help="Profile from mlpipe.toml (default: MLPIPE_PROFILE or the file's default)."),
+]
+ParamOpt = Annotated[
+    list[str] | None, typer.Option("-p", "--param", help="Pipeline parameter as key=value (repeatable).")
+]
 
 
 def _is_tty() -> bool:
@@ -114,7 +119,8 @@ def parse_params(pipe: Pipeline, items: list[str] | None) -> dict[str, Any]:
             raise ParameterError(f"-p expects key=value, got {item!r}")
         if key not in pipe.params:
             raise ParameterError(
-                f"pipeline {pipe.name!r} has no parameter {key!r}; its parameters are: {', '.join(pipe.params) or '(none)'}",
+                f"pipeline {pipe.name!r} has no parameter {key!r}; "
+                f"its parameters are: {', '.join(pipe.params) or '(none)'}",
                 pipeline=pipe.name,
                 argument=key,
             )
@@ -169,7 +175,9 @@ def run(
 def compile_cmd(
     target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE")],
     output: Annotated[str, typer.Option("-o", "--output", help="File to write.")],
-    backend: Annotated[str | None, typer.Option("--backend", help="Backend name (kubeflow, vertex, sagemaker).")] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", help="Backend name (kubeflow, vertex, sagemaker).")
+    ] = None,
     profile: ProfileOpt = None,
 ) -> None:
     """Compile a pipeline for a backend and write it to a file."""
@@ -291,13 +299,22 @@ def runs_list(
     table = Table("run", "pipeline", "status", "steps", "cached", "started", "duration", box=None)
     for r in found:
         cached = sum(1 for s in r.steps.values() if s.cached)
-        table.add_row(r.id, r.pipeline, r.status, str(len(r.steps)), str(cached), _fmt_time(r.started),
-                      f"{r.duration:.2f} s" if r.ended else "-")
+        table.add_row(
+            r.id,
+            r.pipeline,
+            r.status,
+            str(len(r.steps)),
+            str(cached),
+            _fmt_time(r.started),
+            f"{r.duration:.2f} s" if r.ended else "-",
+        )
     _console().print(table)
 
 
 @runs_app.command("show")
-def runs_show(run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")], profile: ProfileOpt = None) -> None:
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")], profile: ProfileOpt = None
+) -> None:
     """A run's steps: status, cache hits, durations, artifact addresses and sizes."""
     from rich.table import Table
 
@@ -315,18 +332,35 @@ def runs_show(run_id: Annotated[str, typer.Argument(help="Run id (a unique prefi
     console.print(f"started {_fmt_time(r.started)}  duration {r.duration:.2f} s  params {r.params}")
     handle = r.doc.get("handle")
     if handle and handle.get("external_id"):
-        console.print(f"{handle['backend']} id {handle['external_id']}" + (f"  {handle['url']}" if handle.get("url") else ""))
+        console.print(
+            f"{handle['backend']} id {handle['external_id']}" + (f"  {handle['url']}" if handle.get("url") else "")
+        )
     table = Table("step", "status", "cached", "duration", "output", "address", "size", "type", box=None)
     for s in r.steps.values():
         first = True
         for name, info in (s.outputs or {}).items():
-            table.add_row(s.name if first else "", s.status if first else "", ("yes" if s.cached else "no") if first else "",
-                          f"{s.duration * 1000:.0f} ms" if first else "", name, info.digest[:16], _fmt_size(info.size),
-                          info.type.split(":")[-1])
+            table.add_row(
+                s.name if first else "",
+                s.status if first else "",
+                ("yes" if s.cached else "no") if first else "",
+                f"{s.duration * 1000:.0f} ms" if first else "",
+                name,
+                info.digest[:16],
+                _fmt_size(info.size),
+                info.type.split(":")[-1],
+            )
             first = False
         if first:
-            table.add_row(s.name, s.status, "yes" if s.cached else "no", f"{s.duration * 1000:.0f} ms", "-", "-", "-",
-                          (s.error or "")[:60])
+            table.add_row(
+                s.name,
+                s.status,
+                "yes" if s.cached else "no",
+                f"{s.duration * 1000:.0f} ms",
+                "-",
+                "-",
+                "-",
+                (s.error or "")[:60],
+            )
     console.print(table)
     for s in r.steps.values():
         for key, value in (s.record.get("reports") or {}).items():
@@ -374,7 +408,9 @@ def cache_explain(
 @cache_app.command("gc")
 def cache_gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed, with sizes.")] = False,
-    keep_runs: Annotated[int | None, typer.Option("--keep-runs", help="Keep only the N most recent runs (and their cache entries).")] = None,
+    keep_runs: Annotated[
+        int | None, typer.Option("--keep-runs", help="Keep only the N most recent runs (and their cache entries).")
+    ] = None,
     profile: ProfileOpt = None,
 ) -> None:
     """Remove objects unreachable from kept runs and cache entries."""
@@ -391,7 +427,10 @@ def cache_gc(
 
 
 @artifacts_app.command("show")
-def artifacts_show(address: Annotated[str, typer.Argument(help="Artifact digest (a unique prefix is enough).")], profile: ProfileOpt = None) -> None:
+def artifacts_show(
+    address: Annotated[str, typer.Argument(help="Artifact digest (a unique prefix is enough).")],
+    profile: ProfileOpt = None,
+) -> None:
     """What produced an artifact and what consumed it."""
     from mlpipe.explain import describe_artifact
 

@@ -73,7 +73,7 @@ def is_immutable(value: Any) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _package_versions(packages: frozenset[str]) -> dict[str, str]:
     mapping = importlib.metadata.packages_distributions()
     out: dict[str, str] = {}
@@ -195,8 +195,13 @@ class StepExecutor:
         outcome.status = "succeeded"
         outcome.ended = time.time()
         entry = write_entry(
-            self.store, key, self.pipeline, spec.name, self.run_id,
-            {n: i.to_dict() for n, i in outcome.outputs.items()}, components,
+            self.store,
+            key,
+            self.pipeline,
+            spec.name,
+            self.run_id,
+            {n: i.to_dict() for n, i in outcome.outputs.items()},
+            components,
         )
         self._record(spec, outcome, components, packages, new_entry=entry.to_dict())
         return outcome
@@ -245,7 +250,11 @@ class StepExecutor:
             values = {outs[0].name: result}
         else:
             if not isinstance(result, tuple) or len(result) != len(outs):
-                got = f"{type_name(type(result))} of length {len(result)}" if isinstance(result, tuple) else type_name(type(result))
+                got = (
+                    f"{type_name(type(result))} of length {len(result)}"
+                    if isinstance(result, tuple)
+                    else type_name(type(result))
+                )
                 raise OutputTypeError(
                     f"{where}: expected a tuple of {len(outs)} outputs ({', '.join(o.name for o in outs)}), got {got}",
                     pipeline=self.pipeline,

@@ -40,8 +40,12 @@ def explain_step(store: ArtifactStore, run_id: str, step: str) -> dict[str, Any]
         return {**out, "verdict": "skipped", "reason": record.get("error", "skipped")}
     if record.get("cached"):
         source = record.get("source_run")
-        return {**out, "verdict": "hit", "reason": f"served from the cache entry written by run {source}",
-                "source_run": source}
+        return {
+            **out,
+            "verdict": "hit",
+            "reason": f"served from the cache entry written by run {source}",
+            "source_run": source,
+        }
     verdict = "failed" if record.get("status") == "failed" else "miss"
     components = record.get("components")
     if not run.doc.get("cache", True):
@@ -55,19 +59,33 @@ def explain_step(store: ArtifactStore, run_id: str, step: str) -> dict[str, Any]
     candidates = [e for e in index.entries_for(run.pipeline, step) if e["created"] < started]
     same = [e for e in candidates if e["key"] == record.get("key")]
     if same:
-        return {**out, "verdict": verdict, "closest": same[0], "differences": [],
-                "reason": f"an entry with the same key (from run {same[0]['run_id']}) existed but its objects were "
-                          "missing or corrupted, so the step was recomputed"}
+        return {
+            **out,
+            "verdict": verdict,
+            "closest": same[0],
+            "differences": [],
+            "reason": f"an entry with the same key (from run {same[0]['run_id']}) existed but its objects were "
+            "missing or corrupted, so the step was recomputed",
+        }
     if not candidates:
-        return {**out, "verdict": verdict, "differences": [],
-                "reason": f"no earlier cache entry for step {step!r} of pipeline {run.pipeline!r}: first computation"}
+        return {
+            **out,
+            "verdict": verdict,
+            "differences": [],
+            "reason": f"no earlier cache entry for step {step!r} of pipeline {run.pipeline!r}: first computation",
+        }
     scored = []
     for i, entry in enumerate(candidates):  # candidates are newest first
         diffs = diff_components(entry["components"], components)
         scored.append((len(diffs), i, entry, diffs))
     _n, _i, closest, diffs = min(scored, key=lambda t: (t[0], t[1]))
-    return {**out, "verdict": verdict, "closest": closest, "differences": diffs,
-            "reason": f"{len(diffs)} component{'s' if len(diffs) != 1 else ''} of the cache key changed"}
+    return {
+        **out,
+        "verdict": verdict,
+        "closest": closest,
+        "differences": diffs,
+        "reason": f"{len(diffs)} component{'s' if len(diffs) != 1 else ''} of the cache key changed",
+    }
 
 
 def explain(store: ArtifactStore, run_id: str, step: str) -> str:
@@ -90,7 +108,10 @@ def explain(store: ArtifactStore, run_id: str, step: str) -> str:
     lines.append(f"  why: {info['reason']}")
     closest = info.get("closest")
     if closest is not None:
-        lines.append(f"  closest earlier entry: run {closest['run_id']} ({_when(closest['created'])}), key {closest['key'][:16]}…")
+        lines.append(
+            f"  closest earlier entry: run {closest['run_id']} ({_when(closest['created'])}), "
+            f"key {closest['key'][:16]}…"
+        )
         for diff in info.get("differences", []):
             lines.append(f"    - {diff}")
     return "\n".join(lines)
@@ -101,20 +122,29 @@ def describe_artifact(store: ArtifactStore, address: str) -> str:
     index = open_index(store)
     art = index.artifact(address)
     if art is None:
-        raise MlpipeError(f"no artifact {address!r} is indexed for the store {store.url}; "
-                          "try `mlpipe index --rebuild` if runs were recorded elsewhere")
+        raise MlpipeError(
+            f"no artifact {address!r} is indexed for the store {store.url}; "
+            "try `mlpipe index --rebuild` if runs were recorded elsewhere"
+        )
     digest = art["digest"]
-    lines = [f"artifact {digest}", f"  type {art['type']}  materializer {art['materializer']}  size {art['size']} bytes"]
+    lines = [
+        f"artifact {digest}",
+        f"  type {art['type']}  materializer {art['materializer']}  size {art['size']} bytes",
+    ]
     producers = index.producers(digest)
     original = next((p for p in producers if not p["cached"]), None)
     if original:
         run = get_run(original["run_id"], store)
         step = run.steps.get(original["step"])
         code = (step.record.get("code") if step else None) or {}
-        lines.append(f"  produced by run {original['run_id']}, step {original['step']!r} (output {original['name']!r})"
-                     f" at {_when(original['started'])}")
+        lines.append(
+            f"  produced by run {original['run_id']}, step {original['step']!r} (output {original['name']!r})"
+            f" at {_when(original['started'])}"
+        )
         if code:
-            lines.append(f"    code {code.get('module')}.{code.get('qualname')} fingerprint {str(code.get('fingerprint'))[:16]}…")
+            lines.append(
+                f"    code {code.get('module')}.{code.get('qualname')} fingerprint {str(code.get('fingerprint'))[:16]}…"
+            )
         if step is not None:
             for name, inp in (step.record.get("components") or {}).get("inputs", {}).items():
                 if inp["kind"] == "artifact":
@@ -123,12 +153,16 @@ def describe_artifact(store: ArtifactStore, address: str) -> str:
                     lines.append(f"    input {name} = {inp['value']!r}")
     reused = [p for p in producers if p["cached"]]
     if reused:
-        lines.append(f"  served from the cache in {len(reused)} later run(s): " + ", ".join(p["run_id"] for p in reused[:10]))
+        lines.append(
+            f"  served from the cache in {len(reused)} later run(s): " + ", ".join(p["run_id"] for p in reused[:10])
+        )
     consumers = index.consumers(digest)
     if consumers:
         lines.append("  consumed by:")
         for c in consumers[:50]:
-            lines.append(f"    run {c['run_id']}, step {c['step']!r} as {c['name']!r}{' (cache hit)' if c['cached'] else ''}")
+            lines.append(
+                f"    run {c['run_id']}, step {c['step']!r} as {c['name']!r}{' (cache hit)' if c['cached'] else ''}"
+            )
     else:
         lines.append("  not consumed by any recorded step")
     return "\n".join(lines)

@@ -107,8 +107,9 @@ def fingerprint(fn: Any) -> Fingerprint:
             return hit[1]
         walker = _Walker()
         walker.visit_function(fn, root=True)
-        result = Fingerprint(digest_json(walker.manifest), dict(sorted(walker.manifest.items())),
-                             frozenset(walker.packages))
+        result = Fingerprint(
+            digest_json(walker.manifest), dict(sorted(walker.manifest.items())), frozenset(walker.packages)
+        )
         _memo[key] = (fn, result)
         return result
 
@@ -186,7 +187,7 @@ def _find_node(obj: Any, filename: str | None, firstlineno: int | None) -> ast.A
     for node in candidates:
         decorators = getattr(node, "decorator_list", [])
         start = min([node.lineno] + [d.lineno for d in decorators])  # type: ignore[attr-defined]
-        if start == firstlineno or node.lineno == firstlineno:  # type: ignore[attr-defined]
+        if firstlineno in (start, node.lineno):  # type: ignore[attr-defined]
             return node
     return candidates[-1]
 
@@ -371,7 +372,7 @@ class _Walker:
         for base in cls.__bases__:
             if base is not object:
                 self.visit_value(base, f"class {base.__module__}.{base.__qualname__}", chains=set())
-        for attr, member in sorted(vars(cls).items()):
+        for _attr, member in sorted(vars(cls).items()):
             if isinstance(member, (staticmethod, classmethod)):
                 member = member.__func__
             if isinstance(member, property):

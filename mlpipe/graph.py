@@ -95,7 +95,9 @@ def compile_trace(pipeline: Pipeline, trace: Trace) -> PipelineIR:
         outputs = []
         for out in call.step.outputs:
             m = for_annotation(out.annotation)
-            outputs.append(StepOutput(name=out.name, type=type_name(out.annotation), materializer=m.key if m else "auto"))
+            outputs.append(
+                StepOutput(name=out.name, type=type_name(out.annotation), materializer=m.key if m else "auto")
+            )
         fp = fingerprint(call.step.fn)
         ref = _code_ref(call.step.fn)
         register(call.step.fn, ref.module, ref.qualname, fp.digest)
@@ -292,11 +294,14 @@ def _html(ir: PipelineIR) -> str:
         x2, y2 = pos[dst][0] + box_w // 2, pos[dst][1]
         parts.append(
             f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#667" marker-end="url(#arrow)"/>'
-            f'<text x="{(x1 + x2) // 2 + 4}" y="{(y1 + y2) // 2}" font-size="11" fill="#556">{html.escape(label)}</text>'
+            f'<text x="{(x1 + x2) // 2 + 4}" y="{(y1 + y2) // 2}" font-size="11" '
+            f'fill="#556">{html.escape(label)}</text>'
         )
     for name, (x, y) in pos.items():
         spec = ir.step(name)
-        tip = html.escape(f"{spec.code.module}.{spec.code.qualname} — outputs: {', '.join(o.name for o in spec.outputs)}")
+        tip = html.escape(
+            f"{spec.code.module}.{spec.code.qualname} — outputs: {', '.join(o.name for o in spec.outputs)}"
+        )
         parts.append(
             f'<g><title>{tip}</title><rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="8" '
             f'fill="#eef3fb" stroke="#3b5b92"/><text x="{x + box_w // 2}" y="{y + box_h // 2 + 5}" '
@@ -310,6 +315,6 @@ def _html(ir: PipelineIR) -> str:
     )
     title = html.escape(ir.name)
     return (
-        f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{title}</title></head>"
-        f"<body style=\"font-family:sans-serif\"><h1>{title}</h1>{svg}</body></html>\n"
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>'
+        f'<body style="font-family:sans-serif"><h1>{title}</h1>{svg}</body></html>\n'
     )

@@ -94,21 +94,31 @@ def save_handle(store: ArtifactStore, handle: RunHandle) -> None:
     from mlpipe.metadata import open_index
 
     rel = f"runs/{handle.run_id}/run.json"
-    doc: dict[str, Any] = store.get_json(rel) if store.has(rel) else {
-        "id": handle.run_id,
-        "pipeline": handle.pipeline,
-        "status": "pending",
-        "backend": handle.backend,
-        "started": time.time(),
-        "ended": None,
-    }
+    doc: dict[str, Any] = (
+        store.get_json(rel)
+        if store.has(rel)
+        else {
+            "id": handle.run_id,
+            "pipeline": handle.pipeline,
+            "status": "pending",
+            "backend": handle.backend,
+            "started": time.time(),
+            "ended": None,
+        }
+    )
     doc["handle"] = handle.model_dump(mode="json")
     store.put_json(rel, doc)
     open_index(store).record_run(doc)
 
 
 def write_run_doc(
-    store: ArtifactStore, ir: PipelineIR, run_id: str, backend: str, params: Mapping[str, Any], status: str, **extra: Any
+    store: ArtifactStore,
+    ir: PipelineIR,
+    run_id: str,
+    backend: str,
+    params: Mapping[str, Any],
+    status: str,
+    **extra: Any,
 ) -> dict[str, Any]:
     """Write the run's record (``runs/<id>/run.json``) and return it."""
     ir_digest, ir_json = _ir_bytes(ir)

@@ -189,20 +189,27 @@ class LocalBackend(Backend):
 
         for name in specs:
             if name not in outcomes:
-                outcomes[name] = StepOutcome(name, "cancelled", started=time.time(), ended=time.time(),
-                                             error="run cancelled")
+                outcomes[name] = StepOutcome(
+                    name, "cancelled", started=time.time(), ended=time.time(), error="run cancelled"
+                )
         failed = [o for o in outcomes.values() if o.status == "failed"]
-        status = "cancelled" if cancel.is_set() else ("failed" if failed or any(
-            o.status != "succeeded" for o in outcomes.values()) else "succeeded")
+        status = (
+            "cancelled"
+            if cancel.is_set()
+            else ("failed" if failed or any(o.status != "succeeded" for o in outcomes.values()) else "succeeded")
+        )
         doc.update(status=status, ended=time.time())
         if failed:
             doc["error"] = "; ".join(f"step {o.name!r} failed: {o.error}" for o in failed)
         store.put_json(f"runs/{run_id}/run.json", doc)
         index.record_run(doc)
         reporter.run_finished(run_id, status, doc["ended"] - doc["started"])
-        steps = {name: StepRun.from_record(outcomes[name].record) if outcomes[name].record
-                 else StepRun(name=name, status=outcomes[name].status, error=outcomes[name].error)
-                 for name in specs}
+        steps = {
+            name: StepRun.from_record(outcomes[name].record)
+            if outcomes[name].record
+            else StepRun(name=name, status=outcomes[name].status, error=outcomes[name].error)
+            for name in specs
+        }
         return Run(doc, steps, store)
 
     def _run_step(
@@ -270,8 +277,13 @@ class LocalBackend(Backend):
             if name in outcomes:
                 continue
             now = time.time()
-            outcome = StepOutcome(name, "skipped", started=now, ended=now,
-                                  error=f"skipped because upstream step {failed!r} did not succeed")
+            outcome = StepOutcome(
+                name,
+                "skipped",
+                started=now,
+                ended=now,
+                error=f"skipped because upstream step {failed!r} did not succeed",
+            )
             outcome.record = step_record(executor.run_id, executor.pipeline, specs[name], outcome, None)
             executor.store.put_json(f"runs/{executor.run_id}/steps/{name}.json", outcome.record)
             if executor.index is not None:

@@ -101,7 +101,7 @@ class PandasMaterializer(Materializer):
 
     def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
         value.to_parquet(f, engine="pyarrow", compression="snappy")
-        return {"rows": int(len(value)), "columns": [str(c) for c in value.columns][:50]}
+        return {"rows": len(value), "columns": [str(c) for c in value.columns][:50]}
 
     def load(self, data: bytes | bytearray | memoryview, annotation: Any, meta: dict[str, Any]) -> Any:
         import pyarrow as pa

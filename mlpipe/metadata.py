@@ -106,8 +106,15 @@ class Index:
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?)",
-                (doc["id"], doc["pipeline"], doc["status"], doc.get("backend"), doc.get("started"),
-                 doc.get("ended"), json.dumps(doc)),
+                (
+                    doc["id"],
+                    doc["pipeline"],
+                    doc["status"],
+                    doc.get("backend"),
+                    doc.get("started"),
+                    doc.get("ended"),
+                    json.dumps(doc),
+                ),
             )
 
     def record_step(self, doc: dict[str, Any], entry: dict[str, Any] | None = None) -> None:
@@ -121,8 +128,17 @@ class Index:
         run_id, name = doc["run_id"], doc["step"]
         db.execute(
             "INSERT OR REPLACE INTO steps VALUES (?,?,?,?,?,?,?,?,?)",
-            (run_id, name, doc["pipeline"], doc["status"], int(bool(doc.get("cached"))), doc.get("key"),
-             doc.get("started"), doc.get("ended"), json.dumps(doc)),
+            (
+                run_id,
+                name,
+                doc["pipeline"],
+                doc["status"],
+                int(bool(doc.get("cached"))),
+                doc.get("key"),
+                doc.get("started"),
+                doc.get("ended"),
+                json.dumps(doc),
+            ),
         )
         rows = []
         for out_name, info in (doc.get("outputs") or {}).items():

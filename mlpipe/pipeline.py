@@ -56,7 +56,7 @@ class _Handle:
     def describe(self) -> str:
         raise NotImplementedError
 
-    def __bool__(self) -> bool:
+    def __bool__(self) -> bool:  # noqa: PLE0304
         self._refuse("used as a condition")
 
     def __iter__(self) -> typing.Iterator[Any]:
@@ -70,9 +70,8 @@ class _Handle:
             raise AttributeError(name)
         self._refuse(f"asked for attribute {name!r}")
 
-    def __len__(self) -> int:
+    def __len__(self) -> int:  # noqa: PLE0303
         self._refuse("measured with len()")
-
 
 
 def _refuse_operator(self: _Handle, other: Any) -> typing.NoReturn:

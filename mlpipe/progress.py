@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from contextvars import ContextVar
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 __all__ = ["REPORTER", "PlainReporter", "Reporter", "RichReporter"]
 
@@ -61,7 +61,12 @@ class PlainReporter(Reporter):
 class RichReporter(Reporter):
     """A live progress bar with one line per finished step, for terminals."""
 
-    _STYLE = {"succeeded": "green", "cached": "cyan", "failed": "bold red", "skipped": "yellow"}
+    _STYLE: ClassVar[dict[str, str]] = {
+        "succeeded": "green",
+        "cached": "cyan",
+        "failed": "bold red",
+        "skipped": "yellow",
+    }
 
     def __init__(self) -> None:
         from rich.console import Console

@@ -124,20 +124,23 @@ def _ensure_run_doc(
     rel = f"runs/{run_id}/run.json"
     if store.has(rel):
         return
-    store.put_json(rel, {
-        "id": run_id,
-        "pipeline": ir.name,
-        "status": "running",
-        "backend": backend,
-        "params": params,
-        "started": time.time(),
-        "ended": None,
-        "order": [s.name for s in ir.steps],
-        "outputs": [o.model_dump() for o in ir.outputs],
-        "ir": ir_digest,
-        "store": store.url,
-        "cache": cache,
-    })
+    store.put_json(
+        rel,
+        {
+            "id": run_id,
+            "pipeline": ir.name,
+            "status": "running",
+            "backend": backend,
+            "params": params,
+            "started": time.time(),
+            "ended": None,
+            "order": [s.name for s in ir.steps],
+            "outputs": [o.model_dump() for o in ir.outputs],
+            "ir": ir_digest,
+            "store": store.url,
+            "cache": cache,
+        },
+    )
 
 
 def execute_remote_step(
@@ -221,7 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"mlpipe.runtime: step {args.step!r}: {exc}", file=sys.stderr)
         return exc.exit_code
     label = "cached" if outcome.cached else outcome.status
-    print(f"mlpipe.runtime: step {args.step!r} of run {args.run_id}: {label} in {outcome.duration:.3f} s", file=sys.stderr)
+    print(
+        f"mlpipe.runtime: step {args.step!r} of run {args.run_id}: {label} in {outcome.duration:.3f} s", file=sys.stderr
+    )
     if outcome.status != "succeeded":
         print(outcome.traceback or outcome.error or "", file=sys.stderr)
     if args.output_file:

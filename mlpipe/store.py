@@ -336,9 +336,7 @@ class ArtifactStore:
         try:
             meta: dict[str, Any] = json.loads(self._fs.read_bytes(self.object_path(digest) + ".meta.json"))
         except ObjectNotFoundError:
-            raise ObjectNotFoundError(
-                f"object {digest[:12]}… has no sidecar in {self.url}", digest=digest
-            ) from None
+            raise ObjectNotFoundError(f"object {digest[:12]}… has no sidecar in {self.url}", digest=digest) from None
         self._meta_cache[digest] = meta
         return meta
 

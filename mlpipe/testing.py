@@ -41,7 +41,7 @@ __all__ = ["BackendConformance", "run_on"]
 
 class Stats(NamedTuple):
     total: float
-    count: int
+    n: int
 
 
 @mp.step
@@ -82,8 +82,13 @@ def consume(x: float) -> float:
 
 
 @mp.pipeline(name="conformance-basic")
-def basic(n: int = 5, scale: float = 2.0, label: str = "demo", options: dict[str, Any] = {"k": 1},  # noqa: B006
-          flags: list[int] = [1, 2]) -> dict[str, Any]:  # noqa: B006
+def basic(
+    n: int = 5,
+    scale: float = 2.0,
+    label: str = "demo",
+    options: dict[str, Any] = {"k": 1},  # noqa: B006
+    flags: list[int] = [1, 2],  # noqa: B006
+) -> dict[str, Any]:
     total, count = summarize(make_numbers(n, scale=scale))
     return describe(total, count, label=label, options=options, flags=flags)
 
@@ -125,9 +130,10 @@ class BackendConformance:
 
         return LocalBackend()
 
-    def test_basic_results_match_local(self, backend: Backend, local: Backend, store: ArtifactStore,
-                                       tmp_path: Path) -> None:
-        params = {"n": 4, "scale": 0.5, "label": "x y", "options": {"a": 1, "nested": [1, 2]}, "flags": [3, 4]}
+    def test_basic_results_match_local(
+        self, backend: Backend, local: Backend, store: ArtifactStore, tmp_path: Path
+    ) -> None:
+        params: dict[str, Any] = {"n": 4, "scale": 0.5, "label": "x y", "options": {"a": 1, "nested": [1, 2]}, "flags": [3, 4]}
         run = run_on(backend, basic, store, **params)
         assert run.status == "succeeded", run.error
         reference = run_on(local, basic, open_store(str(tmp_path / "reference")), **params)
