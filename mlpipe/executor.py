@@ -12,7 +12,6 @@ Scheduling does not live here.
 
 from __future__ import annotations
 
-import functools
 import importlib.metadata
 import threading
 import time
@@ -26,6 +25,7 @@ from mlpipe.cache import artifact_input, cache_key, components_for, lookup, para
 from mlpipe.errors import CorruptObjectError, MlpipeError, OutputTypeError, StepFailedError
 from mlpipe.ir import StepSpec
 from mlpipe.metadata import Index
+from mlpipe.records import RunRecords
 from mlpipe.store import ArtifactStore, ObjectInfo
 from mlpipe.typecheck import type_name, validate
 
@@ -73,17 +73,35 @@ def is_immutable(value: Any) -> bool:
     return False
 
 
-@functools.cache
+_versions: dict[str, str | None] = {}
+
+
 def _package_versions(packages: frozenset[str]) -> dict[str, str]:
-    mapping = importlib.metadata.packages_distributions()
+    """Versions of the installed top-level packages a step reaches, for the run record.
+
+    ``module.__version__`` is free; the distribution metadata lookup (slow: it
+    scans site-packages) is the fallback, once per package per process.
+    """
     out: dict[str, str] = {}
     for top in sorted(packages):
-        for dist in mapping.get(top, [])[:1]:
-            try:
-                out[top] = importlib.metadata.version(dist)
-            except importlib.metadata.PackageNotFoundError:
-                continue
+        if top not in _versions:
+            _versions[top] = _version_of(top)
+        version = _versions[top]
+        if version:
+            out[top] = version
     return out
+
+
+def _version_of(top: str) -> str | None:
+    import sys
+
+    version = getattr(sys.modules.get(top), "__version__", None)
+    if isinstance(version, str):
+        return version
+    try:
+        return importlib.metadata.version(top)
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        return None
 
 
 _hint_cache: dict[Any, dict[str, Any]] = {}
@@ -113,11 +131,19 @@ class StepExecutor:
         run_id: The run this step belongs to.
         pipeline: The pipeline's name.
         use_cache: False recomputes every step (entries are still written).
+        records: Where step records go (default: one file per step, written at once).
     """
 
     def __init__(
-        self, store: ArtifactStore, index: Index | None, run_id: str, pipeline: str, use_cache: bool = True
+        self,
+        store: ArtifactStore,
+        index: Index | None,
+        run_id: str,
+        pipeline: str,
+        use_cache: bool = True,
+        records: RunRecords | None = None,
     ) -> None:
+        self.records = records or RunRecords(store, run_id)
         self.store = store
         self.index = index
         self.run_id = run_id
@@ -309,7 +335,7 @@ class StepExecutor:
         if packages and not outcome.cached:
             doc["packages"] = _package_versions(packages)
         outcome.record = doc
-        self.store.put_json(f"runs/{self.run_id}/steps/{spec.name}.json", doc)
+        self.records.write(doc)
         if self.index is not None:
             self.index.record_step(doc, new_entry)
 

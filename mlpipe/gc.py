@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mlpipe.metadata import open_index
+from mlpipe.records import load_step_records
 from mlpipe.store import ArtifactStore
 
 __all__ = ["GcReport", "collect"]
@@ -43,10 +44,8 @@ def collect(store: ArtifactStore, *, keep_runs: int | None = None, dry_run: bool
             doc = store.get_json(f"runs/{run_id}/run.json")
             if doc.get("ir"):
                 irs.add(doc["ir"])
-        for name in store.listdir(f"runs/{run_id}/steps"):
-            if name.endswith(".json"):
-                rec = store.get_json(f"runs/{run_id}/steps/{name}")
-                reachable.update(info["digest"] for info in (rec.get("outputs") or {}).values())
+        for rec in load_step_records(store, run_id).values():
+            reachable.update(info["digest"] for info in (rec.get("outputs") or {}).values())
     dropped_entries = []
     for rel, size in store.walk_files("cache"):
         if not rel.endswith(".json"):

@@ -29,6 +29,7 @@ from mlpipe.ir import PipelineIR, StepSpec
 from mlpipe.launch import write_run_doc
 from mlpipe.metadata import open_index
 from mlpipe.progress import REPORTER, Reporter
+from mlpipe.records import RunRecords
 from mlpipe.run import Run, StepRun
 from mlpipe.store import ArtifactStore, ObjectInfo
 
@@ -128,7 +129,8 @@ class LocalBackend(Backend):
         doc = write_run_doc(store, ir, run_id, self.name, params, "running", cache=cache)
         index.record_run(doc)
         reporter.run_started(run_id, ir.name, len(ir.steps))
-        executor = StepExecutor(store, index, run_id, ir.name, use_cache=cache)
+        records = RunRecords(store, run_id, batched=True)
+        executor = StepExecutor(store, index, run_id, ir.name, use_cache=cache, records=records)
         specs = {s.name: s for s in ir.steps}
         fns = {s.name: resolve_code(s, store) for s in ir.steps}
         packages = {s.name: fingerprint(fns[s.name]).packages for s in ir.steps}
@@ -201,7 +203,9 @@ class LocalBackend(Backend):
         doc.update(status=status, ended=time.time())
         if failed:
             doc["error"] = "; ".join(f"step {o.name!r} failed: {o.error}" for o in failed)
+        records.flush()
         store.put_json(f"runs/{run_id}/run.json", doc)
+        index.flush()
         index.record_run(doc)
         reporter.run_finished(run_id, status, doc["ended"] - doc["started"])
         steps = {
@@ -285,7 +289,7 @@ class LocalBackend(Backend):
                 error=f"skipped because upstream step {failed!r} did not succeed",
             )
             outcome.record = step_record(executor.run_id, executor.pipeline, specs[name], outcome, None)
-            executor.store.put_json(f"runs/{executor.run_id}/steps/{name}.json", outcome.record)
+            executor.records.write(outcome.record)
             if executor.index is not None:
                 executor.index.record_step(outcome.record)
             outcomes[name] = outcome

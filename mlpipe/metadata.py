@@ -9,12 +9,14 @@ it, opened in WAL mode so concurrent runs can write while the CLI reads.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -69,6 +71,7 @@ def open_index(store: ArtifactStore) -> Index:
         index = _indexes.get(path)
         if index is None or not os.path.exists(path):
             index = _indexes[path] = Index(path)
+            atexit.register(index.flush)
         return index
 
 
@@ -79,6 +82,8 @@ class Index:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
+        self._pending: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+        self._last_flush = time.monotonic()
         self._db = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -99,6 +104,7 @@ class Index:
 
     def close(self) -> None:
         with self._lock:
+            self.flush()
             self._db.close()
 
     # -- writes ------------------------------------------------------------------
@@ -118,11 +124,32 @@ class Index:
             )
 
     def record_step(self, doc: dict[str, Any], entry: dict[str, Any] | None = None) -> None:
-        """Index a step record, its artifacts and lineage edges, and its new cache entry."""
-        with self._tx() as db:
-            self._insert_step(db, doc)
-            if entry is not None:
-                self._insert_entry(db, entry)
+        """Index a step record, its artifacts and lineage edges, and its new cache entry.
+
+        Writes are buffered and committed together (at most every second, every
+        256 records, and whenever something is read or :meth:`flush` is called):
+        one SQLite transaction per step would cost more than running a small
+        step. The store already holds the records, so a crash loses nothing
+        that ``mlpipe index --rebuild`` cannot restore.
+        """
+        with self._lock:
+            self._pending.append((doc, entry))
+            if len(self._pending) >= 256 or time.monotonic() - self._last_flush > 1.0:
+                self.flush()
+
+    def flush(self) -> None:
+        """Commit buffered step records."""
+        with self._lock:
+            if not self._pending:
+                self._last_flush = time.monotonic()
+                return
+            pending, self._pending = self._pending, []
+            with self._tx() as db:
+                for doc, entry in pending:
+                    self._insert_step(db, doc)
+                    if entry is not None:
+                        self._insert_entry(db, entry)
+            self._last_flush = time.monotonic()
 
     def _insert_step(self, db: sqlite3.Connection, doc: dict[str, Any]) -> None:
         run_id, name = doc["run_id"], doc["step"]
@@ -171,10 +198,12 @@ class Index:
             sql += " WHERE pipeline = ?"
             args = (pipeline,)
         sql += " ORDER BY started DESC LIMIT ?"
+        self.flush()
         with self._lock:
             return [json.loads(r[0]) for r in self._db.execute(sql, (*args, limit))]
 
     def run(self, run_id: str) -> dict[str, Any] | None:
+        self.flush()
         with self._lock:
             row = self._db.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
@@ -184,11 +213,13 @@ class Index:
         return None if row is None else json.loads(row[0])
 
     def steps(self, run_id: str) -> list[dict[str, Any]]:
+        self.flush()
         with self._lock:
             rows = self._db.execute("SELECT doc FROM steps WHERE run_id = ? ORDER BY started", (run_id,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
     def entries_for(self, pipeline: str, step: str) -> list[dict[str, Any]]:
+        self.flush()
         with self._lock:
             rows = self._db.execute(
                 "SELECT doc FROM cache_entries WHERE pipeline = ? AND step = ? ORDER BY created DESC LIMIT 200",
@@ -197,6 +228,7 @@ class Index:
         return [json.loads(r[0]) for r in rows]
 
     def entry_keys(self) -> list[str]:
+        self.flush()
         with self._lock:
             return [r[0] for r in self._db.execute("SELECT key FROM cache_entries")]
 
@@ -207,6 +239,7 @@ class Index:
         return self._lineage(digest, "in")
 
     def _lineage(self, digest: str, direction: str) -> list[dict[str, Any]]:
+        self.flush()
         with self._lock:
             rows = self._db.execute(
                 "SELECT l.run_id, l.step, l.name, s.cached, s.started FROM lineage l "
@@ -217,6 +250,7 @@ class Index:
         return [{"run_id": r[0], "step": r[1], "name": r[2], "cached": bool(r[3]), "started": r[4]} for r in rows]
 
     def artifact(self, digest_prefix: str) -> dict[str, Any] | None:
+        self.flush()
         with self._lock:
             row = self._db.execute(
                 "SELECT digest, size, materializer, type FROM artifacts WHERE digest LIKE ?", (digest_prefix + "%",)
@@ -230,9 +264,10 @@ class Index:
             return None
         doc: dict[str, Any] = store.get_json(f"runs/{run_id}/run.json")
         self.record_run(doc)
-        for name in store.listdir(f"runs/{run_id}/steps"):
-            if name.endswith(".json"):
-                self.record_step(store.get_json(f"runs/{run_id}/steps/{name}"))
+        from mlpipe.records import load_step_records
+
+        for record in load_step_records(store, run_id).values():
+            self.record_step(record)
         return doc
 
     def rebuild(self, store: ArtifactStore) -> tuple[int, int]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlpipe.errors import RunNotFoundError, StepFailedError
+from mlpipe.records import load_step_records
 from mlpipe.store import ArtifactStore, ObjectInfo, open_store
 
 __all__ = ["Run", "StepRun", "get_run", "runs"]
@@ -157,11 +158,7 @@ class Run:
             raise RunNotFoundError(f"no run {run_id!r} in the store {store.url}", run_id=run_id)
         doc = store.get_json(rel)
         steps: dict[str, StepRun] = {}
-        records = {}
-        for name in store.listdir(f"runs/{run_id}/steps"):
-            if name.endswith(".json"):
-                rec = store.get_json(f"runs/{run_id}/steps/{name}")
-                records[rec["step"]] = rec
+        records = load_step_records(store, run_id)
         for name in doc.get("order", list(records)):
             if name in records:
                 steps[name] = StepRun.from_record(records[name])

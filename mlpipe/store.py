@@ -5,7 +5,7 @@ Layout under the store root::
     objects/ab/abcdef…            the bytes, named by their SHA-256
     objects/ab/abcdef….meta.json  sidecar: type, materializer, size, python
     cache/ab/<key>.json           cache entries (step outputs by cache key)
-    runs/<run_id>/run.json        run records; steps/<step>.json per step
+    runs/<run_id>/run.json        run records; steps/<step>.json or steps.json (see records.py)
     quarantine/                   objects that failed verification
 
 Every write is atomic: a temporary file renamed into place on filesystems, a

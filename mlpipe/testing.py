@@ -133,7 +133,13 @@ class BackendConformance:
     def test_basic_results_match_local(
         self, backend: Backend, local: Backend, store: ArtifactStore, tmp_path: Path
     ) -> None:
-        params: dict[str, Any] = {"n": 4, "scale": 0.5, "label": "x y", "options": {"a": 1, "nested": [1, 2]}, "flags": [3, 4]}
+        params: dict[str, Any] = {
+            "n": 4,
+            "scale": 0.5,
+            "label": "x y",
+            "options": {"a": 1, "nested": [1, 2]},
+            "flags": [3, 4],
+        }
         run = run_on(backend, basic, store, **params)
         assert run.status == "succeeded", run.error
         reference = run_on(local, basic, open_store(str(tmp_path / "reference")), **params)
