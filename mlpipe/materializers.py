@@ -97,7 +97,8 @@ class Materializer(ABC):
 class PandasMaterializer(Materializer):
     name = "pandas.parquet"
     version = "1"
-    type_names = frozenset({"pandas.core.frame.DataFrame"})
+    # pandas >= 3 reports DataFrame's module as "pandas", earlier versions as "pandas.core.frame".
+    type_names = frozenset({"pandas.DataFrame", "pandas.core.frame.DataFrame"})
 
     def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
         value.to_parquet(f, engine="pyarrow", compression="snappy")
