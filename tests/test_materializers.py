@@ -1,0 +1,277 @@
+"""mlpipe.materializers: built-in formats, the cloudpickle fallback, registration and entry points."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Iterator
+from importlib.metadata import EntryPoint
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+import pydantic
+import pytest
+
+import mlpipe as mp
+from mlpipe import materializers
+from mlpipe.errors import MaterializerError
+from mlpipe.materializers import for_annotation, for_value, get_materializer, register_materializer
+from mlpipe.store import ArtifactStore
+
+
+class Point(pydantic.BaseModel):
+    x: float
+    y: float
+    tags: list[str] = []
+
+
+class Opaque:
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+class Celsius:
+    def __init__(self, degrees: float) -> None:
+        self.degrees = degrees
+
+
+class CelsiusMaterializer(mp.Materializer):
+    name = "test.celsius"
+    version = "2"
+    type_names = frozenset({f"{__name__}.Celsius"})
+
+    def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
+        f.write(str(value.degrees).encode())
+        return {"unit": "C"}
+
+    def load(self, data: bytes | bytearray | memoryview, annotation: Any, meta: dict[str, Any]) -> Any:
+        return Celsius(float(bytes(data)))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(str(tmp_path / "store"))
+
+
+@pytest.fixture
+def registry() -> Iterator[None]:
+    """Restore the materializer registry and plugin state after a test changes them."""
+    saved = list(materializers._registry)
+    loaded = materializers._plugins_loaded
+    yield
+    materializers._registry[:] = saved
+    materializers._plugins_loaded = loaded
+
+
+def test_pandas_goes_to_parquet_and_round_trips(store: ArtifactStore) -> None:
+    df = pd.DataFrame({"a": [1, 2, 3], "b": ["x", "y", "z"], "c": [0.5, None, 1.5]})
+    info = store.put_value(df)
+    assert info.materializer == "pandas.parquet"
+    meta = store.meta(info.digest)
+    assert meta["rows"] == 3 and meta["columns"] == ["a", "b", "c"]
+    assert meta["type"] == "pandas:DataFrame"
+    assert "fallback" not in meta
+    assert store.get_bytes(store.object_path(info.digest))[:4] == b"PAR1"
+    back = store.get_value(info.digest)
+    pd.testing.assert_frame_equal(back, df)
+    assert for_annotation(pd.DataFrame) is get_materializer("pandas.parquet")
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype="float32").reshape(3, 4),
+        np.arange(6, dtype="int16").reshape(2, 3).T,  # Fortran order
+        np.array([True, False]),
+        np.zeros((0, 3), dtype="complex128"),
+        np.array(3.5),
+    ],
+)
+def test_numpy_goes_to_npy_and_round_trips(store: ArtifactStore, array: np.ndarray) -> None:
+    info = store.put_value(array)
+    assert info.materializer == "numpy.npy"
+    meta = store.meta(info.digest)
+    assert meta["shape"] == list(array.shape) and meta["dtype"] == str(array.dtype)
+    back = store.get_value(info.digest)
+    assert back.dtype == array.dtype and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+    assert for_annotation(np.ndarray) is get_materializer("numpy.npy")
+
+
+def test_numpy_object_arrays_fall_back_to_pickle(store: ArtifactStore) -> None:
+    info = store.put_value(np.array([{"a": 1}, None], dtype=object))
+    assert info.materializer == "cloudpickle"
+
+
+def test_pydantic_goes_to_canonical_json(store: ArtifactStore) -> None:
+    point = Point(x=1, y=2.5, tags=["t"])
+    info = store.put_value(point)
+    assert info.materializer == "pydantic.json"
+    raw = store.get_bytes(store.object_path(info.digest))
+    assert json.loads(raw) == {"tags": ["t"], "x": 1.0, "y": 2.5}
+    assert raw == b'{"tags":["t"],"x":1.0,"y":2.5}'
+    back = store.get_value(info.digest)
+    assert back == point and type(back) is Point
+    assert store.get_value(info.digest, Point) == point
+
+
+@pytest.mark.parametrize("value", [None, True, 3, 2.5, "text", [1, "a", None], {"b": 1, "a": [1.5, {"c": None}]}])
+def test_json_values(store: ArtifactStore, value: Any) -> None:
+    info = store.put_value(value)
+    assert info.materializer == "json"
+    assert store.get_value(info.digest) == value
+
+
+def test_json_is_canonical_so_equal_dicts_share_an_object(store: ArtifactStore) -> None:
+    a = store.put_value({"a": 1, "b": 2})
+    b = store.put_value({"b": 2, "a": 1})
+    assert a.digest == b.digest
+
+
+def test_json_load_validates_against_the_annotation(store: ArtifactStore) -> None:
+    info = store.put_value([1, 2])
+    assert store.get_value(info.digest, list[float]) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("value", [Opaque(3), (1, "a"), {1: "int keys"}, {"nan": float("nan")}, b"bytes"])
+def test_cloudpickle_fallback_is_recorded_in_the_sidecar(store: ArtifactStore, value: Any) -> None:
+    info = store.put_value(value)
+    assert info.materializer == "cloudpickle"
+    meta = store.meta(info.digest)
+    assert meta["fallback"] is True
+    assert meta["python"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    back = store.get_value(info.digest)
+    if isinstance(value, Opaque):
+        assert back.value == 3
+    elif isinstance(value, dict) and "nan" in value:
+        assert back["nan"] != back["nan"]
+    else:
+        assert back == value
+
+
+def test_cloudpickle_from_another_python_is_refused(store: ArtifactStore) -> None:
+    fallback = get_materializer("cloudpickle")
+    with pytest.raises(MaterializerError, match=r"pickled by Python 2\.7 and cannot be loaded safely"):
+        fallback.load(b"", None, {"python": "2.7"})
+
+
+def test_unpicklable_value_names_the_type_and_the_fix(store: ArtifactStore) -> None:
+    from resources.pipelines import Holder
+
+    with pytest.raises(MaterializerError) as caught:
+        store.put_value(Holder())
+    message = str(caught.value)
+    assert "no materializer can store a value of type Holder" in message
+    assert "mp.register_materializer" in message
+    assert "lock" in message
+    assert caught.value.type == "Holder"
+    assert caught.value.exit_code == 1
+    # nothing half-written is left behind
+    assert list(store.iter_objects()) == []
+    assert not any(Path(store.url, "objects", "tmp").iterdir())
+
+
+def test_register_materializer_wins_over_builtins(store: ArtifactStore, registry: None) -> None:
+    assert for_value(Celsius(3)).name == "cloudpickle"
+    registered = register_materializer(CelsiusMaterializer)
+    assert isinstance(registered, CelsiusMaterializer)
+    assert mp.register_materializer is register_materializer
+    assert for_value(Celsius(3)) is registered
+    assert for_annotation(Celsius) is registered
+    assert registered.key == "test.celsius@2"
+    info = store.put_value(Celsius(21.5))
+    meta = store.meta(info.digest)
+    assert (meta["materializer"], meta["materializer_version"], meta["unit"]) == ("test.celsius", "2", "C")
+    assert store.get_value(info.digest).degrees == 21.5
+    # registering the same class again is a no-op
+    assert register_materializer(CelsiusMaterializer()) is registered
+
+
+def test_register_materializer_errors(registry: None) -> None:
+    with pytest.raises(MaterializerError, match="needs a mlpipe.Materializer subclass or instance"):
+        register_materializer(object())  # type: ignore[arg-type]
+
+    class Impostor(CelsiusMaterializer):
+        pass
+
+    register_materializer(CelsiusMaterializer)
+    with pytest.raises(MaterializerError, match="a materializer named 'test.celsius' is already registered"):
+        register_materializer(Impostor)
+
+
+def test_register_last_keeps_builtins_first(registry: None) -> None:
+    class GreedyJson(CelsiusMaterializer):
+        name = "test.greedy"
+
+        def handles_value(self, value: Any) -> bool:
+            return True
+
+    register_materializer(GreedyJson, first=False)
+    assert for_value([1]).name == "json"
+    assert for_value(Celsius(1)).name == "test.greedy"
+
+
+def test_unknown_materializer_name(registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(materializers, "_plugins_loaded", True)
+    with pytest.raises(MaterializerError, match="no materializer named 'nope' is registered"):
+        get_materializer("nope")
+
+
+def _fake_entry_points(*eps: EntryPoint) -> Any:
+    def entry_points(group: str | None = None, **_: Any) -> list[EntryPoint]:
+        return [ep for ep in eps if ep.group == group]
+
+    return entry_points
+
+
+def test_entry_point_plugins_are_discovered(registry: None, monkeypatch: pytest.MonkeyPatch,
+                                            store: ArtifactStore) -> None:
+    ep = EntryPoint(name="celsius", value=f"{__name__}:CelsiusMaterializer", group="mlpipe.materializers")
+    monkeypatch.setattr("importlib.metadata.entry_points", _fake_entry_points(ep))
+    monkeypatch.setattr(materializers, "_plugins_loaded", False)
+    monkeypatch.delenv("MLPIPE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    # plugins load the first time a value matches no built-in materializer
+    assert for_value(Celsius(1)).name == "test.celsius"
+    info = store.put_value(Celsius(4))
+    assert info.materializer == "test.celsius"
+
+
+def test_entry_point_plugins_load_for_unknown_names(registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = EntryPoint(name="celsius", value=f"{__name__}:CelsiusMaterializer", group="mlpipe.materializers")
+    monkeypatch.setattr("importlib.metadata.entry_points", _fake_entry_points(ep))
+    monkeypatch.setattr(materializers, "_plugins_loaded", False)
+    assert get_materializer("test.celsius").name == "test.celsius"
+
+
+def test_broken_entry_point_names_the_plugin(registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = EntryPoint(name="broken", value="no_such_module_xyz:Thing", group="mlpipe.materializers")
+    monkeypatch.setattr("importlib.metadata.entry_points", _fake_entry_points(ep))
+    monkeypatch.setattr(materializers, "_plugins_loaded", False)
+    with pytest.raises(MaterializerError, match=r"materializer plugin 'broken' \(no_such_module_xyz:Thing\)"):
+        for_value(Celsius(1))
+
+
+def test_plugin_autoload_can_be_disabled(registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    ep = EntryPoint(name="celsius", value=f"{__name__}:CelsiusMaterializer", group="mlpipe.materializers")
+    monkeypatch.setattr("importlib.metadata.entry_points", _fake_entry_points(ep))
+    monkeypatch.setattr(materializers, "_plugins_loaded", False)
+    monkeypatch.setenv("MLPIPE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert for_value(Celsius(1)).name == "cloudpickle"
+
+
+def test_for_annotation() -> None:
+    assert for_annotation(Any) is None
+    assert for_annotation(int).name == "json"  # type: ignore[union-attr]
+    assert for_annotation(dict[str, list[int]]).name == "json"  # type: ignore[union-attr]
+    assert for_annotation(Point).name == "pydantic.json"  # type: ignore[union-attr]
+    assert for_annotation(Opaque) is None
+    assert for_annotation(tuple[int, int]) is None
+
+
+def test_save_writes_through_a_file_object() -> None:
+    buf = io.BytesIO()
+    get_materializer("json").save({"b": 1, "a": 2}, buf)
+    assert buf.getvalue() == b'{"a":2,"b":1}'
