@@ -67,7 +67,13 @@ _LAZY = {
 }
 
 
+# Subpackages reachable as ``mp.<name>`` and imported on first access (they need extras).
+_SUBPACKAGES = {"quality": "mlpipe.quality"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:
+        return importlib.import_module(_SUBPACKAGES[name])  # the import binds it in globals()
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'mlpipe' has no attribute {name!r}")

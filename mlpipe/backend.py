@@ -43,7 +43,12 @@ TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can express. Asking for more fails at compile time."""
+    """What a backend can express. Asking for more fails at compile time.
+
+    ``gates``: when a step declared with ``gate=True`` fails, the backend records
+    every step downstream of it as ``skipped`` with the gate's reason (and the
+    run as ``failed``), instead of leaving them pending.
+    """
 
     execute: bool = True
     parallel: bool = False
@@ -53,6 +58,7 @@ class Capabilities:
     retries: bool = False
     timeouts: bool = False
     schedules: bool = False
+    gates: bool = False
 
 
 class RunHandle(BaseModel):
@@ -188,6 +194,14 @@ class Backend(ABC):
             if spec.timeout and not caps.timeouts:
                 raise UnsupportedFeatureError(
                     f"backend {self.name!r} cannot enforce timeout= on step {spec.name!r}",
+                    backend=self.name,
+                    step=spec.name,
+                )
+            if spec.gate and not caps.gates:
+                raise UnsupportedFeatureError(
+                    f"backend {self.name!r} cannot run quality gate {spec.name!r}: it does not record the steps "
+                    "after a failed gate as skipped. Run this pipeline on a backend with the 'gates' capability "
+                    "(local does), or drop gate=True from the step",
                     backend=self.name,
                     step=spec.name,
                 )

@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlpipe.cache import artifact_input, cache_key, components_for, lookup, param_input, write_entry
-from mlpipe.errors import CorruptObjectError, MlpipeError, OutputTypeError, StepFailedError
+from mlpipe.errors import CorruptObjectError, MlpipeError, OutputTypeError, StepFailedError, StoreError
 from mlpipe.ir import StepSpec
+from mlpipe.materializers import report_suffix
 from mlpipe.metadata import Index
 from mlpipe.records import RunRecords
 from mlpipe.store import ArtifactStore, ObjectInfo
 from mlpipe.typecheck import type_name, validate
 
-__all__ = ["StepExecutor", "StepOutcome", "UpstreamCorrupted"]
+__all__ = ["StepExecutor", "StepOutcome", "UpstreamCorrupted", "skip_reason"]
 
 _IMMUTABLE = (int, float, str, bytes, bool, type(None), frozenset)
 
@@ -51,6 +52,7 @@ class StepOutcome:
     traceback: str | None = None
     source_run: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    reports: dict[str, str] = field(default_factory=dict)
 
     @property
     def duration(self) -> float:
@@ -331,6 +333,8 @@ class StepExecutor:
         packages: frozenset[str],
         new_entry: dict[str, Any] | None,
     ) -> None:
+        if outcome.status == "succeeded":
+            outcome.reports = self._publish_reports(spec.name, outcome.outputs)
         doc = step_record(self.run_id, self.pipeline, spec, outcome, components)
         if packages and not outcome.cached:
             doc["packages"] = _package_versions(packages)
@@ -338,6 +342,34 @@ class StepExecutor:
         self.records.write(doc)
         if self.index is not None:
             self.index.record_step(doc, new_entry)
+
+    def _publish_reports(self, step: str, outputs: Mapping[str, ObjectInfo]) -> dict[str, str]:
+        """Copy each report output (see ``Materializer.report_suffix``) to a named file of this run.
+
+        ``runs/<run>/reports/<step>.<output>.html`` opens in a browser, which a
+        suffix-less content-addressed object does not. Cache hits get their copy
+        too, so every run's record points at its own reports.
+        """
+        found: dict[str, str] = {}
+        for name, info in outputs.items():
+            suffix = report_suffix(info.materializer)
+            if suffix is None:
+                continue
+            rel = f"runs/{self.run_id}/reports/{step}.{name}.{suffix}"
+            try:
+                self.store.put_bytes(rel, bytes(self.store.read_verified(info.digest)))
+            except StoreError:  # a report copy must never fail the step; its object stays listed in outputs
+                continue
+            found[name] = f"{self.store.url}/{rel}"
+        return found
+
+
+def skip_reason(failed: StepSpec, error: str | None) -> str:
+    """Why a step downstream of the failed step ``failed`` was skipped, as every backend records it."""
+    if not failed.gate:
+        return f"skipped because upstream step {failed.name!r} did not succeed"
+    first = (error or "").strip().splitlines()[0] if (error or "").strip() else "no reason given"
+    return f"skipped because quality gate {failed.name!r} failed: {first}"
 
 
 def step_record(
@@ -367,6 +399,8 @@ def step_record(
         doc["error"] = outcome.error
     if outcome.traceback:
         doc["traceback"] = outcome.traceback
+    if outcome.reports:
+        doc["reports"] = outcome.reports
     return doc
 
 

@@ -118,6 +118,7 @@ def compile_trace(pipeline: Pipeline, trace: Trace) -> PipelineIR:
                 image=call.step.image,
                 env=call.step.env,
                 namedtuple=call.step.namedtuple_type is not None,
+                gate=call.step.gate,
             )
         )
     ir = PipelineIR(

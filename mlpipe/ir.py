@@ -87,6 +87,7 @@ class StepSpec(_Frozen):
     image: str | None = None
     env: dict[str, str] = Field(default_factory=dict)
     namedtuple: bool = False
+    gate: bool = False
 
     def input(self, name: str) -> InputSpec:
         for spec in self.inputs:

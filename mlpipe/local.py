@@ -23,7 +23,7 @@ from pydantic import Field
 from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
 from mlpipe.code import resolve as resolve_code
 from mlpipe.errors import BackendError, MlpipeError
-from mlpipe.executor import StepExecutor, StepOutcome, UpstreamCorrupted, step_record
+from mlpipe.executor import StepExecutor, StepOutcome, UpstreamCorrupted, skip_reason, step_record
 from mlpipe.fingerprint import fingerprint
 from mlpipe.ir import PipelineIR, StepSpec
 from mlpipe.launch import write_run_doc
@@ -56,7 +56,7 @@ class LocalBackend(Backend):
     """Runs pipelines in this process. ``resources`` are accepted and recorded, not enforced."""
 
     name = "local"
-    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True)
+    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, gates=True)
     Options = LocalOptions
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
@@ -275,6 +275,7 @@ class LocalBackend(Backend):
         outcomes: dict[str, StepOutcome],
         reporter: Reporter,
     ) -> None:
+        reason = skip_reason(specs[failed], outcomes[failed].error)
         stack = list(downstream[failed])
         while stack:
             name = stack.pop()
@@ -286,7 +287,7 @@ class LocalBackend(Backend):
                 "skipped",
                 started=now,
                 ended=now,
-                error=f"skipped because upstream step {failed!r} did not succeed",
+                error=reason,
             )
             outcome.record = step_record(executor.run_id, executor.pipeline, specs[name], outcome, None)
             executor.records.write(outcome.record)

@@ -30,6 +30,7 @@ from mlpipe.hashing import canonical_json, json_safe
 from mlpipe.typecheck import is_any, type_name, validate
 
 __all__ = [
+    "HtmlReport",
     "Materializer",
     "for_annotation",
     "for_value",
@@ -73,6 +74,10 @@ class Materializer(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     type_names: ClassVar[frozenset[str]] = frozenset()
+    #: File suffix when the values it stores are reports meant for a person (``"html"``):
+    #: the executor then copies each such output to ``runs/<run>/reports/<step>.<output>.<suffix>``
+    #: and lists it under ``reports`` in the step record, which ``mlpipe runs show`` prints.
+    report_suffix: ClassVar[str | None] = None
 
     def handles_type(self, tp: Any) -> bool:
         """Whether values annotated/typed ``tp`` are stored by this materializer."""
@@ -161,6 +166,30 @@ class PydanticMaterializer(Materializer):
         return cls.model_validate_json(bytes(data))
 
 
+class HtmlReport(str):
+    """A self-contained HTML document returned by a step (a drift report, an evaluation page).
+
+    It is a ``str``; annotating an output ``-> HtmlReport`` stores it as an
+    ``.html`` report that the run record lists under ``reports``.
+    """
+
+    __slots__ = ()
+
+
+class HtmlReportMaterializer(Materializer):
+    name = "html"
+    version = "1"
+    type_names = frozenset({"mlpipe.materializers.HtmlReport"})
+    report_suffix = "html"
+
+    def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
+        f.write(str(value).encode("utf-8"))
+        return {}
+
+    def load(self, data: bytes | bytearray | memoryview, annotation: Any, meta: dict[str, Any]) -> Any:
+        return HtmlReport(bytes(data).decode("utf-8"))
+
+
 _JSON_TYPES = (type(None), bool, int, float, str, list, dict)
 
 
@@ -232,6 +261,7 @@ _registry: list[Materializer] = [
     PandasMaterializer(),
     NumpyMaterializer(),
     PydanticMaterializer(),
+    HtmlReportMaterializer(),
     JsonMaterializer(),
 ]
 _fallback = CloudpickleMaterializer()
@@ -324,6 +354,14 @@ def get_materializer(name: str) -> Materializer:
         f"no materializer named {name!r} is registered; install or register the package that provides it",
         name=name,
     )
+
+
+def report_suffix(name: str) -> str | None:
+    """The report file suffix of the registered materializer ``name``, or None when it stores no reports."""
+    for m in _registry:
+        if m.name == name:
+            return m.report_suffix
+    return None
 
 
 def registry_signature() -> str:

@@ -116,7 +116,7 @@ class OutputSpec(NamedTuple):
     annotation: Any
 
 
-_OPTION_NAMES = ("name", "retries", "timeout", "resources", "cache", "version", "image", "env")
+_OPTION_NAMES = ("name", "retries", "timeout", "resources", "cache", "version", "image", "env", "gate")
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,7 @@ class _Options:
     version: str | None = None
     image: str | None = None
     env: tuple[tuple[str, str], ...] = ()
+    gate: bool = False
 
 
 class Step(Generic[P, R]):
@@ -137,7 +138,7 @@ class Step(Generic[P, R]):
     Attributes:
         fn: The plain function.
         name: The step's name (function name unless given).
-        retries, timeout, resources, cache, version, image, env: Options, see :func:`step`.
+        retries, timeout, resources, cache, version, image, env, gate: Options, see :func:`step`.
     """
 
     def __init__(self, fn: Callable[P, R], options: _Options) -> None:
@@ -190,6 +191,10 @@ class Step(Generic[P, R]):
     @property
     def env(self) -> dict[str, str]:
         return dict(self._options.env)
+
+    @property
+    def gate(self) -> bool:
+        return self._options.gate
 
     def with_options(self, **options: Any) -> Step[P, R]:
         """A copy of this step with some options replaced, e.g. ``train.with_options(name="train_big")``."""
@@ -345,10 +350,10 @@ def _normalise_options(fn: Callable[..., Any], options: dict[str, Any], partial:
                     f"resources must be mp.Resources(...), got {type(value).__name__}", step=fn.__name__
                 )
             out["resources"] = value
-        elif key == "cache":
+        elif key in ("cache", "gate"):
             if not isinstance(value, bool):
-                raise DefinitionError(f"cache must be True or False, got {value!r}", step=fn.__name__)
-            out["cache"] = value
+                raise DefinitionError(f"{key} must be True or False, got {value!r}", step=fn.__name__)
+            out[key] = value
         elif key in ("version", "image"):
             if value is not None and not isinstance(value, str):
                 raise DefinitionError(f"{key} must be a string, got {value!r}", step=fn.__name__)
@@ -379,6 +384,7 @@ def step(
     version: str | None = None,
     image: str | None = None,
     env: dict[str, str] | None = None,
+    gate: bool = False,
 ) -> Callable[[Callable[P, R]], Step[P, R]]: ...
 
 
@@ -394,6 +400,7 @@ def step(
     version: str | None = None,
     image: str | None = None,
     env: dict[str, str] | None = None,
+    gate: bool = False,
 ) -> Step[P, R] | Callable[[Callable[P, R]], Step[P, R]]:
     """Declare a function as a pipeline step. Works bare (``@step``) or with options.
 
@@ -406,6 +413,10 @@ def step(
         version: A manual salt added to the cache key.
         image: Container image for remote backends (default: the profile's image).
         env: Environment variables set for the step on remote backends.
+        gate: Mark the step as a quality gate: when it fails, every step that
+            depends on it is recorded ``skipped`` with the gate's reason, and the
+            run is ``failed``. Backends without the ``gates`` capability refuse
+            such a pipeline before it runs.
     """
 
     def decorate(func: Callable[P, R]) -> Step[P, R]:
@@ -418,6 +429,7 @@ def step(
             "cache": cache,
             "version": version,
             "image": image,
+            "gate": gate,
         }
         if name is not None:
             raw["name"] = name

@@ -29,6 +29,7 @@ import pytest
 
 import mlpipe as mp
 from mlpipe.backend import Backend
+from mlpipe.errors import UnsupportedFeatureError
 from mlpipe.launch import new_run_id
 from mlpipe.run import Run
 from mlpipe.store import ArtifactStore, open_store
@@ -102,6 +103,21 @@ def cutoff(n: int = 4) -> float:
 def failing(fail: bool = True) -> None:
     values = make_numbers(3)
     consume(explode(values, fail=fail))
+    summarize(values)
+
+
+@mp.step(gate=True)
+def check_limit(values: list[float], limit: float) -> list[float]:
+    largest = max(values, default=0.0)
+    if largest > limit:
+        raise ValueError(f"largest value {largest} is above the limit {limit}")
+    return values
+
+
+@mp.pipeline(name="conformance-gate")
+def gated(limit: float = 1.0) -> None:
+    values = make_numbers(3)
+    consume(explode(check_limit(values, limit=limit), fail=False))
     summarize(values)
 
 
@@ -180,3 +196,19 @@ class BackendConformance:
         assert "planted failure" in (run.steps["explode"].error or "")
         assert run.steps["consume"].status in ("skipped", "pending", "cancelled")
         assert run.steps["make_numbers"].status == "succeeded"
+
+    def test_failed_gate_skips_dependents_with_reason(self, backend: Backend, store: ArtifactStore) -> None:
+        if not backend.capabilities.gates:
+            with pytest.raises(UnsupportedFeatureError, match="quality gate 'check_limit'"):
+                backend.check(gated.ir)
+            return
+        run = run_on(backend, gated, store, limit=1.0)
+        assert run.status == "failed"
+        assert run.steps["check_limit"].status == "failed"
+        assert "above the limit" in (run.steps["check_limit"].error or "")
+        for name in ("explode", "consume"):
+            assert run.steps[name].status == "skipped"
+            reason = run.steps[name].error or ""
+            assert "quality gate 'check_limit' failed" in reason and "above the limit" in reason
+        assert run.steps["summarize"].status == "succeeded"
+        assert run_on(backend, gated, store, limit=100.0).status == "succeeded"
