@@ -1,0 +1,394 @@
+"""mlpipe benchmarks: the speed targets of the project, measured against baselines in the same run.
+
+Usage::
+
+    python benchmarks/run.py            # full run, checks every target, writes bench-results.json
+    python benchmarks/run.py --quick    # each figure once at reduced size: proves the benchmarks run
+
+Each figure is the median of its repeats (min and max are kept too) and is
+compared with a baseline measured in the same run (bare ``python -c pass``,
+plain function calls, plain ``df.to_parquet``/``np.save``), because absolute
+times drift on shared machines. Exit status 1 when a target fails (full mode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "n": len(samples)}
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        gc.collect()
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def run_python(code: str, cwd: str, env: dict[str, str] | None = None) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], cwd=cwd, check=True, env=env)
+    return time.perf_counter() - start
+
+
+def run_python_json(code: str, cwd: str) -> Any:
+    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class Bench:
+    def __init__(self, quick: bool, workdir: Path) -> None:
+        self.quick = quick
+        self.workdir = workdir
+        self.figures: dict[str, dict[str, Any]] = {}
+        self.repeats = 1 if quick else 5
+
+    def record(
+        self,
+        name: str,
+        value: dict[str, float],
+        unit: str,
+        target: float | None,
+        *,
+        baseline: dict[str, float] | None = None,
+        ratio: float | None = None,
+        note: str = "",
+        compare: str = "value",
+    ) -> None:
+        checked = ratio if compare == "ratio" else value["median"]
+        passed = None if target is None else bool(checked is not None and checked <= target)
+        self.figures[name] = {
+            "unit": unit,
+            **{k: round(v, 6) if isinstance(v, float) else v for k, v in value.items()},
+            "target": target,
+            "compare": compare,
+            "baseline": baseline,
+            "ratio": None if ratio is None else round(ratio, 3),
+            "pass": passed,
+            "note": note,
+        }
+        shown = f"{value['median']:.4g} {unit}"
+        extra = f" (ratio {ratio:.2f})" if ratio is not None else ""
+        verdict = "" if passed is None else (" PASS" if passed else " FAIL")
+        print(f"  {name:<44} {shown}{extra}{verdict}", flush=True)
+
+    # -- figures ----------------------------------------------------------------------------
+    def import_time(self) -> None:
+        n = 3 if self.quick else 11
+        bare = [run_python("pass", str(self.workdir)) for _ in range(n)]
+        imp = [run_python("import mlpipe", str(self.workdir)) for _ in range(n)]
+        extra = [i - statistics.median(bare) for i in imp]
+        self.record(
+            "import mlpipe, beyond bare python",
+            stats(extra),
+            "s",
+            0.25,
+            baseline=stats(bare),
+            note="fresh process; difference of medians",
+        )
+
+    def whole_process_50(self) -> None:
+        script = self.workdir / "linear50.py"
+        script.write_text(
+            textwrap.dedent("""
+            import sys, time
+            import mlpipe as mp
+
+            @mp.step
+            def inc(x: int) -> int:
+                return x + 1
+
+            @mp.pipeline
+            def linear(x: int = 0):
+                h = x
+                for _ in range(50):
+                    h = inc(h)
+                return h
+
+            run = linear.run(x=int(sys.argv[1]))
+            assert run.status == "succeeded"
+        """)
+        )
+        samples = []
+        for i in range(self.repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, str(script), str(1000 + i)], cwd=self.workdir, check=True)
+            samples.append(time.perf_counter() - start)
+        bare = [run_python("pass", str(self.workdir)) for _ in range(3)]
+        self.record(
+            "50-step linear pipeline, whole process",
+            stats(samples),
+            "s",
+            0.5,
+            baseline=stats(bare),
+            note="defines and runs 50 steps in a fresh process, store and metadata on, all steps computed",
+        )
+
+    def per_step(self) -> None:
+        from bench_pipelines import linear_pipeline
+
+        n = 50 if self.quick else 200
+        pipe = linear_pipeline(n)
+        cwd = os.getcwd()
+        os.chdir(self.workdir)
+        try:
+            pipe.run(x=-1)  # warm: directories, imports, IR
+            counter = iter(range(10**6))
+
+            def fresh() -> None:
+                run = pipe.run(x=next(counter))
+                assert run.status == "succeeded"
+
+            def cached() -> None:
+                run = pipe.run(x=7)
+                assert all(s.cached for s in run.steps.values())
+
+            samples = [t / n for t in timed(fresh, self.repeats)]
+            pipe.run(x=7)
+            hits = [t / n for t in timed(cached, self.repeats)]
+        finally:
+            os.chdir(cwd)
+        calls = timed(lambda: [mp_inc(i) for i in range(n)], 5)
+        plain = statistics.median(calls) / n
+        overhead = [s - plain for s in samples]
+        self.record(
+            f"per-step overhead, {n}-step linear, in-process",
+            stats([s * 1000 for s in overhead]),
+            "ms",
+            1.0,
+            baseline={"median": plain * 1000},
+            note="every output stored, every step recorded",
+        )
+        self.record(
+            "fully-cached re-run, per step",
+            stats([h * 1000 for h in hits]),
+            "ms",
+            0.3,
+            note="key computation, existence check, recording the hit",
+        )
+
+    def fan_out(self) -> None:
+        from bench_pipelines import fan_pipeline
+
+        cwd = os.getcwd()
+        os.chdir(self.workdir)
+        try:
+            slow, fast = fan_pipeline(0.25), fan_pipeline(0.0)
+            slow.run(seed=-1)
+            fast.run(seed=-1)
+            counter = iter(range(10**6))
+            with_sleep = timed(lambda: slow.run(seed=next(counter)), self.repeats)
+            without = timed(lambda: fast.run(seed=next(counter)), self.repeats)
+        finally:
+            os.chdir(cwd)
+        extra = [w - statistics.median(without) for w in with_sleep]
+        self.record(
+            "fan-out 1→16×sleep(0.25 s)→1, beyond no-sleep",
+            stats(extra),
+            "s",
+            0.40,
+            baseline=stats(without),
+            note="default settings; 0.25 s is the floor",
+        )
+
+    def artifacts(self) -> None:
+        import numpy as np
+        import pandas as pd
+
+        from mlpipe.store import open_store
+
+        rows = 200_000 if self.quick else 8_000_000
+        mb = 20 if self.quick else 1024
+        repeats = 1 if self.quick else 3
+        store = open_store(str(self.workdir / "store-artifacts"))
+        rng = np.random.default_rng(0)
+        df = pd.DataFrame({"a": rng.random(rows), "b": rng.integers(0, 1000, rows), "c": rng.random(rows)})
+        path = self.workdir / "bare.parquet"
+        bare_w = timed(lambda: df.to_parquet(path, engine="pyarrow", compression="snappy"), repeats)
+        infos = []
+        ours_w = timed(lambda: infos.append(store.put_value(df)), repeats)
+        bare_r = timed(lambda: pd.read_parquet(path), repeats)
+        ours_r = timed(lambda: store.get_value(infos[-1].digest), repeats)
+        self.record(
+            f"store {rows:,}-row DataFrame vs to_parquet",
+            stats(ours_w),
+            "s",
+            1.3,
+            baseline=stats(bare_w),
+            ratio=statistics.median(ours_w) / statistics.median(bare_w),
+            compare="ratio",
+        )
+        self.record(
+            f"load {rows:,}-row DataFrame vs read_parquet",
+            stats(ours_r),
+            "s",
+            1.3,
+            baseline=stats(bare_r),
+            ratio=statistics.median(ours_r) / statistics.median(bare_r),
+            compare="ratio",
+            note="load includes SHA-256 verification of every byte",
+        )
+        del df
+        arr = rng.random(mb * 1024 * 1024 // 8)
+        npath = self.workdir / "bare.npy"
+        bare_w = timed(lambda: np.save(npath, arr), repeats)
+        ours_w = timed(lambda: infos.append(store.put_value(arr)), repeats)
+        bare_r = timed(lambda: np.load(npath), repeats)
+        ours_r = timed(lambda: store.get_value(infos[-1].digest), repeats)
+        self.record(
+            f"store {mb} MiB numpy array vs np.save",
+            stats(ours_w),
+            "s",
+            1.3,
+            baseline=stats(bare_w),
+            ratio=statistics.median(ours_w) / statistics.median(bare_w),
+            compare="ratio",
+        )
+        self.record(
+            f"load {mb} MiB numpy array vs np.load",
+            stats(ours_r),
+            "s",
+            1.3,
+            baseline=stats(bare_r),
+            ratio=statistics.median(ours_r) / statistics.median(bare_r),
+            compare="ratio",
+            note="load includes SHA-256 verification of every byte",
+        )
+        del arr
+        npath.unlink()
+        path.unlink()
+        shutil.rmtree(self.workdir / "store-artifacts", ignore_errors=True)
+
+    def graph_scale(self) -> None:
+        n = 1000 if self.quick else 10_000
+        code = textwrap.dedent(f"""
+            import json, resource, sys, time
+            sys.path.insert(0, {str(HERE)!r})
+            sys.setrecursionlimit(100000)
+            from bench_pipelines import linear_pipeline
+            pipe = linear_pipeline({n})
+            start = time.perf_counter()
+            ir = pipe.ir
+            elapsed = time.perf_counter() - start
+            assert len(ir.steps) == {n}
+            print(json.dumps({{"seconds": elapsed, "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+        """)
+        results = [run_python_json(code, str(self.workdir)) for _ in range(1 if self.quick else 3)]
+        self.record(
+            f"build + validate + fingerprint {n:,}-step graph",
+            stats([r["seconds"] for r in results]),
+            "s",
+            2.0,
+            note=f"peak RSS {max(r['maxrss_kb'] for r in results) / 1024:.0f} MiB (whole process)",
+        )
+        self.figures[f"build + validate + fingerprint {n:,}-step graph"]["peak_rss_mib"] = round(
+            max(r["maxrss_kb"] for r in results) / 1024, 1
+        )
+
+    def fingerprint(self) -> None:
+        module = self.workdir / "helpers50.py"
+        lines = ["import mlpipe as mp", "", "SCALE = 3", ""]
+        for i in range(50):
+            body = f"h{i + 1}(x) + {i}" if i < 49 else "x * SCALE"
+            lines += [f"def h{i}(x):", f"    '''helper {i}'''", f"    return {body}", ""]
+        lines += ["@mp.step", "def root(x: int) -> int:", "    return h0(x)", ""]
+        module.write_text("\n".join(lines))
+        code = textwrap.dedent("""
+            import json, time
+            import helpers50
+            from mlpipe.fingerprint import fingerprint
+            t0 = time.perf_counter(); fp = fingerprint(helpers50.root); t1 = time.perf_counter()
+            fingerprint(helpers50.root); t2 = time.perf_counter()
+            assert len([k for k in fp.manifest if k.startswith("function")]) == 51, fp.manifest
+            print(json.dumps({"first": t1 - t0, "again": t2 - t1}))
+        """)
+        results = [run_python_json(code, str(self.workdir)) for _ in range(self.repeats)]
+        self.record(
+            "fingerprint of a step reaching 50 helpers",
+            stats([r["first"] * 1000 for r in results]),
+            "ms",
+            5.0,
+            note=f"then {statistics.median(r['again'] for r in results) * 1e6:.1f} µs (memoised)",
+        )
+
+
+def mp_inc(x: int) -> int:
+    return x + 1
+
+
+def machine() -> dict[str, Any]:
+    import mlpipe
+
+    versions = {"python": platform.python_version(), "mlpipe": mlpipe.__version__}
+    for name in ("pydantic", "numpy", "pandas", "pyarrow", "networkx", "fsspec"):
+        try:
+            from importlib.metadata import version
+
+            versions[name] = version(name)
+        except Exception:  # noqa: BLE001 - report what is there
+            versions[name] = None
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "versions": versions,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="each figure once at reduced size; no pass/fail")
+    parser.add_argument("--output", default=str(ROOT / "bench-results.json"))
+    parser.add_argument("--only", nargs="*", help="run only these figures (method names)")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="mlpipe-bench-"))
+    bench = Bench(args.quick, workdir)
+    order = ["import_time", "whole_process_50", "per_step", "fan_out", "fingerprint", "graph_scale", "artifacts"]
+    print(f"mlpipe benchmarks ({'quick' if args.quick else 'full'}) in {workdir}")
+    try:
+        for name in order:
+            if args.only and name not in args.only:
+                continue
+            getattr(bench, name)()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    result = {"mode": "quick" if args.quick else "full", "machine": machine(), "figures": bench.figures}
+    Path(args.output).write_text(json.dumps(result, indent=2))
+    failed = [n for n, f in bench.figures.items() if f["pass"] is False]
+    print(f"wrote {args.output}")
+    if args.quick:
+        print("quick mode: every benchmark ran; targets are checked only in a full run")
+        return 0
+    if failed:
+        print("FAILED targets: " + "; ".join(failed))
+        return 1
+    print("all targets met")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
