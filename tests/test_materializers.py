@@ -191,14 +191,14 @@ def test_register_materializer_wins_over_builtins(store: ArtifactStore, registry
 
 
 def test_register_materializer_errors(registry: None) -> None:
-    with pytest.raises(MaterializerError, match="needs a mlpipe.Materializer subclass or instance"):
+    with pytest.raises(MaterializerError, match=r"needs a mlpipe.Materializer subclass or instance"):
         register_materializer(object())  # type: ignore[arg-type]
 
     class Impostor(CelsiusMaterializer):
         pass
 
     register_materializer(CelsiusMaterializer)
-    with pytest.raises(MaterializerError, match="a materializer named 'test.celsius' is already registered"):
+    with pytest.raises(MaterializerError, match=r"a materializer named 'test.celsius' is already registered"):
         register_materializer(Impostor)
 
 
@@ -216,7 +216,7 @@ def test_register_last_keeps_builtins_first(registry: None) -> None:
 
 def test_unknown_materializer_name(registry: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(materializers, "_plugins_loaded", True)
-    with pytest.raises(MaterializerError, match="no materializer named 'nope' is registered"):
+    with pytest.raises(MaterializerError, match=r"no materializer named 'nope' is registered"):
         get_materializer("nope")
 
 

@@ -141,7 +141,7 @@ def test_unknown_argument_error() -> None:
     def broken() -> None:
         train(load(), momentum=0.9)  # type: ignore[call-arg]
 
-    with pytest.raises(StepSignatureError, match=r"step 'train': train\(\) got an unexpected keyword argument 'momentum'"):
+    with pytest.raises(StepSignatureError, match=r"train\(\) got an unexpected keyword argument 'momentum'"):
         _ = broken.ir
 
 
@@ -213,7 +213,7 @@ def test_non_json_constant_is_refused() -> None:
     def opaque_any() -> None:
         anything(object())
 
-    with pytest.raises(GraphError, match="only JSON values can"):
+    with pytest.raises(GraphError, match=r"only JSON values can"):
         _ = opaque_any.ir
 
 
@@ -243,21 +243,21 @@ def test_handles_cannot_be_used_as_values() -> None:
         if df:
             train(df)
 
-    with pytest.raises(GraphError, match="cannot be used as a condition. Do this work inside a step"):
+    with pytest.raises(GraphError, match=r"cannot be used as a condition. Do this work inside a step"):
         _ = branching.ir
 
     @mp.pipeline
     def arithmetic(n: int = 1) -> None:
         count(n + 1)
 
-    with pytest.raises(GraphError, match="parameter 'n' is a placeholder.*operator"):
+    with pytest.raises(GraphError, match=r"parameter 'n' is a placeholder.*operator"):
         _ = arithmetic.ir
 
     @mp.pipeline
     def single_unpacked() -> None:
-        a, b = load()  # type: ignore[misc]
+        _a, _b = load()  # type: ignore[misc]
 
-    with pytest.raises(GraphError, match="unpacked"):
+    with pytest.raises(GraphError, match=r"unpacked"):
         _ = single_unpacked.ir
 
 
@@ -270,14 +270,14 @@ def test_handles_inside_containers_and_whole_tuples_are_refused() -> None:
     def in_list() -> None:
         takes_list([load()])
 
-    with pytest.raises(GraphError, match="handles inside lists"):
+    with pytest.raises(GraphError, match=r"handles inside lists"):
         _ = in_list.ir
 
     @mp.pipeline
     def whole_tuple() -> None:
         takes_list(pair(load()))
 
-    with pytest.raises(GraphError, match="got all 2 outputs of step 'pair' as one tuple"):
+    with pytest.raises(GraphError, match=r"got all 2 outputs of step 'pair' as one tuple"):
         _ = whole_tuple.ir
 
 
@@ -292,7 +292,7 @@ def test_reserved_parameter_names(reserved: str) -> None:
 
 
 def test_var_args_pipeline_parameters_are_refused() -> None:
-    with pytest.raises(DefinitionError, match="plain named parameters"):
+    with pytest.raises(DefinitionError, match=r"plain named parameters"):
 
         @mp.pipeline
         def splat(*args: int) -> None:
@@ -307,7 +307,7 @@ def test_pipeline_name_option_and_validation() -> None:
     assert renamed.name == "my-pipeline"
     assert renamed.ir.name == "my-pipeline"
     assert repr(renamed) == "<Pipeline 'my-pipeline'>"
-    with pytest.raises(DefinitionError, match="pipeline name 'bad name' is not valid"):
+    with pytest.raises(DefinitionError, match=r"pipeline name 'bad name' is not valid"):
         mp.pipeline(name="bad name")(lambda: None)
 
 
@@ -324,7 +324,7 @@ def test_calling_a_pipeline_directly_is_an_error() -> None:
 
 
 @mp.pipeline
-def params_pipeline(n: int, lr: float = 0.1, tags: list[str] = ["a"], model: Model | None = None) -> Model:  # noqa: B006
+def params_pipeline(n: int, lr: float = 0.1, tags: list[str] = ["a"], model: Model | None = None) -> Model:
     return train(load(n=n), lr=lr)
 
 
@@ -380,7 +380,7 @@ def test_non_json_default_is_refused_at_build() -> None:
     def odd(x: Any = object()) -> None:
         load()
 
-    with pytest.raises(GraphError, match="its default .* is not a JSON value"):
+    with pytest.raises(GraphError, match=r"its default .* is not a JSON value"):
         _ = odd.ir
 
 
@@ -396,7 +396,7 @@ def test_ir_records_steps_inputs_and_options() -> None:
     assert train_spec.code.qualname == "train"
     assert train_spec.outputs[0].materializer == "pydantic.json@1"
     assert [(o.step, o.output) for o in ir.outputs] == [("train", "output")]
-    with pytest.raises(KeyError, match="has no step 'nope'"):
+    with pytest.raises(KeyError, match=r"has no step 'nope'"):
         ir.step("nope")
     # the IR is frozen
     with pytest.raises(pydantic.ValidationError):

@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import pytest
 
 import mlpipe as mp
-from mlpipe.errors import DefinitionError, StepSignatureError
+from mlpipe.errors import DefinitionError
 from mlpipe.step import Step, memory_bytes, parse_duration
 
 
@@ -143,7 +143,7 @@ def test_var_args_are_refused() -> None:
 
 
 def test_not_callable_is_refused() -> None:
-    with pytest.raises(DefinitionError, match="@step needs a function"):
+    with pytest.raises(DefinitionError, match=r"@step needs a function"):
         Step(3, None)  # type: ignore[arg-type]
 
 
