@@ -47,12 +47,16 @@ class StepRun:
 
     @classmethod
     def from_record(cls, doc: dict[str, Any]) -> StepRun:
+        outputs = {n: ObjectInfo(**i) for n, i in (doc.get("outputs") or {}).items()}
+        # Records are stored as canonical (key-sorted) JSON; the declared order makes `output(step, 1)` stable.
+        declared = [o[0] for o in (doc.get("components") or {}).get("outputs", [])]
+        outputs = {n: outputs[n] for n in declared if n in outputs} | outputs
         return cls(
             name=doc["step"],
             status=doc["status"],
             cached=bool(doc.get("cached")),
             duration=float(doc.get("duration") or 0.0),
-            outputs={n: ObjectInfo(**i) for n, i in (doc.get("outputs") or {}).items()},
+            outputs=outputs,
             key=doc.get("key"),
             source_run=doc.get("source_run"),
             error=doc.get("error"),
