@@ -1,0 +1,273 @@
+"""The ``kubeflow`` backend: compile to a KFP v2 spec, execute it with kfp.local, or submit it to a cluster.
+
+This module ties the parts together and owns the run lifecycle (run records,
+handles, status, cancel). The spec itself is built in ``compiler.py``, local
+execution lives in ``local_runner.py`` and the API server is reached through
+``client.py``. kfp is imported only when a method needs it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
+from mlpipe.errors import BackendError, MlpipeError, UnsupportedFeatureError
+from mlpipe.ir import PipelineIR
+from mlpipe.run import Run
+from mlpipe.store import ArtifactStore, open_store
+from mlpipe_kubeflow.compiler import DEFAULT_IMAGE, PipelinePlan, plan, write_spec
+from mlpipe_kubeflow.naming import check_parameter_budget
+from mlpipe_kubeflow.options import KubeflowOptions
+
+__all__ = ["KubeflowBackend"]
+
+
+class KubeflowBackend(Backend):
+    """Kubeflow Pipelines (KFP v2).
+
+    With ``mode = "cluster"`` (the default) :meth:`submit` sends the compiled
+    spec to the KFP API server with ``kfp.Client``; with ``mode = "local"`` the
+    same spec runs on this machine through kfp.local, and :meth:`run` returns
+    the same :class:`~mlpipe.run.Run` as the local backend, sharing its cache.
+    """
+
+    name = "kubeflow"
+    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, schedules=True)
+    Options = KubeflowOptions
+
+    def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
+        super().__init__(options, image=image)
+        self._local: dict[str, tuple[threading.Thread, threading.Event, dict[str, Any]]] = {}
+
+    @property
+    def opts(self) -> KubeflowOptions:
+        assert isinstance(self.options, KubeflowOptions)
+        return self.options
+
+    # -- compile ----------------------------------------------------------------------
+    def plan(self, ir: PipelineIR, store: ArtifactStore, *, cache: bool = True) -> PipelinePlan:
+        """Store the IR (shipping non-importable code) and decide the spec; refusals are raised here."""
+        from mlpipe.runtime import write_ir
+
+        self.check(ir)
+        return plan(ir, self.opts, store=store.url, ir_digest=write_ir(store, ir), image=self.image, cache=cache)
+
+    def check(self, ir: PipelineIR) -> None:
+        """Refuse what KFP cannot express (names, sizes, resources), before anything is stored or run."""
+        super().check(ir)
+        plan(ir, self.opts, store="", ir_digest="", image=self.image)
+
+    def compile(self, ir: PipelineIR, path: str, *, store: ArtifactStore | None = None) -> str:
+        """Write the KFP v2 pipeline spec (YAML) to ``path``.
+
+        The spec's tasks read the IR from ``store`` (the profile's), where it is
+        written now; submit the file with the KFP UI or ``kfp.Client`` and the
+        tasks find it there.
+
+        Raises:
+            UnsupportedFeatureError: a step asks for what KFP cannot express (names the step and option).
+        """
+        write_spec(self.plan(ir, store if store is not None else open_store(None)), path)
+        return path
+
+    # -- submit / run -----------------------------------------------------------------
+    def submit(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
+               cache: bool = True) -> RunHandle:
+        """Start a run and return its handle.
+
+        In cluster mode the handle's ``run_id`` is the KFP run id, because the
+        tasks record themselves under ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``; the
+        id the launcher proposed is kept in ``data["requested_run_id"]``. With
+        a ``schedule`` a recurring run is created instead and the handle names
+        it (``data["kind"] == "recurring"``).
+
+        Raises:
+            UnsupportedFeatureError: the store is not reachable from the cluster, no image is configured,
+                or the parameters exceed KFP's budget.
+            BackendError: the API server refused or could not be reached.
+        """
+        if self.opts.mode == "local":
+            return self._submit_local(ir, store, params, run_id, cache)
+        return self._submit_cluster(ir, store, params, run_id, cache)
+
+    def run(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
+            cache: bool = True) -> Run:
+        """Submit, wait, and return the finished run as recorded in the store."""
+        if self.opts.mode == "local":
+            return self._execute_local(ir, store, params, run_id, cache, threading.Event())
+        handle = self.submit(ir, store, params=params, run_id=run_id, cache=cache)
+        status = self.wait(handle, timeout=self.opts.wait_timeout)
+        _close_run_doc(store, handle.run_id, status)
+        return Run.load(store, handle.run_id)
+
+    def _arguments(self, ir: PipelineIR, plan_: PipelinePlan, params: Mapping[str, Any]) -> dict[str, Any]:
+        arguments = plan_.arguments(params)
+        check_parameter_budget(ir.name, arguments, self.opts.max_parameter_bytes, "run parameters")
+        return arguments
+
+    def _submit_cluster(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
+                        cache: bool) -> RunHandle:
+        from mlpipe_kubeflow import client as kfp_client
+
+        opts = self.opts
+        if store.is_local or store.url.startswith("memory://"):
+            raise UnsupportedFeatureError(
+                f"kubeflow: the store {store.url} is on this machine, so the cluster's pods cannot reach it; "
+                "use a bucket the cluster can read and write (s3://, gs://) as the profile's store, or "
+                "mode = \"local\" to run here",
+                backend=self.name, option="store",
+            )
+        plan_ = self.plan(ir, store, cache=cache)
+        unset = [t.step for t in plan_.tasks if t.image == DEFAULT_IMAGE and self.image is None]
+        if unset:
+            raise UnsupportedFeatureError(
+                f"kubeflow: no container image for step(s) {unset}; set image in the profile or "
+                "@mp.step(image=...). `mlpipe image FILE:PIPELINE` writes a Dockerfile for one",
+                backend=self.name, step=unset[0], option="image",
+            )
+        arguments = self._arguments(ir, plan_, params)
+        run_name = opts.run_name.format(pipeline=ir.name, run_id=run_id)
+        with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-") as tmp:
+            spec = write_spec(plan_, os.path.join(tmp, f"{plan_.name}.yaml"))
+            client = kfp_client.connect(opts)
+            if opts.schedule:
+                sub = kfp_client.create_recurring_run(client, opts, spec, arguments, run_name)
+            else:
+                sub = kfp_client.create_run(client, opts, spec, arguments, run_name)
+        data: dict[str, Any] = {"mode": "cluster", "host": opts.host, "namespace": opts.namespace,
+                                "experiment": opts.experiment, "requested_run_id": run_id}
+        if sub.recurring:
+            data.update(kind="recurring", schedule=opts.kfp_cron, experiment_id=sub.experiment_id)
+            record_id, status = run_id, "succeeded"
+        else:
+            record_id, status = sub.external_id, "running"
+        doc = _write_doc(store, ir, record_id, params, status, plan_.ir_digest, cache=cache, kfp=data)
+        if sub.recurring:
+            store.put_json(f"runs/{record_id}/run.json", {**doc, "ended": time.time()})
+        return RunHandle(backend=self.name, run_id=record_id, pipeline=ir.name, store=store.url,
+                         external_id=sub.external_id, url=sub.url, data=data)
+
+    def _submit_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
+                      cache: bool) -> RunHandle:
+        cancel = threading.Event()
+        state: dict[str, Any] = {"status": "running"}
+
+        def target() -> None:
+            try:
+                state["status"] = self._execute_local(ir, store, params, run_id, cache, cancel).status
+            except BaseException as exc:  # surfaced through status()
+                state["status"], state["error"] = "failed", f"{type(exc).__name__}: {exc}"
+
+        thread = threading.Thread(target=target, name=f"mlpipe-kfp-local-{run_id}", daemon=True)
+        self._local[run_id] = (thread, cancel, state)
+        thread.start()
+        return RunHandle(backend=self.name, run_id=run_id, pipeline=ir.name, store=store.url,
+                         data={"mode": "local"})
+
+    def _execute_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
+                       cache: bool, cancel: threading.Event) -> Run:
+        from mlpipe.metadata import open_index
+        from mlpipe_kubeflow.local_runner import execute_spec, finalize
+
+        if self.opts.schedule:
+            raise UnsupportedFeatureError("kubeflow: schedule needs a cluster; kfp.local runs once (mode = \"local\")",
+                                          backend=self.name, option="schedule")
+        if store.url.startswith("memory://"):
+            raise UnsupportedFeatureError(
+                f"kubeflow: mode = \"local\" runs each step in its own process, which cannot see the in-memory "
+                f"store {store.url}; use a directory or a bucket", backend=self.name, option="store")
+        plan_ = self.plan(ir, store, cache=cache)
+        arguments = self._arguments(ir, plan_, params)
+        doc = _write_doc(store, ir, run_id, params, "running", plan_.ir_digest, cache=cache, kfp={"mode": "local"})
+        index = open_index(store)
+        index.record_run(doc)
+        with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-") as tmp:
+            spec = write_spec(plan_, os.path.join(tmp, f"{plan_.name}.yaml"))
+            error = execute_spec(spec, arguments, run_id, cancel=cancel)
+        finalize(store, ir, doc, kfp_error=error, cancelled=cancel.is_set())
+        index.sync_run(store, run_id)
+        return Run.load(store, run_id)
+
+    # -- status / cancel --------------------------------------------------------------
+    def _options_for(self, handle: RunHandle) -> KubeflowOptions:
+        data = handle.data
+        return self.opts.model_copy(update={"host": data.get("host") or self.opts.host,
+                                            "namespace": data.get("namespace") or self.opts.namespace})
+
+    def status(self, handle: RunHandle) -> RunStatus:
+        """The run's state: from this process for local runs, from the API server for cluster runs."""
+        from mlpipe_kubeflow import client as kfp_client
+
+        active = self._local.get(handle.run_id)
+        if active is not None:
+            return RunStatus(state=active[2]["status"], message=active[2].get("error"))
+        steps = _step_states(handle)
+        if handle.data.get("mode") == "local":
+            try:
+                return RunStatus(state=Run.load(handle.store, handle.run_id).status, steps=steps)
+            except MlpipeError as exc:
+                raise BackendError(f"kubeflow: local run {handle.run_id} is unknown here: {exc}",
+                                   backend=self.name) from exc
+        if handle.data.get("kind") == "recurring":
+            return RunStatus(state="succeeded", message=f"recurring run {handle.external_id} scheduled "
+                             f"({handle.data.get('schedule')}); each scheduled run is recorded under its KFP run id")
+        if not handle.external_id:
+            raise BackendError(f"kubeflow: handle of run {handle.run_id} has no KFP run id", backend=self.name)
+        opts = self._options_for(handle)
+        state, message = kfp_client.run_state(kfp_client.connect(opts), opts, handle.external_id)
+        return RunStatus(state=state, message=message, steps=steps)
+
+    def cancel(self, handle: RunHandle) -> None:
+        """Stop the run; a finished run (or an already cancelled one) is left alone."""
+        from mlpipe_kubeflow import client as kfp_client
+
+        active = self._local.get(handle.run_id)
+        if active is not None:
+            active[1].set()
+            return
+        if handle.data.get("mode") == "local" or not handle.external_id:
+            return
+        opts = self._options_for(handle)
+        client = kfp_client.connect(opts)
+        if handle.data.get("kind") == "recurring":
+            kfp_client.disable_schedule(client, opts, handle.external_id)
+            return
+        state, _ = kfp_client.run_state(client, opts, handle.external_id)
+        if state in ("succeeded", "failed", "cancelled"):
+            return
+        kfp_client.terminate(client, opts, handle.external_id)
+
+
+def _write_doc(store: ArtifactStore, ir: PipelineIR, run_id: str, params: Mapping[str, Any], status: str,
+               ir_digest: str, **extra: Any) -> dict[str, Any]:
+    """The run's record, pointing at the IR the tasks read (the stored one, with non-importable code shipped)."""
+    from mlpipe.launch import write_run_doc
+
+    doc = write_run_doc(store, ir, run_id, KubeflowBackend.name, params, status, **extra)
+    doc["ir"] = ir_digest
+    store.put_json(f"runs/{run_id}/run.json", doc)
+    return doc
+
+
+def _step_states(handle: RunHandle) -> dict[str, str]:
+    try:
+        return {name: step.status for name, step in Run.load(handle.store, handle.run_id).steps.items()}
+    except MlpipeError:
+        return {}
+
+
+def _close_run_doc(store: ArtifactStore, run_id: str, status: RunStatus) -> None:
+    """Write the final state of a cluster run into its record (the tasks write only their own)."""
+    rel = f"runs/{run_id}/run.json"
+    if not store.has(rel):
+        return
+    doc = store.get_json(rel)
+    doc.update(status=status.state, ended=doc.get("ended") or time.time())
+    if status.message:
+        doc["error"] = status.message
+    store.put_json(rel, doc)

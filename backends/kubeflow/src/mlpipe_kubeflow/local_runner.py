@@ -1,0 +1,189 @@
+"""Executing the compiled KFP spec on this machine with kfp's own local runner (``mode = "local"``).
+
+kfp.local's ``SubprocessRunner`` runs only lightweight Python components and
+refuses container components ("use DockerRunner"); there is no Docker here,
+and mlpipe's components are container components. The adapter below is the
+narrowest hook that lets kfp's runner execute them as host subprocesses:
+
+* kfp.local's task dispatcher looks up the handler class for
+  ``SubprocessRunner`` as the module attribute
+  ``kfp.local.subprocess_task_handler.SubprocessTaskHandler`` on every task.
+  :func:`container_components_as_subprocess` swaps that attribute for a
+  subclass for the duration of one run (under a lock, then restores it). kfp
+  does the same in its own tests (``pipeline_orchestrator_test.py``).
+* The subclass drops the two refusals (container component, non-Python
+  image), runs ``python`` as this interpreter, and adds ``PYTHONPATH`` so the
+  tasks import the user's step modules as this process does.
+* kfp.local invents a random 8-digit job id for
+  ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` and never returns it, so the adapter
+  replaces the value after ``--run-id`` with mlpipe's run id; on a cluster the
+  placeholder is the KFP run id, which the backend learns from the API.
+
+Everything else is kfp's: loading the YAML, resolving placeholders, the DAG
+order, retries, outputs. It relies on private kfp API, hence the pin
+``kfp>=2.17,<2.18``. kfp.local runs tasks one at a time and stops at the first
+failure; :func:`finalize` records the steps that never ran as ``skipped``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from mlpipe.executor import StepOutcome, step_record
+from mlpipe.ir import PipelineIR
+from mlpipe.store import ArtifactStore
+
+__all__ = ["container_components_as_subprocess", "execute_spec", "finalize"]
+
+_LOCK = threading.Lock()  # kfp.local's configuration and the handler swap are process-wide
+_PYTHON = ("python", "python3")
+
+
+def _python_path() -> str:
+    """This process's import path, for tasks that must import the same step modules."""
+    entries = [os.getcwd() if p == "" else p for p in sys.path]
+    inherited = os.environ.get("PYTHONPATH", "")
+    seen: list[str] = []
+    for entry in [*entries, *inherited.split(os.pathsep)]:
+        if entry and entry not in seen and os.path.isdir(entry):
+            seen.append(entry)
+    return os.pathsep.join(seen)
+
+
+def _with_run_id(command: list[str], run_id: str) -> list[str]:
+    out = list(command)
+    for i, part in enumerate(out[:-1]):
+        if part == "--run-id":
+            out[i + 1] = run_id
+    return out
+
+
+@contextlib.contextmanager
+def container_components_as_subprocess(run_id: str, cancel: threading.Event | None = None) -> Iterator[None]:
+    """Let kfp.local's SubprocessRunner run mlpipe's container components as subprocesses of this interpreter."""
+    from kfp.local import status
+    from kfp.local import subprocess_task_handler as sth
+
+    env = {"PYTHONPATH": _python_path()}
+    stop = cancel or threading.Event()
+
+    class ContainerAsSubprocessHandler(sth.SubprocessTaskHandler):  # type: ignore[misc]
+        def validate_image(self, image: str) -> None:
+            """The image is not used here; the task runs with this interpreter."""
+
+        def validate_not_container_component(self, full_command: list[str]) -> None:
+            """The refusal this adapter exists to lift."""
+
+        def run(self) -> Any:
+            if stop.is_set():
+                print(f"mlpipe: run {run_id} was cancelled; not starting {self.full_command[-1:]}", file=sys.stderr)
+                return status.Status.FAILURE
+            command = _with_run_id(list(self.full_command), run_id)
+            # Only argv[0]: kfp's own replace_python_executable rewrites 'python3' inside every argument.
+            if command and command[0] in _PYTHON:
+                command[0] = sys.executable
+            code = sth.run_local_subprocess(full_command=command, env_vars={**env, **self.env_vars})
+            return status.Status.SUCCESS if code == 0 else status.Status.FAILURE
+
+    with _LOCK:
+        original = sth.SubprocessTaskHandler
+        sth.SubprocessTaskHandler = ContainerAsSubprocessHandler
+        try:
+            yield
+        finally:
+            sth.SubprocessTaskHandler = original
+
+
+def execute_spec(spec_path: str, arguments: Mapping[str, Any], run_id: str, *, pipeline_root: str | None = None,
+                 cancel: threading.Event | None = None) -> str | None:
+    """Run the compiled spec at ``spec_path`` with kfp.local; None on success, else kfp's failure message.
+
+    The tasks write mlpipe's records into the store named in the spec; read
+    the result with :func:`finalize` and ``Run.load``.
+    """
+    from kfp import components, local
+    from kfp.local import config
+
+    component = components.load_component_from_file(spec_path)
+    with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-local-") as scratch:
+        root = pipeline_root or os.path.join(scratch, "pipeline_root")
+        with container_components_as_subprocess(run_id, cancel):
+            previous = config.LocalExecutionConfig.instance
+            try:
+                local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
+                           workspace_root=os.path.join(scratch, "workspace"), raise_on_error=True)
+                with warnings.catch_warnings():
+                    # kfp.local says that resources, accelerators and display names have no effect locally:
+                    # expected, and said once in the docs instead of once per task.
+                    warnings.filterwarnings("ignore", message=r"Task .* no effect in the current local runner")
+                    component(**arguments)
+            except RuntimeError as exc:  # kfp.local: "Pipeline 'x' finished with status FAILURE. Inner task ..."
+                return str(exc)
+            finally:
+                config.LocalExecutionConfig.instance = previous
+    return None
+
+
+def finalize(store: ArtifactStore, ir: PipelineIR, doc: dict[str, Any], *, kfp_error: str | None = None,
+             cancelled: bool = False) -> dict[str, Any]:
+    """Complete a run's records after kfp.local returns: skipped steps, status, end time.
+
+    kfp.local stops at the first failed task, so steps downstream of it (and
+    any independent ones it had not reached) have no record; each gets a
+    ``skipped`` record saying why. A task that failed before the runtime could
+    write its record (an import error in the image, say) is recorded ``failed``
+    with kfp's message. Returns the updated run document.
+    """
+    run_id = doc["id"]
+    records: dict[str, dict[str, Any]] = {}
+    for spec in ir.steps:
+        rel = f"runs/{run_id}/steps/{spec.name}.json"
+        if store.has(rel):
+            records[spec.name] = store.get_json(rel)
+    failed = [n for n, r in records.items() if r.get("status") != "succeeded"]
+    bad = set(failed)
+    # Only when no task recorded a failure did the failing task die before the runtime could write its record.
+    orphan_error = kfp_error if not failed else None
+    now = time.time()
+    for spec in ir.steps:  # topological order: an upstream's fate is known before its consumers'
+        if spec.name in records:
+            continue
+        blocked = [u for u in spec.upstream if u in bad]
+        if orphan_error and not blocked and not cancelled:
+            outcome = StepOutcome(spec.name, "failed", started=now, ended=now,
+                                  error=f"the task failed without writing its record (see its log): {orphan_error}")
+            record = step_record(run_id, ir.name, spec, outcome, None)
+            store.put_json(f"runs/{run_id}/steps/{spec.name}.json", record)
+            records[spec.name] = record
+            failed.append(spec.name)
+            bad.add(spec.name)
+            orphan_error = None
+            continue
+        if blocked:
+            reason = f"skipped because upstream step {blocked[0]!r} did not succeed"
+        elif cancelled:
+            reason = "not run: the run was cancelled"
+        else:
+            reason = "not run: kfp.local stops a pipeline at its first failed task"
+        outcome = StepOutcome(spec.name, "skipped", started=now, ended=now, error=reason)
+        record = step_record(run_id, ir.name, spec, outcome, None)
+        store.put_json(f"runs/{run_id}/steps/{spec.name}.json", record)
+        records[spec.name] = record
+        bad.add(spec.name)
+    if cancelled:
+        status = "cancelled"
+    else:
+        status = "succeeded" if all(r.get("status") == "succeeded" for r in records.values()) else "failed"
+    doc = {**store.get_json(f"runs/{run_id}/run.json"), "status": status, "ended": time.time()}
+    if failed:
+        doc["error"] = "; ".join(f"step {n!r} {records[n].get('status')}: {records[n].get('error')}" for n in failed)
+    store.put_json(f"runs/{run_id}/run.json", doc)
+    return doc

@@ -1,0 +1,151 @@
+"""The options of the Kubeflow backend: what a profile's ``options`` table may say.
+
+Only validation lives here (pydantic, unknown keys rejected by
+:class:`~mlpipe.backend.BackendOptions`); nothing imports kfp. How each option
+reaches the compiled spec is the compiler's business, how it reaches the API
+server the client's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mlpipe.backend import BackendOptions
+
+__all__ = ["KubeflowOptions", "Toleration"]
+
+# Kubernetes environment variable names (C_IDENTIFIER is what most images expect; k8s itself allows dots and dashes).
+ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+# A label key: optional DNS subdomain prefix, then a name of at most 63 characters.
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+_CRON_FIELDS = (5, 6)
+
+
+class Toleration(BaseModel):
+    """A Kubernetes toleration added to every task's pod."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class KubeflowOptions(BackendOptions):
+    """Options of the ``kubeflow`` backend (the profile's ``options`` table).
+
+    Attributes:
+        mode: ``"cluster"`` submits to a KFP API server with ``kfp.Client``;
+            ``"local"`` executes the compiled spec on this machine with
+            ``kfp.local`` (no Docker, no cluster), so you test exactly what you
+            will submit.
+        host: KFP API endpoint, e.g. ``"https://kfp.example.com/pipeline"``.
+            ``None`` lets ``kfp.Client`` find it (``KF_PIPELINES_ENDPOINT``, in-cluster config).
+        namespace: Kubernetes namespace of a multi-user deployment.
+        experiment: Experiment the runs are filed under (created when missing).
+        run_name: Display name of submitted runs; ``{pipeline}`` and ``{run_id}``
+            are filled in.
+        service_account: Kubernetes service account the run's pods use.
+        pipeline_root: KFP's pipeline root (where KFP keeps its own artifacts; mlpipe's data stays in the store).
+        caching: KFP's own task caching. Off by default: mlpipe's cache is keyed
+            on the code the step reaches as well as its inputs, which KFP's is not,
+            so a KFP cache hit could serve a result computed by older code.
+        env: Environment variables set in every task.
+        secrets_as_env: ``{secret_name: {secret_key: ENV_VAR}}`` for every task.
+        node_selector: Node labels every task's pod must match.
+        tolerations: Tolerations added to every task's pod.
+        image_pull_policy: ``Always``, ``IfNotPresent`` or ``Never``.
+        image_pull_secrets: Names of secrets used to pull the step images.
+        retry_backoff: First delay between KFP retries of a task (``"30s"``); doubles each time.
+        retry_backoff_max: Longest delay between KFP retries of a task.
+        gpu_resource: The extended resource that counts accelerators (``nvidia.com/gpu``, ``amd.com/gpu``).
+        accelerator_label: Node label that ``Resources(accelerator=...)`` selects on.
+        schedule: A cron expression; submitting creates a recurring run instead
+            of a single one. Five fields (minute first) or KFP's six (seconds first).
+        schedule_max_concurrency: Most scheduled runs at once.
+        schedule_catchup: Whether missed scheduled runs are started later.
+        max_parameter_bytes: Budget for the JSON of all run parameters together;
+            KFP's API server refuses more than 10,000 bytes by default
+            (``MAX_PARAMETER_BYTES`` on the server raises it).
+        wait_timeout: Seconds ``run()`` waits for a cluster run before giving up (``None``: no limit).
+    """
+
+    mode: Literal["cluster", "local"] = "cluster"
+    host: str | None = None
+    namespace: str | None = None
+    experiment: str = "mlpipe"
+    run_name: str = "{pipeline}-{run_id}"
+    service_account: str | None = None
+    pipeline_root: str | None = None
+    caching: bool = False
+    env: dict[str, str] = Field(default_factory=dict)
+    secrets_as_env: dict[str, dict[str, str]] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    retry_backoff: str = "30s"
+    retry_backoff_max: str = "3600s"
+    gpu_resource: str = "nvidia.com/gpu"
+    accelerator_label: str = "cloud.google.com/gke-accelerator"
+    schedule: str | None = None
+    schedule_max_concurrency: int = Field(default=1, ge=1)
+    schedule_catchup: bool = False
+    max_parameter_bytes: int = Field(default=10_000, gt=0)
+    wait_timeout: float | None = Field(default=None, gt=0)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in value if not ENV_NAME.match(k)]
+        if bad:
+            raise ValueError(f"invalid environment variable name(s) {bad}")
+        return value
+
+    @field_validator("secrets_as_env")
+    @classmethod
+    def _secret_env_names(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for secret, mapping in value.items():
+            bad = [env for env in mapping.values() if not ENV_NAME.match(env)]
+            if bad:
+                raise ValueError(f"secret {secret!r}: invalid environment variable name(s) {bad}")
+        return value
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, label in value.items():
+            if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(label):
+                raise ValueError(f"{key}={label!r} is not a valid Kubernetes label")
+        return value
+
+    @field_validator("retry_backoff", "retry_backoff_max")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+s", value):
+            raise ValueError(f"expected whole seconds such as '30s', got {value!r}")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        fields = value.split()
+        if len(fields) not in _CRON_FIELDS:
+            raise ValueError(f"expected a cron expression of 5 or 6 fields, got {value!r}")
+        return " ".join(fields)
+
+    @property
+    def kfp_cron(self) -> str | None:
+        """The schedule in KFP's six-field form (seconds first)."""
+        if self.schedule is None:
+            return None
+        fields = self.schedule.split()
+        return " ".join(["0", *fields]) if len(fields) == 5 else self.schedule
