@@ -56,7 +56,7 @@ class Fingerprint:
 _lock = threading.RLock()
 _memo: dict[int, tuple[Any, Fingerprint]] = {}
 _user_modules: dict[str, bool] = {}
-_module_index: dict[str, tuple[int, dict[str, list[ast.AST]]]] = {}
+_module_index: dict[str, tuple[list[str], dict[str, list[ast.AST]]]] = {}
 _library_roots: tuple[str, ...] | None = None
 _MAX_CONSTANT_BYTES = 64 * 1024 * 1024
 
@@ -126,50 +126,58 @@ def clear_memo() -> None:
 # -- source lookup -----------------------------------------------------------------
 
 
-class _Indexer(ast.NodeVisitor):
-    """Maps qualnames (CPython's convention, ``outer.<locals>.inner``) to definition nodes."""
+_DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
-    def __init__(self) -> None:
-        self.stack: list[str] = []
-        self.index: dict[str, list[ast.AST]] = {}
 
-    def _define(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef, is_function: bool) -> None:
-        qualname = ".".join([*self.stack, node.name])
-        self.index.setdefault(qualname, []).append(node)
-        self.stack.append(node.name)
-        if is_function:
-            self.stack.append("<locals>")
-        self.generic_visit(node)
-        if is_function:
-            self.stack.pop()
-        self.stack.pop()
+def _child_bodies(node: ast.AST) -> list[list[ast.stmt]]:
+    """The statement lists directly inside a statement (defs and classes only live there)."""
+    bodies = []
+    for field_name in ("body", "orelse", "finalbody"):
+        value = getattr(node, field_name, None)
+        if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+            bodies.append(value)
+    for handler in getattr(node, "handlers", None) or ():
+        bodies.append(handler.body)
+    for case in getattr(node, "cases", None) or ():
+        bodies.append(case.body)
+    return bodies
 
-    def visit_FunctionDef(self, node: ast.FunctionDef) -> None:
-        self._define(node, True)
 
-    def visit_AsyncFunctionDef(self, node: ast.AsyncFunctionDef) -> None:
-        self._define(node, True)
+def _index_definitions(tree: ast.Module) -> dict[str, list[ast.AST]]:
+    """Map qualnames (CPython's convention, ``outer.<locals>.inner``) to definition nodes.
 
-    def visit_ClassDef(self, node: ast.ClassDef) -> None:
-        self._define(node, False)
+    Walks statements only: definitions never hide inside expressions, and
+    skipping expressions makes indexing a large module cheap.
+    """
+    index: dict[str, list[ast.AST]] = {}
+    stack: list[tuple[list[ast.stmt], str]] = [(tree.body, "")]
+    while stack:
+        body, prefix = stack.pop()
+        for stmt in body:
+            if isinstance(stmt, _DEFS):
+                qualname = prefix + stmt.name
+                index.setdefault(qualname, []).append(stmt)
+                inner = qualname + (".<locals>." if not isinstance(stmt, ast.ClassDef) else ".")
+                stack.append((stmt.body, inner))
+            else:
+                stack.extend((child, prefix) for child in _child_bodies(stmt))
+    return index
 
 
 def _index_for(filename: str, module_globals: dict[str, Any] | None) -> dict[str, list[ast.AST]] | None:
     lines = linecache.getlines(filename, module_globals)
     if not lines:
         return None
-    size = sum(len(line) for line in lines)
     cached = _module_index.get(filename)
-    if cached is not None and cached[0] == size:
+    if cached is not None and cached[0] is lines:  # linecache hands out the same list until the file changes
         return cached[1]
     try:
         tree = ast.parse("".join(lines), filename)
     except SyntaxError:
         return None
-    indexer = _Indexer()
-    indexer.visit(tree)
-    _module_index[filename] = (size, indexer.index)
-    return indexer.index
+    index = _index_definitions(tree)
+    _module_index[filename] = (lines, index)
+    return index
 
 
 def _find_node(obj: Any, filename: str | None, firstlineno: int | None) -> ast.AST | None:
@@ -202,10 +210,12 @@ def _normalised_hash(node: ast.AST, strip_decorators: bool) -> str:
     if strip_decorators and isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
         saved.append((node, "decorator_list", node.decorator_list))
         node.decorator_list = []
-    for sub in ast.walk(node):
+    stack: list[ast.AST] = [node]
+    while stack:
+        sub = stack.pop()
         body = getattr(sub, "body", None)
         if (
-            isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            isinstance(sub, _DEFS)
             and body
             and isinstance(body[0], ast.Expr)
             and isinstance(body[0].value, ast.Constant)
@@ -213,30 +223,13 @@ def _normalised_hash(node: ast.AST, strip_decorators: bool) -> str:
         ):
             saved.append((sub, "body", body))
             sub.body = body[1:] or [ast.Pass()]
+        for child_body in _child_bodies(sub):
+            stack.extend(child_body)
     try:
         return hashlib.sha256(ast.dump(node, annotate_fields=False).encode()).hexdigest()
     finally:
         for obj, attr, value in reversed(saved):
             setattr(obj, attr, value)
-
-
-def _referenced_names(node: ast.AST) -> tuple[set[str], set[tuple[str, ...]]]:
-    """Names loaded in ``node`` and attribute chains rooted at a name (``helpers.clean``)."""
-    names: set[str] = set()
-    chains: set[tuple[str, ...]] = set()
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
-            names.add(sub.id)
-        elif isinstance(sub, ast.Attribute):
-            parts = [sub.attr]
-            value = sub.value
-            while isinstance(value, ast.Attribute):
-                parts.append(value.attr)
-                value = value.value
-            if isinstance(value, ast.Name):
-                parts.append(value.id)
-                chains.add(tuple(reversed(parts)))
-    return names, chains
 
 
 def _code_hash(code: types.CodeType, doc: str | None) -> str:
@@ -285,50 +278,45 @@ class _Walker:
         if code is None:
             return
         node = None if fn.__name__ == "<lambda>" else _find_node(fn, code.co_filename, code.co_firstlineno)
-        if node is not None:
-            digest = _normalised_hash(node, strip_decorators=root)
-            names, chains = _referenced_names(node)
-            names -= set(code.co_varnames)
-        else:
-            digest = _code_hash(code, fn.__doc__)
-            names, chains = _code_names(code), set()
-        self.manifest[label] = digest
+        # Global names and attribute names the code uses, from the code objects
+        # (exact, and far cheaper than walking the syntax tree).
+        names = _code_names(code)
+        self.manifest[label] = (
+            _normalised_hash(node, strip_decorators=root) if node is not None else _code_hash(code, fn.__doc__)
+        )
         for i, default in enumerate(getattr(fn, "__defaults__", None) or ()):
-            self.visit_value(default, f"{label} default {i}", chains=set())
+            self.visit_value(default, f"{label} default {i}", names=set())
         for name, default in (getattr(fn, "__kwdefaults__", None) or {}).items():
-            self.visit_value(default, f"{label} default {name}", chains=set())
+            self.visit_value(default, f"{label} default {name}", names=set())
         closure = getattr(fn, "__closure__", None) or ()
         for name, cell in zip(code.co_freevars, closure, strict=False):
             try:
                 value = cell.cell_contents
             except ValueError:
                 continue
-            self.visit_reference(name, value, f"closure {module}.{fn.__qualname__}.{name}", chains)
+            self.visit_reference(value, f"closure {module}.{fn.__qualname__}.{name}", names)
         fn_globals = getattr(fn, "__globals__", {})
         for name in sorted(names - set(code.co_freevars)):
             if name in fn_globals:
-                self.visit_reference(name, fn_globals[name], f"constant {module}.{name}", chains)
+                self.visit_reference(fn_globals[name], f"constant {module}.{name}", names)
 
-    def visit_reference(self, name: str, value: Any, label: str, chains: set[tuple[str, ...]]) -> None:
+    def visit_reference(self, value: Any, label: str, names: set[str]) -> None:
+        """A name the code uses. For a user module, follow the attributes the code names on it."""
         if isinstance(value, types.ModuleType):
             if not is_user_module(value.__name__):
                 self._library(value.__name__)
                 return
-            for chain in chains:
-                if chain[0] != name or len(chain) < 2:
-                    continue
-                obj: Any = value
-                path = [value.__name__]
-                for attr in chain[1:]:
-                    if not isinstance(obj, types.ModuleType):
-                        break
-                    obj = getattr(obj, attr, None)
-                    path.append(attr)
-                self.visit_value(obj, f"constant {'.'.join(path)}", chains=set())
+            if id(value) in self._seen:
+                return
+            self._seen.add(id(value))
+            namespace = vars(value)
+            for attr in sorted(names):
+                if attr in namespace:
+                    self.visit_reference(namespace[attr], f"constant {value.__name__}.{attr}", names)
             return
-        self.visit_value(value, label, chains)
+        self.visit_value(value, label, names)
 
-    def visit_value(self, value: Any, label: str, chains: set[tuple[str, ...]]) -> None:
+    def visit_value(self, value: Any, label: str, names: set[str]) -> None:
         fn = getattr(value, "fn", None)
         if fn is not None and type(value).__name__ == "Step" and type(value).__module__ == "mlpipe.step":
             value = fn
@@ -371,7 +359,7 @@ class _Walker:
         self.manifest[label] = _normalised_hash(node, strip_decorators=False) if node is not None else "opaque"
         for base in cls.__bases__:
             if base is not object:
-                self.visit_value(base, f"class {base.__module__}.{base.__qualname__}", chains=set())
+                self.visit_value(base, f"class {base.__module__}.{base.__qualname__}", names=set())
         for _attr, member in sorted(vars(cls).items()):
             if isinstance(member, (staticmethod, classmethod)):
                 member = member.__func__

@@ -125,13 +125,16 @@ class Trace:
     calls: list[Call] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
     result: Any = None
+    _next_suffix: dict[str, int] = field(default_factory=dict, repr=False)
 
     def unique_name(self, base: str) -> str:
+        """``base``, or ``base_2``, ``base_3``... for repeated calls (constant time per call)."""
         if base not in self.names:
             return base
-        n = 2
+        n = self._next_suffix.get(base, 2)
         while f"{base}_{n}" in self.names:
             n += 1
+        self._next_suffix[base] = n + 1
         return f"{base}_{n}"
 
     def record_call(self, step: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
