@@ -1,0 +1,382 @@
+"""mlpipe.fingerprint: cosmetic edits keep a step's fingerprint, semantic edits of any reached user code change it.
+
+Each comparison writes two versions of a small project into two temporary
+directories and imports each fresh under the same (unique) module names, so
+the fingerprints differ only by the edit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import json
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlpipe.fingerprint import Fingerprint, clear_memo, fingerprint, is_user_module
+
+_counter = itertools.count()
+
+
+class Project:
+    """Loads versions of a tiny multi-module project and fingerprints its ``step``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tag = f"fp{uuid.uuid4().hex[:8]}"
+
+    def name(self, module: str) -> str:
+        return f"{module}_{self.tag}"
+
+    def load(self, modules: dict[str, str], attr: str = "step") -> Fingerprint:
+        directory = self.root / f"v{next(_counter)}"
+        directory.mkdir(parents=True)
+        for module, source in modules.items():
+            text = textwrap.dedent(source).replace("{TAG}", self.tag)
+            (directory / f"{self.name(module)}.py").write_text(text)
+        for module in modules:
+            sys.modules.pop(self.name(module), None)
+        sys.path.insert(0, str(directory))
+        try:
+            clear_memo()
+            importlib.invalidate_caches()
+            main = importlib.import_module(self.name("main"))
+            return fingerprint(getattr(main, attr))
+        finally:
+            sys.path.remove(str(directory))
+            for module in modules:
+                sys.modules.pop(self.name(module), None)
+
+    def compare(self, before: dict[str, str], after: dict[str, str]) -> tuple[bool, set[str]]:
+        """(same digest?, the manifest labels that differ), with module tags removed from labels."""
+        a, b = self.load(before), self.load(after)
+        changed = {k for k in set(a.manifest) | set(b.manifest) if a.manifest.get(k) != b.manifest.get(k)}
+        return a.digest == b.digest, {label.replace(f"_{self.tag}", "") for label in changed}
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Project:
+    return Project(tmp_path)
+
+
+BASE = '''
+import mlpipe as mp
+import helpers_{TAG} as helpers
+from helpers_{TAG} import scale
+
+THRESHOLD = 3
+WEIGHTS = {"a": 1.0, "b": 2.0}
+
+
+def deep(x):
+    """Two calls below the step."""
+    return x + THRESHOLD
+
+
+def shallow(x):
+    return deep(x) * 2
+
+
+class Model:
+    factor = 2
+
+    def predict(self, x):
+        return self._inner(x) * self.factor
+
+    def _inner(self, x):
+        return x - 1
+
+    @staticmethod
+    def build():
+        return Model()
+
+
+def make_adder(k):
+    def add(x):
+        return x + k
+    return add
+
+
+ADD = make_adder(5)
+SQUARE = lambda x: x * x  # noqa: E731
+
+
+@mp.step(retries=1)
+def step(x: int, offset: int = 7) -> float:
+    """Compute something."""
+    # a comment
+    y = shallow(x) + Model.build().predict(x) + ADD(x) + SQUARE(x)
+    return helpers.clean(y) + scale(y) + WEIGHTS["a"] + offset
+'''
+
+HELPERS = '''
+import math
+
+RATE = 0.5
+
+
+def _private(v):
+    return v * RATE
+
+
+def clean(v):
+    return math.floor(_private(v))
+
+
+def scale(v):
+    return v * 10
+'''
+
+
+def _both(main: str = BASE, helpers: str = HELPERS) -> dict[str, str]:
+    return {"main": main, "helpers": helpers}
+
+
+def _edit(text: str, old: str, new: str) -> str:
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+# -- cosmetic edits keep the fingerprint ------------------------------------------------------
+
+COSMETIC = {
+    "docstring": ('"""Compute something."""', '"""Compute something else entirely, with more words."""'),
+    "helper docstring": ('"""Two calls below the step."""', '"""Reworded."""'),
+    "comment": ("# a comment", "# another comment\n    # and one more"),
+    "blank lines": ("\n\nclass Model:", "\n\n\n\n# a section\n\nclass Model:"),
+    "formatting": ("y = shallow(x) + Model.build().predict(x) + ADD(x) + SQUARE(x)",
+                   "y = (\n        shallow(x)\n        + Model.build().predict(x)\n"
+                   "        + ADD(x)\n        + SQUARE(x)\n    )"),
+    "quotes": ('WEIGHTS["a"]', "WEIGHTS['a']"),
+    "decorator options": ("@mp.step(retries=1)", "@mp.step(retries=3, timeout='1h')"),
+    "unrelated function added": ("\n\nclass Model:", "\n\ndef unused():\n    return 42\n\n\nclass Model:"),
+    "unrelated constant changed": ("THRESHOLD = 3\n", "THRESHOLD = 3\nUNUSED = 99\n"),
+    "class docstring": ("class Model:\n", 'class Model:\n    """A model."""\n\n'),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(COSMETIC))
+def test_cosmetic_edits_keep_the_fingerprint(project: Project, edit: str) -> None:
+    old, new = COSMETIC[edit]
+    same, changed = project.compare(_both(), _both(main=_edit(BASE, old, new)))
+    assert same, changed
+
+
+def test_cosmetic_edits_in_an_imported_module(project: Project) -> None:
+    edited = _edit(HELPERS, "def clean(v):\n", 'def clean(v):\n    """Clean."""\n    # floor it\n')
+    same, changed = project.compare(_both(), _both(helpers="# header comment\n" + edited))
+    assert same, changed
+
+
+# -- semantic edits change it, naming what changed ---------------------------------------------
+
+SEMANTIC = {
+    "the step body": ("return helpers.clean(y)", "return helpers.clean(y + 1)", "function main.step"),
+    "a helper two calls deep": ("return x + THRESHOLD", "return x - THRESHOLD", "function main.deep"),
+    "a module constant": ("THRESHOLD = 3", "THRESHOLD = 4", "constant main.THRESHOLD"),
+    "a dict constant": ('"b": 2.0', '"b": 2.5', "constant main.WEIGHTS"),
+    "a method": ("return x - 1", "return x - 2", "function main.Model._inner"),
+    "a class attribute": ("factor = 2", "factor = 3", "class main.Model"),
+    "a staticmethod": ("return Model()", "return Model() if True else None", "function main.Model.build"),
+    "a closure variable": ("make_adder(5)", "make_adder(6)", "closure main.make_adder.<locals>.add.k"),
+    "a closure body": ("return x + k", "return x + k + 1", "function main.make_adder.<locals>.add"),
+    "a lambda": ("lambda x: x * x", "lambda x: x * x * x", "function main.<lambda>"),
+    "a default argument": ("offset: int = 7", "offset: int = 8", "function main.step default 0"),
+}
+
+
+@pytest.mark.parametrize("edit", sorted(SEMANTIC))
+def test_semantic_edits_change_the_fingerprint(project: Project, edit: str) -> None:
+    old, new, label = SEMANTIC[edit]
+    same, changed = project.compare(_both(), _both(main=_edit(BASE, old, new)))
+    assert not same
+    assert label in changed, changed
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "label"),
+    [
+        ("return v * 10", "return v * 11", "function helpers.scale"),  # from helpers import scale
+        ("return math.floor(_private(v))", "return math.ceil(_private(v))", "function helpers.clean"),  # helpers.clean
+        ("return v * RATE", "return v / RATE", "function helpers._private"),  # reached through clean
+        ("RATE = 0.5", "RATE = 0.25", "constant helpers.RATE"),
+    ],
+)
+def test_edits_in_an_imported_local_module_change_it(project: Project, old: str, new: str, label: str) -> None:
+    same, changed = project.compare(_both(), _both(helpers=_edit(HELPERS, old, new)))
+    assert not same
+    assert label in changed, changed
+
+
+def test_the_manifest_names_every_reached_object(project: Project) -> None:
+    fp = project.load(_both())
+    labels = {label.replace(f"_{project.tag}", "") for label in fp.manifest}
+    assert {
+        "function main.step", "function main.shallow", "function main.deep", "constant main.THRESHOLD",
+        "constant main.WEIGHTS", "class main.Model", "function main.Model.predict", "function main.Model._inner",
+        "function main.make_adder.<locals>.add", "closure main.make_adder.<locals>.add.k", "function main.<lambda>",
+        "function helpers.clean", "function helpers._private", "constant helpers.RATE", "function helpers.scale",
+        "function main.step default 0",
+    } <= labels
+    # installed libraries and the standard library are not hashed, only named
+    assert not any("mlpipe" in label.split(" ")[1].split(".")[0] for label in labels)
+    assert not any(label.startswith("function math.") for label in labels)
+    assert "math" not in fp.packages
+    assert len(fp.digest) == 64
+
+
+def test_installed_packages_reached_are_named(project: Project) -> None:
+    fp = project.load({"main": """
+        import pydantic
+        from pydantic import BaseModel
+
+        def step(x: int) -> int:
+            return len(pydantic.VERSION) + len(BaseModel.model_fields) + x
+    """})
+    assert fp.packages == frozenset({"pydantic"})
+    assert [label.split(" ")[0] for label in fp.manifest] == ["function"]
+
+
+def test_installed_library_code_is_not_hashed() -> None:
+    import json as stdlib_json
+
+    import pydantic
+
+    assert not is_user_module("json")
+    assert not is_user_module(pydantic.__name__)
+    assert not is_user_module("mlpipe.step")
+    assert is_user_module("__main__")
+    assert not is_user_module(None)
+    assert stdlib_json  # used
+
+
+def test_memo_and_clear(project: Project) -> None:
+    fp = project.load(_both())
+    assert isinstance(fp, Fingerprint)
+
+    def local(x: int) -> int:
+        return x
+
+    assert fingerprint(local) is fingerprint(local)
+    clear_memo()
+    assert fingerprint(local).digest == fingerprint(local).digest
+
+
+# -- property-style: hypothesis generates the edits ------------------------------------------------
+
+TEMPLATE = '''
+LIMIT = {limit}
+
+
+def helper(x):
+    {helper_doc}return x * {factor} + LIMIT{comment}
+
+
+def step(x: int) -> int:
+{blank}    return helper(x) + {offset}
+'''
+
+
+@st.composite
+def cosmetic_variants(draw: st.DrawFn) -> dict[str, str]:
+    text = st.text(alphabet="abcdefghij klmnop", min_size=0, max_size=20)
+    return {
+        "helper_doc": draw(st.sampled_from(["", '"""Doc."""\n    ', "# note\n    "]))
+        .replace("Doc", draw(text).strip() or "Doc"),
+        "comment": draw(st.sampled_from(["", "  # trailing", "  # " + draw(text)])),
+        "blank": draw(st.sampled_from(["", "\n", "    # leading comment\n"])),
+    }
+
+
+PLAIN = {"helper_doc": "", "comment": "", "blank": ""}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    values=st.tuples(st.integers(-5, 50), st.integers(-5, 50), st.integers(-5, 50)),
+    cosmetic=cosmetic_variants(),
+)
+def test_property_cosmetic_variants_keep_the_fingerprint(
+    tmp_path_factory: pytest.TempPathFactory, values: tuple[int, int, int], cosmetic: dict[str, str]
+) -> None:
+    limit, factor, offset = values
+    project = Project(tmp_path_factory.mktemp("prop"))
+    plain = TEMPLATE.format(limit=limit, factor=factor, offset=offset, **PLAIN)
+    dressed = TEMPLATE.format(limit=limit, factor=factor, offset=offset, **cosmetic)
+    same, changed = project.compare({"main": plain}, {"main": dressed})
+    assert same, changed
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    before=st.tuples(st.integers(-5, 50), st.integers(-5, 50), st.integers(-5, 50)),
+    after=st.tuples(st.integers(-5, 50), st.integers(-5, 50), st.integers(-5, 50)),
+    cosmetic=cosmetic_variants(),
+)
+def test_property_semantic_changes_change_the_fingerprint(
+    tmp_path_factory: pytest.TempPathFactory,
+    before: tuple[int, int, int],
+    after: tuple[int, int, int],
+    cosmetic: dict[str, str],
+) -> None:
+    project = Project(tmp_path_factory.mktemp("prop"))
+    a = TEMPLATE.format(limit=before[0], factor=before[1], offset=before[2], **PLAIN)
+    b = TEMPLATE.format(limit=after[0], factor=after[1], offset=after[2], **cosmetic)
+    same, changed = project.compare({"main": a}, {"main": b})
+    assert same == (before == after), changed
+    expected = set()
+    if before[0] != after[0]:
+        expected.add("constant main.LIMIT")
+    if before[1] != after[1]:
+        expected.add("function main.helper")
+    if before[2] != after[2]:
+        expected.add("function main.step")
+    assert changed == expected
+
+
+# -- functions defined in __main__ ---------------------------------------------------------------
+
+MAIN_SCRIPT = '''
+import json
+import sys
+
+from mlpipe.fingerprint import fingerprint
+
+OFFSET = {offset}
+
+
+def helper(x):
+    # {comment}
+    return x + OFFSET * {factor}
+
+
+def step(x: int) -> int:
+    return helper(x)
+
+
+print(json.dumps({{"digest": fingerprint(step).digest, "manifest": fingerprint(step).manifest}}))
+'''
+
+
+def _fingerprint_main(tmp_path: Path, **values: object) -> dict[str, object]:
+    script = tmp_path / f"script_{next(_counter)}.py"
+    script.write_text(MAIN_SCRIPT.format(**values))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True, cwd=tmp_path)
+    result: dict[str, object] = json.loads(out.stdout)
+    return result
+
+
+def test_functions_in_main(tmp_path: Path) -> None:
+    base = _fingerprint_main(tmp_path, offset=1, factor=2, comment="one")
+    assert "function __main__.helper" in base["manifest"]  # type: ignore[operator]
+    assert "constant __main__.OFFSET" in base["manifest"]  # type: ignore[operator]
+    assert _fingerprint_main(tmp_path, offset=1, factor=2, comment="two")["digest"] == base["digest"]
+    assert _fingerprint_main(tmp_path, offset=1, factor=3, comment="one")["digest"] != base["digest"]
+    assert _fingerprint_main(tmp_path, offset=2, factor=2, comment="one")["digest"] != base["digest"]
