@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from mlpipe.materializers import Materializer, register_materializer
     from mlpipe.run import Run, StepRun, get_run, runs
     from mlpipe.store import ArtifactStore
+    from mlpipe.tracking import log_metric, log_metrics, log_params
 
 __all__ = [
     "ArtifactStore",
@@ -43,6 +44,9 @@ __all__ = [
     "StepRun",
     "__version__",
     "get_run",
+    "log_metric",
+    "log_metrics",
+    "log_params",
     "pipeline",
     "register_materializer",
     "runs",
@@ -62,6 +66,9 @@ _LAZY = {
     "RunStatus": "mlpipe.backend",
     "StepRun": "mlpipe.run",
     "get_run": "mlpipe.run",
+    "log_metric": "mlpipe.tracking",
+    "log_metrics": "mlpipe.tracking",
+    "log_params": "mlpipe.tracking",
     "register_materializer": "mlpipe.materializers",
     "runs": "mlpipe.run",
 }

@@ -25,7 +25,13 @@ DEFAULT_STORE = ".mlpipe"
 
 
 class Profile(BaseModel):
-    """A named choice of backend, store and backend options."""
+    """A named choice of backend, store and backend options.
+
+    ``tracking_uri`` turns experiment tracking on (MLflow: ``http://host:5000``
+    or ``sqlite:///mlflow.db``; ``MLFLOW_TRACKING_URI`` does the same when the
+    profile has none); ``experiment`` names the MLflow experiment (default
+    ``mlpipe/<pipeline>``).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -35,6 +41,8 @@ class Profile(BaseModel):
     image: str | None = None
     options: dict[str, Any] = {}
     storage_options: dict[str, Any] = {}
+    tracking_uri: str | None = None
+    experiment: str | None = None
     source: str | None = None
 
 

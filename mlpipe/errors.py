@@ -22,7 +22,8 @@ working for code that does not know mlpipe::
     │   ├── UnsupportedFeatureError        a backend cannot express what the pipeline asks
     │   └── MissingDependencyError (ImportError)
     ├── StepFailedError (RuntimeError)     a step raised, timed out or was skipped
-    └── RunNotFoundError (LookupError)
+    ├── RunNotFoundError (LookupError)
+    └── TrackingError (ConnectionError)    the tracking server (MLflow) cannot be used
 
 ``exit_code`` says what the CLI returns for the error: 2 for usage and
 validation problems, 1 for a pipeline that ran and failed.
@@ -49,6 +50,7 @@ __all__ = [
     "StepFailedError",
     "StepSignatureError",
     "StoreError",
+    "TrackingError",
     "TypeMismatchError",
     "UnsupportedFeatureError",
 ]
@@ -155,3 +157,7 @@ class StepFailedError(MlpipeError, RuntimeError):
 
 class RunNotFoundError(MlpipeError, LookupError):
     """No run with the given id is recorded in the store."""
+
+
+class TrackingError(MlpipeError, ConnectionError):
+    """The tracking server named by the profile cannot be reached or used; the message names its URI."""

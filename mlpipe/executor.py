@@ -28,6 +28,7 @@ from mlpipe.materializers import report_suffix
 from mlpipe.metadata import Index
 from mlpipe.records import RunRecords
 from mlpipe.store import ArtifactStore, ObjectInfo
+from mlpipe.tracking import for_run as _tracking_for_run
 from mlpipe.typecheck import type_name, validate
 
 __all__ = ["StepExecutor", "StepOutcome", "UpstreamCorrupted", "skip_reason"]
@@ -151,6 +152,7 @@ class StepExecutor:
         self.run_id = run_id
         self.pipeline = pipeline
         self.use_cache = use_cache
+        self.tracking = _tracking_for_run(run_id)  # the run's experiment tracking (None: off)
 
     def execute(
         self,
@@ -208,6 +210,8 @@ class StepExecutor:
             except CorruptObjectError:
                 raise UpstreamCorrupted(up_step, up_output, info.digest) from None
 
+        if self.tracking is not None:  # the step's child run is active wherever fn runs
+            fn = self.tracking.wrap(spec, fn, key, components)
         try:
             result, outcome.attempts = self._call(spec, fn, values)
             produced = self._split_outputs(spec, result, hints.get("return", Any))
@@ -342,6 +346,8 @@ class StepExecutor:
         self.records.write(doc)
         if self.index is not None:
             self.index.record_step(doc, new_entry)
+        if self.tracking is not None:
+            self.tracking.step_done(spec, outcome)
 
     def _publish_reports(self, step: str, outputs: Mapping[str, ObjectInfo]) -> dict[str, str]:
         """Copy each report output (see ``Materializer.report_suffix``) to a named file of this run.

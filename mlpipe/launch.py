@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from mlpipe.backend import Backend, RunHandle, get_backend
 from mlpipe.config import Profile, load_profile
 from mlpipe.store import ArtifactStore, open_store
+from mlpipe.tracking import run_scope
 
 if TYPE_CHECKING:
     from mlpipe.ir import PipelineIR
@@ -53,9 +54,13 @@ def run_pipeline(
 ) -> Run:
     values = pipeline.validate_params(params)
     ir = pipeline.ir
-    _prof, instance, store = resolve(profile, backend)
+    prof, instance, store = resolve(profile, backend)
     instance.check(ir)
-    return instance.run(ir, store, params=values, run_id=new_run_id(), cache=cache)
+    run_id = new_run_id()
+    with run_scope(prof, ir, store, run_id=run_id, params=values, backend=instance.name) as tracked:
+        run = instance.run(ir, store, params=values, run_id=run_id, cache=cache)
+        tracked.status, tracked.error = run.status, run.error
+    return run
 
 
 def submit_pipeline(
@@ -68,9 +73,11 @@ def submit_pipeline(
 ) -> RunHandle:
     values = pipeline.validate_params(params)
     ir = pipeline.ir
-    _prof, instance, store = resolve(profile, backend)
+    prof, instance, store = resolve(profile, backend)
     instance.check(ir)
-    handle = instance.submit(ir, store, params=values, run_id=new_run_id(), cache=cache)
+    run_id = new_run_id()
+    with run_scope(prof, ir, store, run_id=run_id, params=values, backend=instance.name, detached=True):
+        handle = instance.submit(ir, store, params=values, run_id=run_id, cache=cache)
     save_handle(store, handle)
     return handle
 

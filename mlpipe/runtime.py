@@ -158,6 +158,7 @@ def execute_remote_step(
     from mlpipe.code import resolve
     from mlpipe.executor import StepExecutor, UpstreamCorrupted
     from mlpipe.fingerprint import fingerprint
+    from mlpipe.tracking import join_run
 
     spec = ir.step(step)
     declared = {p.name: p for p in ir.params}
@@ -174,6 +175,8 @@ def execute_remote_step(
             raise ParameterError(f"pipeline {ir.name!r}: parameter {name!r} is required", argument=name)
     _ensure_run_doc(store, ir, ir_digest, run_id, backend, params, cache)
     executor = StepExecutor(store, None, run_id, ir.name, use_cache=cache)
+    if executor.tracking is None:  # join the run's parent run in the tracking server, if any
+        executor.tracking = join_run(store, run_id, ir)
 
     def run(target: StepSpec, force: bool, depth: int = 0) -> Any:
         fn = resolve(target, store)
