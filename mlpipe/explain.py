@@ -67,6 +67,21 @@ def explain_step(store: ArtifactStore, run_id: str, step: str) -> dict[str, Any]
             "reason": f"an entry with the same key (from run {same[0]['run_id']}) existed but its objects were "
             "missing or corrupted, so the step was recomputed",
         }
+    # Recomputing under the same key rewrites the entry, so an earlier one is known from the step records.
+    earlier = [
+        s
+        for s in index.steps_with_key(record.get("key") or "")
+        if s["run_id"] != run.id and s.get("status") == "succeeded" and (s.get("started") or 0) < started
+    ]
+    if earlier:
+        source = earlier[-1].get("source_run") or earlier[-1]["run_id"]
+        return {
+            **out,
+            "verdict": verdict,
+            "differences": [],
+            "reason": f"an entry with the same key (from run {source}) existed but its objects were "
+            "missing or corrupted, so the step was recomputed",
+        }
     if not candidates:
         return {
             **out,

@@ -227,6 +227,13 @@ class Index:
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    def steps_with_key(self, key: str) -> list[dict[str, Any]]:
+        """Step records (any run, oldest first) whose cache key is ``key``."""
+        self.flush()
+        with self._lock:
+            rows = self._db.execute("SELECT doc FROM steps WHERE key = ? ORDER BY started", (key,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
     def entry_keys(self) -> list[str]:
         self.flush()
         with self._lock:
