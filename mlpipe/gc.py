@@ -31,7 +31,9 @@ class GcReport:
 
 def collect(store: ArtifactStore, *, keep_runs: int | None = None, dry_run: bool = False) -> GcReport:
     report = GcReport()
-    run_ids = sorted(store.listdir("runs"), reverse=True)  # ids sort by start time
+    run_ids = sorted(store.listdir("runs"), reverse=True)  # ids sort by start time, to the second
+    if keep_runs is not None:  # runs started within the same second: order by the recorded start
+        run_ids.sort(key=lambda run_id: (_started(store, run_id), run_id), reverse=True)
     kept = set(run_ids if keep_runs is None else run_ids[:keep_runs])
     reachable: set[str] = set()
     irs: set[str] = set()
@@ -81,3 +83,10 @@ def collect(store: ArtifactStore, *, keep_runs: int | None = None, dry_run: bool
         if keep_runs is not None:
             open_index(store).rebuild(store)
     return report
+
+
+def _started(store: ArtifactStore, run_id: str) -> float:
+    rel = f"runs/{run_id}/run.json"
+    if not store.has(rel):
+        return 0.0
+    return float(store.get_json(rel).get("started") or 0.0)
