@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from mlpipe.errors import CorruptObjectError, MissingDependencyError, ObjectNotFoundError, StoreError
-from mlpipe.hashing import HashingWriter, canonical_json
+from mlpipe.hashing import HashingWriter, canonical_json, fast_checksum
 from mlpipe.materializers import Materializer, for_value, get_materializer, type_path
 from mlpipe.typecheck import is_any
 
@@ -291,7 +291,10 @@ class ArtifactStore:
         try:
             with open(tmp, "wb") as raw:
                 writer = HashingWriter(raw)
-                extra = m.save(value, writer)  # type: ignore[arg-type]
+                try:
+                    extra = m.save(value, writer)  # type: ignore[arg-type]
+                finally:
+                    writer.finish()
             digest = writer.hexdigest()
             final = fs.path(self.object_path(digest))
             if os.path.exists(final):
@@ -303,16 +306,17 @@ class ArtifactStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return digest, writer.size, extra
+        return digest, writer.size, _with_checksum(extra, writer)
 
     def _put_remote(self, value: Any, m: Materializer) -> tuple[str, int, dict[str, Any]]:
         fs = self._fs
         assert isinstance(fs, _FsspecFS)
         with tempfile.NamedTemporaryFile(prefix="mlpipe-", delete=False) as raw:
+            writer = HashingWriter(raw)
             try:
-                writer = HashingWriter(raw)
                 extra = m.save(value, writer)  # type: ignore[arg-type]
             except BaseException:
+                writer.finish()
                 raw.close()
                 os.unlink(raw.name)
                 raise
@@ -323,7 +327,7 @@ class ArtifactStore:
                 fs.put_file(raw.name, rel)
         finally:
             os.unlink(raw.name)
-        return digest, writer.size, extra
+        return digest, writer.size, _with_checksum(extra, writer)
 
     def exists(self, digest: str) -> bool:
         return self._fs.exists(self.object_path(digest))
@@ -340,8 +344,13 @@ class ArtifactStore:
         self._meta_cache[digest] = meta
         return meta
 
-    def read_verified(self, digest: str) -> bytearray:
-        """The object's bytes, after checking they still hash to ``digest``."""
+    def read_verified(self, digest: str, meta: dict[str, Any] | None = None) -> bytearray:
+        """The object's bytes, after checking they are still the bytes that were stored.
+
+        With the sidecar's XXH3-128 checksum (written with the object) the check
+        runs at memory speed; without one it recomputes the SHA-256. Either way a
+        mismatch quarantines the object and raises :class:`CorruptObjectError`.
+        """
         rel = self.object_path(digest)
         try:
             data = self._fs.read_bytes(rel)
@@ -350,11 +359,13 @@ class ArtifactStore:
                 f"object {digest[:12]}… is missing from the store {self.url}; re-run the pipeline to recompute it",
                 digest=digest,
             ) from None
-        actual = hashlib.sha256(data).hexdigest()
-        if actual != digest:
+        expected = (meta or {}).get("xxh3_128")
+        actual = fast_checksum(data) if expected else None
+        ok = actual == expected if actual is not None else hashlib.sha256(data).hexdigest() == digest
+        if not ok:
             self.quarantine(digest)
             raise CorruptObjectError(
-                f"object {digest[:12]}… in {self.url} is corrupted (its bytes hash to {actual[:12]}…); "
+                f"object {digest[:12]}… in {self.url} is corrupted (its bytes no longer match what was stored); "
                 "it was moved to quarantine/ and will be recomputed by the step that produced it",
                 digest=digest,
             )
@@ -362,8 +373,16 @@ class ArtifactStore:
 
     def get_value(self, digest: str, annotation: Any = Any) -> Any:
         """Load the value stored under ``digest``, verifying its bytes first."""
-        data = self.read_verified(digest)
-        meta = self.meta(digest)
+        try:
+            meta = self.meta(digest)
+        except ObjectNotFoundError:
+            if self.exists(digest):
+                raise
+            raise ObjectNotFoundError(
+                f"object {digest[:12]}… is missing from the store {self.url}; re-run the pipeline to recompute it",
+                digest=digest,
+            ) from None
+        data = self.read_verified(digest, meta)
         materializer = get_materializer(meta["materializer"])
         return materializer.load(data, annotation if not is_any(annotation) else Any, meta)
 
@@ -439,6 +458,11 @@ class ArtifactStore:
         else:
             with contextlib.suppress(FileNotFoundError):
                 self._fs.fs.rm(self._fs.root, recursive=True)
+
+
+def _with_checksum(extra: dict[str, Any], writer: HashingWriter) -> dict[str, Any]:
+    checksum = writer.checksum()
+    return {**extra, "xxh3_128": checksum} if checksum else extra
 
 
 def open_store(url: str | ArtifactStore | None = None, storage_options: dict[str, Any] | None = None) -> ArtifactStore:

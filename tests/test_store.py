@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+import xxhash
 
 import mlpipe as mp
 from mlpipe.errors import CorruptObjectError, MaterializerError, ObjectNotFoundError, StoreError
@@ -45,7 +46,7 @@ def test_objects_are_addressed_by_the_hash_of_their_bytes(store: ArtifactStore) 
     assert path.parent.name == info.digest[:2]
     meta = store.meta(info.digest)
     assert meta == {"digest": info.digest, "size": info.size, "materializer": "json", "materializer_version": "1",
-                    "type": "builtins:dict"}
+                    "type": "builtins:dict", "xxh3_128": xxhash.xxh3_128_hexdigest(data)}
     assert Path(str(path) + ".meta.json").is_file()
     assert info.to_dict() == {"digest": info.digest, "size": info.size, "materializer": "json",
                               "type": "builtins:dict"}
