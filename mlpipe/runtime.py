@@ -12,7 +12,7 @@ The orchestrator only orders tasks; data never passes through it.
 Usage::
 
     python -m mlpipe.runtime --store URL --ir DIGEST --run-id ID --step NAME \
-        [--param name=value ...] [--backend NAME] [--no-cache] [--output-file PATH]
+        [--param name=value ...] [--backend NAME] [--no-cache | --cache true|false] [--output-file PATH]
 
 Exit status: 0 when the step succeeded (computed or served from the cache),
 1 when it failed, 2 when the invocation itself is wrong.
@@ -204,6 +204,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--backend", default=os.environ.get("MLPIPE_BACKEND", "remote"))
     parser.add_argument("--no-cache", action="store_true")
+    # The value form lets an orchestrator decide per run from a compiled definition
+    # (a SageMaker pipeline parameter cannot add or drop a flag, only fill in a value).
+    parser.add_argument(
+        "--cache", choices=("true", "false"), type=str.lower, default="true", help="false is the same as --no-cache"
+    )
     parser.add_argument("--output-file", help="Write the step's status and cache key here (orchestrator output)")
     return parser
 
@@ -221,7 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         store = open_store(args.store)
         ir = load_ir(store, args.ir)
         outcome = execute_remote_step(
-            store, ir, args.ir, args.run_id, args.step, raw, backend=args.backend, cache=not args.no_cache
+            store,
+            ir,
+            args.ir,
+            args.run_id,
+            args.step,
+            raw,
+            backend=args.backend,
+            cache=not args.no_cache and args.cache == "true",
         )
     except MlpipeError as exc:
         print(f"mlpipe.runtime: step {args.step!r}: {exc}", file=sys.stderr)
