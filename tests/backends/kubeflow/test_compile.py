@@ -1,0 +1,278 @@
+"""Compiling to a KFP v2 spec: golden files, kfp loads the spec, graph and parameters, every refusal.
+
+Golden files live in tests/resources/golden/kubeflow/; the store path and the
+IR digest (which follows the code fingerprint) are normalised, and kfp's
+header comment is dropped (see ``normalised``). Regenerate
+them with ``MLPIPE_UPDATE_GOLDEN=1 pytest tests/backends/kubeflow``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlpipe_kubeflow import KubeflowBackend
+from mlpipe_kubeflow.compiler import plan
+from mlpipe_kubeflow.naming import k8s_name
+from resources import kubeflow_pipelines as kp
+from typer.testing import CliRunner
+
+import mlpipe as mp
+from mlpipe.cli import app, load_pipeline
+from mlpipe.errors import ConfigError, UnsupportedFeatureError
+from mlpipe.store import ArtifactStore, open_store
+
+ROOT = Path(__file__).resolve().parents[3]
+GOLDEN = ROOT / "tests" / "resources" / "golden" / "kubeflow"
+
+SETTINGS_OPTIONS: dict[str, Any] = {
+    "env": {"TEAM": "ml"},
+    "secrets_as_env": {"wandb": {"api-key": "WANDB_API_KEY"}},
+    "node_selector": {"pool": "training"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    "image_pull_policy": "IfNotPresent",
+    "image_pull_secrets": ["regcred"],
+}
+
+
+def compile_to(pipeline: mp.Pipeline, path: Path, store: ArtifactStore, options: dict[str, Any] | None = None,
+               image: str | None = "registry.example/ml/mlpipe:1.0") -> str:
+    backend = KubeflowBackend(options or {}, image=image)
+    backend.check(pipeline.ir)
+    backend.compile(pipeline.ir, str(path), store=store)
+    return path.read_text()
+
+
+def normalised(text: str, store: ArtifactStore) -> str:
+    """The spec without what varies between machines and runs.
+
+    kfp's header comment renders dict defaults from a protobuf map, whose order
+    is not stable between processes, so the comment lines are left out (the
+    defaults themselves are compared in the spec body).
+    """
+    lines = [line for line in text.replace(store.url, "<STORE>").splitlines() if not line.startswith("#")]
+    for i, line in enumerate(lines[:-1]):
+        if line.strip() == "- --ir":
+            indent = line[: len(line) - len(line.lstrip())]
+            lines[i + 1] = f"{indent}- <IR>"
+    return "\n".join(lines) + "\n"
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("MLPIPE_UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.is_file(), f"missing golden file {path}; run with MLPIPE_UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"compiled spec differs from {path}; review and regenerate"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return open_store(str(tmp_path / "store"))
+
+
+@pytest.fixture(scope="module")
+def training() -> mp.Pipeline:
+    return load_pipeline(str(ROOT / "examples" / "training.py") + ":training")
+
+
+def test_training_matches_golden(training: mp.Pipeline, store: ArtifactStore, tmp_path: Path) -> None:
+    text = compile_to(training, tmp_path / "training.yaml", store)
+    check_golden("training.yaml", normalised(text, store))
+
+
+def test_settings_match_golden(store: ArtifactStore, tmp_path: Path) -> None:
+    text = compile_to(kp.settings, tmp_path / "settings.yaml", store, SETTINGS_OPTIONS)
+    check_golden("settings.yaml", normalised(text, store))
+
+
+def test_small_matches_golden_without_cache(store: ArtifactStore, tmp_path: Path) -> None:
+    backend = KubeflowBackend({"caching": True}, image="python:3.11-slim")
+    from mlpipe_kubeflow.compiler import write_spec
+
+    spec = write_spec(backend.plan(kp.small.ir, store, cache=False), str(tmp_path / "small.yaml"))
+    text = Path(spec).read_text()
+    assert "--no-cache" in text
+    check_golden("small.yaml", normalised(text, store))
+
+
+def _spec_documents(text: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    docs = list(yaml.safe_load_all(text))
+    return docs[0], (docs[1] if len(docs) > 1 else None)
+
+
+def test_spec_loads_in_kfp_with_graph_params_and_names(training: mp.Pipeline, store: ArtifactStore,
+                                                       tmp_path: Path) -> None:
+    from kfp import components
+
+    path = tmp_path / "training.yaml"
+    compile_to(training, path, store)
+    component = components.load_component_from_file(str(path))
+    inputs = component.component_spec.inputs
+    assert {n: (i.type, i.default) for n, i in inputs.items()} == {
+        "n_estimators": ("Integer", 100),
+        "test_size": ("Float", 0.25),
+        "seed": ("Integer", 0),
+    }
+    spec, platform = _spec_documents(path.read_text())
+    assert platform is None
+    tasks = spec["root"]["dag"]["tasks"]
+    ir = training.ir
+    assert set(tasks) == {k8s_name(s.name) for s in ir.steps}
+    for step in ir.steps:
+        task = tasks[k8s_name(step.name)]
+        assert task["taskInfo"]["name"] == step.name
+        assert sorted(task.get("dependentTasks", [])) == sorted(k8s_name(u) for u in step.upstream)
+        run_id = task["inputs"]["parameters"]["mlpipe_run_id"]
+        assert run_id == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+        assert "enableCache" not in task["cachingOptions"]  # KFP caching off by default
+    train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
+    assert train["command"] == ["python", "-m", "mlpipe.runtime"]
+    assert train["args"][:4] == ["--store", store.url, "--ir", train["args"][3]]
+    assert store.has(f"pipelines/{train['args'][3]}.json")  # the IR the tasks read is in the profile's store
+    assert train["resources"]["resourceCpuLimit"] == "2" and train["resources"]["resourceMemoryLimit"] == "2Gi"
+
+
+def test_settings_are_mapped(store: ArtifactStore, tmp_path: Path) -> None:
+    spec, platform = _spec_documents(compile_to(kp.settings, tmp_path / "s.yaml", store, SETTINGS_OPTIONS))
+    executors = spec["deploymentSpec"]["executors"]
+    fit = executors["exec-fit"]["container"]
+    assert fit["image"] == "registry.example/ml/train:1.0"  # the step's image wins over the profile's
+    assert executors["exec-report"]["container"]["image"] == "registry.example/ml/mlpipe:1.0"
+    assert fit["resources"]["resourceCpuLimit"] == "500m"
+    assert fit["resources"]["resourceMemoryLimit"] == str(int(1.5 * 2**30))  # KFP refuses "1.5Gi"
+    assert fit["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert fit["resources"]["accelerator"]["resourceCount"] == "1"
+    assert {e["name"]: e["value"] for e in fit["env"]} == {"TEAM": "ml", "MLPIPE_LOG": "debug"}
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["fit"]["retryPolicy"]["maxRetryCount"] == 2
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["label"] == {"defaultValue": "null", "isOptional": True, "parameterType": "STRING"}
+    assert params["cfg"]["parameterType"] == "STRUCT" and params["tags"]["parameterType"] == "LIST"
+    assert spec["pipelineInfo"] == {"name": "resource-settings", "displayName": "Resource_Settings",
+                                    "description": spec["pipelineInfo"]["description"]}
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]  # type: ignore[index]
+    assert k8s["exec-fit"]["activeDeadlineSeconds"] == "91"
+    assert k8s["exec-fit"]["nodeSelector"]["labels"] == {
+        "cloud.google.com/gke-accelerator": "nvidia-tesla-t4", "pool": "training"}
+    assert k8s["exec-prepare"]["nodeSelector"]["labels"] == {
+        "node.kubernetes.io/instance-type": "m5.xlarge", "pool": "training"}
+    assert k8s["exec-report"]["secretAsEnv"][0]["secretName"] == "wandb"
+    assert k8s["exec-report"]["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu",
+                                                  "operator": "Exists"}]
+    assert k8s["exec-report"]["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_kfp_caching_only_when_asked_and_never_for_uncached_steps(store: ArtifactStore, tmp_path: Path) -> None:
+    spec, _ = _spec_documents(compile_to(kp.settings, tmp_path / "s.yaml", store, {"caching": True}))
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["fit"]["cachingOptions"] == {"enableCache": True}
+    assert tasks["prepare"]["cachingOptions"] == {}  # @mp.step(cache=False)
+
+
+def test_cli_compile_writes_a_spec(training: mp.Pipeline, tmp_path: Path) -> None:
+    out = tmp_path / "p.yaml"
+    result = CliRunner().invoke(app, ["compile", str(ROOT / "examples" / "training.py") + ":training",
+                                      "--backend", "kubeflow", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    spec, _ = _spec_documents(out.read_text())
+    assert spec["pipelineInfo"]["name"] == "training"
+    assert spec["deploymentSpec"]["executors"]["exec-load"]["container"]["image"] == "mlpipe-runtime:latest"
+
+
+def test_pipeline_compile_api(tmp_path: Path) -> None:
+    path = kp.small.compile("kubeflow", str(tmp_path / "small.yaml"))
+    assert Path(path).is_file()
+
+
+def test_import_does_not_import_kfp() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, mlpipe_kubeflow; mlpipe_kubeflow.KubeflowOptions; print('kfp' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    assert out.stdout.strip() == "False"
+
+
+def test_entry_point_finds_the_backend() -> None:
+    from mlpipe.backend import available_backends, get_backend_class
+
+    assert get_backend_class("kubeflow") is KubeflowBackend
+    assert "mlpipe-kubeflow" in available_backends()["kubeflow"]
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "options", "step", "option", "words"),
+    [
+        (kp.collide, {}, "train__model", "name", "both become the KFP task 'train-model'"),
+        (kp.long_name, {}, "s" * 64, "name", "more than the 63"),
+        (kp.no_letters, {}, "数据", "name", "no letters or digits"),
+        (kp.bad_pipeline_name, {}, None, "name", "KFP needs a pipeline name"),
+        (kp.big_default, {}, None, "max_parameter_bytes", "pass large data as a step output"),
+        (kp.reserved, {}, None, "params", "'mlpipe_run_id' is used by mlpipe"),
+        (kp.bad_env_pipeline, {}, "bad_env", "env", "not valid in Kubernetes"),
+        (kp.tiny_cpu_pipeline, {}, "tiny_cpu", "resources.cpu", "finer than KFP's millicpu"),
+        (kp.gpu_pipeline, {"node_selector": {"cloud.google.com/gke-accelerator": "nvidia-l4"}}, "gpu_step",
+         "resources.accelerator", "drop one of them"),
+        (kp.small, {"env": {"TOKEN": "x"}, "secrets_as_env": {"s": {"k": "TOKEN"}}}, "needs", "env",
+         "both as plain env and from a secret"),
+    ],
+)
+def test_compile_refusals_name_step_and_option(pipeline: mp.Pipeline, options: dict[str, Any], step: str | None,
+                                               option: str, words: str, store: ArtifactStore,
+                                               tmp_path: Path) -> None:
+    backend = KubeflowBackend(options)
+    with pytest.raises(UnsupportedFeatureError) as info:
+        backend.compile(pipeline.ir, str(tmp_path / "x.yaml"), store=store)
+    err = info.value
+    assert words in str(err)
+    assert err.option == option  # type: ignore[attr-defined]
+    assert err.backend == "kubeflow"  # type: ignore[attr-defined]
+    if step is not None:
+        assert err.step == step  # type: ignore[attr-defined]
+        assert repr(step) in str(err)
+    assert not (tmp_path / "x.yaml").exists()
+    with pytest.raises(UnsupportedFeatureError):  # the launcher's check() refuses before anything is stored
+        backend.check(pipeline.ir)
+
+
+def test_refusal_comes_before_kfp_is_needed() -> None:
+    with pytest.raises(UnsupportedFeatureError, match="both become"):
+        plan(kp.collide.ir, KubeflowBackend().opts, store="s", ir_digest="d")
+
+
+def test_cli_compile_refusal_exits_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["compile", str(ROOT / "tests" / "resources" / "kubeflow_pipelines.py")
+                                      + ":collide", "--backend", "kubeflow", "-o", str(tmp_path / "x.yaml")])
+    assert result.exit_code == 2
+    assert "both become the KFP task" in result.output
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"colour": "blue"}, "Valid options"),
+        ({"mode": "docker"}, "mode"),
+        ({"schedule": "every day"}, "cron"),
+        ({"node_selector": {"pool": "bad value!"}}, "not a valid Kubernetes label"),
+        ({"env": {"1 BAD": "x"}}, "invalid environment variable"),
+        ({"secrets_as_env": {"s": {"k": "BAD NAME"}}}, "invalid environment variable"),
+        ({"retry_backoff": "1m"}, "whole seconds"),
+        ({"tolerations": [{"effect": "Sometimes"}]}, "tolerations"),
+    ],
+)
+def test_invalid_options_are_config_errors(options: dict[str, Any], words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        KubeflowBackend(options)
+
+
+def test_cron_gets_kfp_seconds_field() -> None:
+    assert KubeflowBackend({"schedule": "0 2 * * *"}).opts.kfp_cron == "0 0 2 * * *"
+    assert KubeflowBackend({"schedule": "30 0 2 * * *"}).opts.kfp_cron == "30 0 2 * * *"

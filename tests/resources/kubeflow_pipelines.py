@@ -1,0 +1,126 @@
+"""Small pipelines for the Kubeflow backend's tests: every setting the compiler maps, and the ones it refuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlpipe as mp
+
+
+@mp.step(
+    retries=2,
+    timeout=90.5,
+    resources=mp.Resources(cpu=0.5, memory="1.5Gi", gpu=1, accelerator="nvidia-tesla-t4"),
+    env={"MLPIPE_LOG": "debug"},
+    image="registry.example/ml/train:1.0",
+)
+def fit(rows: list[float], lr: float = 0.1) -> float:
+    return sum(rows) * lr
+
+
+@mp.step(resources=mp.Resources(cpu=2, memory="4Gi", instance_type="m5.xlarge"), cache=False)
+def prepare(n: int, tags: list[str], cfg: dict[str, Any]) -> list[float]:
+    return [float(i) for i in range(n)]
+
+
+@mp.step
+def report(score: float, label: str | None = None) -> str:
+    return f"{label or 'score'}={score}"
+
+
+@mp.pipeline(name="Resource_Settings")
+def settings(
+    n: int = 3,
+    lr: float = 2,
+    tags: list[str] = ["a", "b"],
+    cfg: dict[str, Any] = {"k": 1, "nested": {"x": 2}},
+    label: str | None = None,
+    flag: bool = True,
+) -> str:
+    return report(fit(prepare(n, tags=tags, cfg=cfg), lr=lr), label=label)
+
+
+# -- refusals ---------------------------------------------------------------------------------
+
+
+@mp.step
+def one(x: int) -> int:
+    return x
+
+
+@mp.pipeline(name="collide")
+def collide(x: int = 1) -> int:
+    a = one.with_options(name="train_model")(x)
+    return one.with_options(name="train__model")(a)
+
+
+@mp.pipeline(name="long-name")
+def long_name(x: int = 1) -> int:
+    return one.with_options(name="s" * 64)(x)
+
+
+@mp.pipeline(name="no-letters")
+def no_letters(x: int = 1) -> int:
+    return one.with_options(name="数据")(x)
+
+
+@mp.pipeline(name="数据")
+def bad_pipeline_name(x: int = 1) -> int:
+    return one(x)
+
+
+@mp.step
+def size(text: str) -> int:
+    return len(text)
+
+
+@mp.pipeline(name="big-default")
+def big_default(blob: str = "x" * 20_000) -> int:
+    return size(blob)
+
+
+@mp.pipeline(name="reserved")
+def reserved(mlpipe_run_id: str = "x") -> int:
+    return size(mlpipe_run_id)
+
+
+@mp.step(env={"BAD NAME": "1"})
+def bad_env(x: int) -> int:
+    return x
+
+
+@mp.pipeline(name="bad-env")
+def bad_env_pipeline(x: int = 1) -> int:
+    return bad_env(x)
+
+
+@mp.step(resources=mp.Resources(cpu=0.0005))
+def tiny_cpu(x: int) -> int:
+    return x
+
+
+@mp.pipeline(name="tiny-cpu")
+def tiny_cpu_pipeline(x: int = 1) -> int:
+    return tiny_cpu(x)
+
+
+@mp.step(resources=mp.Resources(gpu=1, accelerator="nvidia-tesla-t4"))
+def gpu_step(x: int) -> int:
+    return x
+
+
+@mp.pipeline(name="gpu")
+def gpu_pipeline(x: int = 1) -> int:
+    return gpu_step(x)
+
+
+@mp.step
+def needs(x: int) -> int:
+    if x < 0:
+        raise ValueError("negative")
+    return x * 2
+
+
+@mp.pipeline(name="kfp-small")
+def small(x: int = 2, scale: list[float] = [1, 2]) -> int:
+    return needs(needs(x))
