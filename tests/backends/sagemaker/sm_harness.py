@@ -1,0 +1,102 @@
+"""Carry out a compiled SageMaker pipeline definition here, as SageMaker would (tests only, not product).
+
+moto stores pipelines and executions but runs nothing, so this plays the part
+of SageMaker's executor for the subset the compiler emits: Processing steps in
+``DependsOn`` order (independent steps two at a time), each as a subprocess
+running exactly the definition's ``ContainerEntrypoint + ContainerArguments``
+with exactly its ``Environment`` on top of what a container brings (see
+``sm_support.runtime_env``). Parameters, ``Execution.PipelineExecutionId`` and
+``Std:Join`` are resolved here. A step whose dependency failed does not run.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import subprocess
+from collections.abc import Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlpipe_sagemaker.validate import resolve_text
+
+
+@dataclass
+class StepResult:
+    name: str
+    status: str  # Succeeded, Failed, NotExecuted
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    returncode: int | None = None
+    output: str = ""
+
+
+@dataclass
+class ExecutionResult:
+    execution_id: str
+    steps: dict[str, StepResult]
+
+    @property
+    def status(self) -> str:
+        return "Failed" if any(s.status != "Succeeded" for s in self.steps.values()) else "Succeeded"
+
+    @property
+    def failure_reason(self) -> str | None:
+        failed = [s for s in self.steps.values() if s.status == "Failed"]
+        return "; ".join(f"step {s.name} exited with {s.returncode}" for s in failed) or None
+
+
+def command(
+    step: Mapping[str, Any], parameters: Mapping[str, Any], execution_id: str
+) -> tuple[list[str], dict[str, str]]:
+    """The argv and definition environment of one step, every expression resolved."""
+    app = step["Arguments"]["AppSpecification"]
+    argv = [resolve_text(a, parameters, execution_id) for a in app.get("ContainerEntrypoint", [])]
+    argv += [resolve_text(a, parameters, execution_id) for a in app.get("ContainerArguments", [])]
+    env = {k: resolve_text(v, parameters, execution_id) for k, v in step["Arguments"].get("Environment", {}).items()}
+    return argv, env
+
+
+def execute(
+    definition: Mapping[str, Any],
+    *,
+    execution_id: str,
+    parameters: Mapping[str, str],
+    container_env: Mapping[str, str],
+    parallel: int = 2,
+    timeout: float = 120.0,
+) -> ExecutionResult:
+    values: dict[str, Any] = {p["Name"]: p["DefaultValue"] for p in definition["Parameters"] if "DefaultValue" in p}
+    values.update(parameters)
+    missing = [p["Name"] for p in definition["Parameters"] if p["Name"] not in values]
+    if missing:
+        raise ValueError(f"no value for the parameters {missing}")  # SageMaker refuses to start such an execution
+    steps = {s["Name"]: s for s in definition["Steps"]}
+    sorter = graphlib.TopologicalSorter({name: s.get("DependsOn", []) for name, s in steps.items()})
+    sorter.prepare()
+    results: dict[str, StepResult] = {}
+
+    def run(name: str) -> StepResult:
+        argv, env = command(steps[name], values, execution_id)
+        full_env = {**container_env, **env}
+        proc = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
+        return StepResult(name, "Succeeded" if proc.returncode == 0 else "Failed", argv, env, proc.returncode,
+                          proc.stdout + proc.stderr)
+
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        running: dict[Future[StepResult], str] = {}
+        while sorter.is_active():
+            for name in sorter.get_ready():
+                if any(results[d].status != "Succeeded" for d in steps[name].get("DependsOn", [])):
+                    results[name] = StepResult(name, "NotExecuted")
+                    sorter.done(name)
+                else:
+                    running[pool.submit(run, name)] = name
+            if not running:
+                continue
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                name = running.pop(future)
+                results[name] = future.result()
+                sorter.done(name)
+    return ExecutionResult(execution_id, {name: results[name] for name in steps})

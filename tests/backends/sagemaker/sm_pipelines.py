@@ -1,0 +1,61 @@
+"""Pipelines for the SageMaker backend's tests (imported as ``sm_pipelines`` here and by the runtime subprocesses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlpipe as mp
+
+
+@mp.step
+def load(n: int, tag: str = "x") -> list[int]:
+    return list(range(n))
+
+
+@mp.step(retries=2, timeout="30m", resources=mp.Resources(cpu=4, memory="15Gi"))
+def featurize(values: list[int], scale: float) -> list[float]:
+    return [v * scale for v in values]
+
+
+@mp.step(resources=mp.Resources(gpu=1, accelerator="nvidia-a10g", memory="20Gi"), timeout=600,
+         image="123456789012.dkr.ecr.us-east-1.amazonaws.com/gpu:2.0", env={"OMP_NUM_THREADS": "4"})
+def train(features: list[float], epochs: int, flags: dict[str, Any]) -> dict[str, float]:
+    return {"weight": sum(features) / max(len(features), 1), "epochs": float(epochs)}
+
+
+@mp.step(resources=mp.Resources(instance_type="ml.c5.9xlarge"), retries=30)
+def stats(values: list[int]) -> int:
+    return len(values)
+
+
+@mp.step
+def report(model: dict[str, float], count: int, full: bool) -> str:
+    return f"{model['weight']:.3f} over {count} ({'full' if full else 'quick'})"
+
+
+@mp.pipeline(name="sm_training")
+def training(n: int = 8, scale: float = 0.5, epochs: int = 3, full: bool = False,
+             flags: dict[str, Any] = {"lr": 0.1, "layers": [8, 4]}) -> str:
+    values = load(n)
+    model = train(featurize(values, scale), epochs=epochs, flags=flags)
+    return report(model, stats(values), full=full)
+
+
+@mp.step
+def square(x: int) -> int:
+    return x * x
+
+
+@mp.step
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@mp.step
+def clip(x: int, limit: int | None = None) -> int:
+    return x if limit is None else min(x, limit)
+
+
+@mp.pipeline(name="sm-required")
+def required(x: int, limit: int | None = None) -> int:
+    return add(square(x), clip(x, limit=limit))
