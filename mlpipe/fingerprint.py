@@ -26,7 +26,6 @@ import hashlib
 import linecache
 import os
 import sys
-import sysconfig
 import threading
 import types
 from dataclasses import dataclass, field, is_dataclass
@@ -64,10 +63,11 @@ _MAX_CONSTANT_BYTES = 64 * 1024 * 1024
 def _roots() -> tuple[str, ...]:
     global _library_roots
     if _library_roots is None:
-        roots = set()
-        for key in ("stdlib", "platstdlib", "purelib", "platlib"):
-            with contextlib.suppress(KeyError):
-                roots.add(os.path.realpath(sysconfig.get_paths()[key]))
+        import site
+
+        roots = {os.path.realpath(os.path.dirname(os.__file__))}  # the standard library
+        with contextlib.suppress(AttributeError):  # virtualenv's old site.py lacks these
+            roots.update(os.path.realpath(p) for p in [*site.getsitepackages(), site.getusersitepackages()])
         for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
             roots.add(os.path.realpath(os.path.join(prefix, "lib")))
         import mlpipe
