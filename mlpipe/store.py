@@ -159,7 +159,11 @@ class _FsspecFS:
         except ImportError as exc:  # pragma: no cover - fsspec is a core dependency
             raise MissingDependencyError("fsspec is needed for remote stores: pip install fsspec") from exc
         try:
-            fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+            # No listing cache: other processes (remote tasks) add records and cache entries under
+            # prefixes this process has listed, and a cached listing would hide them (s3fs and gcsfs
+            # answer exists()/info() from it too).
+            options = {"use_listings_cache": False, **(storage_options or {})}
+            fs, root = fsspec.core.url_to_fs(url, **options)
         except (ImportError, ValueError) as exc:
             protocol = url.split("://", 1)[0]
             hint = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(protocol)
