@@ -74,7 +74,7 @@ class RunHandle(BaseModel):
         data: Backend-specific extras.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     backend: str
     run_id: str
@@ -95,7 +95,7 @@ class RunHandle(BaseModel):
 class RunStatus(BaseModel):
     """A backend's view of a run's state. ``state`` is one of pending, running, succeeded, failed, cancelled."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, defer_build=True)
 
     state: str
     message: str | None = None
@@ -109,7 +109,7 @@ class RunStatus(BaseModel):
 class BackendOptions(BaseModel):
     """Base of a backend's options model. Unknown keys are rejected."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class Backend(ABC):
@@ -127,6 +127,8 @@ class Backend(ABC):
         self.image = image
         if isinstance(options, BackendOptions):
             self.options = options
+        elif not options:
+            self.options = self.Options.model_construct()  # all defaults: nothing to validate
         else:
             try:
                 self.options = self.Options(**dict(options or {}))

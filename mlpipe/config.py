@@ -33,7 +33,7 @@ class Profile(BaseModel):
     ``mlpipe/<pipeline>``).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str = "default"
     backend: str = "local"
@@ -47,7 +47,7 @@ class Profile(BaseModel):
 
 
 class _File(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     default_profile: str | None = None
     profiles: dict[str, dict[str, Any]] = {}
@@ -92,7 +92,7 @@ def load_profile(name: str | None = None, start: str | os.PathLike[str] | None =
                 "upwards. Create mlpipe.toml with a [profiles.NAME] table (see docs/profiles.md)",
                 profile=name,
             )
-        return Profile(name=name or "default")
+        return Profile.model_construct(name=name or "default")  # defaults only: nothing to validate
     path, table = found
     try:
         config = _File(**table)

@@ -12,7 +12,6 @@ Scheduling does not live here.
 
 from __future__ import annotations
 
-import importlib.metadata
 import threading
 import time
 import traceback
@@ -96,6 +95,7 @@ def _package_versions(packages: frozenset[str]) -> dict[str, str]:
 
 
 def _version_of(top: str) -> str | None:
+    import importlib.metadata
     import sys
 
     version = getattr(sys.modules.get(top), "__version__", None)

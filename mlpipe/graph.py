@@ -62,13 +62,19 @@ def _code_ref(fn: Any) -> CodeRef:
         and mod is not None
         and getattr(mod, "__spec__", None) is not None
     )
-    return CodeRef(module=module, qualname=fn.__qualname__, importable=importable)
+    return CodeRef.model_construct(module=module, qualname=fn.__qualname__, importable=importable)
 
 
 def compile_trace(pipeline: Pipeline, trace: Trace) -> PipelineIR:
-    """Compile a pipeline's trace into the validated, frozen IR."""
+    """Compile a pipeline's trace into the validated, frozen IR.
+
+    The values come from mlpipe's own tracing, so the models are built with
+    ``model_construct`` (no pydantic validation, which would build schemas
+    and cost more than the whole of a small run); :func:`validate_ir` checks
+    the graph itself.
+    """
     params = tuple(
-        ParamSpec(
+        ParamSpec.model_construct(
             name=p.name,
             type=type_name(p.annotation),
             kind=param_kind(p.annotation),  # type: ignore[arg-type]
@@ -84,25 +90,31 @@ def compile_trace(pipeline: Pipeline, trace: Trace) -> PipelineIR:
         for arg, value in call.arguments.items():
             tname = type_name(call.step.input_annotation(arg))
             if isinstance(value, OutputHandle):
-                inputs.append(InputSpec(name=arg, type=tname, source="step", step=value.step, output=value.output))
+                inputs.append(
+                    InputSpec.model_construct(name=arg, type=tname, source="step", step=value.step, output=value.output)
+                )
                 if value.step not in upstream:
                     upstream.append(value.step)
             elif isinstance(value, ParamHandle):
-                inputs.append(InputSpec(name=arg, type=tname, source="param", param=value.name))
+                inputs.append(InputSpec.model_construct(name=arg, type=tname, source="param", param=value.name))
             else:
                 assert isinstance(value, _Const)
-                inputs.append(InputSpec(name=arg, type=tname, source="const", value=_plain(value.value)))
+                inputs.append(
+                    InputSpec.model_construct(name=arg, type=tname, source="const", value=_plain(value.value))
+                )
         outputs = []
         for out in call.step.outputs:
             m = for_annotation(out.annotation)
             outputs.append(
-                StepOutput(name=out.name, type=type_name(out.annotation), materializer=m.key if m else "auto")
+                StepOutput.model_construct(
+                    name=out.name, type=type_name(out.annotation), materializer=m.key if m else "auto"
+                )
             )
         fp = fingerprint(call.step.fn)
         ref = _code_ref(call.step.fn)
         register(call.step.fn, ref.module, ref.qualname, fp.digest)
         steps.append(
-            StepSpec(
+            StepSpec.model_construct(
                 name=call.name,
                 code=ref,
                 fingerprint=fp.digest,
@@ -121,7 +133,7 @@ def compile_trace(pipeline: Pipeline, trace: Trace) -> PipelineIR:
                 gate=call.step.gate,
             )
         )
-    ir = PipelineIR(
+    ir = PipelineIR.model_construct(
         name=pipeline.name,
         params=params,
         steps=tuple(steps),
@@ -161,7 +173,7 @@ def _pipeline_outputs(result: Any) -> tuple[OutputRef, ...]:
     refs = []
     for item in items:
         if isinstance(item, OutputHandle):
-            refs.append(OutputRef(step=item.step, output=item.output))
+            refs.append(OutputRef.model_construct(step=item.step, output=item.output))
     return tuple(refs)
 
 

@@ -5,7 +5,7 @@ The IR is the only thing a backend receives. It names steps, their inputs
 options, and a *reference* to the code (import path, or a cloudpickle object in
 the store for code that cannot be imported). Backends never see user functions.
 
-It serialises to JSON (``PipelineIR.model_dump_json()``) so it can be written
+It serialises to JSON (``to_dict()``, or ``model_dump_json()``) so it can be written
 to the store and read back by ``python -m mlpipe.runtime`` inside a container.
 """
 
@@ -21,7 +21,23 @@ ParamKind = Literal["int", "float", "str", "bool", "list", "dict", "json"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # The schema is built on first validation only: a local run constructs IR
+    # from trusted data and serialises it with to_dict(), and never pays for it.
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data, the same as ``model_dump(mode="json")`` for these models."""
+        return {name: _plain(getattr(self, name)) for name in type(self).model_fields}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, _Frozen):
+        return value.to_dict()
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
 
 
 class ParamSpec(_Frozen):

@@ -141,7 +141,7 @@ def write_run_doc(
         "started": time.time(),
         "ended": None,
         "order": [s.name for s in ir.steps],
-        "outputs": [o.model_dump() for o in ir.outputs],
+        "outputs": [o.to_dict() for o in ir.outputs],
         "ir": ir_digest,
         "store": store.url,
         **extra,
@@ -160,7 +160,7 @@ def _ir_bytes(ir: PipelineIR) -> tuple[str, bytes]:
     hit = _ir_cache.get(id(ir))
     if hit is not None and hit[0] is ir:
         return hit[1], hit[2]
-    data = canonical_json(ir.model_dump(mode="json")).encode()
+    data = canonical_json(ir.to_dict()).encode()
     digest = digest_bytes(data)
     _ir_cache[id(ir)] = (ir, digest, data)
     return digest, data

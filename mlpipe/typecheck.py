@@ -88,8 +88,15 @@ def validate(tp: Any, value: Any, *, strict: bool = False) -> Any:
     """
     if is_any(tp):
         return value
-    if isinstance(tp, type) and not typing.get_origin(tp) and type(value) is tp:
-        return value  # fast path for the overwhelmingly common exact match
+    if (
+        isinstance(tp, type)
+        and not typing.get_args(tp)
+        and isinstance(value, tp)
+        and not (type(value) is bool and tp is not bool)
+    ):
+        # Instances of a plain class pass as they are in strict and lax mode alike
+        # (bool is excluded: pydantic refuses True for int in strict mode).
+        return value
     import pydantic
 
     try:
