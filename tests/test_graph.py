@@ -1,0 +1,155 @@
+"""mlpipe.graph and mlpipe.ir: compiling traces, validation, topological order, networkx and renderers."""
+
+from __future__ import annotations
+
+import json
+
+import networkx as nx
+import pytest
+from resources import pipelines as res
+
+import mlpipe as mp
+from mlpipe.errors import GraphError
+from mlpipe.graph import param_kind, render, to_networkx, topological_order, validate_ir
+from mlpipe.ir import InputSpec, PipelineIR
+
+
+def test_ir_round_trips_through_json() -> None:
+    ir = res.arithmetic.ir
+    again = PipelineIR.model_validate_json(ir.model_dump_json())
+    assert again == ir
+    assert json.loads(ir.model_dump_json())["name"] == "arithmetic"
+
+
+def test_ir_of_the_example_shape() -> None:
+    ir = res.arithmetic.ir
+    assert [s.name for s in ir.steps] == ["numbers", "split", "halves", "add", "total", "add_2"]
+    assert ir.step("add").upstream == ("halves",)
+    assert ir.step("add_2").upstream == ("add", "total")
+    assert ir.step("halves").input("values").output == "train"
+    assert ir.step("total").input("values").output == "test"
+    assert [o.name for o in ir.step("split").outputs] == ["train", "test"]
+    assert ir.step("split").namedtuple is True
+    assert ir.downstream()["split"] == ["halves", "total"]
+    assert ir.param("n").default == 4
+    assert all(len(s.fingerprint) == 64 for s in ir.steps)
+    assert "function resources.pipelines.numbers" in ir.step("numbers").code_manifest
+    assert ir.step("numbers").code.importable is True
+
+
+def test_step_options_reach_the_ir() -> None:
+    @mp.step(retries=2, timeout="1m", resources=mp.Resources(cpu=2, memory="1Gi"), cache=False, version="7",
+             image="img:1", env={"K": "V"})
+    def configured(x: int) -> int:
+        return x
+
+    @mp.pipeline
+    def options() -> int:
+        return configured(3)
+
+    spec = options.ir.step("configured")
+    assert (spec.retries, spec.timeout, spec.cache, spec.version, spec.image) == (2, 60.0, False, "7", "img:1")
+    assert spec.resources == {"cpu": 2, "memory": "1Gi"}
+    assert spec.env == {"K": "V"}
+    assert spec.input("x").source == "const" and spec.input("x").value == 3
+    assert spec.code.importable is False  # defined inside a function
+
+
+def test_topological_order_and_networkx_graph() -> None:
+    ir = res.fanout.ir
+    order = topological_order(ir)
+    assert order[0] == "source" and order[-1] == "gather"
+    graph = res.fanout.graph
+    assert isinstance(graph, nx.DiGraph)
+    assert set(graph.successors("source")) == {"sleepy", *(f"sleepy_{i}" for i in range(2, 9))}
+    assert list(nx.topological_sort(graph))[-1] == "gather"
+    assert graph.edges["sleepy_3", "gather"]["inputs"] == ["c"]
+    assert graph.nodes["gather"]["spec"] == ir.step("gather")
+    assert to_networkx(ir).number_of_edges() == 16
+
+
+def _cyclic() -> PipelineIR:
+    ir = res.arithmetic.ir
+    steps = list(ir.steps)
+    numbers = steps[0]
+    looped = numbers.model_copy(update={
+        "inputs": (InputSpec(name="n", type="int", source="step", step="add_2", output="output"),),
+        "upstream": ("add_2",),
+    })
+    return ir.model_copy(update={"steps": (looped, *steps[1:])})
+
+
+def test_cycles_in_an_ir_are_reported() -> None:
+    with pytest.raises(GraphError, match=r"pipeline 'arithmetic' has a cycle: .*numbers"):
+        validate_ir(_cyclic())
+
+
+def test_validate_ir_catches_bad_edges() -> None:
+    ir = res.arithmetic.ir
+    steps = list(ir.steps)
+    bad_output = steps[2].model_copy(update={
+        "inputs": (InputSpec(name="values", type="list[int]", source="step", step="split", output="valid"),)})
+    with pytest.raises(GraphError, match="step 'split' has no output 'valid'"):
+        validate_ir(ir.model_copy(update={"steps": (steps[0], steps[1], bad_output, *steps[3:])}))
+    unknown = steps[2].model_copy(update={
+        "inputs": (InputSpec(name="values", type="list[int]", source="step", step="ghost", output="output"),)})
+    with pytest.raises(GraphError, match="comes from unknown step 'ghost'"):
+        validate_ir(ir.model_copy(update={"steps": (steps[0], steps[1], unknown, *steps[3:])}))
+    duplicate = ir.model_copy(update={"steps": (steps[0], steps[0])})
+    with pytest.raises(GraphError, match="two steps are named 'numbers'"):
+        validate_ir(duplicate)
+    bad_param = steps[0].model_copy(update={
+        "inputs": (InputSpec(name="n", type="int", source="param", param="m"),)})
+    with pytest.raises(GraphError, match="uses unknown parameter 'm'"):
+        validate_ir(ir.model_copy(update={"steps": (bad_param, *steps[1:])}))
+
+
+def test_ir_rejects_unknown_fields() -> None:
+    import pydantic
+
+    data = json.loads(res.arithmetic.ir.model_dump_json())
+    data["colour"] = "red"
+    with pytest.raises(pydantic.ValidationError):
+        PipelineIR.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("annotation", "kind"),
+    [(int, "int"), (float, "float"), (str, "str"), (bool, "bool"), (list[int], "list"), (tuple[int, str], "list"),
+     (dict[str, int], "dict"), (int | None, "json"), (object, "json")],
+)
+def test_param_kind(annotation: object, kind: str) -> None:
+    assert param_kind(annotation) == kind
+
+
+def test_render_mermaid_and_dot() -> None:
+    ir = res.arithmetic.ir
+    mermaid = render(ir, "mermaid")
+    assert mermaid.splitlines()[0] == "flowchart TD"
+    assert "    split -->|train → values| halves" in mermaid
+    assert "    halves -->|output_0 → a| add" in mermaid
+    dot = render(ir, "dot")
+    assert dot.startswith('digraph "arithmetic" {') and dot.rstrip().endswith("}")
+    assert '"split" -> "total" [label="test → values"];' in dot
+
+
+def test_render_html_is_self_contained() -> None:
+    page = render(res.fanout.ir, "html")
+    assert page.startswith("<!DOCTYPE html>")
+    assert page.count("<rect") == 10
+    assert page.count("<line") == 16
+    assert "<script" not in page
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_render_escapes_names() -> None:
+    @mp.pipeline(name="a-b")
+    def odd() -> None:
+        res.numbers(1)
+
+    assert "<title>a-b</title>" in render(odd.ir, "html")
+
+
+def test_render_unknown_format() -> None:
+    with pytest.raises(GraphError, match="unknown graph format 'png'"):
+        render(res.arithmetic.ir, "png")

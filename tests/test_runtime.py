@@ -1,0 +1,135 @@
+"""mlpipe.runtime: the per-step container entrypoint, run as a remote task would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from resources import pipelines as res
+
+import mlpipe as mp
+from mlpipe.errors import ParameterError
+from mlpipe.ir import ParamSpec
+from mlpipe.launch import new_run_id
+from mlpipe.run import Run
+from mlpipe.runtime import decode_param, execute_remote_step, load_ir, main, write_ir
+from mlpipe.store import ArtifactStore, open_store
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return open_store(str(tmp_path / "store"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "value"),
+    [
+        ("int", "5", 5), ("int", "5.0", 5), ("float", "0.5", 0.5), ("str", "[not json]", "[not json]"),
+        ("bool", "True", True), ("bool", "0", False), ("list", "[1.0, 2.5]", [1, 2.5]),
+        ("dict", '{"a": 3.0, "b": [1.0]}', {"a": 3, "b": [1]}), ("json", "null", None),
+    ],
+)
+def test_decode_param(kind: str, raw: str, value: object) -> None:
+    spec = ParamSpec(name="p", type="x", kind=kind, required=True)  # type: ignore[arg-type]
+    decoded = decode_param(spec, raw)
+    assert decoded == value and type(decoded) is type(value)
+
+
+def test_decode_param_errors() -> None:
+    with pytest.raises(ParameterError, match="parameter 'p': expected a boolean, got 'maybe'"):
+        decode_param(ParamSpec(name="p", type="bool", kind="bool", required=True), "maybe")
+    with pytest.raises(ParameterError, match="expected int as JSON text, got 'five'"):
+        decode_param(ParamSpec(name="p", type="int", kind="int", required=True), "five")
+
+
+def test_steps_run_one_by_one_like_remote_tasks(store: ArtifactStore) -> None:
+    ir = res.arithmetic.ir
+    digest = write_ir(store, ir)
+    assert load_ir(store, digest) == ir
+    run_id = new_run_id()
+    for spec in ir.steps:
+        outcome = execute_remote_step(store, ir, digest, run_id, spec.name, {"n": "6"}, backend="test")
+        assert outcome.status == "succeeded", outcome.error
+    run = Run.load(store, run_id)
+    assert run.output("add_2") == 15
+    assert run.backend == "test"
+    # a second run is served from the shared cache, and agrees with the local backend
+    again = new_run_id()
+    outcomes = [execute_remote_step(store, ir, digest, again, s.name, {"n": "6"}) for s in ir.steps]
+    assert all(o.cached for o in outcomes)
+    local = res.arithmetic.run(n=6)
+    assert local.output("add_2") == run.output("add_2")
+
+
+def test_unknown_and_missing_params(store: ArtifactStore) -> None:
+    ir = res.arithmetic.ir
+    digest = write_ir(store, ir)
+    with pytest.raises(ParameterError, match="has no parameter m"):
+        execute_remote_step(store, ir, digest, new_run_id(), "numbers", {"m": "1"})
+
+
+def test_upstream_must_have_run(store: ArtifactStore) -> None:
+    ir = res.arithmetic.ir
+    digest = write_ir(store, ir)
+    with pytest.raises(mp.MlpipeError, match="upstream step 'numbers' has no record"):
+        execute_remote_step(store, ir, digest, new_run_id(), "split", {})
+
+
+def _runtime(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "mlpipe.runtime", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def test_runtime_subprocess_imports_code_and_shares_the_cache(store: ArtifactStore, tmp_path: Path) -> None:
+    ir = res.arithmetic.ir
+    digest = write_ir(store, ir)
+    run_id = new_run_id()
+    first = _runtime("--store", store.url, "--ir", digest, "--run-id", run_id, "--step", "numbers", "--param", "n=3",
+                     "--output-file", str(tmp_path / "out" / "numbers.json"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert f"step 'numbers' of run {run_id}: succeeded" in first.stderr
+    assert json.loads((tmp_path / "out" / "numbers.json").read_text())["status"] == "succeeded"
+    second = _runtime("--store", store.url, "--ir", digest, "--run-id", new_run_id(), "--step", "numbers",
+                      "--param", "n=3", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "cached" in second.stderr
+
+
+def test_runtime_exit_codes(store: ArtifactStore, tmp_path: Path) -> None:
+    assert main(["--store", store.url, "--ir", "0" * 64, "--run-id", "r", "--step", "x"]) == 2
+    assert main(["--store", store.url, "--ir", "0" * 64, "--run-id", "r", "--step", "x", "--param", "novalue"]) == 2
+    ir = res.failing.ir
+    digest = write_ir(store, ir)
+    run_id = new_run_id()
+    assert main(["--store", store.url, "--ir", digest, "--run-id", run_id, "--step", "source"]) == 0
+    assert main(["--store", store.url, "--ir", digest, "--run-id", run_id, "--step", "boom"]) == 1
+    assert main(["--store", store.url, "--ir", digest, "--run-id", run_id, "--step", "plus_one"]) == 1
+
+
+def test_code_that_cannot_be_imported_is_shipped_by_pickle(store: ArtifactStore, tmp_path: Path) -> None:
+    @mp.step
+    def local_step(n: int) -> int:
+        return n * 7
+
+    @mp.pipeline
+    def shipped(n: int = 2) -> int:
+        return local_step(n)
+
+    ir = shipped.ir
+    assert not ir.step("local_step").code.importable
+    digest = write_ir(store, ir)
+    stored = load_ir(store, digest)
+    assert stored.step("local_step").code.pickle_digest
+    assert stored.step("local_step").code.python == f"{sys.version_info.major}.{sys.version_info.minor}"
+    run_id = new_run_id()
+    result = _runtime("--store", store.url, "--ir", digest, "--run-id", run_id, "--step", "local_step",
+                      "--param", "n=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert Run.load(store, run_id).output("local_step") == 21
