@@ -55,6 +55,12 @@ def _num(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}g}"
 
 
+def _tick(value: float) -> str:
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
 def _page(title: str, body: str) -> HtmlReport:
     return HtmlReport(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -104,10 +110,10 @@ def _histogram_svg(hist: Histogram, kind: str, width: int = 520, height: int = 1
                     f'fill="{colour}" fill-opacity="0.55"><title>{_e(hist.labels[i])}: {share:.1%}</title></rect>'
                 )
     if kind != "categorical" and hist.edges:
-        for pos in (0, n // 2, n):
+        for pos, anchor in ((0, "start"), (n // 2, "middle"), (n, "end")):
             x = left + pos * slot
             parts.append(
-                f'<text x="{x:.1f}" y="{top + plot_h + 14}" text-anchor="middle">{_num(hist.edges[pos], 3)}</text>'
+                f'<text x="{x:.1f}" y="{top + plot_h + 14}" text-anchor="{anchor}">{_tick(hist.edges[pos])}</text>'
             )
     parts.append("</svg>")
     return "".join(parts)
