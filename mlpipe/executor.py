@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlpipe.cache import artifact_input, cache_key, components_for, lookup, param_input, write_entry
-from mlpipe.errors import CorruptObjectError, MlpipeError, OutputTypeError, StepFailedError, StoreError
+from mlpipe.errors import (
+    CorruptObjectError,
+    MlpipeError,
+    ObjectNotFoundError,
+    OutputTypeError,
+    StepFailedError,
+    StoreError,
+)
 from mlpipe.ir import StepSpec
 from mlpipe.materializers import report_suffix
 from mlpipe.metadata import Index
@@ -60,10 +67,10 @@ class StepOutcome:
 
 
 class UpstreamCorrupted(Exception):
-    """An input object failed verification; the producing step must be recomputed."""
+    """An input object failed verification or is gone; the producing step must be recomputed."""
 
-    def __init__(self, step: str, output: str, digest: str) -> None:
-        super().__init__(f"output {output!r} of step {step!r} ({digest[:12]}…) is corrupted")
+    def __init__(self, step: str, output: str, digest: str, problem: str = "is corrupted") -> None:
+        super().__init__(f"output {output!r} of step {step!r} ({digest[:12]}…) {problem}")
         self.step, self.output, self.digest = step, output, digest
 
 
@@ -209,6 +216,8 @@ class StepExecutor:
                 values[name] = self.store.get_value(info.digest, hints.get(name, Any))
             except CorruptObjectError:
                 raise UpstreamCorrupted(up_step, up_output, info.digest) from None
+            except ObjectNotFoundError:  # deleted (or its sidecar lost) since the hit was taken
+                raise UpstreamCorrupted(up_step, up_output, info.digest, "is missing from the store") from None
 
         if self.tracking is not None:  # the step's child run is active wherever fn runs
             fn = self.tracking.wrap(spec, fn, key, components)
