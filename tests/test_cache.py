@@ -361,3 +361,17 @@ def test_results_identical_from_cache() -> None:
     first = chain.run(n=9, bias=2)
     second = chain.run(n=9, bias=2)
     assert _values(first) == _values(second)
+
+
+def test_input_object_gone_after_the_hit_is_recomputed() -> None:
+    first = chain.run(bias=0)
+    store = open_store()
+    digest = first.steps["numbers"].outputs["output"].digest
+    sidecar = Path(store.url, store.object_path(digest) + ".meta.json")
+    sidecar.unlink()  # the object is still there, so numbers is a hit; reading it for biased fails
+    with pytest.warns(StoreRepairWarning, match="is missing from the store; recomputing step 'numbers'"):
+        run = chain.run(bias=2)
+    assert run.status == "succeeded"
+    assert run.output("biased") == 6 + 2
+    assert sidecar.is_file()
+    assert mp.get_run(run.id).steps["numbers"].cached is False  # the record says it was recomputed
