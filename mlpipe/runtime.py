@@ -181,8 +181,9 @@ def execute_remote_step(
     def run(target: StepSpec, force: bool, depth: int = 0) -> Any:
         fn = resolve(target, store)
         produced = _upstream(store, run_id, target)
+        typed = _as_declared(target, fn, params)
         try:
-            return executor.execute(target, fn, params, produced, force=force, packages=fingerprint(fn).packages)
+            return executor.execute(target, fn, typed, produced, force=force, packages=fingerprint(fn).packages)
         except UpstreamCorrupted as bad:
             if depth >= 3:
                 raise
@@ -193,6 +194,33 @@ def execute_remote_step(
             return run(target, force, depth + 1)
 
     return run(spec, False)
+
+
+def _as_declared(spec: StepSpec, fn: Any, params: dict[str, Any]) -> dict[str, Any]:
+    """The step's parameters validated against its annotations, as the local backend's values are.
+
+    Orchestrators render numbers their own way (KFP's launcher passes the float
+    ``2.0`` as ``2``, and every number inside a list or dict as a float), and the
+    cache key is computed from these values: without this, ``scale: float = 2``
+    would be a cache miss against a local run. A value that does not validate is
+    left as it is, for the executor to report with the step's context.
+    """
+    import typing
+
+    from mlpipe.typecheck import validate
+
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations: the executor reports them
+        return params
+    typed = dict(params)
+    for inp in spec.inputs:
+        if inp.source == "param" and inp.param in typed and inp.name in hints:
+            try:
+                typed[inp.param] = validate(hints[inp.name], typed[inp.param])
+            except ValueError:
+                pass
+    return typed
 
 
 def _parser() -> argparse.ArgumentParser:
