@@ -22,7 +22,7 @@ import inspect
 import json
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlpipe.errors import UnsupportedFeatureError
@@ -224,6 +224,13 @@ def plan(ir: PipelineIR, options: KubeflowOptions, *, store: str, ir_digest: str
                            options.max_parameter_bytes, "parameter defaults")
     names = task_names(s.name for s in ir.steps)
     tasks = tuple(_task(s, names[s.name], names, image, options) for s in ir.steps)
+    # The first task to run writes the run's record, parameters included (the run may have been started from the
+    # KFP UI, not through mlpipe), so tasks without upstream receive every parameter; the rest only their own.
+    everything = tuple(p.name for p in ir.params)
+    tasks = tuple(
+        replace(t, params=(*t.params, *(p for p in everything if p not in t.params))) if not t.after else t
+        for t in tasks
+    )
     return PipelinePlan(
         name=kfp_name,
         display_name=ir.name,

@@ -1,0 +1,179 @@
+"""The compiled spec's tasks, run as a KFP cluster would run them: ``python -m mlpipe.runtime`` in a subprocess.
+
+No cluster here, so the test plays the KFP launcher: it takes each task's
+command and arguments from the compiled YAML, fills in the placeholders the
+way the launcher does (``backend/src/v2/component/launcher_v2.go``: numbers
+via ``FormatFloat(v, 'f', -1, 64)``, booleans as ``true``/``false``, lists and
+dicts as compact JSON of protobuf values, so every number inside them is a
+float), and runs the tasks one by one in topological order in a fresh
+process with only ``PYTHONPATH`` pointing at the code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlpipe_kubeflow import KubeflowBackend
+
+import mlpipe as mp
+from mlpipe.local import LocalBackend
+from mlpipe.run import Run
+from mlpipe.store import ArtifactStore, open_store
+from mlpipe.testing import basic, failing, run_on
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def launcher_text(value: Any) -> str:
+    """How KFP's launcher renders an input parameter into a container argument."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return _number(float(value))
+    if isinstance(value, str):
+        return value
+    return json.dumps(_as_struct(value), separators=(",", ":"))
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
+def _as_struct(value: Any) -> Any:
+    """A value after a round trip through protobuf Struct: every number a float (Go prints 1.0 as 1)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return int(value) if float(value).is_integer() else float(value)
+    if isinstance(value, list | tuple):
+        return [_as_struct(v) for v in value]
+    return {k: _as_struct(v) for k, v in sorted(value.items())}
+
+
+def resolve_arg(arg: Any, inputs: dict[str, Any], output_file: str) -> str:
+    if isinstance(arg, dict) or (isinstance(arg, str) and arg.startswith('{"Concat"')):
+        parts = json.loads(arg)["Concat"] if isinstance(arg, str) else arg["Concat"]
+        return "".join(resolve_arg(p, inputs, output_file) for p in parts)
+    if arg.startswith("{{$.inputs.parameters['"):
+        return launcher_text(inputs[arg[len("{{$.inputs.parameters['"):-len("']}}")]])
+    if arg.startswith("{{$.outputs.parameters['"):
+        return output_file
+    return str(arg)
+
+
+def run_like_kfp(spec_path: Path, arguments: dict[str, Any], work: Path) -> tuple[str, dict[str, int]]:
+    """Run every task of the spec as its container would; returns the KFP job id and each task's exit code."""
+    spec = next(yaml.safe_load_all(spec_path.read_text()))
+    job_id = str(uuid.uuid4())
+    params = {name: d.get("defaultValue") for name, d in spec["root"]["inputDefinitions"]["parameters"].items()}
+    params.update(arguments)
+    tasks = spec["root"]["dag"]["tasks"]
+    done: dict[str, int] = {}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLPIPE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests")])
+    while len(done) < len(tasks):
+        ready = [n for n, t in tasks.items() if n not in done and all(d in done for d in t.get("dependentTasks", []))]
+        for name in sorted(ready):
+            task = tasks[name]
+            if any(done[d] != 0 for d in task.get("dependentTasks", [])):
+                done[name] = -1  # KFP does not start a task whose upstream failed
+                continue
+            inputs: dict[str, Any] = {}
+            for key, source in task["inputs"]["parameters"].items():
+                if "componentInputParameter" in source:
+                    inputs[key] = params[source["componentInputParameter"]]
+                else:
+                    inputs[key] = source["runtimeValue"]["constant"].replace("{{$.pipeline_job_uuid}}", job_id)
+            executor = spec["deploymentSpec"]["executors"][f"exec-{name}"]["container"]
+            out_file = str(work / name / "mlpipe_record")
+            argv = [resolve_arg(a, inputs, out_file) for a in executor["args"]]
+            command = [sys.executable if c == "python" else c for c in executor["command"]]
+            proc = subprocess.run([*command, *argv], cwd=work, env=env, capture_output=True, text=True, timeout=120,
+                                  check=False)
+            done[name] = proc.returncode
+            if proc.returncode == 0:
+                record = json.loads(Path(out_file).read_text())
+                assert record["status"] == "succeeded"
+    return job_id, done
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return open_store(str(tmp_path / "store"))
+
+
+def test_tasks_run_as_containers_give_the_local_results(store: ArtifactStore, tmp_path: Path) -> None:
+    params = {"n": 4, "scale": 0.5, "label": "x y", "options": {"a": 1, "nested": [1, 2.5]}, "flags": [3, 4]}
+    backend = KubeflowBackend(image="python:3.11-slim")
+    plan = backend.plan(basic.ir, store)
+    spec = tmp_path / "basic.yaml"
+    from mlpipe_kubeflow.compiler import write_spec
+
+    write_spec(plan, str(spec))
+    job_id, codes = run_like_kfp(spec, plan.arguments(basic.validate_params(params)), tmp_path)
+    assert codes == {"make-numbers": 0, "summarize": 0, "describe": 0}
+    run = Run.load(store, job_id)  # the tasks recorded themselves under the KFP job id
+    reference = run_on(LocalBackend(), basic, open_store(str(tmp_path / "ref")), **params)
+    assert run.output("describe") == reference.output("describe")
+    assert run.output("describe")["flags"] == [3, 4]  # ints again, though KFP carried them as floats
+    assert run.backend == "kubeflow"
+    assert run.params["label"] == "x y"
+
+
+def test_task_shares_the_cache_with_the_local_backend(store: ArtifactStore, tmp_path: Path) -> None:
+    run_on(LocalBackend(), basic, store, n=3)
+    backend = KubeflowBackend(image="python:3.11-slim")
+    from mlpipe_kubeflow.compiler import write_spec
+
+    plan = backend.plan(basic.ir, store)
+    write_spec(plan, str(tmp_path / "basic.yaml"))
+    job_id, _ = run_like_kfp(tmp_path / "basic.yaml", {"n": 3}, tmp_path)
+    assert all(s.cached for s in Run.load(store, job_id).steps.values())
+
+
+def test_failed_task_exits_1_and_downstream_is_not_started(store: ArtifactStore, tmp_path: Path) -> None:
+    backend = KubeflowBackend(image="python:3.11-slim")
+    from mlpipe_kubeflow.compiler import write_spec
+
+    write_spec(backend.plan(failing.ir, store), str(tmp_path / "f.yaml"))
+    job_id, codes = run_like_kfp(tmp_path / "f.yaml", {"fail": True}, tmp_path)
+    assert codes["explode"] == 1 and codes["consume"] == -1 and codes["make-numbers"] == 0
+    assert "planted failure" in (Run.load(store, job_id).steps["explode"].error or "")
+
+
+def test_non_importable_step_travels_pickled(store: ArtifactStore, tmp_path: Path) -> None:
+    def make() -> mp.Pipeline:
+        @mp.step
+        def shout(word: str) -> str:
+            return word.upper() + "!"
+
+        @mp.pipeline(name="closure")
+        def closure(word: str = "hi") -> str:
+            return shout(word)
+
+        return closure
+
+    pipeline = make()
+    assert not pipeline.ir.steps[0].code.importable
+    from mlpipe_kubeflow.compiler import write_spec
+
+    write_spec(KubeflowBackend(image="python:3.11-slim").plan(pipeline.ir, store), str(tmp_path / "c.yaml"))
+    job_id, codes = run_like_kfp(tmp_path / "c.yaml", {"word": "hey"}, tmp_path)
+    assert codes == {"shout": 0}
+    assert Run.load(store, job_id).output("shout") == "HEY!"
+
+
+def test_runtime_refuses_a_wrong_invocation(store: ArtifactStore, tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "mlpipe.runtime", "--store", store.url, "--ir", "0" * 64,
+                           "--run-id", "r", "--step", "x"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          check=False)
+    assert proc.returncode == 2
+    assert "is not in the store" in proc.stderr
