@@ -140,12 +140,13 @@ class LocalBackend(Backend):
         produced: dict[tuple[str, str], ObjectInfo] = {}
         memory: dict[str, Any] = {}
         outcomes: dict[str, StepOutcome] = {}
+        repairs: dict[str, StepOutcome] = {}  # steps recomputed after their stored output went bad
         ready = [s.name for s in ir.steps if not s.upstream]
         running: dict[Future[StepOutcome], str] = {}
         pool: ThreadPoolExecutor | None = None
 
         def work(name: str) -> StepOutcome:
-            return self._run_step(executor, specs, fns, packages, params, produced, memory, name)
+            return self._run_step(executor, specs, fns, packages, params, produced, memory, name, repairs)
 
         def finish(outcome: StepOutcome) -> None:
             outcomes[outcome.name] = outcome
@@ -189,6 +190,9 @@ class LocalBackend(Backend):
             if pool is not None:
                 pool.shutdown(wait=not cancel.is_set())
 
+        for name, repaired in repairs.items():
+            if name in outcomes and outcomes[name].status == "succeeded":
+                outcomes[name] = repaired  # the run's view matches the step's latest record
         for name in specs:
             if name not in outcomes:
                 outcomes[name] = StepOutcome(
@@ -226,6 +230,7 @@ class LocalBackend(Backend):
         produced: dict[tuple[str, str], ObjectInfo],
         memory: dict[str, Any],
         name: str,
+        repairs: dict[str, StepOutcome],
     ) -> StepOutcome:
         spec = specs[name]
         for _attempt in range(_MAX_REPAIRS + 1):
@@ -237,7 +242,9 @@ class LocalBackend(Backend):
                     StoreRepairWarning,
                     stacklevel=2,
                 )
-                repaired = self._run_step_forced(executor, specs, fns, packages, params, produced, memory, bad.step)
+                repaired = self._run_step_forced(
+                    executor, specs, fns, packages, params, produced, memory, bad.step, repairs
+                )
                 if repaired.status != "succeeded":
                     return repaired
         raise BackendError(f"step {name!r}: inputs stayed corrupted after {_MAX_REPAIRS} repairs", step=name)
@@ -252,18 +259,20 @@ class LocalBackend(Backend):
         produced: dict[tuple[str, str], ObjectInfo],
         memory: dict[str, Any],
         name: str,
+        repairs: dict[str, StepOutcome],
     ) -> StepOutcome:
         spec = specs[name]
         try:
             outcome = executor.execute(spec, fns[name], params, produced, memory, force=True, packages=packages[name])
         except UpstreamCorrupted as bad:
-            inner = self._run_step_forced(executor, specs, fns, packages, params, produced, memory, bad.step)
+            inner = self._run_step_forced(executor, specs, fns, packages, params, produced, memory, bad.step, repairs)
             if inner.status != "succeeded":
                 return inner
             outcome = executor.execute(spec, fns[name], params, produced, memory, force=True, packages=packages[name])
         if outcome.status == "succeeded":
             for out_name, info in outcome.outputs.items():
                 produced[(name, out_name)] = info
+            repairs[name] = outcome
         return outcome
 
     def _skip_descendants(
