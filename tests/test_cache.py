@@ -374,4 +374,5 @@ def test_input_object_gone_after_the_hit_is_recomputed() -> None:
     assert run.status == "succeeded"
     assert run.output("biased") == 6 + 2
     assert sidecar.is_file()
-    assert mp.get_run(run.id).steps["numbers"].cached is False  # the record says it was recomputed
+    assert run.steps["numbers"].cached is False  # recomputed in this run
+    assert mp.get_run(run.id).steps["numbers"].cached is False  # and the record says so
