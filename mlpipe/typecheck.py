@@ -166,11 +166,16 @@ def parse_cli_value(tp: Any, raw: str) -> Any:
     Strings stay strings when the annotation is ``str``; otherwise the text is
     read as JSON when it parses (``5``, ``0.1``, ``true``, ``[1, 2]``) and kept
     as the raw string when not, so that pydantic's validation that follows
-    reports the mismatch in its own words.
+    reports the mismatch in its own words. When the annotation admits ``str``
+    (``str | None``), only a JSON string or ``null`` is taken as JSON, so that
+    ``-p label=123`` stays the string ``"123"``.
     """
     if tp is str:
         return raw
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except ValueError:
         return raw
+    if str in _members(tp) and value is not None and not isinstance(value, str):
+        return raw
+    return value
