@@ -118,7 +118,8 @@ def test_validate() -> None:
     [
         (int, "5", 5), (float, "0.1", 0.1), (bool, "true", True), (str, "5", "5"), (str, "[1]", "[1]"),
         (list[int], "[1, 2]", [1, 2]), (dict[str, int], '{"a": 1}', {"a": 1}), (int, "abc", "abc"),
-        (Any, "plain text", "plain text"),
+        (Any, "plain text", "plain text"), (str | None, "123", "123"), (str | None, "null", None),
+        (str | None, "abc", "abc"), (int | None, "5", 5), (int | str, "[1]", "[1]"),
     ],
 )
 def test_parse_cli_value(tp: Any, raw: str, value: Any) -> None:
