@@ -115,11 +115,11 @@ class KubeflowBackend(Backend):
         from mlpipe_kubeflow import client as kfp_client
 
         opts = self.opts
-        if store.is_local or store.url.startswith("memory://"):
+        if store.url.startswith("memory://") or (store.is_local and not opts.shared_filesystem):
             raise UnsupportedFeatureError(
                 f"kubeflow: the store {store.url} is on this machine, so the cluster's pods cannot reach it; "
-                "use a bucket the cluster can read and write (s3://, gs://) as the profile's store, or "
-                "mode = \"local\" to run here",
+                "use a bucket the cluster can read and write (s3://, gs://) as the profile's store, "
+                "mode = \"local\" to run here, or shared_filesystem = true if the pods mount it at the same path",
                 backend=self.name, option="store",
             )
         plan_ = self.plan(ir, store, cache=cache)

@@ -74,6 +74,10 @@ class KubeflowOptions(BackendOptions):
             KFP's API server refuses more than 10,000 bytes by default
             (``MAX_PARAMETER_BYTES`` on the server raises it).
         wait_timeout: Seconds ``run()`` waits for a cluster run before giving up (``None``: no limit).
+        shared_filesystem: Submit with a store that is a path on this machine, because
+            the cluster's pods mount the same filesystem at the same path (NFS, a
+            shared volume). Off by default: normally a path store means the pods
+            cannot see the data, and submitting is refused.
     """
 
     mode: Literal["cluster", "local"] = "cluster"
@@ -99,6 +103,7 @@ class KubeflowOptions(BackendOptions):
     schedule_catchup: bool = False
     max_parameter_bytes: int = Field(default=10_000, gt=0)
     wait_timeout: float | None = Field(default=None, gt=0)
+    shared_filesystem: bool = False
 
     @field_validator("env")
     @classmethod
