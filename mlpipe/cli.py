@@ -464,6 +464,19 @@ def main() -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:  # the user's module or pipeline function raised while being loaded or traced
+        if _state["debug"]:
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        print(f"error: {_user_error(exc)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _user_error(exc: BaseException) -> str:
+    """``Type: message (file, line N)``, pointing at where the exception was raised."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames and not isinstance(exc, SyntaxError) else ""
+    hint = "" if _state["debug"] else "; run with --debug for the traceback"
+    return f"{type(exc).__name__}: {exc}{where}{hint}"
 
 
 if __name__ == "__main__":
