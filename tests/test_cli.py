@@ -345,3 +345,24 @@ def test_cache_gc_dry_run_and_index_rebuild(cwd: Path) -> None:
     assert mlpipe("runs", "list", cwd=cwd).stdout.count("succeeded") == 1
     again = mlpipe("run", f"{PIPES}:ok", cwd=cwd)
     assert again.stderr.count("cached ") == 3
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("import mlpipe as mp\n\n@mp.pipeline\ndef p():\n    return undefined_step()\n",
+         "error: NameError: name 'undefined_step' is not defined ("),
+        ("import mlpipe as mp\ndef broken(:\n", "error: SyntaxError: invalid syntax (user_code.py, line 2)"),
+        ("raise RuntimeError('settings missing')\n", "error: RuntimeError: settings missing ("),
+    ],
+)
+def test_errors_in_the_users_module_exit_2_with_a_location(cwd: Path, source: str, message: str) -> None:
+    (cwd / "user_code.py").write_text(source)
+    result = mlpipe("run", "user_code.py:p", cwd=cwd)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "run with --debug for the traceback" in result.stderr
+    _no_traceback(result)
+    debug = mlpipe("--debug", "run", "user_code.py:p", cwd=cwd)
+    assert debug.returncode == 2
+    assert "Traceback (most recent call last)" in debug.stderr
