@@ -145,22 +145,22 @@ class NumpyMaterializer(Materializer):
         import numpy as np
 
         fmt = np.lib.format
-        if not isinstance(data, bytearray):
-            return fmt.read_array(io.BytesIO(data), allow_pickle=False)
-        # Zero-copy view of the writable bytearray the store read into.
-        header = io.BytesIO(bytes(memoryview(data)[:65536]))
+        view = memoryview(data)
+        header = io.BytesIO(bytes(view[:65536]))
         version = fmt.read_magic(header)
         if version == (1, 0):
             shape, fortran, dtype = fmt.read_array_header_1_0(header)
         elif version == (2, 0):
             shape, fortran, dtype = fmt.read_array_header_2_0(header)
         else:
-            return fmt.read_array(io.BytesIO(data), allow_pickle=False)
+            return fmt.read_array(io.BytesIO(bytes(view)), allow_pickle=False)
         count = 1
         for dim in shape:
             count *= dim
-        arr = np.frombuffer(data, dtype=dtype, count=count, offset=header.tell())
-        return arr.reshape(shape, order="F" if fortran else "C")
+        # Zero-copy on the store's buffer (a private memory map for large objects).
+        arr = np.frombuffer(view, dtype=dtype, count=count, offset=header.tell()) if count else np.empty(0, dtype)
+        arr = arr.reshape(shape, order="F" if fortran else "C")
+        return arr.copy() if view.readonly else arr
 
 
 class PydanticMaterializer(Materializer):
