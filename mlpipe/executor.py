@@ -12,9 +12,11 @@ Scheduling does not live here.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import traceback
+import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -334,7 +336,7 @@ class StepExecutor:
         outcome.outputs = {}
         outcome.error = f"{type(exc).__name__}: {exc}" if with_traceback else str(exc)
         if with_traceback:
-            outcome.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            outcome.traceback = "".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__)))
         self._record(spec, outcome, components, packages, new_entry=None)
         return outcome
 
@@ -417,6 +419,17 @@ def step_record(
     if outcome.reports:
         doc["reports"] = outcome.reports
     return doc
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_frames(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """The traceback from the first frame outside mlpipe: the user's code, without the executor's calls."""
+    first = tb
+    while first is not None and first.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        first = first.tb_next
+    return first or tb
 
 
 def _output_annotations(annotation: Any, names: list[str]) -> dict[str, Any]:
