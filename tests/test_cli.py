@@ -144,6 +144,7 @@ def test_a_raising_step_shows_its_traceback_once_and_skips_dependents(cwd: Path)
     assert result.stderr.count("Traceback (most recent call last)") == 1
     assert result.stderr.count('raise ValueError(f"kaboom {x}")') == 1
     assert "ValueError: kaboom 2" in result.stderr
+    assert "mlpipe/executor.py" not in result.stderr  # the user's frames only
     assert "step 'boom' failed:" in result.stderr
     assert re.search(r"skipped\s+after ", result.stderr)
     assert "skipped because of the failure: after" in result.stderr
