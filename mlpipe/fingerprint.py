@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dis
 import enum
 import hashlib
+import importlib.util
 import linecache
 import os
 import sys
@@ -245,6 +247,52 @@ def _code_hash(code: types.CodeType, doc: str | None) -> str:
     return h.hexdigest()
 
 
+_IMPORT_NAME = dis.opmap["IMPORT_NAME"]
+
+
+def _local_imports(code: types.CodeType, package: str) -> list[str]:
+    """Absolute names of the modules a code object (and its nested code) imports, in order."""
+    found: list[str] = []
+    if bytes([_IMPORT_NAME]) in code.co_code:  # cheap filter before disassembling
+        level: Any = 0
+        for ins in dis.get_instructions(code):
+            if ins.opname == "LOAD_CONST" and isinstance(ins.argval, int):
+                level = ins.argval
+            elif ins.opname == "IMPORT_NAME":
+                name = str(ins.argval)
+                if level:
+                    with contextlib.suppress(ImportError, ValueError):
+                        found.append(importlib.util.resolve_name("." * level + name, package))
+                else:
+                    found.append(name)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found.extend(_local_imports(const, package))
+    return found
+
+
+def _import_user_module(name: str) -> types.ModuleType | None:
+    """The module ``name`` if it is the user's own code, importing it when the step has not run yet."""
+    module = sys.modules.get(name)
+    if module is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        origin = getattr(spec, "origin", None)
+        if not origin or not os.path.isfile(origin):
+            return None
+        real = os.path.realpath(origin)
+        if any(real.startswith(root) for root in _roots()) or "site-packages" in real:
+            return None
+        try:
+            module = importlib.import_module(name)
+        except Exception:  # the step will raise it when it runs; the fingerprint cannot follow it
+            return None
+        _user_modules.pop(name, None)
+    return module if is_user_module(name) else None
+
+
 def _code_names(code: types.CodeType) -> set[str]:
     names = set(code.co_names)
     for const in code.co_consts:
@@ -299,6 +347,13 @@ class _Walker:
         for name in sorted(names - set(code.co_freevars)):
             if name in fn_globals:
                 self.visit_reference(fn_globals[name], f"constant {module}.{name}", names)
+        # Modules imported inside the function body are not in its globals: follow them too.
+        for imported in _local_imports(code, fn_globals.get("__package__") or ""):
+            target = _import_user_module(imported)
+            if target is not None:
+                self.visit_reference(target, f"module {imported}", names)
+            else:
+                self._library(imported)
 
     def visit_reference(self, value: Any, label: str, names: set[str]) -> None:
         """A name the code uses. For a user module, follow the attributes the code names on it."""
