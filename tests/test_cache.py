@@ -285,10 +285,15 @@ def test_package_versions_are_recorded() -> None:
     def versions() -> str:
         return uses_pydantic(1)
 
+    import pydantic
+
     run = versions.run()
     record = run.steps["uses_pydantic"].record
-    assert "code" in record and record["code"]["fingerprint"]
+    assert record["packages"] == {"pydantic": pydantic.VERSION}  # imported inside the step body
+    assert record["code"]["fingerprint"] == versions.ir.step("uses_pydantic").fingerprint
     assert "components" in record
+    again = versions.run()
+    assert "packages" not in again.steps["uses_pydantic"].record  # a hit ran no code
 
 
 def test_index_rebuild_from_the_store() -> None:

@@ -215,6 +215,35 @@ def test_edits_in_an_imported_local_module_change_it(project: Project, old: str,
     assert label in changed, changed
 
 
+LOCAL_IMPORTS = """
+def step(x: int) -> int:
+    import json
+
+    import pydantic
+
+    import helpers_{TAG}
+    from helpers_{TAG} import scale
+
+    return helpers_{TAG}.clean(x) + scale(x) + len(json.dumps(pydantic.VERSION))
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "label"),
+    [
+        ("return v * 10", "return v * 11", "function helpers.scale"),
+        ("return v * RATE", "return v / RATE", "function helpers._private"),
+    ],
+)
+def test_modules_imported_inside_the_step_body_are_followed(project: Project, old: str, new: str, label: str) -> None:
+    same, changed = project.compare({"main": LOCAL_IMPORTS, "helpers": HELPERS},
+                                    {"main": LOCAL_IMPORTS, "helpers": _edit(HELPERS, old, new)})
+    assert not same
+    assert label in changed, changed
+    fp = project.load({"main": LOCAL_IMPORTS, "helpers": HELPERS})
+    assert fp.packages == frozenset({"pydantic"})  # recorded with its version; json is the standard library
+
+
 def test_the_manifest_names_every_reached_object(project: Project) -> None:
     fp = project.load(_both())
     labels = {label.replace(f"_{project.tag}", "") for label in fp.manifest}
