@@ -64,6 +64,11 @@ def no_letters(x: int = 1) -> int:
     return one.with_options(name="数据")(x)
 
 
+@mp.pipeline(name="données")
+def unicode_names(x: int = 1) -> int:
+    return one.with_options(name="étape_数据")(x)
+
+
 @mp.pipeline(name="数据")
 def bad_pipeline_name(x: int = 1) -> int:
     return one(x)

@@ -276,3 +276,34 @@ def test_invalid_options_are_config_errors(options: dict[str, Any], words: str) 
 def test_cron_gets_kfp_seconds_field() -> None:
     assert KubeflowBackend({"schedule": "0 2 * * *"}).opts.kfp_cron == "0 0 2 * * *"
     assert KubeflowBackend({"schedule": "30 0 2 * * *"}).opts.kfp_cron == "30 0 2 * * *"
+
+
+# -- the fast writer equals kfp's compiler ----------------------------------------------------
+
+
+def _chain(n: int) -> mp.Pipeline:
+    def body(x: int = 0) -> int:
+        value = kp.one(x)
+        for _ in range(n - 1):
+            value = kp.one(value)
+        return value
+
+    body.__name__ = body.__qualname__ = f"chain_{n}"
+    return mp.pipeline(body)
+
+
+@pytest.mark.parametrize("case", ["training", "settings", "small", "chain", "unicode"])
+def test_spec_writer_equals_kfp_compiler_output(case: str, training: mp.Pipeline, store: ArtifactStore,
+                                                tmp_path: Path) -> None:
+    from kfp import compiler
+    from mlpipe_kubeflow.compiler import build, write_spec
+
+    pipelines = {"training": (training, {}), "settings": (kp.settings, SETTINGS_OPTIONS), "small": (kp.small, {}),
+                 "chain": (_chain(60), {}), "unicode": (kp.unicode_names, {})}
+    pipeline, options = pipelines[case]
+    backend = KubeflowBackend(options, image="registry.example/ml/mlpipe:1.0")
+    p = backend.plan(pipeline.ir, store)
+    ours, theirs = tmp_path / "ours.yaml", tmp_path / "kfp.yaml"
+    write_spec(p, str(ours))
+    compiler.Compiler().compile(build(p), package_path=str(theirs))
+    assert ours.read_bytes() == theirs.read_bytes()
