@@ -1,0 +1,383 @@
+"""The ``vertex`` backend: the Kubeflow spec with Vertex settings, submitted as a Vertex AI PipelineJob.
+
+This module owns the run lifecycle: everything is validated before the first
+request (options, store, image, names, labels, resources, parameters, request
+size), then the job or schedule is created, the run's record written and the
+handle returned. The mlpipe run id of a submitted run *is* the job id mlpipe
+chose (``<pipeline>-<launcher run id>``): every task records itself under
+``{{$.pipeline_job_name}}``, so the handle, the records in the store and the
+Vertex console agree. ``status`` asks Vertex for the job's state and writes
+the end into ``run.json`` once the job has ended.
+
+With ``mode = "local"`` the same compiled spec runs on this machine through
+the Kubeflow backend's kfp.local adapter, against the same store.
+The spec is built in ``compiler.py``; API calls live in ``client.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mlpipe_kubeflow.compiler import DEFAULT_IMAGE
+from mlpipe_kubeflow.naming import check_parameter_budget
+
+from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
+from mlpipe.errors import BackendError, MlpipeError, UnsupportedFeatureError
+from mlpipe.ir import PipelineIR
+from mlpipe.run import Run
+from mlpipe.store import ArtifactStore
+from mlpipe_vertex.compiler import (
+    VertexPlan,
+    build_spec,
+    check_arguments,
+    job_request,
+    vertex_plan,
+    write_vertex_spec,
+)
+from mlpipe_vertex.naming import BACKEND, check_labels, job_id, label_value
+from mlpipe_vertex.options import VertexOptions
+
+__all__ = ["JobRequest", "VertexBackend"]
+
+_GCS = ("gs://", "gcs://")
+_PLACEHOLDER_DIGEST = "0" * 64
+# Google front ends refuse request bodies over 10 MiB; a spec that large is refused here instead.
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """Everything a submission sends, decided and checked before the first request."""
+
+    parent: str
+    job_id: str
+    body: dict[str, Any]
+    ir_digest: str
+    pipeline_root: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.parent}/pipelineJobs/{self.job_id}"
+
+
+class VertexBackend(Backend):
+    """Vertex AI Pipelines.
+
+    ``submit`` creates a ``PipelineJob`` (or, with ``schedule``, a Vertex
+    schedule) through ``google.cloud.aiplatform_v1``; ``status`` and ``cancel``
+    address the job by its resource name, kept in the handle. Nothing else is
+    created: no bucket, no IAM binding, no experiment.
+    """
+
+    name = BACKEND
+    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, schedules=True)
+    Options = VertexOptions
+
+    def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
+        super().__init__(options, image=image)
+        self._local: dict[str, tuple[threading.Thread, threading.Event, dict[str, Any]]] = {}
+
+    @property
+    def opts(self) -> VertexOptions:
+        assert isinstance(self.options, VertexOptions)
+        return self.options
+
+    # -- compile ----------------------------------------------------------------------
+    def check(self, ir: PipelineIR) -> None:
+        """Refuse what Vertex cannot express (names, resources, sizes), before anything is stored or sent."""
+        super().check(ir)
+        vertex_plan(ir, self.opts, store="", ir_digest="", image=self.image)
+
+    def plan(self, ir: PipelineIR, store: ArtifactStore, *, cache: bool = True) -> VertexPlan:
+        """Store the IR (shipping non-importable code) and decide the spec."""
+        from mlpipe.runtime import write_ir
+
+        self.check(ir)
+        return vertex_plan(ir, self.opts, store=store.url, ir_digest=write_ir(store, ir), image=self.image,
+                           cache=cache)
+
+    def compile(self, ir: PipelineIR, path: str, *, store: ArtifactStore | None = None) -> str:
+        """Write the pipeline spec Vertex runs (KFP v2 YAML) to ``path``.
+
+        The tasks read the IR from ``store`` (the profile's, a ``gs://`` bucket),
+        where it is written now. The file can be run from the Vertex console or
+        with ``aiplatform.PipelineJob(template_path=...)``.
+
+        Raises:
+            UnsupportedFeatureError: the store is not on GCS, or a step asks for what Vertex cannot express.
+        """
+        if store is None or not store.url.startswith(_GCS):
+            self._require_gcs(store.url if store is not None else "(the default store .mlpipe)")
+        assert store is not None
+        return write_vertex_spec(build_spec(self.plan(ir, store)), path)
+
+    def _require_gcs(self, url: str) -> None:
+        if not url.startswith(_GCS):
+            raise UnsupportedFeatureError(
+                f"vertex: the store {url} is not on Google Cloud Storage, so Vertex tasks cannot read or write it; "
+                "use a gs://bucket/prefix store in the profile (in the job's region), or mode = \"local\" to run "
+                "the compiled spec on this machine",
+                backend=self.name, option="store",
+            )
+
+    def pipeline_root(self, store: ArtifactStore) -> str:
+        """Where Vertex keeps its own task outputs: the ``pipeline_root`` option, else ``<store>/vertex``."""
+        return self.opts.pipeline_root or f"{store.url.rstrip('/')}/vertex"
+
+    # -- the request ----------------------------------------------------------------
+    def _labels(self, ir: PipelineIR, run_id: str) -> dict[str, str]:
+        labels = {"mlpipe-pipeline": label_value(ir.name) or "pipeline", "mlpipe-run": label_value(run_id),
+                  **self.opts.labels}
+        try:
+            check_labels(labels)
+        except ValueError as exc:
+            raise UnsupportedFeatureError(f"vertex: {exc}", backend=self.name, option="labels") from None
+        return labels
+
+    def _validate(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
+                  cache: bool) -> tuple[str, VertexPlan]:
+        """Every check that needs no request and no store write; the job id."""
+        opts = self.opts
+        if opts.project is None:
+            raise UnsupportedFeatureError(
+                "vertex: no project; set options.project in the profile (the Google Cloud project id)",
+                backend=self.name, option="project")
+        self._require_gcs(store.url)
+        self._require_gcs(self.pipeline_root(store))
+        jid = job_id(ir.name, run_id)
+        draft = vertex_plan(ir, opts, store=store.url, ir_digest=_PLACEHOLDER_DIGEST, image=self.image, cache=cache)
+        unset = [t.step for t in draft.kfp.tasks if t.image == DEFAULT_IMAGE and self.image is None]
+        if unset:
+            raise UnsupportedFeatureError(
+                f"vertex: no container image for step(s) {unset}; set image in the profile (an Artifact Registry "
+                "image with mlpipe, mlpipe-vertex's runtime dependencies and your code) or @mp.step(image=...)",
+                backend=self.name, step=unset[0], option="image")
+        arguments = draft.kfp.arguments(params)
+        check_parameter_budget(ir.name, arguments, opts.max_parameter_bytes, "run parameters")
+        check_arguments(ir.name, build_spec(draft), arguments)
+        self._labels(ir, jid)
+        return jid, draft
+
+    def request(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
+                cache: bool = True) -> JobRequest:
+        """The PipelineJob a submission would create, fully validated; stores the IR, sends nothing to Vertex.
+
+        Raises:
+            UnsupportedFeatureError: options, store, image or pipeline that Vertex would refuse.
+            ParameterError: parameter values that do not match the spec.
+        """
+        opts = self.opts
+        jid, _draft = self._validate(ir, store, params, run_id, cache)
+        vplan = self.plan(ir, store, cache=cache)
+        spec = build_spec(vplan)
+        arguments = vplan.kfp.arguments(params)
+        body = job_request(spec, opts, display_name=opts.display_name.format(pipeline=ir.name, run_id=jid),
+                           pipeline_root=self.pipeline_root(store), arguments=arguments,
+                           labels=self._labels(ir, jid))
+        size = len(json.dumps(body))
+        if size > MAX_REQUEST_BYTES:
+            raise UnsupportedFeatureError(
+                f"vertex: the PipelineJob request is {size:,} bytes, over the 10 MiB Google APIs accept; "
+                "pass large values as step outputs, not parameters, or split the pipeline",
+                backend=self.name, option="size")
+        return JobRequest(parent=f"projects/{opts.project}/locations/{opts.location}", job_id=jid, body=body,
+                          ir_digest=vplan.kfp.ir_digest, pipeline_root=self.pipeline_root(store))
+
+    # -- submit / run -----------------------------------------------------------------
+    def submit(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
+               cache: bool = True) -> RunHandle:
+        """Create the PipelineJob (or the schedule) and return its handle.
+
+        The handle's ``run_id`` is the job id (``<pipeline>-<run_id>``, valid
+        for Vertex whatever the pipeline is called); ``external_id`` is the
+        job's resource name; ``data["requested_run_id"]`` keeps ``run_id``.
+        With a ``schedule`` a Vertex schedule is created instead and the handle
+        names it (``data["kind"] == "schedule"``); each job it starts records
+        itself under its own job id.
+
+        Raises:
+            UnsupportedFeatureError: refused before any request (see :meth:`request`).
+            BackendError: Vertex refused or could not be reached.
+        """
+        if self.opts.mode == "local":
+            return self._submit_local(ir, store, params, run_id, cache)
+        from mlpipe_vertex import client
+
+        opts = self.opts
+        req = self.request(ir, store, params=params, run_id=run_id, cache=cache)
+        data: dict[str, Any] = {"mode": "vertex", "project": opts.project, "location": opts.location,
+                                "api_endpoint": opts.api_endpoint, "transport": opts.transport,
+                                "credentials": opts.credentials, "requested_run_id": run_id,
+                                "pipeline_root": req.pipeline_root}
+        if opts.schedule:
+            display = req.body["displayName"]
+            name = client.create_schedule(opts, req.parent, req.body, display)
+            data.update(kind="schedule", schedule=opts.cron)
+            doc = _write_doc(store, ir, run_id, params, "succeeded", req.ir_digest, cache=cache,
+                             vertex={**data, "schedule_name": name})
+            store.put_json(f"runs/{run_id}/run.json", {**doc, "ended": time.time()})
+            return RunHandle(backend=self.name, run_id=run_id, pipeline=ir.name, store=store.url, external_id=name,
+                             url=f"https://console.cloud.google.com/vertex-ai/pipelines/schedules?project={opts.project}",
+                             data=data)
+        name, state = client.create_job(opts, req.parent, req.body, req.job_id)
+        data["kind"] = "job"
+        _write_doc(store, ir, req.job_id, params, "running" if state == "running" else "pending", req.ir_digest,
+                   cache=cache, vertex={**data, "job": name})
+        return RunHandle(backend=self.name, run_id=req.job_id, pipeline=ir.name, store=store.url, external_id=name,
+                         url=(f"https://console.cloud.google.com/vertex-ai/locations/{opts.location}/pipelines/runs/"
+                              f"{req.job_id}?project={opts.project}"),
+                         data=data)
+
+    def run(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
+            cache: bool = True) -> Run:
+        """Submit, wait for the job's end, and return the run as recorded in the store."""
+        if self.opts.mode == "local":
+            return self._execute_local(ir, store, params, run_id, cache, threading.Event())
+        handle = self.submit(ir, store, params=params, run_id=run_id, cache=cache)
+        self.wait(handle, timeout=self.opts.wait_timeout, poll=self.opts.poll_interval)
+        return Run.load(store, handle.run_id)
+
+    def _submit_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
+                      cache: bool) -> RunHandle:
+        cancel = threading.Event()
+        state: dict[str, Any] = {"status": "running"}
+
+        def target() -> None:
+            try:
+                state["status"] = self._execute_local(ir, store, params, run_id, cache, cancel).status
+            except BaseException as exc:  # surfaced through status()
+                state["status"], state["error"] = "failed", f"{type(exc).__name__}: {exc}"
+
+        thread = threading.Thread(target=target, name=f"mlpipe-vertex-local-{run_id}", daemon=True)
+        self._local[run_id] = (thread, cancel, state)
+        thread.start()
+        return RunHandle(backend=self.name, run_id=run_id, pipeline=ir.name, store=store.url, data={"mode": "local"})
+
+    def _execute_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
+                       cache: bool, cancel: threading.Event) -> Run:
+        from mlpipe_kubeflow.local_runner import execute_spec, finalize
+
+        from mlpipe.metadata import open_index
+
+        if self.opts.schedule:
+            raise UnsupportedFeatureError("vertex: schedule needs Vertex; mode = \"local\" runs the spec once",
+                                          backend=self.name, option="schedule")
+        if store.url.startswith("memory://"):
+            raise UnsupportedFeatureError(
+                f"vertex: mode = \"local\" runs each step in its own process, which cannot see the in-memory "
+                f"store {store.url}; use a gs:// bucket (or a directory)", backend=self.name, option="store")
+        vplan = self.plan(ir, store, cache=cache)
+        spec = build_spec(vplan)
+        arguments = vplan.kfp.arguments(params)
+        check_parameter_budget(ir.name, arguments, self.opts.max_parameter_bytes, "run parameters")
+        check_arguments(ir.name, spec, arguments)
+        doc = _write_doc(store, ir, run_id, params, "running", vplan.kfp.ir_digest, cache=cache,
+                         vertex={"mode": "local"})
+        index = open_index(store)
+        index.record_run(doc)
+        with tempfile.TemporaryDirectory(prefix="mlpipe-vertex-") as tmp:
+            path = write_vertex_spec(spec, os.path.join(tmp, f"{vplan.kfp.name}.yaml"))
+            error = execute_spec(path, arguments, run_id, cancel=cancel)
+        finalize(store, ir, doc, kfp_error=error, cancelled=cancel.is_set())
+        index.sync_run(store, run_id)
+        return Run.load(store, run_id)
+
+    # -- status / cancel --------------------------------------------------------------
+    def _options_for(self, handle: RunHandle) -> VertexOptions:
+        """The options a handle was submitted with (a later process may have another profile, or none)."""
+        data = handle.data
+        update = {key: data[key] for key in ("project", "location", "api_endpoint", "transport", "credentials")
+                  if data.get(key) is not None}
+        return self.opts.model_copy(update=update)
+
+    def status(self, handle: RunHandle) -> RunStatus:
+        """The run's state: from this process for local runs, from Vertex for jobs.
+
+        Once Vertex reports an end, the end is written into the run's record.
+        """
+        from mlpipe_vertex import client
+
+        active = self._local.get(handle.run_id)
+        if active is not None:
+            return RunStatus(state=active[2]["status"], message=active[2].get("error"))
+        steps = _step_states(handle)
+        if handle.data.get("mode") == "local":
+            try:
+                return RunStatus(state=Run.load(handle.store, handle.run_id).status, steps=steps)
+            except MlpipeError as exc:
+                raise BackendError(f"vertex: local run {handle.run_id} is unknown here: {exc}",
+                                   backend=self.name) from exc
+        if handle.data.get("kind") == "schedule":
+            return RunStatus(state="succeeded", message=f"schedule {handle.external_id} created "
+                             f"({handle.data.get('schedule')}); each job it starts is recorded under its own job id")
+        if not handle.external_id:
+            raise BackendError(f"vertex: handle of run {handle.run_id} has no job name", backend=self.name)
+        state, message = client.job_state(self._options_for(handle), handle.external_id)
+        status = RunStatus(state=state, message=message, steps=steps)
+        if status.done:
+            _close_run_doc(handle, status)
+        return status
+
+    def cancel(self, handle: RunHandle) -> None:
+        """Cancel the job (pause the schedule); a job that has ended is left alone."""
+        from mlpipe_vertex import client
+
+        active = self._local.get(handle.run_id)
+        if active is not None:
+            active[1].set()
+            return
+        if handle.data.get("mode") == "local" or not handle.external_id:
+            return
+        opts = self._options_for(handle)
+        if handle.data.get("kind") == "schedule":
+            client.pause_schedule(opts, handle.external_id)
+            return
+        state, _ = client.job_state(opts, handle.external_id)
+        if state in ("succeeded", "failed", "cancelled"):
+            return
+        client.cancel_job(opts, handle.external_id)
+
+
+def _write_doc(store: ArtifactStore, ir: PipelineIR, run_id: str, params: Mapping[str, Any], status: str,
+               ir_digest: str, **extra: Any) -> dict[str, Any]:
+    """The run's record, pointing at the IR the tasks read (the stored one, with non-importable code shipped)."""
+    from mlpipe.launch import write_run_doc
+
+    doc = write_run_doc(store, ir, run_id, BACKEND, params, status, **extra)
+    doc["ir"] = ir_digest
+    store.put_json(f"runs/{run_id}/run.json", doc)
+    return doc
+
+
+def _step_states(handle: RunHandle) -> dict[str, str]:
+    try:
+        return {name: step.status for name, step in Run.load(handle.store, handle.run_id).steps.items()}
+    except (MlpipeError, OSError):
+        return {}
+
+
+def _close_run_doc(handle: RunHandle, status: RunStatus) -> None:
+    """Write the end of a job into its record (the tasks write only their own)."""
+    from mlpipe.store import open_store
+
+    try:
+        store = open_store(handle.store)
+        rel = f"runs/{handle.run_id}/run.json"
+        if not store.has(rel):
+            return
+        doc = store.get_json(rel)
+        if doc.get("status") == status.state and doc.get("ended"):
+            return
+        doc.update(status=status.state, ended=doc.get("ended") or time.time())
+        if status.message:
+            doc["error"] = status.message
+        store.put_json(rel, doc)
+    except (MlpipeError, OSError):  # the state is still reported; the record catches up on the next status()
+        return
