@@ -457,6 +457,26 @@ def index(
     print(f"indexed {runs_count} runs and {entries} cache entries from {store.url}")
 
 
+@app.command()
+def image(
+    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Directory for the generated files.")] = "mlpipe-image",
+    base: Annotated[str | None, typer.Option("--base", help="Base image (default: python:<version>-slim).")] = None,
+    requirements: Annotated[str | None, typer.Option("--requirements", help="The project's requirements.")] = None,
+    context: Annotated[str | None, typer.Option("--context", help="Build context (default: this directory).")] = None,
+) -> None:
+    """Write a Dockerfile and requirements for the runtime image remote backends run (Docker is not invoked)."""
+    from mlpipe.image import write_image_files
+
+    try:
+        files = write_image_files(load_pipeline(target), output, context=context, base_image=base,
+                                  requirements=requirements)
+    except MlpipeError as exc:
+        _fail(exc)
+    print(f"wrote {files.dockerfile}, {files.requirements} and {files.dockerignore}")
+    print(f"build it with: {files.build_command('IMAGE')}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
