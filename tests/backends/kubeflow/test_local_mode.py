@@ -1,0 +1,138 @@
+"""mode = "local": the compiled spec executed by kfp.local, through profiles, the CLI and the adapter."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from mlpipe_kubeflow import KubeflowBackend
+from mlpipe_kubeflow.local_runner import container_components_as_subprocess, finalize
+from resources import kubeflow_pipelines as kp
+from typer.testing import CliRunner
+
+import mlpipe as mp
+from mlpipe.cli import app
+from mlpipe.errors import UnsupportedFeatureError
+from mlpipe.launch import write_run_doc
+from mlpipe.run import Run, runs
+from mlpipe.store import open_store
+
+PROFILE = """default_profile = "dev"
+
+[profiles.dev]
+backend = "local"
+store = ".mlpipe"
+
+[profiles.kfp-test]
+backend = "kubeflow"
+store = ".mlpipe"
+image = "python:3.11-slim"
+options = { mode = "local" }
+"""
+
+
+@pytest.fixture
+def profile() -> None:
+    Path("mlpipe.toml").write_text(PROFILE)
+
+
+def test_profile_run_returns_the_local_backends_run(profile: None) -> None:
+    run = kp.small.run(profile="kfp-test", x=3)
+    assert isinstance(run, Run)
+    assert run.status == "succeeded" and run.backend == "kubeflow"
+    assert run.output("needs_2") == 12
+    assert [s.name for s in run.steps.values()] == ["needs", "needs_2"]
+    assert run.params == {"x": 3, "scale": [1.0, 2.0]}
+    local = kp.small.run(profile="dev", x=3)  # same store: the local backend hits what kfp.local computed
+    assert all(s.cached for s in local.steps.values())
+    assert local.output("needs_2") == run.output("needs_2")
+    assert [r.id for r in runs(".mlpipe", pipeline="kfp-small")] == [local.id, run.id]  # indexed for the CLI
+
+
+def test_user_module_outside_any_package_is_importable_in_tasks(profile: None) -> None:
+    Path("userflow.py").write_text(
+        "import mlpipe as mp\n\n@mp.step\ndef greet(name: str) -> str:\n    return f'hello {name}'\n\n"
+        "@mp.pipeline(name='userflow')\ndef flow(name: str = 'kfp') -> str:\n    return greet(name)\n"
+    )
+    result = CliRunner().invoke(app, ["run", "userflow.py:flow", "--profile", "kfp-test", "-p", "name=local"])
+    assert result.exit_code == 0, result.output
+    assert "greet.output = 'hello local'" in result.output
+
+
+def test_cli_run_failure_exits_1_with_skipped_steps(profile: None) -> None:
+    result = CliRunner().invoke(app, ["run", str(Path(kp.__file__)) + ":small", "--profile", "kfp-test",
+                                      "-p", "x=-1"])
+    assert result.exit_code == 1
+    assert "step 'needs' failed" in result.output and "ValueError: negative" in result.output
+    assert "skipped because of the failure: needs_2" in result.output
+
+
+def test_submit_then_status_until_done(tmp_path: Path) -> None:
+    backend = KubeflowBackend({"mode": "local"})
+    store = open_store(str(tmp_path / "store"))
+    handle = backend.submit(kp.small.ir, store, params={"x": 1, "scale": [1.0]}, run_id="r-submit")
+    assert handle.data == {"mode": "local"}
+    status = backend.wait(handle, timeout=120, poll=0.2)
+    assert status.state == "succeeded"
+    assert KubeflowBackend({"mode": "local"}).status(handle).steps == {"needs": "succeeded", "needs_2": "succeeded"}
+
+
+@mp.step
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@mp.pipeline(name="naps")
+def naps(seconds: float = 1.5) -> float:
+    return nap.with_options(name="second")(nap.with_options(name="first")(seconds))
+
+
+def test_cancel_stops_before_the_next_task(tmp_path: Path) -> None:
+    backend = KubeflowBackend({"mode": "local"})
+    store = open_store(str(tmp_path / "store"))
+    handle = backend.submit(naps.ir, store, params={"seconds": 1.5}, run_id="r-cancel")
+    time.sleep(0.5)
+    backend.cancel(handle)
+    backend.cancel(handle)  # idempotent
+    assert backend.wait(handle, timeout=120, poll=0.2).state == "cancelled"
+    run = Run.load(store, "r-cancel")
+    assert run.status == "cancelled"
+    assert run.steps["second"].status == "skipped"
+
+
+def test_kfp_global_state_is_restored(tmp_path: Path) -> None:
+    from kfp.local import config
+    from kfp.local import subprocess_task_handler as sth
+
+    before, handler = config.LocalExecutionConfig.instance, sth.SubprocessTaskHandler
+    KubeflowBackend({"mode": "local"}).run(kp.small.ir, open_store(str(tmp_path / "s")),
+                                           params={"x": 1, "scale": [1.0]}, run_id="r-state")
+    assert config.LocalExecutionConfig.instance is before
+    assert sth.SubprocessTaskHandler is handler
+    with container_components_as_subprocess("r"):
+        assert sth.SubprocessTaskHandler is not handler
+    assert sth.SubprocessTaskHandler is handler
+
+
+@pytest.mark.parametrize(("options", "store", "words"), [
+    ({"mode": "local", "schedule": "0 2 * * *"}, "dir", "schedule needs a cluster"),
+    ({"mode": "local"}, "memory://kfp-local", "cannot see the in-memory store"),
+])
+def test_local_mode_refusals(options: dict[str, str], store: str, words: str, tmp_path: Path) -> None:
+    url = str(tmp_path / "s") if store == "dir" else store
+    with pytest.raises(UnsupportedFeatureError, match=words):
+        KubeflowBackend(options).run(kp.small.ir, open_store(url), params={"x": 1, "scale": [1.0]}, run_id="r")
+
+
+def test_task_that_dies_before_recording_is_failed_and_dependents_skipped(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "s"))
+    doc = write_run_doc(store, kp.small.ir, "r-dead", "kubeflow", {"x": 1}, "running")
+    closed = finalize(store, kp.small.ir, doc, kfp_error="Pipeline 'kfp-small' finished with status FAILURE.")
+    run = Run.load(store, "r-dead")
+    assert closed["status"] == run.status == "failed"
+    assert run.steps["needs"].status == "failed"
+    assert "without writing its record" in (run.steps["needs"].error or "")
+    assert run.steps["needs_2"].status == "skipped"
+    assert "upstream step 'needs'" in (run.steps["needs_2"].error or "")
