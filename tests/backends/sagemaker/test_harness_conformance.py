@@ -1,0 +1,96 @@
+"""Compiled definitions executed step by step as SageMaker would, against the moto S3 store.
+
+``HarnessBackend`` is the real :class:`SageMakerBackend` (it upserts the
+pipeline and starts the execution on moto, writes the run's records, reads the
+state, records the end); only the executor differs: where AWS would launch one
+Processing job per step, the harness (sm_harness.py) runs each step's exact
+container command and environment as a subprocess, taking the definition and
+the parameter values back from moto (what SageMaker would execute), and the
+execution id from the execution ARN.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import boto3
+import pytest
+import sm_pipelines
+from mlpipe_sagemaker import SageMakerBackend
+from sm_harness import ExecutionResult, execute
+from sm_support import IMAGE, OPTIONS, runtime_env
+
+from mlpipe.backend import RunHandle
+from mlpipe.ir import PipelineIR
+from mlpipe.local import LocalBackend
+from mlpipe.store import ArtifactStore, open_store
+from mlpipe.testing import BackendConformance, run_on
+
+
+class HarnessBackend(SageMakerBackend):
+    """SageMaker backend whose executions the test harness carries out (moto only records them)."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(OPTIONS, image=IMAGE)
+        self.endpoint = endpoint
+        self.results: dict[str, ExecutionResult] = {}
+
+    def submit(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
+               cache: bool = True) -> RunHandle:
+        handle = super().submit(ir, store, params=params, run_id=run_id, cache=cache)
+        sm = boto3.client("sagemaker")
+        arn = handle.external_id
+        definition = json.loads(sm.describe_pipeline_definition_for_execution(PipelineExecutionArn=arn)
+                                ["PipelineDefinition"])
+        passed = sm.list_pipeline_parameters_for_execution(PipelineExecutionArn=arn)["PipelineParameters"]
+        self.results[handle.run_id] = execute(
+            definition, execution_id=handle.run_id, parameters={p["Name"]: p["Value"] for p in passed},
+            container_env=runtime_env(self.endpoint),
+        )
+        return handle
+
+    def _execution_state(self, handle: RunHandle) -> tuple[str, str | None]:
+        result = self.results[handle.run_id]
+        return ("succeeded" if result.status == "Succeeded" else "failed"), result.failure_reason
+
+
+class TestSageMakerConformance(BackendConformance):
+    @pytest.fixture
+    def backend(self, aws: str) -> HarnessBackend:
+        return HarnessBackend(aws)
+
+    @pytest.fixture
+    def store(self, s3_url: str) -> Iterator[ArtifactStore]:
+        yield open_store(s3_url)
+
+
+def test_training_pipeline_equals_the_local_backend(aws: str, s3_url: str, tmp_path: Any) -> None:
+    backend = HarnessBackend(aws)
+    params = {"n": 6, "scale": 2, "epochs": 5, "full": True, "flags": {"lr": 0.5, "layers": [3]}}
+    run = run_on(backend, sm_pipelines.training, open_store(s3_url), **params)
+    assert run.status == "succeeded", run.error
+    reference = run_on(LocalBackend(), sm_pipelines.training, open_store(str(tmp_path / "ref")), **params)
+    for step in ("load", "featurize", "train", "stats", "report"):
+        assert run.output(step) == reference.output(step), step
+        assert run.steps[step].key == reference.steps[step].key, step  # same cache keys as a local run
+    assert run.output("report") == "5.000 over 6 (full)"
+    result = backend.results[run.id]
+    train = result.steps["train"]
+    assert train.argv[:3] == ["python", "-m", "mlpipe.runtime"]
+    assert train.argv[train.argv.index("--run-id") + 1] == run.id
+    assert "scale=2.0" in train.argv and "flags={\"layers\":[3],\"lr\":0.5}" in train.argv
+    assert train.env == {"OMP_NUM_THREADS": "4", "PYTHONUNBUFFERED": "1"}
+
+
+def test_required_and_none_parameters_reach_the_steps(aws: str, s3_url: str) -> None:
+    backend = HarnessBackend(aws)
+    store = open_store(s3_url)
+    run = run_on(backend, sm_pipelines.required, store, x=3)
+    assert run.status == "succeeded", run.error
+    assert run.output("add") == 12  # limit=None travelled as the JSON text "null"
+    assert run.params == {"x": 3, "limit": None}
+    limited = run_on(backend, sm_pipelines.required, store, x=3, limit=2)
+    assert limited.output("add") == 11
+    assert limited.steps["square"].cached and not limited.steps["clip"].cached
