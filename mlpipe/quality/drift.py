@@ -354,7 +354,9 @@ def compute_drift(
         current: The data to check (e.g. this week's scoring batch).
         columns: Columns to compare (default: every reference column).
         categorical: Numeric columns to treat as categories (codes, small integers).
-            Non-numeric and boolean columns are always categorical.
+            Non-numeric and boolean columns are always categorical; timestamps are
+            numeric (seconds since the epoch). Leave identifiers out (``columns=``):
+            every new id is a new category.
         bins: Quantile bins of the reference used for numeric PSI.
         thresholds: Default :class:`DriftThresholds` for every column.
         column_thresholds: Overrides for some columns.
@@ -387,8 +389,7 @@ def compute_drift(
         missing = (_missing_share(ref_col), _missing_share(cur_col))
         limits = overrides.get(name, default)
         if name not in categorical and _is_numeric(ref_col) and _is_numeric(cur_col):
-            ref = ref_col.to_numpy(dtype=float, na_value=np.nan)
-            cur = cur_col.to_numpy(dtype=float, na_value=np.nan)
+            ref, cur = _as_float(ref_col), _as_float(cur_col)
             results.append(_numeric(name, ref[~np.isnan(ref)], cur[~np.isnan(cur)], bins, limits, missing))
         else:
             results.append(_categorical(name, ref_col.dropna(), cur_col.dropna(), limits, missing))
@@ -417,7 +418,18 @@ def _p_for(p: float | None, value: float) -> float | None:
 
 
 def _is_numeric(series: pd.Series) -> bool:
+    """Numbers and timestamps are compared as distributions; booleans, strings and categories by counts."""
+    if pd.api.types.is_datetime64_any_dtype(series):
+        return True
     return bool(pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series))
+
+
+def _as_float(series: pd.Series) -> np.ndarray:
+    """The values as float64, missing as NaN; timestamps as seconds since the epoch (whatever their unit)."""
+    if pd.api.types.is_datetime64_any_dtype(series):
+        epoch = pd.Timestamp(0, tz=getattr(series.dt, "tz", None))
+        series = (series - epoch) / pd.Timedelta(seconds=1)
+    return np.asarray(series.to_numpy(dtype=float, na_value=np.nan), dtype=float)
 
 
 def _missing_share(series: pd.Series) -> float:

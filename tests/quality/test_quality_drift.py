@@ -144,3 +144,14 @@ def test_result_round_trips_as_json(rng: np.random.Generator) -> None:
     again = q.DriftResult.model_validate_json(result.model_dump_json())
     assert again == result
     assert "x" in result.to_text() and "DRIFT" in result.to_text()
+
+
+def test_timestamps_are_compared_as_numbers(rng: np.random.Generator) -> None:
+    start = pd.Timestamp("2026-01-01", tz="UTC")
+    ref = pd.DataFrame({"t": start + pd.to_timedelta(rng.uniform(0, 30, 2_000), unit="D")})
+    cur = pd.DataFrame({"t": start + pd.to_timedelta(rng.uniform(20, 50, 2_000), unit="D")})
+    cur.loc[0, "t"] = pd.NaT
+    col = q.compute_drift(ref, cur).column("t")
+    assert col.kind == "numeric" and col.drifted and col.current_count == 1_999
+    seconds = (ref["t"] - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)
+    assert col.reference_mean == pytest.approx(float(seconds.mean()))

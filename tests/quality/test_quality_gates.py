@@ -105,6 +105,9 @@ def test_backend_without_gates_refuses_before_running() -> None:
         qp.validate_stop.run(backend=_NoGates())
     assert info.value.step == "check_batch"
     assert not Path(".mlpipe/runs").exists() or not any(Path(".mlpipe/runs").iterdir())
+    with pytest.raises(UnsupportedFeatureError, match="gates' capability"):
+        qp.validate_stop.compile(_NoGates(), str(Path("never-written.json")))
+    assert not Path("never-written.json").exists()
     # A pipeline without gates runs there.
     assert qp.validate_warn.run(backend=_NoGates(), bad=False).status == "succeeded"
 
