@@ -14,6 +14,7 @@ task subprocesses kfp.local starts, at it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -171,19 +172,22 @@ def gs_url(gcs: str) -> str:
     return f"gs://{BUCKET}/t-{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
-    """Any socket connection attempt fails the test; the attempts are recorded."""
-    attempts: list[tuple[Any, ...]] = []
+@contextlib.contextmanager
+def sockets_forbidden() -> Iterator[list[Any]]:
+    """Any socket connection attempt inside the block fails the test; the attempts are recorded."""
+    attempts: list[Any] = []
     real = socket.socket.connect
 
     def refuse(self: socket.socket, address: Any) -> None:
         attempts.append(address)
+        self.close()
         raise AssertionError(f"a socket was opened to {address} before validation finished")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    yield attempts
-    monkeypatch.setattr(socket.socket, "connect", real)
+    socket.socket.connect = refuse  # type: ignore[method-assign]
+    try:
+        yield attempts
+    finally:
+        socket.socket.connect = real  # type: ignore[method-assign]
 
 
 def vertex_options(fake: FakeVertex | None = None, **extra: Any) -> dict[str, Any]:

@@ -161,9 +161,22 @@ class VertexBackend(Backend):
                 backend=self.name, step=unset[0], option="image")
         arguments = draft.kfp.arguments(params)
         check_parameter_budget(ir.name, arguments, opts.max_parameter_bytes, "run parameters")
-        check_arguments(ir.name, build_spec(draft), arguments)
-        self._labels(ir, jid)
+        spec = build_spec(draft)
+        check_arguments(ir.name, spec, {**params, **arguments})
+        body = self._body(ir, store, spec, arguments, jid)
+        size = len(json.dumps(body))  # the IR digest is a placeholder of the same length
+        if size > MAX_REQUEST_BYTES:
+            raise UnsupportedFeatureError(
+                f"vertex: the PipelineJob request is {size:,} bytes, over the 10 MiB Google APIs accept; "
+                "pass large values as step outputs, not parameters, or split the pipeline",
+                backend=self.name, option="size")
         return jid, draft
+
+    def _body(self, ir: PipelineIR, store: ArtifactStore, spec: dict[str, Any], arguments: Mapping[str, Any],
+              jid: str) -> dict[str, Any]:
+        opts = self.opts
+        return job_request(spec, opts, display_name=opts.display_name.format(pipeline=ir.name, run_id=jid),
+                           pipeline_root=self.pipeline_root(store), arguments=arguments, labels=self._labels(ir, jid))
 
     def request(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
                 cache: bool = True) -> JobRequest:
@@ -176,17 +189,7 @@ class VertexBackend(Backend):
         opts = self.opts
         jid, _draft = self._validate(ir, store, params, run_id, cache)
         vplan = self.plan(ir, store, cache=cache)
-        spec = build_spec(vplan)
-        arguments = vplan.kfp.arguments(params)
-        body = job_request(spec, opts, display_name=opts.display_name.format(pipeline=ir.name, run_id=jid),
-                           pipeline_root=self.pipeline_root(store), arguments=arguments,
-                           labels=self._labels(ir, jid))
-        size = len(json.dumps(body))
-        if size > MAX_REQUEST_BYTES:
-            raise UnsupportedFeatureError(
-                f"vertex: the PipelineJob request is {size:,} bytes, over the 10 MiB Google APIs accept; "
-                "pass large values as step outputs, not parameters, or split the pipeline",
-                backend=self.name, option="size")
+        body = self._body(ir, store, build_spec(vplan), vplan.kfp.arguments(params), jid)
         return JobRequest(parent=f"projects/{opts.project}/locations/{opts.location}", job_id=jid, body=body,
                           ir_digest=vplan.kfp.ir_digest, pipeline_root=self.pipeline_root(store))
 
