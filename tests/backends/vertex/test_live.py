@@ -29,7 +29,8 @@ IMAGE = os.environ.get("MLPIPE_VERTEX_IMAGE")
 pytestmark = [
     pytest.mark.live,
     pytest.mark.skipif(not (PROJECT and BUCKET and IMAGE),
-                       reason="live Vertex test: set GOOGLE_CLOUD_PROJECT, MLPIPE_VERTEX_BUCKET and MLPIPE_VERTEX_IMAGE"),
+                       reason="live Vertex test: set GOOGLE_CLOUD_PROJECT, MLPIPE_VERTEX_BUCKET, "
+                              "MLPIPE_VERTEX_IMAGE"),
 ]
 
 

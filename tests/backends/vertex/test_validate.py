@@ -99,7 +99,7 @@ def test_job_ids_are_valid_for_any_pipeline_name(name: str) -> None:
 
 def test_no_project_is_refused_before_any_request(gs_url: str) -> None:
     b = VertexBackend(vertex_options(api_endpoint=CLOSED, project=None), image=IMAGE)
-    with pytest.raises(UnsupportedFeatureError, match="no project; set options.project"):
+    with pytest.raises(UnsupportedFeatureError, match=r"no project; set options\.project"):
         submit(b, gs_url)
 
 
