@@ -23,7 +23,7 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from mlpipe.backend import TERMINAL, Backend, BackendOptions, Capabilities, RunHandle, RunStatus
-from mlpipe.errors import BackendError, ConfigError, MlpipeError, ParameterError, UnsupportedFeatureError
+from mlpipe.errors import BackendError, ConfigError, ParameterError, UnsupportedFeatureError
 from mlpipe.ir import PipelineIR
 from mlpipe.store import ArtifactStore, open_store
 from mlpipe_sagemaker.compiler import (
@@ -115,7 +115,9 @@ class SageMakerBackend(Backend):
     """
 
     name = "sagemaker"
-    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, schedules=True)
+    capabilities = Capabilities(
+        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, gates=True
+    )
     Options = SageMakerOptions
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
@@ -377,13 +379,9 @@ class SageMakerBackend(Backend):
 
     @staticmethod
     def _step_states(store: ArtifactStore, run_id: str) -> dict[str, str]:
-        states: dict[str, str] = {}
-        for name in store.listdir(f"runs/{run_id}/steps"):
-            if name.endswith(".json"):
-                with contextlib.suppress(MlpipeError):
-                    record = store.get_json(f"runs/{run_id}/steps/{name}")
-                    states[str(record.get("step", name[:-5]))] = str(record.get("status"))
-        return states
+        from mlpipe.records import load_step_records
+
+        return {name: str(record.get("status")) for name, record in load_step_records(store, run_id).items()}
 
     def _record_end(
         self, store: ArtifactStore, handle: RunHandle, state: str, message: str | None, failures: Mapping[str, str]
@@ -396,6 +394,8 @@ class SageMakerBackend(Backend):
         }
         if doc.get("status") in TERMINAL:
             return
+        if state == "failed":
+            self._record_skipped(store, handle.run_id, doc.get("ir"))
         doc["status"] = state
         doc["ended"] = time.time()
         doc.setdefault("handle", handle.model_dump(mode="json"))
@@ -408,6 +408,33 @@ class SageMakerBackend(Backend):
             doc["error"] = message or "stopped"
         store.put_json(rel, doc)
         open_index(store).sync_run(store, handle.run_id)
+
+    @staticmethod
+    def _record_skipped(store: ArtifactStore, run_id: str, ir_digest: str | None) -> None:
+        """Record every step SageMaker did not start because an upstream step failed as ``skipped``, with the
+        reason the local backend gives (for a quality gate: the gate's own message)."""
+        from mlpipe.executor import StepOutcome, skip_reason, step_record
+        from mlpipe.records import RunRecords, load_step_records
+        from mlpipe.runtime import load_ir
+
+        if not ir_digest:
+            return
+        ir = load_ir(store, ir_digest)
+        records = load_step_records(store, run_id)
+        downstream = ir.downstream()
+        writer = RunRecords(store, run_id)
+        for failed in [name for name, record in records.items() if record.get("status") == "failed"]:
+            reason = skip_reason(ir.step(failed), records[failed].get("error"))
+            stack = list(downstream.get(failed, []))
+            while stack:
+                name = stack.pop()
+                if name in records:
+                    continue
+                now = time.time()
+                outcome = StepOutcome(name, "skipped", started=now, ended=now, error=reason)
+                records[name] = step_record(run_id, ir.name, ir.step(name), outcome, None)
+                writer.write(records[name])
+                stack.extend(downstream[name])
 
     def cancel(self, handle: RunHandle) -> None:
         """Stop the execution. Idempotent: an ended or stopping execution is left alone."""
