@@ -43,6 +43,7 @@ _EPS = 1e-4  # floor for bin shares, so an empty bin does not make PSI infinite
 _PLOT_BINS = 30
 _PLOT_CATEGORIES = 20
 _KS_EXACT_MAX = 10_000  # scipy's ks_2samp switches from exact to asymptotic p-values above this
+_KS_APPROX_BELOW = 0.025  # above 10,000 values, p-values below this use the limiting distribution
 _ONE_SIDED = 10.0  # PSI recorded when only one side has values: beyond any usual threshold
 
 
@@ -220,9 +221,12 @@ def _bin_counts(ordered: np.ndarray, inner: np.ndarray) -> np.ndarray:
 def ks_test(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[float, float]:
     """Two-sided two-sample Kolmogorov-Smirnov statistic and p-value, as ``scipy.stats.ks_2samp`` computes them.
 
-    Small samples go to scipy (exact p-values). Large ones reuse the sorted
-    arrays the PSI needs and scipy's asymptotic distribution, which is what
-    ``ks_2samp`` itself uses above 10,000 values, at a third of the cost.
+    Up to 10,000 values per side this is ``scipy.stats.ks_2samp`` itself (exact
+    p-values). Above, the statistic comes from the sorted arrays the PSI needs
+    too, and the p-value from ``scipy.stats.kstwo`` as ``ks_2samp`` computes it,
+    except below 0.025, where the limiting Kolmogorov distribution is used
+    (within a few percent; scipy's exact computation costs 0.2 s per column at
+    100,000 values there).
     """
     from scipy import stats
 
@@ -230,12 +234,24 @@ def ks_test(ref_sorted: np.ndarray, cur_sorted: np.ndarray) -> tuple[float, floa
     if max(n1, n2) <= _KS_EXACT_MAX:
         result = stats.ks_2samp(ref_sorted, cur_sorted)
         return float(result.statistic), float(result.pvalue)
-    both = np.sort(np.concatenate([ref_sorted, cur_sorted]), kind="stable")  # merges two sorted runs
-    gaps = np.searchsorted(ref_sorted, both, side="right") / n1 - np.searchsorted(cur_sorted, both, side="right") / n2
-    d = float(np.max(np.abs(gaps)))
+    # The empirical CDFs only step at data points, so D is the largest gap at a point of either sample,
+    # taken at the last copy of each value, where a sample's own CDF is (position + 1) / n.
+    d = max(_largest_gap(ref_sorted, cur_sorted), _largest_gap(cur_sorted, ref_sorted))
     m, n = sorted([float(n1), float(n2)], reverse=True)
-    p = float(np.clip(stats.kstwo.sf(d, np.round(m * n / (m + n))), 0.0, 1.0))
-    return d, p
+    en = m * n / (m + n)
+    # scipy's exact distribution of D (kstwo) takes 0.2 s per column at 100,000 rows, and seconds
+    # at a million, once p < 0.02 - that is, for every drifted column. There, the limiting
+    # Kolmogorov distribution is within a few percent and the column is significant at any usual level.
+    approx = float(stats.kstwobign.sf(np.sqrt(en) * d))
+    p = approx if approx < _KS_APPROX_BELOW else float(stats.kstwo.sf(d, np.round(en)))
+    return d, float(np.clip(p, 0.0, 1.0))
+
+
+def _largest_gap(own: np.ndarray, other: np.ndarray) -> float:
+    """max |F_own(x) - F_other(x)| over the points x of ``own`` (both sorted)."""
+    last = np.flatnonzero(np.append(own[1:] != own[:-1], True))
+    gaps = (last + 1) / len(own) - np.searchsorted(other, own[last], side="right") / len(other)
+    return float(np.max(np.abs(gaps)))
 
 
 def _numeric(

@@ -60,6 +60,16 @@ def test_shifted_mean_matches_scipy(rng: np.random.Generator, n: int) -> None:
     assert result.drifted_columns == ["x"]
 
 
+def test_small_asymptotic_p_values_are_close_to_scipy(rng: np.random.Generator) -> None:
+    """Below p = 0.025 on large samples the limiting distribution stands in for scipy's exact one."""
+    ref, cur = rng.normal(0, 1, 20_000), rng.normal(0.04, 1, 20_000)
+    col = q.compute_drift(pd.DataFrame({"x": ref}), pd.DataFrame({"x": cur})).column("x")
+    expected = stats.ks_2samp(ref, cur)
+    assert col.statistic == pytest.approx(float(expected.statistic), abs=1e-12)
+    assert float(expected.pvalue) < 0.025
+    assert col.p_value == pytest.approx(float(expected.pvalue), rel=0.05)
+
+
 def test_new_category_matches_scipy_chi_square(rng: np.random.Generator) -> None:
     ref = rng.choice(["a", "b", "c"], 5_000, p=[0.5, 0.3, 0.2])
     cur = rng.choice(["a", "b", "c", "d"], 5_000, p=[0.4, 0.3, 0.1, 0.2])
