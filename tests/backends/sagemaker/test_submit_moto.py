@@ -133,23 +133,31 @@ def _described(status: str, reason: str | None = None) -> dict[str, Any]:
     return out
 
 
-def test_status_maps_sagemaker_states(s3_url: str) -> None:
+def test_status_maps_sagemaker_states_and_completes_the_records(s3_url: str) -> None:
     backend = SageMakerBackend(OPTIONS, image=IMAGE)
-    stub, handle = _stubbed(backend)
-    handle = handle.model_copy(update={"store": s3_url})
+    store = open_store(s3_url)
+    handle = backend.submit(sm_pipelines.required.ir, store, params={"x": 2}, run_id="r-status")
+    stub = Stubber(backend._client("sagemaker"))
     arn = {"PipelineExecutionArn": handle.external_id}
     stub.add_response("describe_pipeline_execution", _described("Executing"), arn)
     stub.add_response("describe_pipeline_execution", _described("Stopping"), arn)
     stub.add_response("describe_pipeline_execution", _described("Failed", "Step square failed"), arn)
     stub.add_response("list_pipeline_execution_steps", {"PipelineExecutionSteps": [
-        {"StepName": "square", "StepStatus": "Failed", "FailureReason": "CannotPullContainerError"}]}, arn)
+        {"StepName": "square", "StepStatus": "Failed", "FailureReason": "CannotPullContainerError: no such image"}]},
+        arn)
+    stub.add_response("describe_pipeline_execution", _described("Failed", "Step square failed"), arn)
     with stub:
         assert backend.status(handle).state == "running"
         assert backend.status(handle).state == "running"
         failed = backend.status(handle)
-    assert failed.state == "failed" and failed.message == "Step square failed"
-    doc = open_store(s3_url).get_json(f"runs/{handle.run_id}/run.json")
-    assert doc["status"] == "failed" and "CannotPullContainerError" in doc["error"]
+        again = backend.status(handle)  # the end is recorded once; no second ListPipelineExecutionSteps
+        stub.assert_no_pending_responses()
+    assert failed.state == again.state == "failed" and failed.message == "Step square failed"
+    assert failed.steps == {"square": "failed", "add": "skipped"}  # clip never started either: it stays pending
+    run = Run.load(store, handle.run_id)
+    assert run.status == "failed" and "CannotPullContainerError" in (run.error or "")
+    assert run.steps["add"].error == "skipped because upstream step 'square' did not succeed"
+    assert run.steps["clip"].status == "pending"
 
 
 def test_cancel_is_idempotent() -> None:

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import re
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -243,7 +244,7 @@ class SageMakerBackend(Backend):
         with _aws("CreatePipeline", pipeline=ir.name):
             try:
                 created = sm.create_pipeline(
-                    **common, ClientRequestToken=_token(name, body, common["RoleArn"]),
+                    **common, ClientRequestToken=uuid.uuid4().hex,  # botocore's retries resend the same one
                     **({"Tags": tags} if tags else {}),
                 )
                 return str(created["PipelineArn"])
@@ -373,8 +374,8 @@ class SageMakerBackend(Backend):
         store = self._store_for(handle)
         steps = self._step_states(store, handle.run_id)
         if state in TERMINAL:
-            failures = self._step_failures(handle) if state == "failed" else {}
-            self._record_end(store, handle, state, message, failures)
+            self._record_end(store, handle, state, message)
+            steps = self._step_states(store, handle.run_id)
         return RunStatus(state=state, message=message, steps=steps)
 
     @staticmethod
@@ -383,9 +384,7 @@ class SageMakerBackend(Backend):
 
         return {name: str(record.get("status")) for name, record in load_step_records(store, run_id).items()}
 
-    def _record_end(
-        self, store: ArtifactStore, handle: RunHandle, state: str, message: str | None, failures: Mapping[str, str]
-    ) -> None:
+    def _record_end(self, store: ArtifactStore, handle: RunHandle, state: str, message: str | None) -> None:
         from mlpipe.metadata import open_index
 
         rel = f"runs/{handle.run_id}/run.json"
@@ -394,15 +393,16 @@ class SageMakerBackend(Backend):
         }
         if doc.get("status") in TERMINAL:
             return
-        if state == "failed":
-            self._record_skipped(store, handle.run_id, doc.get("ir"))
         doc["status"] = state
         doc["ended"] = time.time()
         doc.setdefault("handle", handle.model_dump(mode="json"))
         if state == "failed":
-            recorded = self._step_states(store, handle.run_id)
-            problems = [f"step {name!r} failed" for name, s in recorded.items() if s == "failed"]
-            problems += [f"step {name!r}: {reason}" for name, reason in failures.items() if name not in recorded]
+            self._record_skipped(store, handle.run_id, doc.get("ir"), self._step_failures(handle))
+            from mlpipe.records import load_step_records
+
+            records = load_step_records(store, handle.run_id)
+            problems = [f"step {name!r} failed: {r.get('error')}" for name, r in records.items()
+                        if r.get("status") == "failed"]
             doc["error"] = "; ".join(problems) or message or "the SageMaker execution failed"
         elif state == "cancelled":
             doc["error"] = message or "stopped"
@@ -410,9 +410,17 @@ class SageMakerBackend(Backend):
         open_index(store).sync_run(store, handle.run_id)
 
     @staticmethod
-    def _record_skipped(store: ArtifactStore, run_id: str, ir_digest: str | None) -> None:
-        """Record every step SageMaker did not start because an upstream step failed as ``skipped``, with the
-        reason the local backend gives (for a quality gate: the gate's own message)."""
+    def _record_skipped(
+        store: ArtifactStore, run_id: str, ir_digest: str | None, failures: Mapping[str, str]
+    ) -> None:
+        """Complete the records of a failed execution.
+
+        A step SageMaker reports failed without a record (its container never
+        started) gets a ``failed`` record with SageMaker's reason; every step
+        not started because an upstream step failed is recorded ``skipped``
+        with the reason the local backend gives (for a quality gate: the
+        gate's own message).
+        """
         from mlpipe.executor import StepOutcome, skip_reason, step_record
         from mlpipe.records import RunRecords, load_step_records
         from mlpipe.runtime import load_ir
@@ -420,9 +428,16 @@ class SageMakerBackend(Backend):
         if not ir_digest:
             return
         ir = load_ir(store, ir_digest)
+        known = {spec.name for spec in ir.steps}
         records = load_step_records(store, run_id)
-        downstream = ir.downstream()
         writer = RunRecords(store, run_id)
+        now = time.time()
+        for name, reason in failures.items():
+            if name in known and name not in records:
+                outcome = StepOutcome(name, "failed", started=now, ended=now, error=f"SageMaker: {reason}")
+                records[name] = step_record(run_id, ir.name, ir.step(name), outcome, None)
+                writer.write(records[name])
+        downstream = ir.downstream()
         for failed in [name for name, record in records.items() if record.get("status") == "failed"]:
             reason = skip_reason(ir.step(failed), records[failed].get("error"))
             stack = list(downstream.get(failed, []))
@@ -430,7 +445,6 @@ class SageMakerBackend(Backend):
                 name = stack.pop()
                 if name in records:
                     continue
-                now = time.time()
                 outcome = StepOutcome(name, "skipped", started=now, ended=now, error=reason)
                 records[name] = step_record(run_id, ir.name, ir.step(name), outcome, None)
                 writer.write(records[name])

@@ -166,7 +166,10 @@ def _defaults(declared: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _check_text_limit(step: str, value: Any, defaults: Mapping[str, Any], limit: int, field: str) -> None:
-    text = resolve_text(value, defaults)
+    try:
+        text = resolve_text(value, defaults)
+    except (KeyError, ValueError):
+        return  # a step property or a function only known at run time: nothing to measure here
     if len(text) > limit:
         shown = text if len(text) <= 80 else text[:77] + "..."
         raise _fail(f"{field} {shown!r} is {len(text)} characters (with the parameters' defaults); SageMaker allows "
