@@ -532,4 +532,7 @@ def drift_step(
             logger.warning("%s", result.summary())
         return DriftOutput(result, drift_html(result, title=settings.title))
 
+    # Real types, not the strings of `from __future__ import annotations`: a remote runtime unpickles
+    # this closure with only the globals its body uses, where "pd.DataFrame" would not resolve.
+    detect_drift.__annotations__ = {"reference": pd.DataFrame, "current": pd.DataFrame, "return": DriftOutput}
     return step(name=name, gate=on_drift == "stop")(detect_drift)

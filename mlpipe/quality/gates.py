@@ -54,4 +54,6 @@ def gate_step(*, name: str = "quality_gate") -> Step[[ValidationReport | DriftRe
             raise QualityGateError(result.to_text(), result=result)
         return GateDecision(gate=name, summary=result.summary())
 
+    # Real types: a remote runtime unpickles this closure without this module's globals.
+    quality_gate.__annotations__ = {"result": ValidationReport | DriftResult, "return": GateDecision}
     return step(name=name, gate=True)(quality_gate)

@@ -472,4 +472,5 @@ def validate_step(
             logger.warning("%s", report.to_text())
         return Validated(data, report)
 
+    validate_data.__annotations__ = {"df": pd.DataFrame, "return": Validated}  # real types, as in drift_step
     return step(name=name, gate=on_failure == "stop")(validate_data)

@@ -132,3 +132,22 @@ def test_import_mlpipe_does_not_import_quality() -> None:
         "assert q.validate_step and 'mlpipe.quality' in sys.modules and 'pandera' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_factory_steps_survive_shipping_to_a_remote_runtime() -> None:
+    """Remote runtimes unpickle non-importable step functions; their annotations must still resolve."""
+    import cloudpickle
+
+    shipped = cloudpickle.dumps([qp.check_stop.fn, qp.detect.fn, qp.drift_gate.fn])
+    code = (
+        "import sys, typing, cloudpickle\n"
+        "fns = cloudpickle.loads(sys.stdin.buffer.read())\n"
+        "print([sorted(typing.get_type_hints(f)) for f in fns])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], input=shipped, capture_output=True, check=False, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == (
+        "[['df', 'return'], ['current', 'reference', 'return'], ['result', 'return']]"
+    )
