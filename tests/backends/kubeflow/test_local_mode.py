@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from mlpipe_kubeflow import KubeflowBackend
-from mlpipe_kubeflow.local_runner import container_components_as_subprocess, finalize
+from mlpipe_kubeflow.local_runner import container_components_as_subprocess
+from mlpipe_kubeflow.records import finalize
 from resources import kubeflow_pipelines as kp
 from typer.testing import CliRunner
 

@@ -177,3 +177,30 @@ def test_runtime_refuses_a_wrong_invocation(store: ArtifactStore, tmp_path: Path
                           check=False)
     assert proc.returncode == 2
     assert "is not in the store" in proc.stderr
+
+
+def test_pickled_code_from_another_python_fails_clearly(store: ArtifactStore, tmp_path: Path) -> None:
+    from mlpipe.code import ship
+    from mlpipe.runtime import write_ir
+
+    def make() -> mp.Pipeline:
+        @mp.step
+        def shout(word: str) -> str:
+            return word.upper()
+
+        @mp.pipeline(name="closure-old-python")
+        def closure(word: str = "hi") -> str:
+            return shout(word)
+
+        return closure
+
+    shipped = ship(make().ir, store)
+    step = shipped.steps[0]
+    old = shipped.model_copy(update={"steps": (step.model_copy(update={
+        "code": step.code.model_copy(update={"python": "3.6"})}),)})
+    digest = write_ir(store, old)
+    proc = subprocess.run([sys.executable, "-m", "mlpipe.runtime", "--store", store.url, "--ir", digest,
+                           "--run-id", "r-old", "--step", "shout"], capture_output=True, text=True, timeout=60,
+                          cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert "pickled by Python 3.6" in proc.stderr and "Build the image on Python 3.6" in proc.stderr

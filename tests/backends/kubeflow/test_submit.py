@@ -107,7 +107,19 @@ def test_failed_run_carries_the_server_message(kfp: FakeKFP) -> None:
     kfp.states = ["FAILED"]
     run = kp.small.run(profile="kfp")
     assert run.status == "failed"
-    assert run.error == "task explode failed"
+    # No task of the fake wrote a record: the first step is blamed with the server's message, the rest skipped.
+    assert run.steps["needs"].status == "failed"
+    assert "task explode failed" in (run.steps["needs"].error or "") and "task explode failed" in (run.error or "")
+    assert run.steps["needs_2"].status == "skipped"
+
+
+def test_cancelled_cluster_run_records_steps_as_not_run(kfp: FakeKFP) -> None:
+    write_profile(kfp)
+    kfp.states = ["CANCELED"]
+    run = kp.small.run(profile="kfp")
+    assert run.status == "cancelled"
+    assert {s.status for s in run.steps.values()} == {"skipped"}
+    assert run.steps["needs"].error == "not run: the run was cancelled"
 
 
 def test_cancel_terminates_once_and_is_idempotent(kfp: FakeKFP) -> None:

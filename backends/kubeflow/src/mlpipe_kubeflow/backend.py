@@ -100,9 +100,17 @@ class KubeflowBackend(Backend):
         """Submit, wait, and return the finished run as recorded in the store."""
         if self.opts.mode == "local":
             return self._execute_local(ir, store, params, run_id, cache, threading.Event())
+        from mlpipe_kubeflow.records import finalize
+
         handle = self.submit(ir, store, params=params, run_id=run_id, cache=cache)
         status = self.wait(handle, timeout=self.opts.wait_timeout)
-        _close_run_doc(store, handle.run_id, status)
+        rel = f"runs/{handle.run_id}/run.json"
+        doc = store.get_json(rel)
+        if status.state == "succeeded":
+            store.put_json(rel, {**doc, "status": "succeeded", "ended": doc.get("ended") or time.time()})
+        else:
+            finalize(store, ir, doc, kfp_error=status.message or f"the KFP run ended {status.state}",
+                     cancelled=status.state == "cancelled", not_run=f"not run: the KFP run ended {status.state}")
         return Run.load(store, handle.run_id)
 
     def _arguments(self, ir: PipelineIR, plan_: PipelinePlan, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -172,7 +180,8 @@ class KubeflowBackend(Backend):
     def _execute_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
                        cache: bool, cancel: threading.Event) -> Run:
         from mlpipe.metadata import open_index
-        from mlpipe_kubeflow.local_runner import execute_spec, finalize
+        from mlpipe_kubeflow.local_runner import execute_spec
+        from mlpipe_kubeflow.records import finalize
 
         if self.opts.schedule:
             raise UnsupportedFeatureError("kubeflow: schedule needs a cluster; kfp.local runs once (mode = \"local\")",
@@ -259,15 +268,3 @@ def _step_states(handle: RunHandle) -> dict[str, str]:
         return {name: step.status for name, step in Run.load(handle.store, handle.run_id).steps.items()}
     except MlpipeError:
         return {}
-
-
-def _close_run_doc(store: ArtifactStore, run_id: str, status: RunStatus) -> None:
-    """Write the final state of a cluster run into its record (the tasks write only their own)."""
-    rel = f"runs/{run_id}/run.json"
-    if not store.has(rel):
-        return
-    doc = store.get_json(rel)
-    doc.update(status=status.state, ended=doc.get("ended") or time.time())
-    if status.message:
-        doc["error"] = status.message
-    store.put_json(rel, doc)

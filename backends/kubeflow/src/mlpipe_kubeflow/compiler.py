@@ -33,7 +33,17 @@ from mlpipe.step import memory_bytes
 from mlpipe_kubeflow.naming import BACKEND, check_parameter_budget, pipeline_name, task_names
 from mlpipe_kubeflow.options import ENV_NAME, KubeflowOptions
 
-__all__ = ["DEFAULT_IMAGE", "RECORD_OUTPUT", "RUN_ID_INPUT", "PipelinePlan", "TaskPlan", "plan", "write_spec"]
+__all__ = [
+    "DEFAULT_IMAGE",
+    "RECORD_OUTPUT",
+    "RUN_ID_INPUT",
+    "ParamPlan",
+    "PipelinePlan",
+    "TaskPlan",
+    "build",
+    "plan",
+    "write_spec",
+]
 
 DEFAULT_IMAGE = "mlpipe-runtime:latest"
 RUN_ID_INPUT = "mlpipe_run_id"

@@ -22,7 +22,7 @@ narrowest hook that lets kfp's runner execute them as host subprocesses:
 Everything else is kfp's: loading the YAML, resolving placeholders, the DAG
 order, retries, outputs. It relies on private kfp API, hence the pin
 ``kfp>=2.17,<2.18``. kfp.local runs tasks one at a time and stops at the first
-failure; :func:`finalize` records the steps that never ran as ``skipped``.
+failure; ``records.finalize`` records the steps that never ran as ``skipped``.
 """
 
 from __future__ import annotations
@@ -32,16 +32,11 @@ import os
 import sys
 import tempfile
 import threading
-import time
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from mlpipe.executor import StepOutcome, step_record
-from mlpipe.ir import PipelineIR
-from mlpipe.store import ArtifactStore
-
-__all__ = ["container_components_as_subprocess", "execute_spec", "finalize"]
+__all__ = ["container_components_as_subprocess", "execute_spec"]
 
 _LOCK = threading.Lock()  # kfp.local's configuration and the handler swap are process-wide
 _PYTHON = ("python", "python3")
@@ -106,8 +101,8 @@ def execute_spec(spec_path: str, arguments: Mapping[str, Any], run_id: str, *, p
                  cancel: threading.Event | None = None) -> str | None:
     """Run the compiled spec at ``spec_path`` with kfp.local; None on success, else kfp's failure message.
 
-    The tasks write mlpipe's records into the store named in the spec; read
-    the result with :func:`finalize` and ``Run.load``.
+    The tasks write mlpipe's records into the store named in the spec; close
+    the run with ``records.finalize`` and read it with ``Run.load``.
     """
     from kfp import components, local
     from kfp.local import config
@@ -130,60 +125,3 @@ def execute_spec(spec_path: str, arguments: Mapping[str, Any], run_id: str, *, p
             finally:
                 config.LocalExecutionConfig.instance = previous
     return None
-
-
-def finalize(store: ArtifactStore, ir: PipelineIR, doc: dict[str, Any], *, kfp_error: str | None = None,
-             cancelled: bool = False) -> dict[str, Any]:
-    """Complete a run's records after kfp.local returns: skipped steps, status, end time.
-
-    kfp.local stops at the first failed task, so steps downstream of it (and
-    any independent ones it had not reached) have no record; each gets a
-    ``skipped`` record saying why. A task that failed before the runtime could
-    write its record (an import error in the image, say) is recorded ``failed``
-    with kfp's message. Returns the updated run document.
-    """
-    run_id = doc["id"]
-    records: dict[str, dict[str, Any]] = {}
-    for spec in ir.steps:
-        rel = f"runs/{run_id}/steps/{spec.name}.json"
-        if store.has(rel):
-            records[spec.name] = store.get_json(rel)
-    failed = [n for n, r in records.items() if r.get("status") != "succeeded"]
-    bad = set(failed)
-    # Only when no task recorded a failure did the failing task die before the runtime could write its record.
-    orphan_error = kfp_error if not failed else None
-    now = time.time()
-    for spec in ir.steps:  # topological order: an upstream's fate is known before its consumers'
-        if spec.name in records:
-            continue
-        blocked = [u for u in spec.upstream if u in bad]
-        if orphan_error and not blocked and not cancelled:
-            outcome = StepOutcome(spec.name, "failed", started=now, ended=now,
-                                  error=f"the task failed without writing its record (see its log): {orphan_error}")
-            record = step_record(run_id, ir.name, spec, outcome, None)
-            store.put_json(f"runs/{run_id}/steps/{spec.name}.json", record)
-            records[spec.name] = record
-            failed.append(spec.name)
-            bad.add(spec.name)
-            orphan_error = None
-            continue
-        if blocked:
-            reason = f"skipped because upstream step {blocked[0]!r} did not succeed"
-        elif cancelled:
-            reason = "not run: the run was cancelled"
-        else:
-            reason = "not run: kfp.local stops a pipeline at its first failed task"
-        outcome = StepOutcome(spec.name, "skipped", started=now, ended=now, error=reason)
-        record = step_record(run_id, ir.name, spec, outcome, None)
-        store.put_json(f"runs/{run_id}/steps/{spec.name}.json", record)
-        records[spec.name] = record
-        bad.add(spec.name)
-    if cancelled:
-        status = "cancelled"
-    else:
-        status = "succeeded" if all(r.get("status") == "succeeded" for r in records.values()) else "failed"
-    doc = {**store.get_json(f"runs/{run_id}/run.json"), "status": status, "ended": time.time()}
-    if failed:
-        doc["error"] = "; ".join(f"step {n!r} {records[n].get('status')}: {records[n].get('error')}" for n in failed)
-    store.put_json(f"runs/{run_id}/run.json", doc)
-    return doc

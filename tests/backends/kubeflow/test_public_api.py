@@ -1,0 +1,32 @@
+"""The public surface of mlpipe_kubeflow is pinned."""
+
+from __future__ import annotations
+
+import mlpipe_kubeflow
+from mlpipe_kubeflow import client, compiler, local_runner, naming, records
+
+
+def test_facade() -> None:
+    assert mlpipe_kubeflow.__all__ == sorted(mlpipe_kubeflow.__all__)
+    assert mlpipe_kubeflow.__all__ == ["KubeflowBackend", "KubeflowOptions", "Toleration", "__version__"]
+    assert all(getattr(mlpipe_kubeflow, name) for name in mlpipe_kubeflow.__all__)
+
+
+def test_modules_export_what_they_own() -> None:
+    assert compiler.__all__ == ["DEFAULT_IMAGE", "RECORD_OUTPUT", "RUN_ID_INPUT", "ParamPlan", "PipelinePlan",
+                                "TaskPlan", "build", "plan", "write_spec"]
+    assert local_runner.__all__ == ["container_components_as_subprocess", "execute_spec"]
+    assert records.__all__ == ["LOCAL_STOPPED", "finalize"]
+    assert naming.__all__ == ["MAX_NAME", "check_parameter_budget", "k8s_name", "pipeline_name", "task_names"]
+    assert "create_run" in client.__all__ and "connect" in client.__all__
+
+
+def test_backend_contract() -> None:
+    from mlpipe_kubeflow import KubeflowBackend
+
+    from mlpipe.backend import Backend
+
+    assert issubclass(KubeflowBackend, Backend)
+    assert KubeflowBackend.name == "kubeflow"
+    caps = KubeflowBackend.capabilities
+    assert (caps.resources, caps.retries, caps.timeouts, caps.schedules, caps.gates) == (True, True, True, True, False)
