@@ -266,6 +266,7 @@ def test_cli_compile_refusal_exits_2(tmp_path: Path) -> None:
         ({"secrets_as_env": {"s": {"k": "BAD NAME"}}}, "invalid environment variable"),
         ({"retry_backoff": "1m"}, "whole seconds"),
         ({"tolerations": [{"effect": "Sometimes"}]}, "tolerations"),
+        ({"run_name": "{pipeline}-{user}"}, "run_name may use"),
     ],
 )
 def test_invalid_options_are_config_errors(options: dict[str, Any], words: str) -> None:

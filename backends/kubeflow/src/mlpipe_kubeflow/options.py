@@ -105,6 +105,15 @@ class KubeflowOptions(BackendOptions):
     wait_timeout: float | None = Field(default=None, gt=0)
     shared_filesystem: bool = False
 
+    @field_validator("run_name")
+    @classmethod
+    def _run_name(cls, value: str) -> str:
+        try:
+            value.format(pipeline="p", run_id="r")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"run_name may use {{pipeline}} and {{run_id}} only: {exc!r}") from None
+        return value
+
     @field_validator("env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
