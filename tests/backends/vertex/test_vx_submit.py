@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import LOCATION, PROJECT, FakeVertex, vertex_options
 from mlpipe_vertex import VertexBackend
 from typer.testing import CliRunner
+from vx_support import LOCATION, PROJECT, FakeVertex, vertex_options
 
 from mlpipe.backend import RunHandle
 from mlpipe.cli import app
@@ -239,3 +239,14 @@ def test_runs_show_finds_the_job_later(fake_vertex: FakeVertex, gs_url: str, _is
     assert result.exit_code == 0, result.output
     assert handle.external_id in result.output
     assert Run.load(store, handle.run_id).status == "succeeded"
+
+
+def test_run_completes_the_records_of_a_failed_job(fake_vertex: FakeVertex, gs_url: str) -> None:
+    backend = VertexBackend(vertex_options(fake_vertex), image=IMAGE)
+    job_id = f"conformance-basic-{RUN_ID}"
+    fake_vertex.script(job_id, ["PIPELINE_STATE_RUNNING", ("PIPELINE_STATE_FAILED", "image pull failed")])
+    run = backend.run(basic.ir, open_store(gs_url), params=basic.validate_params({}), run_id=RUN_ID)
+    assert run.id == job_id and run.status == "failed"
+    assert run.steps["make_numbers"].status == "failed"
+    assert "image pull failed" in (run.steps["make_numbers"].error or "")
+    assert run.steps["summarize"].status == run.steps["describe"].status == "skipped"

@@ -19,6 +19,7 @@ from mlpipe.store import ArtifactStore, open_store
 from mlpipe.testing import BackendConformance, basic, run_on
 
 
+@pytest.mark.slow
 class TestVertexLocalConformanceOnGCS(BackendConformance):
     @pytest.fixture
     def backend(self) -> VertexBackend:
