@@ -377,7 +377,7 @@ def write_spec(plan_: PipelinePlan, path: str) -> str:
     ``kfp.compiler.Compiler().compile`` serialises with PyYAML's pure-Python
     emitter (about 3 s for 1,000 steps); this writes the same documents, the
     same header comment and the same key order with libyaml's emitter when
-    PyYAML has it. ``tests/backends/kubeflow/test_compile.py`` checks the
+    PyYAML has it. ``tests/backends/kubeflow/test_kfp_compile.py`` checks the
     result equals kfp's own output.
     """
     import yaml  # type: ignore[import-untyped]
