@@ -203,24 +203,27 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Follow the run to its end; exit 1 if it fails.")] = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every step.")] = False,
 ) -> None:
-    """Submit a pipeline to the profile's backend."""
+    """Submit a pipeline to the profile's backend.
+
+    The local backend runs inside this process, so for it submit always waits.
+    """
     from mlpipe.launch import resolve
 
     try:
         pipe = load_pipeline(target)
         params = parse_params(pipe, param)
-        handle = pipe.submit(profile=profile, cache=not no_cache, **params)
+        _prof, backend, _store = resolve(profile, None)
+        handle = pipe.submit(profile=profile, backend=backend, cache=not no_cache, **params)
         print(f"submitted run {handle.run_id} to {handle.backend}" + (f": {handle.url}" if handle.url else ""))
-        if not wait:
+        if not wait and backend.name != "local":
             return
-        _prof, backend, _store = resolve(profile, handle.backend)
         last = ""
         status = backend.status(handle)
         while not status.done:
             if status.state != last:
                 print(f"  {status.state}", file=sys.stderr)
                 last = status.state
-            time.sleep(2.0)
+            time.sleep(0.2 if backend.name == "local" else 2.0)
             status = backend.status(handle)
     except MlpipeError as exc:
         _fail(exc)
@@ -443,18 +446,28 @@ def artifacts_show(
 
 @app.command()
 def index(
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Recreate the SQLite index from the store.")] = True,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Drop the index and recreate it from the store.")] = False,
     profile: ProfileOpt = None,
 ) -> None:
-    """Rebuild the metadata index (metadata.db) from the store's records."""
+    """Bring the metadata index (metadata.db) up to date with the store's records.
+
+    Without --rebuild, runs recorded in the store but missing from the index
+    (written by remote tasks or other machines) are added; with it, the whole
+    index is recreated.
+    """
     from mlpipe.metadata import open_index
 
     try:
         store = _store(profile)
-        runs_count, entries = open_index(store).rebuild(store)
+        idx = open_index(store)
+        if rebuild:
+            runs_count, entries = idx.rebuild(store)
+            print(f"indexed {runs_count} runs and {entries} cache entries from {store.url}")
+        else:
+            added = idx.sync(store)
+            print(f"added {added} runs from {store.url} to the index")
     except MlpipeError as exc:
         _fail(exc)
-    print(f"indexed {runs_count} runs and {entries} cache entries from {store.url}")
 
 
 @app.command()
@@ -469,8 +482,9 @@ def image(
     from mlpipe.image import write_image_files
 
     try:
-        files = write_image_files(load_pipeline(target), output, context=context, base_image=base,
-                                  requirements=requirements)
+        files = write_image_files(
+            load_pipeline(target), output, context=context, base_image=base, requirements=requirements
+        )
     except MlpipeError as exc:
         _fail(exc)
     print(f"wrote {files.dockerfile}, {files.requirements} and {files.dockerignore}")

@@ -224,7 +224,7 @@ class StepExecutor:
         if self.tracking is not None:  # the step's child run is active wherever fn runs
             fn = self.tracking.wrap(spec, fn, key, components)
         try:
-            result, outcome.attempts = self._call(spec, fn, values)
+            result = self._call(spec, fn, values, outcome)
             produced = self._split_outputs(spec, result, hints.get("return", Any))
             for out in spec.outputs:
                 info = self.store.put_value(produced[out.name])
@@ -249,16 +249,16 @@ class StepExecutor:
         self._record(spec, outcome, components, packages, new_entry=entry.to_dict())
         return outcome
 
-    def _call(self, spec: StepSpec, fn: Callable[..., Any], values: dict[str, Any]) -> tuple[Any, int]:
-        attempt = 0
+    def _call(self, spec: StepSpec, fn: Callable[..., Any], values: dict[str, Any], outcome: StepOutcome) -> Any:
+        """Call the step, retrying with exponential backoff; ``outcome.attempts`` counts every try."""
         while True:
-            attempt += 1
+            outcome.attempts += 1
             try:
-                return self._call_once(spec, fn, values), attempt
+                return self._call_once(spec, fn, values)
             except Exception:
-                if attempt > spec.retries:
+                if outcome.attempts > spec.retries:
                     raise
-                time.sleep(_retry_delay(attempt))
+                time.sleep(_retry_delay(outcome.attempts))
 
     def _call_once(self, spec: StepSpec, fn: Callable[..., Any], values: dict[str, Any]) -> Any:
         if spec.timeout is None:
@@ -309,6 +309,8 @@ class StepExecutor:
             expected = hints.get(name, Any)
             try:
                 validate(expected, value, strict=True)
+                if expected is float and type(value) is int:
+                    values[name] = float(value)  # `-> float` returning 3 stores 3.0, as declared
             except ValueError as exc:
                 label = "output" if name == "output" else f"output {name!r}"
                 raise OutputTypeError(

@@ -229,7 +229,11 @@ def validate_ir(ir: PipelineIR) -> None:
 
 
 def to_networkx(ir: PipelineIR) -> networkx.DiGraph:
-    """A ``networkx.DiGraph``: one node per step call (with its spec), one edge per data dependency."""
+    """A ``networkx.DiGraph``: one node per step call (with its spec), one edge per producer/consumer pair.
+
+    Edge attributes ``outputs`` and ``inputs`` are parallel lists: the producer's
+    output feeding each consumer argument.
+    """
     import networkx as nx
 
     graph = nx.DiGraph(name=ir.name)
@@ -240,9 +244,11 @@ def to_networkx(ir: PipelineIR) -> networkx.DiGraph:
             if inp.source == "step":
                 assert inp.step is not None
                 if graph.has_edge(inp.step, spec.name):
-                    graph.edges[inp.step, spec.name]["inputs"].append(inp.name)
+                    edge = graph.edges[inp.step, spec.name]
+                    edge["outputs"].append(inp.output)
+                    edge["inputs"].append(inp.name)
                 else:
-                    graph.add_edge(inp.step, spec.name, output=inp.output, inputs=[inp.name])
+                    graph.add_edge(inp.step, spec.name, outputs=[inp.output], inputs=[inp.name])
     return graph
 
 

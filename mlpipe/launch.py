@@ -28,8 +28,10 @@ __all__ = ["compile_pipeline", "new_run_id", "resolve", "run_pipeline", "submit_
 
 
 def new_run_id() -> str:
-    """A run id that sorts by start time: ``20261126-074301-3f9a1c``."""
-    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3)
+    """A run id that sorts by start time, to the millisecond: ``20261126-074301-123-3f9a1c``."""
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+    return f"{stamp}-{int(now % 1 * 1000):03d}-{secrets.token_hex(3)}"
 
 
 def resolve(profile: str | None, backend: str | Backend | None) -> tuple[Profile, Backend, ArtifactStore]:

@@ -11,6 +11,8 @@ that produced it, with a :class:`StoreRepairWarning`.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 import warnings
@@ -126,7 +128,9 @@ class LocalBackend(Backend):
     ) -> Run:
         reporter = REPORTER.get() or Reporter()
         index = open_index(store)
-        doc = write_run_doc(store, ir, run_id, self.name, params, "running", cache=cache)
+        doc = write_run_doc(
+            store, ir, run_id, self.name, params, "running", cache=cache, host=socket.gethostname(), pid=os.getpid()
+        )
         index.record_run(doc)
         reporter.run_started(run_id, ir.name, len(ir.steps))
         records = RunRecords(store, run_id, batched=True)
@@ -166,6 +170,7 @@ class LocalBackend(Backend):
             else:
                 self._skip_descendants(executor, specs, downstream, outcome.name, outcomes, reporter)
 
+        interrupted = False
         try:
             while ready or running:
                 if cancel.is_set():
@@ -186,6 +191,9 @@ class LocalBackend(Backend):
                 for future in done:
                     running.pop(future)
                     finish(future.result())
+        except KeyboardInterrupt:
+            interrupted = True  # record the run as cancelled, then let Ctrl-C go on
+            cancel.set()
         finally:
             if pool is not None:
                 pool.shutdown(wait=not cancel.is_set())
@@ -193,11 +201,12 @@ class LocalBackend(Backend):
         for name, repaired in repairs.items():
             if name in outcomes and outcomes[name].status == "succeeded":
                 outcomes[name] = repaired  # the run's view matches the step's latest record
-        for name in specs:
+        for name, spec in specs.items():
             if name not in outcomes:
-                outcomes[name] = StepOutcome(
-                    name, "cancelled", started=time.time(), ended=time.time(), error="run cancelled"
-                )
+                outcome = StepOutcome(name, "cancelled", started=time.time(), ended=time.time(), error="run cancelled")
+                outcome.record = step_record(run_id, ir.name, spec, outcome, None)
+                records.write(outcome.record)
+                outcomes[name] = outcome
         failed = [o for o in outcomes.values() if o.status == "failed"]
         status = (
             "cancelled"
@@ -218,6 +227,8 @@ class LocalBackend(Backend):
             else StepRun(name=name, status=outcomes[name].status, error=outcomes[name].error)
             for name in specs
         }
+        if interrupted:
+            raise KeyboardInterrupt
         return Run(doc, steps, store)
 
     def _run_step(

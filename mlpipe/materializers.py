@@ -48,10 +48,23 @@ def type_path(tp: type) -> str:
 
 
 def import_type(path: str) -> Any:
+    """The class recorded in a sidecar as ``module:qualname``.
+
+    Raises:
+        MaterializerError: the class cannot be imported here (for example a
+            class defined in ``__main__`` of another process).
+    """
     module, _, qualname = path.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise MaterializerError(
+            f"cannot load a {qualname} object: its class {module}.{qualname} is not importable in this process "
+            f"({exc}). Define the class in an importable module, or pass its type when loading",
+            type=path,
+        ) from exc
     return obj
 
 
@@ -340,7 +353,11 @@ def for_value(value: Any) -> Materializer:
 
 
 def for_annotation(tp: Any) -> Materializer | None:
-    """The materializer chosen statically for an annotation, or None when only the value decides."""
+    """The materializer chosen statically for an annotation, or None when only the value decides.
+
+    A type no built-in handles loads the plugins first, so the choice (and with
+    it the cache key) is the same before and after a plugin is first used.
+    """
     if is_any(tp):
         return None
     for m in _registry:
@@ -349,6 +366,9 @@ def for_annotation(tp: Any) -> Materializer | None:
                 return m
         except TypeError:
             continue
+    if not _plugins_loaded:
+        _load_plugins()
+        return for_annotation(tp)
     return None
 
 
@@ -377,4 +397,5 @@ def report_suffix(name: str) -> str | None:
 
 def registry_signature() -> str:
     """Names and versions of every registered materializer, for cache keys of ``Any`` outputs."""
+    _load_plugins()
     return ",".join(m.key for m in [*_registry, _fallback])

@@ -277,6 +277,22 @@ class Index:
             self.record_step(record)
         return doc
 
+    def sync(self, store: ArtifactStore) -> int:
+        """Index the runs the store has and the index lacks (and their cache entries). Returns runs added."""
+        with self._lock:
+            known = {r[0] for r in self._db.execute("SELECT id FROM runs")}
+            known_entries = {r[0] for r in self._db.execute("SELECT key FROM cache_entries")}
+        added = 0
+        for run_id in store.listdir("runs"):
+            if run_id not in known and self.sync_run(store, run_id) is not None:
+                added += 1
+        for rel, _size in store.walk_files("cache"):
+            key = rel.rsplit("/", 1)[-1].removesuffix(".json")
+            if rel.endswith(".json") and key not in known_entries:
+                with self._tx() as db:
+                    self._insert_entry(db, store.get_json(rel))
+        return added
+
     def rebuild(self, store: ArtifactStore) -> tuple[int, int]:
         """Recreate the whole index from the store. Returns (runs, cache entries) indexed."""
         with self._tx() as db:

@@ -78,9 +78,15 @@ def _refuse_operator(self: _Handle, other: Any) -> typing.NoReturn:
     self._refuse("used with an operator")
 
 
+def _refuse_conversion(self: _Handle) -> typing.NoReturn:
+    self._refuse("converted (int(), float(), round()...)")
+
+
 for _op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "lt", "le", "gt", "ge"):
     setattr(_Handle, f"__{_op}__", _refuse_operator)
     setattr(_Handle, f"__r{_op}__", _refuse_operator)
+for _conversion in ("int", "float", "complex", "index", "round", "neg", "abs"):
+    setattr(_Handle, f"__{_conversion}__", _refuse_conversion)
 
 
 @dataclass(frozen=True, eq=False)

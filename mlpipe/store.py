@@ -24,6 +24,7 @@ This module owns bytes and JSON documents; what the documents mean belongs to
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import itertools
 import json
@@ -33,11 +34,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
-from mlpipe.errors import CorruptObjectError, MissingDependencyError, ObjectNotFoundError, StoreError
+from mlpipe.errors import CorruptObjectError, MissingDependencyError, MlpipeError, ObjectNotFoundError, StoreError
 from mlpipe.hashing import HashingWriter, canonical_json, fast_checksum
 from mlpipe.materializers import Materializer, for_value, get_materializer, type_path
 from mlpipe.typecheck import is_any
@@ -164,9 +165,32 @@ class _LocalFS:
                 with contextlib.suppress(FileNotFoundError):
                     yield os.path.relpath(full, self.root).replace(os.sep, "/"), os.path.getsize(full)
 
-    @contextlib.contextmanager
-    def spool(self) -> Iterator[tuple[IO[bytes], str]]:
-        raise NotImplementedError  # local writes go straight into the store
+
+_T = TypeVar("_T")
+
+
+def _translated(method: Callable[..., _T]) -> Callable[..., _T]:
+    """Turn a filesystem library's own errors (botocore, aiohttp, google-auth...) into StoreError.
+
+    Missing files keep their meaning (FileNotFoundError / ObjectNotFoundError);
+    everything else names the store URL and the operation, once, without the
+    library's traceback (kept as ``__cause__`` for ``--debug``).
+    """
+
+    @functools.wraps(method)
+    def wrapper(self: _FsspecFS, *args: Any, **kwargs: Any) -> _T:
+        try:
+            return method(self, *args, **kwargs)
+        except (FileNotFoundError, MlpipeError):
+            raise
+        except Exception as exc:  # third-party clients raise anything
+            raise StoreError(
+                f"store {self.url}: {method.__name__.strip('_')} failed: {type(exc).__name__}: {exc}. "
+                "Check the URL, the credentials and that the endpoint is reachable",
+                url=self.url,
+            ) from exc
+
+    return wrapper
 
 
 class _FsspecFS:
@@ -189,6 +213,7 @@ class _FsspecFS:
             extra = f": pip install {hint}" if hint else ""
             raise MissingDependencyError(f"cannot open store {url!r}: {exc}{extra}", url=url) from exc
         self.fs = fs
+        self.url = url
         self.root = root.rstrip("/")
         protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
         self.atomic_put = protocol in _OBJECT_STORES
@@ -196,21 +221,25 @@ class _FsspecFS:
     def path(self, rel: str) -> str:
         return f"{self.root}/{rel}"
 
+    @_translated
     def exists(self, rel: str) -> bool:
         return bool(self.fs.exists(self.path(rel)))
 
+    @_translated
     def size(self, rel: str) -> int:
         return int(self.fs.size(self.path(rel)))
 
     def read_object(self, rel: str) -> bytearray | memoryview:
         return self.read_bytes(rel)
 
+    @_translated
     def read_bytes(self, rel: str) -> bytearray:
         try:
             return bytearray(self.fs.cat_file(self.path(rel)))
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{rel} is not in the store at {self.root}", path=rel) from None
 
+    @_translated
     def write_bytes(self, rel: str, data: bytes) -> None:
         if self.atomic_put:
             self.fs.pipe_file(self.path(rel), data)
@@ -223,6 +252,7 @@ class _FsspecFS:
         if not self.exists(rel):
             self.write_bytes(rel, data)
 
+    @_translated
     def put_file(self, local_path: str, rel: str) -> None:
         if self.atomic_put:
             self.fs.put_file(local_path, self.path(rel))
@@ -231,13 +261,16 @@ class _FsspecFS:
         self.fs.put_file(local_path, tmp)
         self.fs.mv(tmp, self.path(rel))
 
+    @_translated
     def move(self, src: str, dst: str) -> None:
         self.fs.mv(self.path(src), self.path(dst))
 
+    @_translated
     def delete(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path(rel))
 
+    @_translated
     def listdir(self, rel: str) -> list[str]:
         try:
             entries = self.fs.ls(self.path(rel), detail=False)
@@ -245,14 +278,19 @@ class _FsspecFS:
             return []
         return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
+    @_translated
     def walk_files(self, rel: str) -> Iterator[tuple[str, int]]:
         try:
             found = self.fs.find(self.path(rel), detail=True)
         except FileNotFoundError:
-            return
+            return iter(())
         prefix = self.root + "/"
-        for name, info in sorted(found.items()):
-            yield name[len(prefix) :] if name.startswith(prefix) else name, int(info.get("size") or 0)
+        return iter(
+            [
+                (name[len(prefix) :] if name.startswith(prefix) else name, int(info.get("size") or 0))
+                for name, info in sorted(found.items())
+            ]
+        )
 
 
 class ArtifactStore:

@@ -34,7 +34,7 @@ def _no_traceback(result: subprocess.CompletedProcess[str]) -> None:
 
 
 def _run_id(stderr: str) -> str:
-    match = re.search(r"run (\d{8}-\d{6}-[0-9a-f]+)", stderr)
+    match = re.search(r"run (\d{8}-\d{6}-\d{3}-[0-9a-f]+)", stderr)
     assert match, stderr
     return match.group(1)
 
