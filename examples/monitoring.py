@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {step.name}: {step.status}: {step.error}")
         return 1
     for step in run.steps.values():
-        for name, where in (step.record.get("reports") or {}).items():
+        for name, where in step.reports.items():
             print(f"drift report ({step.name}.{name}): {where}")
     decision: Decision = run.output("decide")
     print(f"{decision.reason}")

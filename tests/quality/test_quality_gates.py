@@ -69,8 +69,8 @@ def test_drift_gate_keeps_the_report_and_skips_publishing() -> None:
     assert "quality gate 'drift_gate' failed: drift detected" in (run.steps["publish"].error or "")
     result = run.output("detect_drift", "result")
     assert isinstance(result, q.DriftResult) and result.drifted and result.drifted_columns == ["x"]
-    reports = run.steps["detect_drift"].record["reports"]
-    path = Path(reports["report"])
+    assert run.steps["detect_drift"].reports == run.steps["detect_drift"].record["reports"]
+    path = Path(run.steps["detect_drift"].reports["report"])
     assert path.name == "detect_drift.report.html" and path.parent.parent.name == run.id
     assert path.read_text() == str(run.output("detect_drift", "report"))
 
@@ -80,9 +80,9 @@ def test_reports_are_published_for_cache_hits_too() -> None:
     assert first.status == "succeeded", first.error
     second = qp.drift_gated.run(shift=0.0)
     assert second.steps["detect_drift"].cached
-    path = Path(second.steps["detect_drift"].record["reports"]["report"])
+    path = Path(second.steps["detect_drift"].reports["report"])
     assert second.id in str(path) and path.is_file()
-    assert path.read_bytes() == Path(first.steps["detect_drift"].record["reports"]["report"]).read_bytes()
+    assert path.read_bytes() == Path(first.steps["detect_drift"].reports["report"]).read_bytes()
 
 
 def test_runs_show_points_to_the_report() -> None:
