@@ -7,6 +7,8 @@ machine, looks the same. Outputs are loaded lazily from the store, verified.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +90,7 @@ class Run:
         self.doc = doc
         self.id: str = doc["id"]
         self.pipeline: str = doc["pipeline"]
-        self.status: str = doc["status"]
+        self.status: str = _observed_status(doc)
         self.params: dict[str, Any] = doc.get("params", {})
         self.backend: str = doc.get("backend", "local")
         self.started: float | None = doc.get("started")
@@ -148,7 +150,7 @@ class Run:
             if name not in outputs:
                 raise KeyError(f"step {step!r} has no output {name!r}; outputs: {list(outputs)}")
             info = outputs[name]
-        return self.store.get_value(info.digest, _annotation_for(info))
+        return self.store.get_value(info.digest)
 
     def raise_for_status(self) -> Run:
         """Raise :class:`StepFailedError` if the run did not succeed; return self otherwise."""
@@ -176,8 +178,18 @@ class Run:
         return cls(doc, steps, store)
 
 
-def _annotation_for(info: ObjectInfo) -> Any:
-    return Any
+def _observed_status(doc: dict[str, Any]) -> str:
+    """The recorded status, except that a local run whose process died shows as ``interrupted``."""
+    status: str = doc["status"]
+    pid, host = doc.get("pid"), doc.get("host")
+    if status == "running" and isinstance(pid, int) and host == socket.gethostname() and pid != os.getpid():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "interrupted"
+        except PermissionError:  # alive, owned by someone else
+            return status
+    return status
 
 
 def runs(store: str | ArtifactStore | None = None, limit: int = 50, pipeline: str | None = None) -> list[Run]:
