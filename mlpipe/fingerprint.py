@@ -23,6 +23,7 @@ import ast
 import contextlib
 import dis
 import enum
+import functools
 import hashlib
 import importlib.util
 import linecache
@@ -30,7 +31,7 @@ import os
 import sys
 import threading
 import types
-from dataclasses import dataclass, field, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlpipe.hashing import canonical_json, digest_json
@@ -60,6 +61,7 @@ _user_modules: dict[str, bool] = {}
 _module_index: dict[str, tuple[list[str], dict[str, list[ast.AST]]]] = {}
 _library_roots: tuple[str, ...] | None = None
 _MAX_CONSTANT_BYTES = 64 * 1024 * 1024
+_MAX_DEPTH = 8
 
 
 def _roots() -> tuple[str, ...]:
@@ -437,11 +439,48 @@ class _Walker:
             h = hashlib.sha256(repr((value.dtype, value.shape)).encode())
             h.update(value.tobytes())
             return h.hexdigest()
+        if is_user_module(cls.__module__) or isinstance(value, (set, frozenset, tuple, list, dict, functools.partial)):
+            # Containers and instances of user classes: hashed by structure, following the functions
+            # and classes inside (a dispatch table of helpers), never by repr (which holds addresses).
+            return digest_json(self._structure(value, 0))
+        self._library(cls.__module__)
+        return f"opaque {cls.__module__}.{cls.__qualname__}"
+
+    def _structure(self, value: Any, depth: int) -> Any:
+        """A JSON-able description of a constant that changes when anything it holds changes."""
+        if value is None or isinstance(value, (bool, int, str)):
+            return value
+        if isinstance(value, float):
+            return repr(value)
+        if depth > _MAX_DEPTH:
+            return "..."
+        cls = type(value)
+        if isinstance(value, (bytes, bytearray)):
+            return {"bytes": hashlib.sha256(value).hexdigest()}
+        if isinstance(value, enum.Enum):
+            return [cls.__qualname__, repr(value.value)]
+        if isinstance(value, functools.partial):
+            return ["partial", self._structure(value.func, depth + 1), self._structure(value.args, depth + 1),
+                    self._structure(value.keywords, depth + 1)]
+        if callable(value) and (isinstance(value, (type, types.FunctionType, types.MethodType,
+                                                    types.BuiltinFunctionType)) or hasattr(value, "__wrapped__")
+                                or (cls.__name__ == "Step" and cls.__module__ == "mlpipe.step")):
+            self.visit_value(value, "", set())  # functions and classes enter the manifest under their own names
+            target = getattr(value, "fn", value)
+            return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', cls.__qualname__)}"
+        if isinstance(value, (list, tuple)):
+            return [cls.__qualname__, [self._structure(v, depth + 1) for v in value]]
+        if isinstance(value, (set, frozenset)):
+            return [cls.__qualname__, sorted(canonical_json(self._structure(v, depth + 1)) for v in value)]
+        if isinstance(value, dict):
+            items = [[canonical_json(self._structure(k, depth + 1)), self._structure(v, depth + 1)]
+                     for k, v in value.items()]
+            return [cls.__qualname__, sorted(items, key=lambda item: str(item[0]))]
+        if cls.__module__.split(".")[0] == "numpy":
+            return self._value_hash(value)
         if is_user_module(cls.__module__):
             self.visit_class(cls)
-            if is_dataclass(value) or hasattr(value, "model_dump") or isinstance(value, tuple):
-                return hashlib.sha256(repr(value).encode()).hexdigest()
-        if isinstance(value, (set, frozenset, tuple, list)):
-            return hashlib.sha256(repr(value).encode()).hexdigest()
+            state = vars(value) if hasattr(value, "__dict__") else None
+            return [f"{cls.__module__}.{cls.__qualname__}", self._structure(state, depth + 1)]
         self._library(cls.__module__)
         return f"opaque {cls.__module__}.{cls.__qualname__}"
