@@ -96,8 +96,14 @@ print(json.dumps({"id": run.id, "status": run.status,
 '''
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without settings other tests in this session may have left (profiles, tracking)."""
+    return {k: v for k, v in os.environ.items()
+            if k == "MLPIPE_RETRY_BACKOFF" or not k.startswith(("MLPIPE_", "MLFLOW_"))}
+
+
 def _python(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "MLPIPE_PROFILE"}
+    env = _clean_env()
     return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
                           env=env, check=False)
 
@@ -258,7 +264,7 @@ def test_steps_defined_in_main(_isolated_cwd: Path) -> None:
 
 
 def test_two_processes_on_one_store_both_succeed(project: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "MLPIPE_PROFILE"}
+    env = _clean_env()
     cmd = [sys.executable, "-m", "mlpipe", "run", "pipe.py:sleepy", "-p", "seconds=0.5"]
     procs = [subprocess.Popen(cmd, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -278,7 +284,7 @@ def test_two_processes_on_one_store_both_succeed(project: Path) -> None:
 
 def test_sigkill_mid_step_leaves_a_valid_store_and_finished_steps_are_reused(project: Path) -> None:
     marker = project / "nap-started"
-    env = {k: v for k, v in os.environ.items() if k != "MLPIPE_PROFILE"}
+    env = _clean_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlpipe", "run", "pipe.py:sleepy", "-p", "seconds=60", "-p", f"marker={marker}"],
         cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -18,12 +18,18 @@ PIPES = RESOURCES / "cli_pipelines.py"
 EXAMPLE = ROOT / "examples" / "training.py"
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without settings other tests in this session may have left (profiles, tracking)."""
+    keep = {"MLPIPE_RETRY_BACKOFF"}
+    return {k: v for k, v in os.environ.items()
+            if k in keep or not k.startswith(("MLPIPE_", "MLFLOW_"))}
+
+
 def mlpipe(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     """``python -m mlpipe ARGS`` in ``cwd``; never raises on a non-zero exit."""
-    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
-    full_env.pop("MLPIPE_PROFILE", None)
+    full_env = {**_clean_env(), "COLUMNS": "200", **(env or {})}
     return subprocess.run([sys.executable, "-m", "mlpipe", *args], cwd=cwd, capture_output=True, text=True,
                           env=full_env, timeout=timeout, check=False)
 
@@ -247,7 +253,7 @@ def test_backends_lists_entry_points(cwd: Path) -> None:
         "main()\n"
     )
     result = subprocess.run([sys.executable, str(script)], cwd=cwd, capture_output=True, text=True, timeout=60,
-                            check=False)
+                            check=False, env=_clean_env())
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["fake", "?", "(fake_backend_pkg:FakeBackend)"]
@@ -266,7 +272,8 @@ def _records(cwd: Path) -> list[dict[str, Any]]:
         "'steps': {n: [s.status, s.cached, s.outputs[next(iter(s.outputs))].digest if s.outputs else None] "
         "for n, s in r.steps.items()}} for r in mp.runs()]))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", script], cwd=cwd, capture_output=True, text=True, check=True,
+                         env=_clean_env())
     result: list[dict[str, Any]] = json.loads(out.stdout)
     return result
 
@@ -326,7 +333,7 @@ def test_cache_gc_dry_run_and_index_rebuild(cwd: Path) -> None:
     assert mlpipe("run", f"{PIPES}:ok", cwd=cwd).returncode == 0
     orphan = subprocess.run(
         [sys.executable, "-c", "import mlpipe as mp; print(mp.ArtifactStore('.mlpipe').put_value({'x': 1}).digest)"],
-        cwd=cwd, capture_output=True, text=True, check=True,
+        cwd=cwd, capture_output=True, text=True, check=True, env=_clean_env(),
     ).stdout.strip()
     dry = mlpipe("cache", "gc", "--dry-run", cwd=cwd)
     assert dry.returncode == 0, dry.stderr

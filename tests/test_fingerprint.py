@@ -244,6 +244,56 @@ def test_modules_imported_inside_the_step_body_are_followed(project: Project, ol
     assert fp.packages == frozenset({"pydantic"})  # recorded with its version; json is the standard library
 
 
+TABLES = """
+import functools
+
+
+def h1(x):
+    return x + 1
+
+
+def h2(x):
+    return x * 2
+
+
+class Config:
+    def __init__(self, k):
+        self.k = k
+
+
+DISPATCH = {"a": h1, "b": h2}
+CHAIN = (h1, h2)
+CONFIG = Config(3)
+PARTIAL = functools.partial(h2, 5)
+
+
+def step(x: int) -> int:
+    return DISPATCH["a"](x) + CHAIN[1](x) + CONFIG.k + PARTIAL()
+"""
+
+
+def test_containers_of_functions_are_stable_across_loads(project: Project) -> None:
+    # repr() of a function holds its address, which differs in every process: it must not reach the hash
+    same, changed = project.compare({"main": TABLES}, {"main": TABLES})
+    assert same, changed
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "label"),
+    [
+        ("return x + 1", "return x + 2", "function main.h1"),  # reached only through DISPATCH and CHAIN
+        ("return x * 2", "return x * 3", "function main.h2"),  # and through the partial
+        ("Config(3)", "Config(4)", "constant main.CONFIG"),  # an instance's state
+        ('"b": h2', '"b": h1', "constant main.DISPATCH"),
+        ("partial(h2, 5)", "partial(h2, 6)", "constant main.PARTIAL"),
+    ],
+)
+def test_functions_and_state_inside_constants_are_followed(project: Project, old: str, new: str, label: str) -> None:
+    same, changed = project.compare({"main": TABLES}, {"main": _edit(TABLES, old, new)})
+    assert not same
+    assert label in changed, changed
+
+
 def test_the_manifest_names_every_reached_object(project: Project) -> None:
     fp = project.load(_both())
     labels = {label.replace(f"_{project.tag}", "") for label in fp.manifest}
