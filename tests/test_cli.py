@@ -374,3 +374,37 @@ def test_errors_in_the_users_module_exit_2_with_a_location(cwd: Path, source: st
     debug = mlpipe("--debug", "run", "user_code.py:p", cwd=cwd)
     assert debug.returncode == 2
     assert "Traceback (most recent call last)" in debug.stderr
+
+
+def test_progress_is_rich_on_a_terminal_and_plain_lines_otherwise(cwd: Path) -> None:
+    import pty
+    import select
+
+    plain = mlpipe("run", f"{PIPES}:ok", cwd=cwd)
+    assert "\x1b[" not in plain.stderr  # no escape codes when stderr is not a terminal
+    assert re.search(r"^  succeeded make \(\d+ ms\)$", plain.stderr, re.MULTILINE)
+
+    master, slave = pty.openpty()
+    env = {**_clean_env(), "TERM": "xterm-256color", "COLUMNS": "120"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlpipe", "run", f"{PIPES}:ok", "-p", "n=9"], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    chunks: list[bytes] = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        if not ready:
+            break
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    out, _ = proc.communicate(timeout=60)
+    os.close(master)
+    assert proc.returncode == 0
+    assert out.decode().strip() == "scale.output = 28.5"
+    text = b"".join(chunks).decode(errors="replace")
+    assert "\x1b[" in text  # styled by rich
+    assert "pipeline" in text and "ok" in text and "succeeded" in text
