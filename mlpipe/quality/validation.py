@@ -160,11 +160,14 @@ class ValidationReport(QualityResult):
     def summary(self) -> str:
         if self.passed:
             return f"validation of {self.schema_name!r} passed ({self.rows} rows, {self.columns} columns)"
-        cols = {v.column for v in self.violations}
+        cols = {v.column for v in self.violations if v.column is not None}
+        where = [f"{len(cols)} column{'s' if len(cols) != 1 else ''}"] if cols else []
+        if any(v.column is None for v in self.violations):
+            where.append("the table")
+        n = len(self.violations)
         return (
-            f"validation of {self.schema_name!r} failed: {len(self.violations)} violation"
-            f"{'s' if len(self.violations) != 1 else ''} in {len(cols)} column{'s' if len(cols) != 1 else ''} "
-            f"({self.rows} rows)"
+            f"validation of {self.schema_name!r} failed: {n} violation{'s' if n != 1 else ''} "
+            f"in {' and '.join(where)} ({self.rows} rows)"
         )
 
     def to_text(self) -> str:

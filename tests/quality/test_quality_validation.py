@@ -134,7 +134,7 @@ def test_report_lists_every_planted_violation() -> None:
     assert [v.column for v in report.violations][:4] == ["id", "age", "age", "age"]
     assert report.violations[-1].rule == "min_rows"
     text = report.to_text()
-    assert text.startswith("validation of 'users' failed: 10 violations in 7 columns (8 rows)")
+    assert text.startswith("validation of 'users' failed: 10 violations in 6 columns and the table (8 rows)")
     for needle in ("unique", "dtype(int64)", "not null", "ge(0)", "le(120)", "isin(['berlin', 'paris', 'rome'])",
                    "required", "unexpected column", "min_rows(10)", "'atlantis'", "-5", "200"):
         assert needle in text, needle
