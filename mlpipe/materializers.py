@@ -277,7 +277,15 @@ class CloudpickleMaterializer(Materializer):
                 f"{PY_VERSION}; run with Python {written} or give the type a materializer",
                 python=written,
             )
-        return cloudpickle.loads(data)
+        try:
+            return cloudpickle.loads(data)
+        except (ImportError, AttributeError) as exc:  # pickled by reference to a module or class not found here
+            kind = meta.get("type", "?").replace(":", ".")
+            raise MaterializerError(
+                f"cannot load a pickled {kind} object: {exc}. Run from the project whose code defined it (so the "
+                "module is importable), or give the type a materializer",
+                type=kind,
+            ) from exc
 
 
 _lock = threading.Lock()
