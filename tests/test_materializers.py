@@ -275,3 +275,21 @@ def test_save_writes_through_a_file_object() -> None:
     buf = io.BytesIO()
     get_materializer("json").save({"b": 1, "a": 2}, buf)
     assert buf.getvalue() == b'{"a":2,"b":1}'
+
+
+def test_pickle_of_a_class_that_is_not_importable_here(store: ArtifactStore, tmp_path: Path) -> None:
+    import subprocess
+
+    module = tmp_path / "gone_module_xyz.py"
+    module.write_text("class Box:\n    def __init__(self, v):\n        self.v = v\n")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import gone_module_xyz\n"
+        "from mlpipe.store import ArtifactStore\n"
+        "print(ArtifactStore(sys.argv[2]).put_value(gone_module_xyz.Box(1)).digest)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), store.url], capture_output=True, text=True,
+                         check=True)
+    digest = out.stdout.strip()
+    with pytest.raises(MaterializerError, match=r"cannot load a pickled gone_module_xyz.Box object: No module named"):
+        store.get_value(digest)
