@@ -141,3 +141,26 @@ def test_resource_refusals_name_the_step_and_option(pipeline: mp.Pipeline, optio
 
 def test_sixteen_a100s_fit_one_machine() -> None:
     VertexBackend(image=IMAGE).check(vp.a100_x16.ir)
+
+
+def test_cli_compile_with_a_vertex_profile(gs_url: str, _isolated_cwd: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mlpipe.cli import app
+
+    (_isolated_cwd / "mlpipe.toml").write_text(
+        'default_profile = "dev"\n[profiles.dev]\nbackend = "local"\n'
+        f'[profiles.prod]\nbackend = "vertex"\nstore = "{gs_url}"\nimage = "{IMAGE}"\n'
+        'options = { project = "my-project", location = "europe-west4" }\n')
+    (_isolated_cwd / "pipe.py").write_text("from vertex_pipelines import machines\n")
+    out = _isolated_cwd / "machines.yaml"
+    result = CliRunner().invoke(app, ["compile", f"{_isolated_cwd / 'pipe.py'}:machines", "--profile", "prod",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    spec = yaml.safe_load(out.read_text())
+    fit = spec["deploymentSpec"]["executors"]["exec-fit"]["container"]
+    assert fit["resources"]["accelerator"]["type"] == "NVIDIA_L4"
+    refused = CliRunner().invoke(app, ["compile", f"{_isolated_cwd / 'pipe.py'}:machines", "--backend", "vertex",
+                                       "-o", str(out)])
+    assert refused.exit_code == 2
+    assert "not on Google Cloud Storage" in refused.output

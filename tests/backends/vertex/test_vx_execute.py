@@ -9,6 +9,7 @@ A local run and a Vertex-compiled run on the same bucket share the cache.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from mlpipe_vertex import VertexBackend
@@ -50,3 +51,15 @@ def test_local_and_vertex_runs_share_the_cache_on_one_bucket(gs_url: str) -> Non
     step = store.get_json(f"runs/{computed.id}/steps/describe.json")
     assert step["status"] == "succeeded"
     assert Run.load(store, computed.id).output("summarize", "total") == 30.0
+
+
+def test_local_mode_submit_returns_at_once_and_wait_follows_it(tmp_path: Path) -> None:
+    backend = VertexBackend({"mode": "local"})
+    store = open_store(str(tmp_path / "store"))  # local mode also runs against a directory
+    handle = backend.submit(basic.ir, store, params=basic.validate_params({"n": 2}), run_id="20261126-080000-abcdef")
+    assert handle.data == {"mode": "local"}
+    status = backend.wait(handle, poll=0.05, timeout=300)
+    assert status.state == "succeeded", status.message
+    backend.cancel(handle)  # ended: a no-op
+    assert VertexBackend().status(handle).state == "succeeded"  # a later process reads the store
+    assert Run.load(store, handle.run_id).output("summarize", "n") == 2
