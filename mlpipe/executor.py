@@ -307,6 +307,12 @@ class StepExecutor:
         hints = _output_annotations(annotation, [o.name for o in outs])
         for name, value in values.items():
             expected = hints.get(name, Any)
+            if expected in (int, float, bool) and type(value).__module__ == "numpy" and hasattr(value, "item"):
+                # `-> float` returning np.float64 (what numpy and scikit-learn hand back): store the Python
+                # scalar, as JSON, when it is exactly that value; np.float64(2.5) for `-> int` still fails.
+                plain = value.item()
+                if type(plain) is expected or (expected is float and type(plain) is int):
+                    values[name] = value = plain
             try:
                 validate(expected, value, strict=True)
                 if expected is float and type(value) is int:
