@@ -381,3 +381,40 @@ def test_capability_check_refuses_unsupported_options() -> None:
     with pytest.raises(UnsupportedFeatureError, match=r"has no compiled form"):
         Minimal().compile(demands.ir, "out.yaml")
     LocalBackend().check(demands.ir)
+
+
+def test_numpy_scalars_are_stored_as_the_declared_python_scalar() -> None:
+    import numpy as np
+
+    @mp.step
+    def metric(n: int) -> float:
+        return np.float64(n) / 4  # what numpy and scikit-learn return
+
+    @mp.step
+    def counted(n: int) -> int:
+        return np.int64(n) * 2  # type: ignore[return-value]
+
+    @mp.step
+    def flag(n: int) -> bool:
+        return np.bool_(n > 0)  # type: ignore[return-value]
+
+    @mp.step
+    def lossy(n: int) -> int:
+        return np.float64(n + 0.5)  # type: ignore[return-value]
+
+    @mp.pipeline
+    def numpy_scalars(n: int = 2) -> None:
+        metric(n)
+        counted(n)
+        flag(n)
+        lossy(n)
+
+    run = numpy_scalars.run()
+    for name, value in (("metric", 0.5), ("counted", 4), ("flag", True)):
+        step = run.steps[name]
+        assert step.status == "succeeded"
+        assert step.outputs["output"].materializer == "json"
+        loaded = run.output(name)
+        assert loaded == value and type(loaded) is type(value)
+    assert run.steps["lossy"].status == "failed"
+    assert "output expected int, got numpy.float64" in (run.steps["lossy"].error or "")
