@@ -189,6 +189,7 @@ def test_schedule_is_created_with_the_job_request(fake_vertex: FakeVertex, gs_ur
     assert body["createPipelineJobRequest"]["parent"] == PARENT
     assert job["runtimeConfig"]["parameterValues"]["n"] == 4.0
     assert job["serviceAccount"] == SA and job["encryptionSpec"] == {"kmsKeyName": KEY}
+    assert job["labels"] == {"team": "ml", "cost-center": "r_and_d", "mlpipe-pipeline": "conformance-basic"}
     assert handle.data["kind"] == "schedule" and handle.external_id == f"{PARENT}/schedules/1"
     assert backend.status(handle).state == "succeeded"
     backend.cancel(handle)

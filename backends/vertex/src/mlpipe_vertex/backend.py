@@ -133,8 +133,10 @@ class VertexBackend(Backend):
 
     # -- the request ----------------------------------------------------------------
     def _labels(self, ir: PipelineIR, run_id: str) -> dict[str, str]:
-        labels = {"mlpipe-pipeline": label_value(ir.name) or "pipeline", "mlpipe-run": label_value(run_id),
-                  **self.opts.labels}
+        labels = {"mlpipe-pipeline": label_value(ir.name) or "pipeline"}
+        if not self.opts.schedule:  # every job a schedule starts carries the same labels
+            labels["mlpipe-run"] = label_value(run_id)
+        labels.update(self.opts.labels)
         try:
             check_labels(labels)
         except ValueError as exc:

@@ -41,7 +41,7 @@ class VertexOptions(BackendOptions):
             (``None``: the project's Compute Engine default service account).
         network: VPC to peer with, ``projects/<project number>/global/networks/<name>``.
         labels: Labels on every job (lower-case keys and values, at most 63 characters).
-            mlpipe adds ``mlpipe-pipeline`` and ``mlpipe-run``.
+            mlpipe adds ``mlpipe-pipeline``, and ``mlpipe-run`` on single jobs.
         encryption_spec_key_name: Cloud KMS key (CMEK) that protects the job
             and its sub-resources; it must be in ``location``.
         pipeline_root: ``gs://`` URI where Vertex keeps its own task outputs
