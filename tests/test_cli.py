@@ -408,3 +408,22 @@ def test_progress_is_rich_on_a_terminal_and_plain_lines_otherwise(cwd: Path) -> 
     text = b"".join(chunks).decode(errors="replace")
     assert "\x1b[" in text  # styled by rich
     assert "pipeline" in text and "ok" in text and "succeeded" in text
+
+
+def test_compile_and_submit_on_the_local_backend(cwd: Path) -> None:
+    no_form = mlpipe("compile", f"{PIPES}:ok", "--backend", "local", "-o", "out.yaml", cwd=cwd)
+    assert no_form.returncode == 2
+    assert "error: backend 'local' has no compiled form" in no_form.stderr
+    no_backend = mlpipe("compile", f"{PIPES}:ok", "-o", "out.yaml", cwd=cwd)
+    assert no_backend.returncode == 2 and "compile needs --backend B or --profile P" in no_backend.stderr
+    unknown = mlpipe("compile", f"{PIPES}:ok", "--backend", "nosuchbackend", "-o", "out.yaml", cwd=cwd,
+                     env={"MLPIPE_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert unknown.returncode == 2
+    assert "no backend named 'nosuchbackend' is installed (installed: local)" in unknown.stderr
+    _no_traceback(unknown)
+    submitted = mlpipe("submit", f"{PIPES}:ok", "-p", "n=4", "--wait", cwd=cwd)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = re.search(r"submitted run (\S+) to local", submitted.stdout)
+    assert run_id and f"run {run_id.group(1)} succeeded" in submitted.stdout
+    shown = mlpipe("runs", "show", run_id.group(1), cwd=cwd)
+    assert "status succeeded" in shown.stdout
