@@ -381,3 +381,27 @@ def test_input_object_gone_after_the_hit_is_recomputed() -> None:
     assert sidecar.is_file()
     assert run.steps["numbers"].cached is False  # recomputed in this run
     assert mp.get_run(run.id).steps["numbers"].cached is False  # and the record says so
+
+
+def test_explain_failed_and_skipped_steps() -> None:
+    from resources.pipelines import failing
+
+    run = failing.run()
+    store = open_store()
+    failed = explain(store, run.id, "boom")
+    assert f"step 'boom' of run {run.id}: MISS, and the step FAILED" in failed
+    skipped = explain(store, run.id, "plus_one")
+    assert skipped.startswith(f"step 'plus_one' of run {run.id}: SKIPPED")
+    assert "upstream step 'boom'" in skipped
+
+
+def test_diff_names_new_and_dropped_code() -> None:
+    old = {"code": "a", "code_manifest": {"function m.step": "1", "function m.old": "2"}, "inputs": {},
+           "outputs": [], "materializers": [], "version": None}
+    new = {**old, "code": "b", "code_manifest": {"function m.step": "1", "function m.new": "3"}}
+    assert [str(d) for d in diff_components(old, new)] == [
+        "function m.new is new (now reached by the step)",
+        "function m.old is no longer reached",
+    ]
+    added = {**old, "inputs": {"x": {"kind": "value", "value": 1}}}
+    assert [str(d) for d in diff_components(old, added)] == ["argument 'x' added"]
