@@ -175,8 +175,7 @@ def test_code_change_is_explained_by_name() -> None:
     assert _statuses(run) == {"numbers": True, "scaled": False}
     info = explain_step(open_store(), run.id, "scaled")
     assert [d.component for d in info["differences"]] == ["code"]
-    assert "closure tests.test_cache._make_scaler.<locals>.scaled.k changed" in str(info["differences"][0]) or (
-        "_make_scaler.<locals>.scaled.k changed" in str(info["differences"][0]))
+    assert str(info["differences"][0]) == f"closure {__name__}._make_scaler.<locals>.scaled.k changed"
 
 
 def test_first_computation_is_explained() -> None:
