@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import mlpipe as mp
 from mlpipe import materializers
@@ -293,3 +295,23 @@ def test_pickle_of_a_class_that_is_not_importable_here(store: ArtifactStore, tmp
     digest = out.stdout.strip()
     with pytest.raises(MaterializerError, match=r"cannot load a pickled gone_module_xyz.Box object: No module named"):
         store.get_value(digest)
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(value=_json_values)
+def test_property_json_values_round_trip_with_one_address(tmp_path_factory: pytest.TempPathFactory,
+                                                          value: Any) -> None:
+    store = ArtifactStore(str(tmp_path_factory.getbasetemp() / "json-prop"))
+    info = store.put_value(value)
+    assert info.materializer == "json"
+    assert store.get_value(info.digest) == value
+    if isinstance(value, dict):
+        reordered = dict(reversed(list(value.items())))
+        assert store.put_value(reordered).digest == info.digest
