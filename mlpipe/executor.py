@@ -28,6 +28,7 @@ from mlpipe.errors import (
     MlpipeError,
     ObjectNotFoundError,
     OutputTypeError,
+    ParameterError,
     StepFailedError,
     StoreError,
 )
@@ -187,6 +188,7 @@ class StepExecutor:
         inputs_fp: dict[str, dict[str, Any]] = {}
         values: dict[str, Any] = {}
         pending: dict[str, tuple[InputRef, ObjectInfo]] = {}
+        invalid: ParameterError | None = None
         for inp in spec.inputs:
             annotation = hints.get(inp.name, Any)
             if inp.source == "step":
@@ -197,9 +199,14 @@ class StepExecutor:
             else:
                 raw = params[inp.param] if inp.source == "param" else inp.value  # type: ignore[index]
                 inputs_fp[inp.name] = param_input(raw)
-                values[inp.name] = validate(annotation, raw)
+                try:
+                    values[inp.name] = validate(annotation, raw)
+                except ValueError as exc:  # an untyped pipeline parameter given a value the step refuses
+                    invalid = invalid or self._invalid_input(spec, inp.name, annotation, raw, exc)
         components = components_for(spec, inputs_fp)
         key = outcome.key = cache_key(components)
+        if invalid is not None:
+            return self._fail(spec, outcome, components, packages, invalid, with_traceback=False)
 
         if self.use_cache and spec.cache and not force:
             entry = lookup(self.store, key)
@@ -220,6 +227,10 @@ class StepExecutor:
                 raise UpstreamCorrupted(up_step, up_output, info.digest) from None
             except ObjectNotFoundError:  # deleted (or its sidecar lost) since the hit was taken
                 raise UpstreamCorrupted(up_step, up_output, info.digest, "is missing from the store") from None
+            except ValueError as exc:  # an untyped producer's value that this step's annotation refuses
+                source = f"the output of step {up_step!r}"
+                bad = self._invalid_input(spec, name, hints.get(name, Any), None, exc, source)
+                return self._fail(spec, outcome, components, packages, bad, with_traceback=False)
 
         if self.tracking is not None:  # the step's child run is active wherever fn runs
             fn = self.tracking.wrap(spec, fn, key, components)
@@ -329,6 +340,19 @@ class StepExecutor:
                     actual=type_name(type(value)),
                 ) from None
         return values
+
+    def _invalid_input(
+        self, spec: StepSpec, name: str, annotation: Any, raw: Any, exc: ValueError, source: str | None = None
+    ) -> ParameterError:
+        got = source or f"{_preview(raw)} ({type_name(type(raw))})"
+        return ParameterError(
+            f"pipeline {self.pipeline!r}, step {spec.name!r}, argument {name!r}: expected {type_name(annotation)}, "
+            f"got {got}: {exc}",
+            pipeline=self.pipeline,
+            step=spec.name,
+            argument=name,
+            expected=type_name(annotation),
+        )
 
     def _fail(
         self,
