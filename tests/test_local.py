@@ -418,3 +418,34 @@ def test_numpy_scalars_are_stored_as_the_declared_python_scalar() -> None:
         assert loaded == value and type(loaded) is type(value)
     assert run.steps["lossy"].status == "failed"
     assert "output expected int, got numpy.float64" in (run.steps["lossy"].error or "")
+
+
+def test_values_an_untyped_parameter_or_producer_gives_are_validated_by_the_step() -> None:
+    @mp.step
+    def typed(n: int) -> int:
+        return n
+
+    @mp.step
+    def untyped_source():  # type: ignore[no-untyped-def]
+        return "abc"
+
+    @mp.pipeline
+    def untyped_param(x="abc"):  # type: ignore[no-untyped-def]
+        return typed(x)
+
+    @mp.pipeline
+    def untyped_producer():  # type: ignore[no-untyped-def]
+        return typed(untyped_source())
+
+    run = untyped_param.run()
+    assert run.status == "failed"
+    assert run.steps["typed"].error == (
+        "pipeline 'untyped_param', step 'typed', argument 'n': expected int, got 'abc' (str): Input should be a "
+        "valid integer, unable to parse string as an integer")
+    assert mp.get_run(run.id).status == "failed"
+    assert untyped_param.run(x="7").output("typed") == 7
+
+    untyped_producer.run()
+    again = untyped_producer.run()  # the producer is a hit: its output is read from the store and checked
+    assert again.steps["untyped_source"].cached
+    assert "argument 'n': expected int, got the output of step 'untyped_source'" in (again.steps["typed"].error or "")
