@@ -459,3 +459,50 @@ def test_functions_in_main(tmp_path: Path) -> None:
     assert _fingerprint_main(tmp_path, offset=1, factor=2, comment="two")["digest"] == base["digest"]
     assert _fingerprint_main(tmp_path, offset=1, factor=3, comment="one")["digest"] != base["digest"]
     assert _fingerprint_main(tmp_path, offset=2, factor=2, comment="one")["digest"] != base["digest"]
+
+
+def _notebook_cell(source: str, cell: int) -> dict[str, object]:
+    """Run ``source`` the way IPython runs a cell: compiled under a pseudo file name kept in linecache."""
+    import linecache
+    import types
+
+    filename = f"<ipython-input-{cell}-{uuid.uuid4().hex[:8]}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    module = types.ModuleType("__main__")  # a notebook's namespace; not registered in sys.modules
+    namespace = module.__dict__
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace
+
+
+NOTEBOOK = '''
+LIMIT = {limit}
+
+
+class Scaler:
+    def scale(self, x):
+        return x * {factor}
+
+
+def helper(x):
+    # {comment}
+    return Scaler().scale(x) + LIMIT
+
+
+def step(x: int) -> int:
+    return helper(x)
+'''
+
+
+def test_functions_defined_in_notebook_cells() -> None:
+    def fp(**values: object) -> Fingerprint:
+        namespace = _notebook_cell(NOTEBOOK.format(**values), next(_counter))
+        clear_memo()
+        return fingerprint(namespace["step"])
+
+    base = fp(limit=1, factor=2, comment="a")
+    assert {"function __main__.step", "function __main__.helper", "class __main__.Scaler",
+            "function __main__.Scaler.scale", "constant __main__.LIMIT"} <= set(base.manifest)
+    assert fp(limit=1, factor=2, comment="another comment").digest == base.digest
+    assert fp(limit=2, factor=2, comment="a").digest != base.digest
+    changed = fp(limit=1, factor=3, comment="a")
+    assert changed.manifest["function __main__.Scaler.scale"] != base.manifest["function __main__.Scaler.scale"]
