@@ -401,3 +401,31 @@ def test_ir_records_steps_inputs_and_options() -> None:
     # the IR is frozen
     with pytest.raises(pydantic.ValidationError):
         train_spec.name = "other"  # type: ignore[misc]
+
+
+def test_tracing_state_is_per_context() -> None:
+    import threading
+
+    barrier = threading.Barrier(2, timeout=10)
+    seen: dict[str, Any] = {}
+
+    def make(tag: str) -> mp.Pipeline:
+        @mp.pipeline(name=f"concurrent_{tag}")
+        def concurrent() -> None:
+            df = load()
+            barrier.wait()  # both traces are active at once, in two threads
+            seen[tag] = current_trace()
+            train(df)
+
+        return concurrent
+
+    pipes = {tag: make(tag) for tag in ("a", "b")}
+    threads = [threading.Thread(target=lambda p=p: p.trace()) for p in pipes.values()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    for tag, pipe in pipes.items():
+        assert seen[tag] is pipe.trace()
+        assert [c.name for c in pipe.trace().calls] == ["load", "train"]
+    assert current_trace() is None
