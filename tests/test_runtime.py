@@ -133,3 +133,24 @@ def test_code_that_cannot_be_imported_is_shipped_by_pickle(store: ArtifactStore,
                       "--param", "n=3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert Run.load(store, run_id).output("local_step") == 21
+
+
+def test_gc_keeps_shipped_code_of_recorded_runs(store: ArtifactStore) -> None:
+    from mlpipe.gc import collect
+
+    @mp.step
+    def closure_step(n: int) -> int:
+        return n + 1
+
+    @mp.pipeline
+    def shipped_gc(n: int = 1) -> int:
+        return closure_step(n)
+
+    digest = write_ir(store, shipped_gc.ir)
+    pickle = load_ir(store, digest).step("closure_step").code.pickle_digest
+    assert pickle is not None
+    run_id = new_run_id()
+    assert execute_remote_step(store, shipped_gc.ir, digest, run_id, "closure_step", {}).status == "succeeded"
+    report = collect(store)
+    assert report.items == []
+    assert store.exists(pickle)
