@@ -311,6 +311,7 @@ class _Walker:
         self.manifest: dict[str, str] = {}
         self.packages: set[str] = set()
         self._seen: set[int] = set()
+        self._seen_attrs: set[tuple[int, str]] = set()
 
     def _library(self, module: str | None) -> None:
         if module:
@@ -363,12 +364,12 @@ class _Walker:
             if not is_user_module(value.__name__):
                 self._library(value.__name__)
                 return
-            if id(value) in self._seen:
-                return
-            self._seen.add(id(value))
+            # Each function names its own attributes of the module (``helpers.a`` here, ``helpers.b`` in a
+            # helper), so the module is followed once per attribute, not once per walk.
             namespace = vars(value)
             for attr in sorted(names):
-                if attr in namespace:
+                if attr in namespace and (id(value), attr) not in self._seen_attrs:
+                    self._seen_attrs.add((id(value), attr))
                     self.visit_reference(namespace[attr], f"constant {value.__name__}.{attr}", names)
             return
         self.visit_value(value, label, names)
