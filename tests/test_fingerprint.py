@@ -506,3 +506,24 @@ def test_functions_defined_in_notebook_cells() -> None:
     assert fp(limit=2, factor=2, comment="a").digest != base.digest
     changed = fp(limit=1, factor=3, comment="a")
     assert changed.manifest["function __main__.Scaler.scale"] != base.manifest["function __main__.Scaler.scale"]
+
+
+SHARED_MODULE = """
+import helpers_{TAG} as helpers
+
+
+def inner(x):
+    return helpers.scale(x)
+
+
+def step(x: int) -> int:
+    return helpers.clean(x) + inner(x)
+"""
+
+
+def test_a_module_used_by_several_functions_is_followed_for_each_of_their_attributes(project: Project) -> None:
+    # step reaches helpers.clean and inner reaches helpers.scale: both must be hashed
+    same, changed = project.compare({"main": SHARED_MODULE, "helpers": HELPERS},
+                                    {"main": SHARED_MODULE, "helpers": _edit(HELPERS, "v * 10", "v * 12")})
+    assert not same
+    assert changed == {"function helpers.scale"}
