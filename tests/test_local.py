@@ -449,3 +449,25 @@ def test_values_an_untyped_parameter_or_producer_gives_are_validated_by_the_step
     again = untyped_producer.run()  # the producer is a hit: its output is read from the store and checked
     assert again.steps["untyped_source"].cached
     assert "argument 'n': expected int, got the output of step 'untyped_source'" in (again.steps["typed"].error or "")
+
+
+def test_each_output_is_validated_by_name() -> None:
+    @mp.step
+    def pair_out(x: int) -> tuple[int, str]:
+        return x, x  # type: ignore[return-value]
+
+    @mp.step
+    def split_out(x: int) -> res.Split:
+        return res.Split([x], "not a list")  # type: ignore[arg-type]
+
+    @mp.pipeline
+    def outputs() -> None:
+        pair_out(1)
+        split_out(1)
+
+    run = outputs.run()
+    assert run.steps["pair_out"].error == (
+        "pipeline 'outputs', step 'pair_out': output 'output_1' expected str, got int (1): Input should be a valid "
+        "string")
+    assert (run.steps["split_out"].error or "").startswith(
+        "pipeline 'outputs', step 'split_out': output 'test' expected list[int], got str ('not a list')")
