@@ -19,10 +19,19 @@ ROOT = Path(__file__).parent
 PLUGINS = sorted(str(p.parent.relative_to(ROOT)) for p in ROOT.glob("backends/*/pyproject.toml"))
 
 
+def _has_test_extra(plugin: str) -> bool:
+    import tomllib
+
+    with open(Path(plugin, "pyproject.toml"), "rb") as f:
+        return "test" in tomllib.load(f).get("project", {}).get("optional-dependencies", {})
+
+
 def _install(session: nox.Session, extras: str = "dev") -> None:
+    """mlpipe with ``extras`` and every plugin (with its own ``test`` extra when testing)."""
     args = ["-e", f".[{extras}]"]
     for plugin in PLUGINS:
-        args += ["-e", plugin]
+        wanted = "test" in extras.split(",") and _has_test_extra(plugin)
+        args += ["-e", f"{plugin}[test]" if wanted else plugin]
     session.install(*args)
 
 
