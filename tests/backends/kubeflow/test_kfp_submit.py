@@ -202,3 +202,13 @@ def test_submitted_spec_equals_the_compiled_one(kfp: FakeKFP, tmp_path: Path) ->
     kp.small.compile("kubeflow", str(tmp_path / "small.yaml"), profile="kfp")
     compiled = yaml.safe_load((tmp_path / "small.yaml").read_text())
     assert kfp.posted("/runs")[0].body["pipeline_spec"] == compiled
+
+
+def test_single_value_over_the_argv_limit_is_refused_even_with_a_raised_budget(kfp: FakeKFP, tmp_path: Path) -> None:
+    backend = KubeflowBackend({"host": kfp.host, "shared_filesystem": True, "max_parameter_bytes": 10_000_000},
+                              image=IMAGE)
+    store = open_store(str(tmp_path / "store"))
+    with pytest.raises(UnsupportedFeatureError, match="Linux limits to 131,072 bytes") as info:
+        backend.submit(kp.small.ir, store, params={"x": 1, "scale": [0.5] * 30_000}, run_id="r1")
+    assert info.value.argument == "scale"  # type: ignore[attr-defined]
+    assert kfp.requests == []

@@ -19,6 +19,7 @@ __all__ = ["MAX_NAME", "check_parameter_budget", "k8s_name", "pipeline_name", "t
 
 BACKEND = "kubeflow"
 MAX_NAME = 63  # a DNS-1123 label; KFP puts task names into pod labels
+ARG_MAX_BYTES = 131_072  # Linux MAX_ARG_STRLEN: the longest single argv element
 _PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
 
 
@@ -84,6 +85,18 @@ def check_parameter_budget(pipeline: str, values: Mapping[str, Any], budget: int
         UnsupportedFeatureError: names the largest parameter and the way out.
     """
     sizes = {name: len(json.dumps(value, separators=(",", ":"))) for name, value in values.items()}
+    for name, value in values.items():
+        # Each value becomes one container argument (--param name=value): Linux caps one argument at 128 KiB,
+        # whatever the API server allows.
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        size = len(f"{name}={text}".encode())
+        if size > ARG_MAX_BYTES:
+            raise UnsupportedFeatureError(
+                f"pipeline {pipeline!r}: parameter {name!r} takes {size:,} bytes as a task argument; each "
+                f"parameter reaches its task as one command-line argument, which Linux limits to "
+                f"{ARG_MAX_BYTES:,} bytes. Pass large data as a step output instead (a step that loads or builds it)",
+                backend=BACKEND, pipeline=pipeline, option="max_parameter_bytes", argument=name,
+            )
     total = len(json.dumps(dict(values), separators=(",", ":")))
     if total <= budget:
         return
