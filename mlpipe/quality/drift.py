@@ -381,6 +381,8 @@ def compute_drift(
     Returns:
         A :class:`DriftResult`.
     """
+    import scipy.stats  # noqa: F401  - the first import takes seconds; keep it out of `seconds`
+
     started = time.perf_counter()
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1], got {share}")
