@@ -308,3 +308,14 @@ def test_spec_writer_equals_kfp_compiler_output(case: str, training: mp.Pipeline
     write_spec(p, str(ours))
     compiler.Compiler().compile(build(p), package_path=str(theirs))
     assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_spec_with_platform_document_loads_in_kfp(store: ArtifactStore, tmp_path: Path) -> None:
+    from kfp import components
+
+    path = tmp_path / "settings.yaml"
+    compile_to(kp.settings, path, store, SETTINGS_OPTIONS)
+    component = components.load_component_from_file(str(path))
+    assert component.name == "resource-settings"
+    assert component.platform_spec.platforms["kubernetes"]  # the kfp-kubernetes document survives loading
+    assert component.component_spec.inputs["label"].default == "null"
