@@ -30,7 +30,6 @@ import functools
 import importlib
 import math
 import os
-import subprocess
 import threading
 import warnings
 from abc import ABC, abstractmethod
@@ -40,7 +39,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mlpipe.errors import ConfigError, TrackingError
+from mlpipe.errors import ConfigError, MlpipeError, TrackingError
 
 if TYPE_CHECKING:
     from mlpipe.config import Profile
@@ -486,6 +485,8 @@ def git_commit(directory: str | None = None) -> str | None:
     override = os.environ.get("MLPIPE_GIT_COMMIT")
     if override:
         return override
+    import subprocess
+
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"],
@@ -548,7 +549,17 @@ def run_scope(
     if commit:
         tags["mlflow.source.git.commit"] = commit
         tags["mlpipe.git_commit"] = commit
-    info = tracker.start_run(run_id=run_id, pipeline=ir.name, params=params, backend=backend, tags=tags)
+    try:
+        info = tracker.start_run(run_id=run_id, pipeline=ir.name, params=params, backend=backend, tags=tags)
+    except MlpipeError:
+        raise
+    except Exception as exc:  # the tracking library's own errors, translated at the boundary
+        raise TrackingError(
+            f"creating the {tracker.name} run for pipeline {ir.name!r} at {tracker.tracking_uri} failed: "
+            f"{type(exc).__name__}: {exc}",
+            uri=tracker.tracking_uri,
+            run_id=run_id,
+        ) from exc
     tracking = RunTracking(
         tracker, run_id=run_id, pipeline=ir.name, store_url=store.url, detached=detached, ir=ir, store=store
     )

@@ -15,7 +15,9 @@ class ModelPredictor(PythonModel):  # type: ignore[misc]
     def __init__(self, model: Any) -> None:
         self.model = model
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # Unannotated on purpose: mlflow turns predict()'s type hints into an input schema, and the
+    # input here is whatever the wrapped model accepts (mlflow says so in a UserWarning).
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         predict = getattr(self.model, "predict", None)
         if callable(predict):
             return predict(model_input)

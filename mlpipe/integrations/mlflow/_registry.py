@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from mlpipe.errors import MlpipeError
-from mlpipe.integrations.mlflow._tracker import MlflowStep, client_for, import_mlflow
+from mlpipe.integrations.mlflow._tracker import _GLOBAL_URI, MlflowStep, client_for, import_mlflow
 from mlpipe.tracking import ActiveStep, active_step
 
 __all__ = [
@@ -271,6 +271,7 @@ def register_model(
     input_example: Any = None,
     pip_requirements: Sequence[str] | None = None,
     artifact_name: str = "model",
+    skops_trusted_types: Sequence[str] | None = None,
     description: str | None = None,
     tags: Mapping[str, str] | None = None,
 ) -> ModelVersionRef:
@@ -291,6 +292,9 @@ def register_model(
         pip_requirements: Requirements of the model's environment; by default
             pinned versions of the model's own libraries (never inferred, which is slow).
         artifact_name: Name of the model in the run.
+        skops_trusted_types: scikit-learn models are saved with skops, which
+            loads only types known to be safe; tree ensembles need
+            ``["sklearn.tree._tree.Tree"]`` here (trust types you have reviewed).
         description: Version description.
         tags: Extra version tags.
 
@@ -309,9 +313,24 @@ def register_model(
             import mlflow.sklearn
 
             requirements = list(pip_requirements or mlflow.sklearn.get_default_pip_requirements(include_skops=True))
-            info = mlflow.sklearn.log_model(
-                model, name=artifact_name, pip_requirements=requirements, input_example=input_example
-            )
+            try:
+                info = mlflow.sklearn.log_model(
+                    model,
+                    name=artifact_name,
+                    pip_requirements=requirements,
+                    input_example=input_example,
+                    skops_trusted_types=list(skops_trusted_types) if skops_trusted_types else None,
+                )
+            except mlflow.exceptions.MlflowException as exc:
+                if "untrusted types" not in str(exc):
+                    raise
+                found = str(exc).split("Untrusted types found in the file:", 1)[-1].split("]", 1)[0] + "]"
+                raise MlpipeError(
+                    f"register_model({name!r}): the {type(model).__name__} model holds types skops does not load "
+                    f"by default: {found.strip()}. Review them and pass skops_trusted_types=[...] to "
+                    "register_model (a tree ensemble needs 'sklearn.tree._tree.Tree')",
+                    step=current.step,
+                ) from exc
         else:
             import mlflow.pyfunc
 
@@ -335,9 +354,15 @@ def register_model(
         commit = client.get_run(parent).data.tags.get("mlflow.source.git.commit")
         if commit:
             version_tags["mlflow.source.git.commit"] = commit
-    mv = mlflow.register_model(info.model_uri, name, tags=version_tags)
-    if description:
-        client.update_model_version(name, mv.version, description=description)
+    _ensure_registered_model(client, name)
+    mv = client.create_model_version(
+        name,
+        source=str(info.model_uri),
+        run_id=handle.id,
+        tags=version_tags,
+        description=description,
+        model_id=getattr(info, "model_id", None),
+    )
     for alias in aliases:
         client.set_registered_model_alias(name, alias, mv.version)
     handle.set_tags({"mlpipe.registered_model": f"{name}/{mv.version}"})
@@ -352,6 +377,16 @@ def register_model(
         aliases=tuple(aliases),
         data_digests=digests,
     )
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, tags={"mlpipe.managed": "true"})
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
 
 
 def _needs_activation(handle: MlflowStep) -> bool:
@@ -453,7 +488,7 @@ def promote(
                         champion_metrics[key[len(prefix) :]] = float(text)
             wanted = {m for m in (g.champion_metric() for g in gate_list) if m}
             if wanted - set(champion_metrics) and scorer is not None and evaluation_data is not None:
-                loaded = import_mlflow().pyfunc.load_model(f"models:/{candidate.name}/{previous}")
+                loaded = load_model(f"models:/{candidate.name}/{previous}", tracking_uri=client.tracking_uri)
                 scored = _metrics_of(scorer(_unwrap(loaded), evaluation_data))
                 champion_metrics.update(scored)
                 if digest:
@@ -501,7 +536,13 @@ def _unwrap(loaded: Any) -> Any:
     return getattr(inner, "model", inner)
 
 
-def load_model(uri: str) -> Any:
-    """Load a registered model as pyfunc: ``load_model("models:/churn@champion")``."""
+def load_model(uri: str, *, tracking_uri: str | None = None) -> Any:
+    """Load a model as pyfunc: ``load_model("models:/churn@champion", tracking_uri="http://mlflow:5000")``.
+
+    Without ``tracking_uri``, mlflow's own (``MLFLOW_TRACKING_URI``) is used.
+    """
     mlflow = import_mlflow()
-    return mlflow.pyfunc.load_model(uri)
+    if tracking_uri is None:
+        return mlflow.pyfunc.load_model(uri)
+    with _GLOBAL_URI.use(tracking_uri):  # models:/ URIs resolve through mlflow's global registry URI
+        return mlflow.pyfunc.load_model(uri)

@@ -1,0 +1,209 @@
+"""MLflow tracking of pipeline runs, against a real ``mlflow server`` and a plain sqlite URI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from resources import mlflow_pipelines as mpl
+from resources.mlflow_helpers import Tracked, write_profile
+
+import mlpipe as mp
+from mlpipe.errors import TrackingError
+from mlpipe.launch import new_run_id
+from mlpipe.runtime import write_ir
+from mlpipe.store import open_store
+from mlpipe.tracking import active_step, for_run, output_metrics, run_scope
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_parent_and_child_runs_with_tags_params_and_metrics(tracked: Tracked, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLPIPE_GIT_COMMIT", "0123456789abcdef")
+    run = mpl.branches.run(n=5)
+    assert run.status == "succeeded"
+    parent, children = tracked.tree(run.id)
+
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params == {"n": "5", "pause": "0.3"}
+    assert parent.data.tags["mlpipe.pipeline"] == "branches"
+    assert parent.data.tags["mlpipe.backend"] == "local"
+    assert parent.data.tags["mlpipe.status"] == "succeeded"
+    assert parent.data.tags["mlflow.source.git.commit"] == "0123456789abcdef"
+
+    assert set(children) == {"source", "left", "right", "pair"}
+    store_url = run.store.url.rstrip("/")
+    for name, child in children.items():
+        tags = child.data.tags
+        step = run.steps[name]
+        assert child.info.status == "FINISHED"
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags["mlpipe.run_id"] == run.id
+        assert tags["mlpipe.pipeline"] == "branches"
+        assert tags["mlpipe.cache_key"] == step.key
+        assert tags["mlpipe.code_fingerprint"] == step.record["code"]["fingerprint"]
+        assert tags["mlpipe.cache_hit"] == "false"
+        assert tags["mlpipe.status"] == "succeeded"
+        for output, info in step.outputs.items():
+            assert tags[f"mlpipe.output.{output}"] == f"{store_url}/objects/{info.digest[:2]}/{info.digest}"
+    source_digest = run.steps["source"].outputs["output"].digest
+    assert children["left"].data.tags["mlpipe.input.values"].endswith(source_digest)
+
+    # mp.log_metric, mp.log_params and plain mlflow.log_metric land in their own step's child run,
+    # although `left` and `right` ran at the same time in different threads
+    assert children["source"].data.metrics == {"rows": 5.0}
+    assert children["source"].data.params == {"n": "5"}
+    left, right = children["left"].data, children["right"].data
+    assert left.params["side"] == "left" and right.params["side"] == "right"
+    assert left.params["thread"] != right.params["thread"]
+    assert left.metrics == {"only_left": 1.0, "accuracy": 1.0, "n": 5.0}  # pydantic output: numbers, not bool/str
+    assert right.metrics == {"only_right": 2.0, "loss": pytest.approx(1 / 3)}
+    history = tracked.client.get_metric_history(children["right"].info.run_id, "loss")
+    assert [(m.step, round(m.value, 3)) for m in history] == [(0, 1.0), (1, 0.5), (2, 0.333)]
+    # several outputs: the output's name prefixes the field
+    assert children["pair"].data.metrics == {"first.accuracy": 1.0, "first.n": 5.0}
+
+
+def test_cached_steps_are_hits_pointing_at_the_producing_run(tracked: Tracked) -> None:
+    first = mpl.branches.run(n=3, pause=0.0)
+    second = mpl.branches.run(n=3, pause=0.0)
+    assert all(s.cached for s in second.steps.values())
+    _, produced = tracked.tree(first.id)
+    parent, hits = tracked.tree(second.id)
+    assert parent.info.status == "FINISHED"
+    for name, hit in hits.items():
+        tags = hit.data.tags
+        assert tags["mlpipe.cache_hit"] == "true"
+        assert tags["mlpipe.cached_from_run_id"] == first.id
+        assert tags["mlpipe.cached_from_mlflow_run_id"] == produced[name].info.run_id
+        assert tags["mlpipe.cache_key"] == produced[name].data.tags["mlpipe.cache_key"]
+        assert "Cache hit" in tags["mlflow.note.content"]
+        assert hit.data.metrics == {} and hit.data.params == {}  # not re-logged as training
+        assert hit.info.status == "FINISHED"
+
+
+def test_failed_step_fails_its_child_and_the_parent(served: Tracked) -> None:
+    run = mpl.failing.run()
+    assert run.status == "failed"
+    parent, children = served.tree(run.id)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["mlpipe.status"] == "failed"
+    assert children["source"].info.status == "FINISHED"
+    assert children["boom"].info.status == "FAILED"
+    assert "planted failure" in children["boom"].data.tags["mlpipe.error"]
+
+
+def test_server_down_fails_before_the_pipeline_starts(_isolated_cwd: Path) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    uri = f"http://127.0.0.1:{port}"
+    write_profile(_isolated_cwd, uri, "never")
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match="cannot be reached") as info:
+        mpl.branches.run()
+    assert time.monotonic() - start < 10
+    assert uri in str(info.value) and info.value.uri == uri
+    assert not (_isolated_cwd / ".mlpipe" / "runs").exists()  # nothing ran
+
+
+def test_tracking_uri_from_the_environment(served: Tracked, monkeypatch: pytest.MonkeyPatch) -> None:
+    (served.work / "mlpipe.toml").unlink()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", served.uri)
+    run = mpl.failing.run(n=2)
+    exp = served.client.get_experiment_by_name("mlpipe/failing")
+    found = served.client.search_runs([exp.experiment_id], filter_string=f"tags.`mlpipe.run_id` = '{run.id}'")
+    assert len(found) == 3
+    monkeypatch.setenv("MLPIPE_TRACKING", "off")
+    untracked = mpl.failing.run(n=2)
+    assert not served.client.search_runs([exp.experiment_id], filter_string=f"tags.`mlpipe.run_id` = '{untracked.id}'")
+
+
+def test_tracking_state_is_released_after_the_run(served: Tracked) -> None:
+    import mlflow
+
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    run = mpl.branches.run(n=2, pause=0.0)
+    assert for_run(run.id) is None
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before
+    assert mlflow.active_run() is None
+
+
+def test_remote_tasks_join_the_parent_run(served: Tracked) -> None:
+    """``python -m mlpipe.runtime`` per step, as a remote backend runs it: children join the launcher's parent."""
+    from mlpipe.config import load_profile
+
+    profile = load_profile(None)
+    store = open_store(profile.store)
+    ir = mpl.failing.ir
+    digest = write_ir(store, ir)
+    run_id = new_run_id()
+    with run_scope(profile, ir, store, run_id=run_id, params={"n": 2}, backend="fake-remote", detached=True):
+        pass
+    assert for_run(run_id) is not None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    for step in ("source", "boom"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlpipe.runtime", "--store", store.url, "--ir", digest,
+             "--run-id", run_id, "--step", step, "--param", "n=2"],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert proc.returncode == (0 if step == "source" else 1), proc.stderr
+    parent, children = served.tree(run_id)
+    assert set(children) == {"source", "boom"}
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children.values())
+    assert children["source"].data.metrics == {"rows": 2.0}
+    assert children["boom"].info.status == "FAILED"
+    assert parent.info.status == "FAILED"  # the failing task closed the detached parent
+
+
+def test_submitted_run_is_closed_by_its_last_step(served: Tracked) -> None:
+    from mlpipe.local import LocalBackend
+
+    backend = LocalBackend()
+    handle = mpl.branches.submit(backend=backend, n=2, pause=0.0)
+    assert backend.wait(handle, timeout=60).state == "succeeded"
+    parent, children = served.tree(handle.run_id)
+    assert set(children) == {"source", "left", "right", "pair"}
+    assert parent.info.status == "FINISHED" and parent.data.tags["mlpipe.status"] == "succeeded"
+    assert for_run(handle.run_id) is None
+
+
+def test_log_calls_do_nothing_without_tracking() -> None:
+    assert active_step() is None
+    mp.log_metric("x", 1.0)
+    mp.log_metrics({"y": 2.0})
+    mp.log_params({"z": 3})
+    run = mpl.failing.run(n=2)  # `source` calls mp.log_metric: a no-op here
+    assert run.steps["source"].status == "succeeded"
+
+
+def test_output_metrics_of_pydantic_outputs() -> None:
+    spec = mpl.branches.ir.step("left")
+    scores = mpl.Scores(accuracy=0.5, n=2, passed=True, label="x")
+    assert output_metrics(spec, scores) == {"accuracy": 0.5, "n": 2.0}
+    assert output_metrics(spec, 3.0) == {}
+    assert output_metrics(mpl.branches.ir.step("pair"), mpl.Pair(scores, 1.0)) == {
+        "first.accuracy": 0.5,
+        "first.n": 2.0,
+    }
+
+
+def test_untracked_runs_never_import_mlflow(_isolated_cwd: Path) -> None:
+    code = (
+        "import sys\n"
+        "from resources import mlflow_pipelines as mpl\n"
+        "assert mpl.failing.run(n=2).status == 'failed'\n"
+        "assert 'mlflow' not in sys.modules, 'mlflow was imported'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
