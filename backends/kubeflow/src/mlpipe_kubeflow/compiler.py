@@ -192,8 +192,10 @@ def _task(spec: StepSpec, name: str, names: Mapping[str, str], image: str | None
     if spec.timeout is not None:
         if spec.timeout <= 0:
             raise _refuse(spec.name, "timeout", f"timeout={spec.timeout:g} s: a KFP pod deadline must be positive")
-        # The pod deadline covers image pull and start-up too; the runtime enforces the exact timeout in-process.
-        timeout = max(1, math.ceil(spec.timeout))
+        # The runtime enforces the exact timeout on each attempt, inside the pod. The pod deadline is the backstop
+        # for a step that hangs where Python cannot stop it: it must leave room for every in-pod attempt and for
+        # the pod's start-up (image pull, imports), or it would kill retries that are still allowed.
+        timeout = math.ceil(spec.timeout * (spec.retries + 1)) + options.pod_startup_seconds
     return TaskPlan(
         step=spec.name,
         name=name,

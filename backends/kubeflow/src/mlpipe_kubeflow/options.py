@@ -74,6 +74,8 @@ class KubeflowOptions(BackendOptions):
             KFP's API server refuses more than 10,000 bytes by default
             (``MAX_PARAMETER_BYTES`` on the server raises it).
         wait_timeout: Seconds ``run()`` waits for a cluster run before giving up (``None``: no limit).
+        pod_startup_seconds: Added to a step's ``timeout`` (times its attempts) for the
+            pod's deadline, to cover image pull and start-up.
         shared_filesystem: Submit with a store that is a path on this machine, because
             the cluster's pods mount the same filesystem at the same path (NFS, a
             shared volume). Off by default: normally a path store means the pods
@@ -103,6 +105,7 @@ class KubeflowOptions(BackendOptions):
     schedule_catchup: bool = False
     max_parameter_bytes: int = Field(default=10_000, gt=0)
     wait_timeout: float | None = Field(default=None, gt=0)
+    pod_startup_seconds: int = Field(default=300, ge=0)
     shared_filesystem: bool = False
 
     @field_validator("run_name")
