@@ -151,3 +151,17 @@ def test_factory_steps_survive_shipping_to_a_remote_runtime() -> None:
     assert done.stdout.decode().strip() == (
         "[['df', 'return'], ['current', 'reference', 'return'], ['result', 'return']]"
     )
+
+
+@pytest.mark.slow
+def test_drift_step_and_its_report_on_kubeflow_local_mode() -> None:
+    """Quality steps without gates are portable: each step here runs in its own `python -m mlpipe.runtime`."""
+    kubeflow = pytest.importorskip("mlpipe_kubeflow")
+    run = qp.drift_only.run(backend=kubeflow.KubeflowBackend({"mode": "local"}))
+    assert run.status == "succeeded", run.error
+    result = run.output("detect_drift", "result")
+    assert isinstance(result, q.DriftResult) and result.drifted_columns == ["x"]
+    path = Path(run.steps["detect_drift"].reports["report"])
+    assert path.is_file() and path.read_text() == str(run.output("detect_drift", "report"))
+    with pytest.raises(UnsupportedFeatureError, match="quality gate"):
+        qp.drift_gated.run(backend=kubeflow.KubeflowBackend({"mode": "local"}))

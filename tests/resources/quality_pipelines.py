@@ -70,3 +70,9 @@ def drift_gated(shift: float = 0.0) -> int:
     current = make(shift=shift, seed=2)
     result, _html = detect(reference, current)
     return publish(current, drift_gate(result))
+
+
+@mp.pipeline(name="quality-drift-only")
+def drift_only(shift: float = 2.0) -> q.DriftResult:
+    result, _html = detect(make(seed=1), make(shift=shift, seed=2))
+    return result
