@@ -362,6 +362,11 @@ def _plain(value: Any) -> Any:
     """A JSON-friendly Python value for a failure case (numpy scalars, NaN, timestamps)."""
     if value is None:
         return None
+    try:
+        if pd.isna(value):  # NaN, NaT, pd.NA
+            return None
+    except (TypeError, ValueError):  # containers have no single truth value
+        pass
     if hasattr(value, "item") and not isinstance(value, (str, bytes)):
         try:
             value = value.item()
@@ -426,7 +431,7 @@ def infer_schema(
         elif not pd.api.types.is_bool_dtype(series) and not pd.api.types.is_datetime64_any_dtype(series):
             values = series.dropna().unique()
             if len(values) <= max_categories:
-                rules["isin"] = tuple(sorted(_plain(v) for v in values))
+                rules["isin"] = tuple(sorted((_plain(v) for v in values), key=lambda v: (type(v).__name__, str(v))))
         columns[str(col)] = Column(**rules)
     return Schema(columns=columns, name=name)
 

@@ -216,3 +216,33 @@ def test_schema_edits_change_the_step_fingerprint() -> None:
     other = q.validate_step(q.Schema(columns={"a": q.Column(ge=1)}))
     assert fingerprint(one).digest == fingerprint(same).digest
     assert fingerprint(one).digest != fingerprint(other).digest
+
+
+def test_other_dtypes_categories_booleans_timestamps_objects() -> None:
+    frame = pd.DataFrame(
+        {
+            "cat": pd.Categorical(["a", "b", "z"]),
+            "flag": [True, False, True],
+            "t": pd.to_datetime(["2026-01-01", "2026-01-02", None]),
+            "obj": pd.Series(["x", 1, None], dtype=object),
+        }
+    )
+    schema = q.Schema(
+        columns={
+            "cat": q.Column("category", isin=["a", "b"]),
+            "flag": q.Column("bool", isin=[True]),
+            "t": q.Column(),
+            "obj": q.Column(pattern="^x$", nullable=True),
+        }
+    )
+    _d, report = q.validate(frame, schema)
+    got = {(v.column, v.rule): v.examples for v in report.violations}
+    assert got == {
+        ("cat", "isin"): ["z"],
+        ("flag", "isin"): [False],
+        ("t", "nullable"): [None],
+        ("obj", "pattern"): [1],
+    }
+    inferred = q.infer_schema(frame)
+    assert inferred.columns["obj"].isin == (1, "x")
+    assert q.validate(frame, inferred)[1].passed
