@@ -85,6 +85,28 @@ def test_training_matches_golden(training: mp.Pipeline, store: ArtifactStore, tm
     check_golden("training.yaml", normalised(text, store))
 
 
+def _example_pipelines() -> list[str]:
+    import re
+
+    found = []
+    for file in sorted((ROOT / "examples").glob("*.py")):
+        for match in re.finditer(r"@mp\.pipeline(?:\([^)]*\))?\s*\ndef (\w+)", file.read_text()):
+            found.append(f"{file.name}:{match[1]}")
+    return found
+
+
+@pytest.mark.parametrize("target", [t for t in _example_pipelines() if t != "training.py:training"])
+def test_every_example_compiles_to_its_golden_or_is_refused_for_gates(target: str, store: ArtifactStore,
+                                                                       tmp_path: Path) -> None:
+    pipeline = load_pipeline(str(ROOT / "examples" / target))
+    if any(s.gate for s in pipeline.ir.steps):  # quality gates: refused, see docs/backends/kubeflow.md
+        with pytest.raises(UnsupportedFeatureError, match="quality gate"):
+            KubeflowBackend().check(pipeline.ir)
+        return
+    text = compile_to(pipeline, tmp_path / "example.yaml", store)
+    check_golden(target.replace(".py:", "-") + ".yaml", normalised(text, store))
+
+
 def test_settings_match_golden(store: ArtifactStore, tmp_path: Path) -> None:
     text = compile_to(kp.settings, tmp_path / "settings.yaml", store, SETTINGS_OPTIONS)
     check_golden("settings.yaml", normalised(text, store))
