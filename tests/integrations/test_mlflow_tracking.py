@@ -175,6 +175,51 @@ def test_submitted_run_is_closed_by_its_last_step(served: Tracked) -> None:
     assert for_run(handle.run_id) is None
 
 
+def test_a_task_joins_from_environment_variables_alone(served: Tracked, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An orchestrator that created the parent itself passes MLPIPE_MLFLOW_* to the task; no store file needed."""
+    from mlpipe.runtime import execute_remote_step
+
+    client = served.client
+    experiment_id = client.create_experiment(served.experiment)
+    parent = client.create_run(experiment_id, run_name="made by an orchestrator")
+    store = open_store(".mlpipe")
+    ir = mpl.failing.ir
+    run_id = new_run_id()
+    monkeypatch.setenv("MLPIPE_MLFLOW_TRACKING_URI", served.uri)
+    monkeypatch.setenv("MLPIPE_MLFLOW_PARENT_RUN_ID", parent.info.run_id)
+    monkeypatch.setenv("MLPIPE_MLFLOW_EXPERIMENT_ID", experiment_id)
+    outcome = execute_remote_step(store, ir, write_ir(store, ir), run_id, "source", {"n": "3"})
+    assert outcome.status == "succeeded"
+    assert not store.has(f"runs/{run_id}/tracking.json")
+    (child,) = client.search_runs([experiment_id], filter_string=f"tags.`mlpipe.run_id` = '{run_id}'")
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert child.data.tags["mlpipe.step"] == "source" and child.data.metrics == {"rows": 3.0}
+    joined = for_run(run_id)
+    assert joined is not None
+    joined.close("succeeded")
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+
+
+def test_the_readme_example_is_tracked(served: Tracked, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_training", ROOT / "examples" / "training.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "readme_training", module)  # its annotations resolve through it
+    spec.loader.exec_module(module)
+    run = module.training.run(n_estimators=10)
+    assert run.status == "succeeded"
+    parent, children = served.tree(run.id)
+    assert list(children) == ["load", "validate", "split", "train", "evaluate"]
+    assert parent.data.params == {"n_estimators": "10", "test_size": "0.25", "seed": "0"}
+    metrics = run.output("evaluate")
+    assert children["evaluate"].data.metrics == {
+        "accuracy": metrics.accuracy, "f1": metrics.f1, "roc_auc": metrics.roc_auc, "n_test": float(metrics.n_test)
+    }  # fmt: skip
+    assert children["train"].data.params == {"n_estimators": "10", "seed": "0"}
+
+
 def test_log_calls_do_nothing_without_tracking() -> None:
     assert active_step() is None
     mp.log_metric("x", 1.0)
