@@ -341,3 +341,17 @@ def test_spec_with_platform_document_loads_in_kfp(store: ArtifactStore, tmp_path
     assert component.name == "resource-settings"
     assert component.platform_spec.platforms["kubernetes"]  # the kfp-kubernetes document survives loading
     assert component.component_spec.inputs["label"].default == "null"
+
+
+@pytest.mark.parametrize(("cpu", "expected"), [(0.1, "100m"), (0.3, "300m"), (1.5, "1500m"), (2, "2"), (0.001, "1m")])
+def test_cpu_quantities(cpu: float, expected: str) -> None:
+    from mlpipe_kubeflow.compiler import _cpu
+
+    assert _cpu("s", cpu) == expected
+
+
+@pytest.mark.parametrize(("memory", "expected"), [("512M", "512M"), ("8Gi", "8Gi"), ("1.5Gi", str(3 * 2**29))])
+def test_memory_quantities(memory: str, expected: str) -> None:
+    from mlpipe_kubeflow.compiler import _memory
+
+    assert _memory("s", memory) == expected

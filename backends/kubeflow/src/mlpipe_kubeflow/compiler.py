@@ -126,10 +126,10 @@ def _refuse(step: str, option: str, message: str) -> UnsupportedFeatureError:
 
 
 def _cpu(step: str, cpu: float) -> str:
-    millis = cpu * 1000
-    if not float(millis).is_integer():
+    millis = round(cpu * 1000)
+    if abs(cpu * 1000 - millis) > 1e-6 or millis < 1:  # 0.1 * 1000 is 100.00000000000001, and that is fine
         raise _refuse(step, "resources.cpu", f"cpu={cpu:g} is finer than KFP's millicpu; use a multiple of 0.001")
-    return str(int(cpu)) if float(cpu).is_integer() else f"{int(millis)}m"
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
 
 
 def _memory(step: str, memory: str) -> str:
