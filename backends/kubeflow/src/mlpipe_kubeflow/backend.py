@@ -43,6 +43,7 @@ class KubeflowBackend(Backend):
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
         super().__init__(options, image=image)
         self._local: dict[str, tuple[threading.Thread, threading.Event, dict[str, Any]]] = {}
+        self._clients: dict[tuple[str | None, str | None], Any] = {}
 
     @property
     def opts(self) -> KubeflowOptions:
@@ -142,7 +143,7 @@ class KubeflowBackend(Backend):
         run_name = opts.run_name.format(pipeline=ir.name, run_id=run_id)
         with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-") as tmp:
             spec = write_spec(plan_, os.path.join(tmp, f"{plan_.name}.yaml"))
-            client = kfp_client.connect(opts)
+            client = self._client(opts)
             if opts.schedule:
                 sub = kfp_client.create_recurring_run(client, opts, spec, arguments, run_name)
             else:
@@ -203,6 +204,15 @@ class KubeflowBackend(Backend):
         return Run.load(store, run_id)
 
     # -- status / cancel --------------------------------------------------------------
+    def _client(self, opts: KubeflowOptions) -> Any:
+        """One ``kfp.Client`` per host and namespace (polling should not reconnect each time)."""
+        from mlpipe_kubeflow import client as kfp_client
+
+        key = (opts.host, opts.namespace)
+        if key not in self._clients:
+            self._clients[key] = kfp_client.connect(opts)
+        return self._clients[key]
+
     def _options_for(self, handle: RunHandle) -> KubeflowOptions:
         data = handle.data
         return self.opts.model_copy(update={"host": data.get("host") or self.opts.host,
@@ -228,7 +238,7 @@ class KubeflowBackend(Backend):
         if not handle.external_id:
             raise BackendError(f"kubeflow: handle of run {handle.run_id} has no KFP run id", backend=self.name)
         opts = self._options_for(handle)
-        state, message = kfp_client.run_state(kfp_client.connect(opts), opts, handle.external_id)
+        state, message = kfp_client.run_state(self._client(opts), opts, handle.external_id)
         return RunStatus(state=state, message=message, steps=steps)
 
     def cancel(self, handle: RunHandle) -> None:
@@ -242,7 +252,7 @@ class KubeflowBackend(Backend):
         if handle.data.get("mode") == "local" or not handle.external_id:
             return
         opts = self._options_for(handle)
-        client = kfp_client.connect(opts)
+        client = self._client(opts)
         if handle.data.get("kind") == "recurring":
             kfp_client.disable_schedule(client, opts, handle.external_id)
             return
