@@ -337,14 +337,16 @@ class RunTracking:
         if state is not None and state.key == key:
             return state  # a retry reuses the child run
         try:
-            tags = self._step_tags(spec, key, inputs, cached=False)
-            handle = self.tracker.start_step(step=spec.name, tags=tags)
-            params = {n: i.get("value") for n, i in inputs.items() if i.get("kind") == "value"}
-            if params:
-                handle.log_params(params)
+            handle = self.tracker.start_step(step=spec.name, tags=self._step_tags(spec, key, inputs, cached=False))
         except Exception as exc:  # never fail a step because the tracker is unreachable
             _warn(f"step {spec.name!r}: starting its {self.tracker.name} run failed: {type(exc).__name__}: {exc}")
             return None
+        params = {n: i.get("value") for n, i in inputs.items() if i.get("kind") == "value"}
+        if params:
+            try:
+                handle.log_params(params)
+            except Exception as exc:  # e.g. a value too long for the server; the run goes on
+                _warn(f"step {spec.name!r}: logging its parameters failed: {type(exc).__name__}: {exc}")
         state = ActiveStep(self.run_id, self.pipeline, spec.name, key, handle, self, inputs)
         with self._lock:
             self._steps[spec.name] = state
@@ -413,9 +415,10 @@ class RunTracking:
 
     def close(self, status: str, error: str | None = None) -> None:
         """End the parent run (once) and forget this run."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         with _RUNS_LOCK:
             if _RUNS.get(self.run_id) is self:
                 del _RUNS[self.run_id]

@@ -252,3 +252,29 @@ def test_untracked_runs_never_import_mlflow(_isolated_cwd: Path) -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=False
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_sqlite_uri_in_a_missing_directory_is_refused(_isolated_cwd: Path) -> None:
+    uri = f"sqlite:///{_isolated_cwd / 'no' / 'such' / 'dir' / 'mlflow.db'}"
+    write_profile(_isolated_cwd, uri, "never")
+    with pytest.raises(TrackingError, match="does not exist") as info:
+        mpl.failing.run()
+    assert info.value.uri == uri
+
+
+def test_a_deleted_experiment_is_refused_before_the_run(served: Tracked) -> None:
+    client = served.client
+    client.delete_experiment(client.create_experiment(served.experiment))
+    with pytest.raises(TrackingError, match="is deleted") as info:
+        mpl.failing.run()
+    assert served.uri in str(info.value)
+    assert not (served.work / ".mlpipe" / "runs").exists()
+
+
+def test_missing_mlflow_names_the_extra(_isolated_cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlpipe.errors import MissingDependencyError
+
+    write_profile(_isolated_cwd, "http://127.0.0.1:9", "never")
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow -> ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'mlpipe\[mlflow\]'"):
+        mpl.failing.run()
