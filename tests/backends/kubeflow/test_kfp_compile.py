@@ -245,6 +245,9 @@ def test_entry_point_finds_the_backend() -> None:
          "resources.accelerator", "drop one of them"),
         (kp.small, {"env": {"TOKEN": "x"}, "secrets_as_env": {"s": {"k": "TOKEN"}}}, "needs", "env",
          "both as plain env and from a secret"),
+        (kp.small, {"steps": {"needs": {"env": {"TOKEN": "x"}, "secrets_as_env": {"s": {"k": "TOKEN"}}}}}, "needs",
+         "env", "both as plain env and from a secret"),
+        (kp.small, {"steps": {"neds": {}}}, None, "steps", "names ['neds'], which are not steps of it"),
     ],
 )
 def test_compile_refusals_name_step_and_option(pipeline: mp.Pipeline, options: dict[str, Any], step: str | None,
@@ -355,3 +358,22 @@ def test_memory_quantities(memory: str, expected: str) -> None:
     from mlpipe_kubeflow.compiler import _memory
 
     assert _memory("s", memory) == expected
+
+
+def test_per_step_overrides_from_the_profile(store: ArtifactStore, tmp_path: Path) -> None:
+    options = {**SETTINGS_OPTIONS, "steps": {"fit": {
+        "node_selector": {"pool": "gpu"},
+        "tolerations": [{"key": "gpu-only", "operator": "Exists"}],
+        "env": {"MLPIPE_LOG": "info"},
+        "secrets_as_env": {"hf": {"token": "HF_TOKEN"}},
+    }}}
+    spec, platform = _spec_documents(compile_to(kp.settings, tmp_path / "s.yaml", store, options))
+    fit = spec["deploymentSpec"]["executors"]["exec-fit"]["container"]
+    assert {e["name"]: e["value"] for e in fit["env"]} == {"TEAM": "ml", "MLPIPE_LOG": "info"}  # the entry wins
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]  # type: ignore[index]
+    assert k8s["exec-fit"]["nodeSelector"]["labels"]["pool"] == "gpu"
+    assert k8s["exec-prepare"]["nodeSelector"]["labels"]["pool"] == "training"
+    assert [t["key"] for t in k8s["exec-fit"]["tolerations"]] == ["nvidia.com/gpu", "gpu-only"]
+    assert [t["key"] for t in k8s["exec-report"]["tolerations"]] == ["nvidia.com/gpu"]
+    assert sorted(x["secretName"] for x in k8s["exec-fit"]["secretAsEnv"]) == ["hf", "wandb"]
+    assert [x["secretName"] for x in k8s["exec-report"]["secretAsEnv"]] == ["wandb"]

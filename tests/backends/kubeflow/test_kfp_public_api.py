@@ -8,7 +8,8 @@ from mlpipe_kubeflow import client, compiler, local_runner, naming, records
 
 def test_facade() -> None:
     assert mlpipe_kubeflow.__all__ == sorted(mlpipe_kubeflow.__all__)
-    assert mlpipe_kubeflow.__all__ == ["KubeflowBackend", "KubeflowOptions", "Toleration", "__version__"]
+    assert mlpipe_kubeflow.__all__ == ["KubeflowBackend", "KubeflowOptions", "StepOverrides", "Toleration",
+                                       "__version__"]
     assert all(getattr(mlpipe_kubeflow, name) for name in mlpipe_kubeflow.__all__)
 
 

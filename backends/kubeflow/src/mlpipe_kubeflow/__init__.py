@@ -15,13 +15,14 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from mlpipe_kubeflow.backend import KubeflowBackend
-    from mlpipe_kubeflow.options import KubeflowOptions, Toleration
+    from mlpipe_kubeflow.options import KubeflowOptions, StepOverrides, Toleration
 
-__all__ = ["KubeflowBackend", "KubeflowOptions", "Toleration", "__version__"]
+__all__ = ["KubeflowBackend", "KubeflowOptions", "StepOverrides", "Toleration", "__version__"]
 
 _LAZY = {
     "KubeflowBackend": "mlpipe_kubeflow.backend",
     "KubeflowOptions": "mlpipe_kubeflow.options",
+    "StepOverrides": "mlpipe_kubeflow.options",
     "Toleration": "mlpipe_kubeflow.options",
 }
 

@@ -31,7 +31,7 @@ from mlpipe.errors import UnsupportedFeatureError
 from mlpipe.ir import ParamSpec, PipelineIR, StepSpec
 from mlpipe.step import memory_bytes
 from mlpipe_kubeflow.naming import BACKEND, check_parameter_budget, pipeline_name, task_names
-from mlpipe_kubeflow.options import ENV_NAME, KubeflowOptions
+from mlpipe_kubeflow.options import ENV_NAME, KubeflowOptions, StepOverrides, Toleration
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -93,6 +93,8 @@ class TaskPlan:
     retries: int = 0
     timeout: int | None = None
     caching: bool = False
+    secrets_as_env: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
+    tolerations: tuple[Toleration, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,8 +152,8 @@ def _step_params(spec: StepSpec) -> tuple[str, ...]:
     return tuple(seen)
 
 
-def _node_selector(spec: StepSpec, options: KubeflowOptions) -> tuple[tuple[str, str], ...]:
-    selector = dict(options.node_selector)
+def _node_selector(spec: StepSpec, options: KubeflowOptions, extra: StepOverrides) -> tuple[tuple[str, str], ...]:
+    selector = {**options.node_selector, **extra.node_selector}
     wanted: list[tuple[str, str, str]] = []
     if spec.resources.get("accelerator"):
         wanted.append((options.accelerator_label, str(spec.resources["accelerator"]), "resources.accelerator"))
@@ -165,13 +167,20 @@ def _node_selector(spec: StepSpec, options: KubeflowOptions) -> tuple[tuple[str,
     return tuple(sorted(selector.items()))
 
 
-def _env(spec: StepSpec, options: KubeflowOptions) -> tuple[tuple[str, str], ...]:
-    env = dict(options.env)
-    env.update(spec.env)
+def _secrets(options: KubeflowOptions, extra: StepOverrides) -> dict[str, dict[str, str]]:
+    merged = {name: dict(mapping) for name, mapping in options.secrets_as_env.items()}
+    for name, mapping in extra.secrets_as_env.items():
+        merged.setdefault(name, {}).update(mapping)
+    return merged
+
+
+def _env(spec: StepSpec, options: KubeflowOptions, extra: StepOverrides,
+         secrets: dict[str, dict[str, str]]) -> tuple[tuple[str, str], ...]:
     bad = [k for k in spec.env if not ENV_NAME.match(k)]
     if bad:
         raise _refuse(spec.name, "env", f"environment variable name(s) {bad} are not valid in Kubernetes")
-    from_secrets = {var for mapping in options.secrets_as_env.values() for var in mapping.values()}
+    env = {**options.env, **spec.env, **extra.env}  # profile-wide < the step's code < the profile's step entry
+    from_secrets = {var for mapping in secrets.values() for var in mapping.values()}
     clash = sorted(from_secrets & set(env))
     if clash:
         raise _refuse(spec.name, "env", f"{clash} would be set both as plain env and from a secret "
@@ -196,20 +205,24 @@ def _task(spec: StepSpec, name: str, names: Mapping[str, str], image: str | None
         # for a step that hangs where Python cannot stop it: it must leave room for every in-pod attempt and for
         # the pod's start-up (image pull, imports), or it would kill retries that are still allowed.
         timeout = math.ceil(spec.timeout * (spec.retries + 1)) + options.pod_startup_seconds
+    extra = options.steps.get(spec.name, StepOverrides())
+    secrets = _secrets(options, extra)
     return TaskPlan(
         step=spec.name,
         name=name,
         image=spec.image or image or DEFAULT_IMAGE,
         params=_step_params(spec),
         after=tuple(names[u] for u in spec.upstream),
-        env=_env(spec, options),
+        env=_env(spec, options, extra, secrets),
         cpu=cpu,
         memory=memory,
         gpus=gpus,
-        node_selector=_node_selector(spec, options),
+        node_selector=_node_selector(spec, options, extra),
         retries=spec.retries,
         timeout=timeout,
         caching=options.caching and spec.cache,
+        secrets_as_env=tuple((n, tuple(m.items())) for n, m in sorted(secrets.items())),
+        tolerations=(*options.tolerations, *extra.tolerations),
     )
 
 
@@ -237,6 +250,13 @@ def plan(ir: PipelineIR, options: KubeflowOptions, *, store: str, ir_digest: str
     check_parameter_budget(ir.name, {p.name: p.default for p in ir.params if not p.required},
                            options.max_parameter_bytes, "parameter defaults")
     names = task_names(s.name for s in ir.steps)
+    unknown = sorted(set(options.steps) - set(names))
+    if unknown:
+        raise UnsupportedFeatureError(
+            f"pipeline {ir.name!r}: the profile option steps names {unknown}, which are not steps of it; "
+            f"its steps are {list(names)}",
+            backend=BACKEND, pipeline=ir.name, option="steps",
+        )
     tasks = tuple(_task(s, names[s.name], names, image, options) for s in ir.steps)
     # The first task to run writes the run's record, parameters included (the run may have been started from the
     # KFP UI, not through mlpipe), so tasks without upstream receive every parameter; the rest only their own.
@@ -305,9 +325,9 @@ def _configure(kfp_task: Any, task: TaskPlan, options: KubeflowOptions) -> None:
         kubernetes.set_timeout(kfp_task, task.timeout)
     for key, value in task.node_selector:
         kubernetes.add_node_selector(kfp_task, key, value)
-    for secret, mapping in sorted(options.secrets_as_env.items()):
+    for secret, mapping in task.secrets_as_env:
         kubernetes.use_secret_as_env(kfp_task, secret_name=secret, secret_key_to_env=dict(mapping))
-    for tol in options.tolerations:
+    for tol in task.tolerations:
         kubernetes.add_toleration(kfp_task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect,
                                   toleration_seconds=tol.toleration_seconds)
     if options.image_pull_policy:

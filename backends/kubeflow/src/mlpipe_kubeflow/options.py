@@ -9,13 +9,13 @@ server the client's.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from mlpipe.backend import BackendOptions
 
-__all__ = ["KubeflowOptions", "Toleration"]
+__all__ = ["KubeflowOptions", "StepOverrides", "Toleration"]
 
 # Kubernetes environment variable names (C_IDENTIFIER is what most images expect; k8s itself allows dots and dashes).
 ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -23,6 +23,33 @@ ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _CRON_FIELDS = (5, 6)
+
+
+def _env_names(value: dict[str, str]) -> dict[str, str]:
+    bad = [k for k in value if not ENV_NAME.match(k)]
+    if bad:
+        raise ValueError(f"invalid environment variable name(s) {bad}")
+    return value
+
+
+def _secret_env_names(value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    for secret, mapping in value.items():
+        bad = [env for env in mapping.values() if not ENV_NAME.match(env)]
+        if bad:
+            raise ValueError(f"secret {secret!r}: invalid environment variable name(s) {bad}")
+    return value
+
+
+def _labels(value: dict[str, str]) -> dict[str, str]:
+    for key, label in value.items():
+        if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(label):
+            raise ValueError(f"{key}={label!r} is not a valid Kubernetes label")
+    return value
+
+
+EnvVars = Annotated[dict[str, str], AfterValidator(_env_names)]
+SecretsAsEnv = Annotated[dict[str, dict[str, str]], AfterValidator(_secret_env_names)]
+NodeLabels = Annotated[dict[str, str], AfterValidator(_labels)]
 
 
 class Toleration(BaseModel):
@@ -35,6 +62,24 @@ class Toleration(BaseModel):
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class StepOverrides(BaseModel):
+    """Per-step additions from the profile (``options.steps.<step name>``), on top of the options for every task.
+
+    Attributes:
+        env: Environment variables; they win over the step's own ``env=`` and the profile's ``env``.
+        secrets_as_env: ``{secret_name: {secret_key: ENV_VAR}}`` for this step only.
+        node_selector: Node labels for this step only (for example a GPU pool).
+        tolerations: Tolerations for this step only.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: EnvVars = Field(default_factory=dict)
+    secrets_as_env: SecretsAsEnv = Field(default_factory=dict)
+    node_selector: NodeLabels = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
 
 
 class KubeflowOptions(BackendOptions):
@@ -60,6 +105,8 @@ class KubeflowOptions(BackendOptions):
         secrets_as_env: ``{secret_name: {secret_key: ENV_VAR}}`` for every task.
         node_selector: Node labels every task's pod must match.
         tolerations: Tolerations added to every task's pod.
+        steps: Per-step additions, by step name: ``{train = {node_selector = {pool = "gpu"}}}``
+            (see :class:`StepOverrides`).
         image_pull_policy: ``Always``, ``IfNotPresent`` or ``Never``.
         image_pull_secrets: Names of secrets used to pull the step images.
         retry_backoff: First delay between KFP retries of a task (``"30s"``); doubles each time.
@@ -90,10 +137,11 @@ class KubeflowOptions(BackendOptions):
     service_account: str | None = None
     pipeline_root: str | None = None
     caching: bool = False
-    env: dict[str, str] = Field(default_factory=dict)
-    secrets_as_env: dict[str, dict[str, str]] = Field(default_factory=dict)
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    env: EnvVars = Field(default_factory=dict)
+    secrets_as_env: SecretsAsEnv = Field(default_factory=dict)
+    node_selector: NodeLabels = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+    steps: dict[str, StepOverrides] = Field(default_factory=dict)
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     image_pull_secrets: list[str] = Field(default_factory=list)
     retry_backoff: str = "30s"
@@ -115,31 +163,6 @@ class KubeflowOptions(BackendOptions):
             value.format(pipeline="p", run_id="r")
         except (KeyError, IndexError, ValueError) as exc:
             raise ValueError(f"run_name may use {{pipeline}} and {{run_id}} only: {exc!r}") from None
-        return value
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
-        bad = [k for k in value if not ENV_NAME.match(k)]
-        if bad:
-            raise ValueError(f"invalid environment variable name(s) {bad}")
-        return value
-
-    @field_validator("secrets_as_env")
-    @classmethod
-    def _secret_env_names(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        for secret, mapping in value.items():
-            bad = [env for env in mapping.values() if not ENV_NAME.match(env)]
-            if bad:
-                raise ValueError(f"secret {secret!r}: invalid environment variable name(s) {bad}")
-        return value
-
-    @field_validator("node_selector")
-    @classmethod
-    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, label in value.items():
-            if not _LABEL_KEY.match(key) or not _LABEL_VALUE.match(label):
-                raise ValueError(f"{key}={label!r} is not a valid Kubernetes label")
         return value
 
     @field_validator("retry_backoff", "retry_backoff_max")
