@@ -76,8 +76,9 @@ def load_pipeline(target: str) -> Pipeline:
         if not file.is_file():
             raise DefinitionError(f"pipeline file {path!r} does not exist (looked in {file.parent})")
         module_name, root = _module_name(file)
-        if str(root) not in sys.path:
+        if sys.path[:1] != [str(root)]:
             sys.path.insert(0, str(root))
+        _forget_other_module(module_name, file, path)
     else:
         module_name = path
         if os.getcwd() not in sys.path:
@@ -95,6 +96,29 @@ def load_pipeline(target: str) -> Pipeline:
     if not isinstance(obj, Pipeline):
         raise DefinitionError(f"{path}:{attr} is a {type(obj).__name__}, not a pipeline; decorate it with @mp.pipeline")
     return obj
+
+
+def _forget_other_module(module_name: str, file: Path, path: str) -> None:
+    """Make ``import module_name`` load ``file`` even if a module of that name was imported from elsewhere.
+
+    In one process (tests, notebooks) two projects' ``pipe.py`` share a name; a
+    file named like a library module (``json.py``) cannot be imported at all.
+    """
+    from mlpipe.fingerprint import is_user_module
+
+    loaded = sys.modules.get(module_name)
+    if loaded is None:
+        return
+    loaded_file = getattr(loaded, "__file__", None)
+    if loaded_file and Path(loaded_file).resolve() == file:
+        return
+    if not is_user_module(module_name):
+        raise DefinitionError(
+            f"pipeline file {path!r} is named like the module {module_name!r} that is already imported from "
+            f"{loaded_file or 'the interpreter'}; rename the file"
+        )
+    del sys.modules[module_name]
+    importlib.invalidate_caches()
 
 
 def _module_name(file: Path) -> tuple[str, Path]:
