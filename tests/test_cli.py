@@ -427,3 +427,26 @@ def test_compile_and_submit_on_the_local_backend(cwd: Path) -> None:
     assert run_id and f"run {run_id.group(1)} succeeded" in submitted.stdout
     shown = mlpipe("runs", "show", run_id.group(1), cwd=cwd)
     assert "status succeeded" in shown.stdout
+
+
+def test_load_pipeline_from_two_files_with_the_same_name_in_one_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlpipe.cli import load_pipeline
+    from mlpipe.errors import DefinitionError
+
+    monkeypatch.setattr(sys, "path", [*sys.path])
+
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "samename_pipe.py").write_text(
+            f"import mlpipe as mp\n\n@mp.step\ndef s() -> int:\n    return 1\n\n@mp.pipeline\ndef {name}() -> int:\n"
+            "    return s()\n"
+        )
+    assert load_pipeline(f"{tmp_path / 'one' / 'samename_pipe.py'}:one").name == "one"
+    assert load_pipeline(f"{tmp_path / 'two' / 'samename_pipe.py'}:two").name == "two"
+    assert load_pipeline(f"{tmp_path / 'one' / 'samename_pipe.py'}:one").name == "one"
+    (tmp_path / "json.py").write_text("x = 1\n")
+    with pytest.raises(DefinitionError, match="is named like the module 'json' that is already imported"):
+        load_pipeline(f"{tmp_path / 'json.py'}:x")
+    sys.modules.pop("samename_pipe", None)
