@@ -201,8 +201,10 @@ def test_memory_store_through_fsspec() -> None:
         s.destroy()
 
 
-def test_memory_store_runs_a_pipeline() -> None:
+def test_memory_store_runs_a_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from resources.pipelines import arithmetic
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the index of a remote store lives there
 
     from mlpipe.local import LocalBackend
     from mlpipe.testing import run_on
