@@ -184,3 +184,21 @@ def test_importing_the_plugin_does_not_import_boto3_or_the_sdk() -> None:
             "print(sorted(m for m in ('boto3', 'botocore', 'sagemaker') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+def test_public_api_is_pinned() -> None:
+    import mlpipe_sagemaker
+
+    assert mlpipe_sagemaker.__all__ == [
+        "INSTANCE_TABLE",
+        "DefinitionValidationError",
+        "SageMakerBackend",
+        "SageMakerOptions",
+        "build_definition",
+        "choose_instance_type",
+        "dumps",
+        "schedule_pipeline",
+        "validate_definition",
+    ]
+    assert SageMakerBackend.capabilities.schedules and SageMakerBackend.capabilities.gates
+    assert not SageMakerBackend.capabilities.map and not SageMakerBackend.capabilities.conditions
