@@ -326,8 +326,9 @@ def _html(ir: PipelineIR) -> str:
             f'fill="#eef3fb" stroke="#3b5b92"/><text x="{x + box_w // 2}" y="{y + box_h // 2 + 5}" '
             f'text-anchor="middle" font-size="14">{html.escape(name)}</text></g>'
         )
+    # Inline SVG in HTML needs no xmlns (the HTML parser assigns it), so the page holds no URL at all.
     svg = (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'<svg width="{width}" height="{height}" '
         f'font-family="sans-serif"><defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" '
         f'markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#667"/></marker>'
         f"</defs>{''.join(parts)}</svg>"
