@@ -93,14 +93,6 @@ def _aws(operation: str, **context: Any) -> Iterator[None]:
         raise BackendError(f"SageMaker {operation} failed: {exc}", backend="sagemaker", **context) from exc
 
 
-def _error_code(exc: BaseException) -> str:
-    cause = exc.__cause__
-    response = getattr(cause, "response", None)
-    if isinstance(response, dict):
-        return str(response.get("Error", {}).get("Code", ""))
-    return ""
-
-
 class SageMakerBackend(Backend):
     """Runs mlpipe pipelines as SageMaker pipelines (one Processing job per step).
 
