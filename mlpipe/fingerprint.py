@@ -28,6 +28,7 @@ import hashlib
 import importlib.util
 import linecache
 import os
+import pickle
 import sys
 import threading
 import types
@@ -444,8 +445,22 @@ class _Walker:
             # Containers and instances of user classes: hashed by structure, following the functions
             # and classes inside (a dispatch table of helpers), never by repr (which holds addresses).
             return digest_json(self._structure(value, 0))
+        return self._library_value(value)
+
+    def _library_value(self, value: Any) -> str:
+        """A constant of a library type (a compiled regex, a datetime, a Path...).
+
+        Hashed by its pickle, which such types define from the state that
+        matters (``re.compile`` pickles as its pattern and flags); only values
+        that cannot be pickled stay opaque, which ``cache explain`` shows.
+        """
+        cls = type(value)
         self._library(cls.__module__)
-        return f"opaque {cls.__module__}.{cls.__qualname__}"
+        try:
+            data = pickle.dumps(value, protocol=4)
+        except Exception:  # unpicklable objects raise anything
+            return f"opaque {cls.__module__}.{cls.__qualname__}"
+        return "pickle " + hashlib.sha256(data).hexdigest()
 
     def _structure(self, value: Any, depth: int) -> Any:
         """A JSON-able description of a constant that changes when anything it holds changes."""
@@ -483,5 +498,4 @@ class _Walker:
             self.visit_class(cls)
             state = vars(value) if hasattr(value, "__dict__") else None
             return [f"{cls.__module__}.{cls.__qualname__}", self._structure(state, depth + 1)]
-        self._library(cls.__module__)
-        return f"opaque {cls.__module__}.{cls.__qualname__}"
+        return self._library_value(value)

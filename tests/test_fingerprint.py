@@ -527,3 +527,21 @@ def test_a_module_used_by_several_functions_is_followed_for_each_of_their_attrib
                                     {"main": SHARED_MODULE, "helpers": _edit(HELPERS, "v * 10", "v * 12")})
     assert not same
     assert changed == {"function helpers.scale"}
+
+
+LIBRARY_CONSTANT = """
+import re
+WORD = re.compile(r"[a-z]+")
+
+def step(text: str) -> list:
+    return WORD.findall(text)
+"""
+
+
+def test_library_objects_held_in_constants_are_hashed_by_their_state(project: Project) -> None:
+    same, changed = project.compare({"main": LIBRARY_CONSTANT},
+                                    {"main": LIBRARY_CONSTANT.replace("[a-z]+", "[a-z0-9]+")})
+    assert not same
+    assert changed == {"constant main.WORD"}
+    fp = project.load({"main": LIBRARY_CONSTANT})
+    assert fp.manifest[f"constant main_{project.tag}.WORD"].startswith("pickle ")
