@@ -222,7 +222,7 @@ class StepExecutor:
                 values[name] = memory[info.digest]
                 continue
             try:
-                values[name] = self.store.get_value(info.digest, hints.get(name, Any))
+                values[name] = self.store.get_value(info.digest, hints.get(name, Any), info=info)
             except CorruptObjectError:
                 raise UpstreamCorrupted(up_step, up_output, info.digest) from None
             except ObjectNotFoundError:  # deleted (or its sidecar lost) since the hit was taken

@@ -150,7 +150,7 @@ class Run:
             if name not in outputs:
                 raise KeyError(f"step {step!r} has no output {name!r}; outputs: {list(outputs)}")
             info = outputs[name]
-        return self.store.get_value(info.digest)
+        return self.store.get_value(info.digest, info=info)
 
     def raise_for_status(self) -> Run:
         """Raise :class:`StepFailedError` if the run did not succeed; return self otherwise."""

@@ -435,8 +435,14 @@ class ArtifactStore:
             )
         return data
 
-    def get_value(self, digest: str, annotation: Any = Any) -> Any:
-        """Load the value stored under ``digest``, verifying its bytes first."""
+    def get_value(self, digest: str, annotation: Any = Any, *, info: ObjectInfo | None = None) -> Any:
+        """Load the value stored under ``digest``, verifying its bytes first.
+
+        ``info`` is the reference a step record or cache entry holds. Its
+        materializer and type win over the sidecar's: equal bytes can be stored
+        by two materializers (a dict and an equal pydantic model), and the
+        sidecar names only the first.
+        """
         try:
             meta = self.meta(digest)
         except ObjectNotFoundError:
@@ -447,6 +453,8 @@ class ArtifactStore:
                 digest=digest,
             ) from None
         data = self.read_verified(digest, meta)
+        if info is not None and (info.materializer, info.type) != (meta.get("materializer"), meta.get("type")):
+            meta = {**meta, "materializer": info.materializer, "type": info.type}
         materializer = get_materializer(meta["materializer"])
         return materializer.load(data, annotation if not is_any(annotation) else Any, meta)
 
