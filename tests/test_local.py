@@ -7,6 +7,7 @@ from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 from resources import pipelines as res
 
@@ -471,3 +472,37 @@ def test_each_output_is_validated_by_name() -> None:
         "string")
     assert (run.steps["split_out"].error or "").startswith(
         "pipeline 'outputs', step 'split_out': output 'test' expected list[int], got str ('not a list')")
+
+
+class _Point(pydantic.BaseModel):
+    a: int
+
+
+def test_equal_bytes_from_two_types_load_as_each_steps_own_type() -> None:
+    @mp.step
+    def as_model() -> _Point:
+        return _Point(a=1)
+
+    @mp.step
+    def as_dict() -> dict[str, int]:
+        return {"a": 1}  # the same canonical JSON bytes as the model: one object in the store
+
+    @mp.step
+    def type_of(d: dict[str, int]) -> str:
+        return type(d).__name__
+
+    @mp.pipeline
+    def models() -> _Point:
+        return as_model()
+
+    @mp.pipeline
+    def dicts() -> str:
+        return type_of(as_dict())
+
+    first = models.run()  # the object's sidecar now says pydantic.json / _Point
+    second = dicts.run(cache=False)
+    assert first.steps["as_model"].outputs["output"].digest == second.steps["as_dict"].outputs["output"].digest
+    assert type(first.output("as_model")) is _Point
+    assert second.output("as_dict") == {"a": 1} and type(second.output("as_dict")) is dict
+    assert second.output("type_of") == "dict"
+    assert mp.get_run(second.id).output("as_dict") == {"a": 1}
