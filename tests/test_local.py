@@ -506,3 +506,38 @@ def test_equal_bytes_from_two_types_load_as_each_steps_own_type() -> None:
     assert second.output("as_dict") == {"a": 1} and type(second.output("as_dict")) is dict
     assert second.output("type_of") == "dict"
     assert mp.get_run(second.id).output("as_dict") == {"a": 1}
+
+
+def test_backend_wait_times_out_and_default_run_is_submit_plus_wait() -> None:
+    class Stuck(FakeBackend):
+        name = "stuck"
+
+        def status(self, handle: RunHandle) -> RunStatus:
+            return RunStatus(state="running")
+
+    from mlpipe.launch import new_run_id
+    from mlpipe.store import open_store
+
+    store = open_store()
+    handle = Stuck().submit(res.arithmetic.ir, store, params={}, run_id=new_run_id())
+    with pytest.raises(BackendError, match=r"still running after 0.2 s"):
+        Stuck().wait(handle, timeout=0.2, poll=0.05)
+
+    class Delegating(FakeBackend):
+        """A remote-style backend: submit starts the work elsewhere, status reports it."""
+
+        name = "delegating"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.local = LocalBackend()
+
+        def submit(self, ir: Any, store: Any, *, params: Any, run_id: str, cache: bool = True) -> RunHandle:
+            return self.local.submit(ir, store, params=params, run_id=run_id, cache=cache)
+
+        def status(self, handle: RunHandle) -> RunStatus:
+            return self.local.status(handle)
+
+    run = res.arithmetic.run(backend=Delegating(), n=3)
+    assert isinstance(run, mp.Run) and run.status == "succeeded"
+    assert run.output("add_2") == 3
