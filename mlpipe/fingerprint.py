@@ -441,6 +441,14 @@ class _Walker:
             h = hashlib.sha256(repr((value.dtype, value.shape)).encode())
             h.update(value.tobytes())
             return h.hexdigest()
+        if cls.__module__.split(".")[0] == "pandas" and hasattr(value, "memory_usage"):
+            # A lookup table read at import time: its content is part of what the step computes.
+            import pandas as pd
+
+            with contextlib.suppress(TypeError, ValueError):
+                h = hashlib.sha256(repr((cls.__qualname__, getattr(value, "columns", None), value.dtypes)).encode())
+                h.update(pd.util.hash_pandas_object(value, index=True).to_numpy().tobytes())
+                return h.hexdigest()
         if is_user_module(cls.__module__) or isinstance(value, (set, frozenset, tuple, list, dict, functools.partial)):
             # Containers and instances of user classes: hashed by structure, following the functions
             # and classes inside (a dispatch table of helpers), never by repr (which holds addresses).
@@ -492,7 +500,7 @@ class _Walker:
             items = [[canonical_json(self._structure(k, depth + 1)), self._structure(v, depth + 1)]
                      for k, v in value.items()]
             return [cls.__qualname__, sorted(items, key=lambda item: str(item[0]))]
-        if cls.__module__.split(".")[0] == "numpy":
+        if cls.__module__.split(".")[0] in ("numpy", "pandas"):
             return self._value_hash(value)
         if is_user_module(cls.__module__):
             self.visit_class(cls)
