@@ -545,3 +545,28 @@ def test_library_objects_held_in_constants_are_hashed_by_their_state(project: Pr
     assert changed == {"constant main.WORD"}
     fp = project.load({"main": LIBRARY_CONSTANT})
     assert fp.manifest[f"constant main_{project.tag}.WORD"].startswith("pickle ")
+
+
+FRAMES = """
+import numpy as np
+import pandas as pd
+
+LOOKUP = pd.DataFrame({{"k": ["a", "b"], "v": [1.0, {v}]}})
+SERIES = pd.Series([1, 2, 3], name="s")
+ARRAY = np.arange(4) * {a}
+TABLES = {{"lookup": LOOKUP}}
+
+
+def step(x: int) -> float:
+    return float(LOOKUP["v"].sum() + SERIES.sum() + ARRAY.sum() + len(TABLES)) + x
+"""
+
+
+def test_data_constants_are_hashed_by_content(project: Project) -> None:
+    base = {"main": FRAMES.format(v=2.0, a=1)}
+    same, changed = project.compare(base, base)
+    assert same, changed
+    same, changed = project.compare(base, {"main": FRAMES.format(v=3.0, a=1)})
+    assert not same and {"constant main.LOOKUP", "constant main.TABLES"} <= changed
+    same, changed = project.compare(base, {"main": FRAMES.format(v=2.0, a=2)})
+    assert changed == {"constant main.ARRAY"}
