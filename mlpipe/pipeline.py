@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, overload
 
 from mlpipe.errors import DefinitionError, GraphError, ParameterError, StepSignatureError, TypeMismatchError
-from mlpipe.hashing import json_safe
+from mlpipe.hashing import canonical_json, json_safe
 from mlpipe.step import Step
 from mlpipe.typecheck import compatible, type_name, validate
 
@@ -389,6 +389,17 @@ class Pipeline:
                     pipeline=self.name,
                     argument=name,
                     expected=type_name(p.annotation),
+                    actual=type_name(type(value)),
+                ) from None
+            try:  # every backend passes parameters as JSON, and the run record stores them
+                canonical_json(out[name])
+            except (TypeError, ValueError):
+                raise ParameterError(
+                    f"pipeline {self.name!r}, parameter {name!r}: a {type_name(type(value))} cannot be a pipeline "
+                    "parameter; parameters are JSON values (numbers, strings, booleans, lists, dicts, pydantic "
+                    "models). Pass a path or a name instead and load the data inside a step",
+                    pipeline=self.name,
+                    argument=name,
                     actual=type_name(type(value)),
                 ) from None
         return out
