@@ -429,3 +429,17 @@ def test_tracing_state_is_per_context() -> None:
         assert seen[tag] is pipe.trace()
         assert [c.name for c in pipe.trace().calls] == ["load", "train"]
     assert current_trace() is None
+
+
+def test_non_json_parameter_values_are_refused_before_anything_runs() -> None:
+    import os
+
+    @mp.pipeline
+    def takes_object(config: Any = None) -> None:
+        load()
+
+    with pytest.raises(ParameterError) as caught:
+        takes_object.run(config=object())
+    assert "pipeline 'takes_object', parameter 'config': a object cannot be a pipeline parameter" in str(caught.value)
+    assert not os.path.exists(".mlpipe/runs")
+    assert takes_object.validate_params({"config": {"a": [1, 2]}}) == {"config": {"a": [1, 2]}}
