@@ -38,7 +38,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, TypeVar
 
-from mlpipe.errors import CorruptObjectError, MissingDependencyError, MlpipeError, ObjectNotFoundError, StoreError
+from mlpipe.errors import (
+    CorruptObjectError,
+    MaterializerError,
+    MissingDependencyError,
+    MlpipeError,
+    ObjectNotFoundError,
+    StoreError,
+)
 from mlpipe.hashing import HashingWriter, canonical_json, fast_checksum
 from mlpipe.materializers import Materializer, for_value, get_materializer, type_path
 from mlpipe.typecheck import is_any
@@ -330,10 +337,17 @@ class ArtifactStore:
         already present is not written again.
         """
         m = materializer or for_value(value)
-        if isinstance(self._fs, _LocalFS):
-            digest, size, extra = self._put_local(value, m)
-        else:
-            digest, size, extra = self._put_remote(value, m)
+        try:
+            digest, size, extra = self._put(value, m)
+        except MaterializerError:
+            raise
+        except Exception as exc:  # the format cannot hold this value (Parquet and a mixed-type column)
+            fallback = get_materializer("cloudpickle")
+            if materializer is not None or m is fallback:
+                raise
+            digest, size, extra = self._put(value, fallback)
+            extra = {**extra, "fallback_from": m.name, "fallback_reason": f"{type(exc).__name__}: {exc}"[:500]}
+            m = fallback
         meta = {
             "digest": digest,
             "size": size,
@@ -345,6 +359,11 @@ class ArtifactStore:
         self._fs.write_if_absent(self.object_path(digest) + ".meta.json", canonical_json(meta).encode())
         self._meta_cache[digest] = meta
         return ObjectInfo(digest, size, m.name, meta["type"])
+
+    def _put(self, value: Any, m: Materializer) -> tuple[str, int, dict[str, Any]]:
+        if isinstance(self._fs, _LocalFS):
+            return self._put_local(value, m)
+        return self._put_remote(value, m)
 
     def _put_local(self, value: Any, m: Materializer) -> tuple[str, int, dict[str, Any]]:
         fs = self._fs
