@@ -315,3 +315,16 @@ def test_property_json_values_round_trip_with_one_address(tmp_path_factory: pyte
     if isinstance(value, dict):
         reordered = dict(reversed(list(value.items())))
         assert store.put_value(reordered).digest == info.digest
+
+
+def test_a_value_the_chosen_format_cannot_hold_falls_back_to_pickle_with_the_reason(store: ArtifactStore) -> None:
+    df = pd.DataFrame({"mixed": [1, "x"]})  # Parquet needs one type per column
+    info = store.put_value(df)
+    assert info.materializer == "cloudpickle"
+    meta = store.meta(info.digest)
+    assert meta["fallback"] is True
+    assert meta["fallback_from"] == "pandas.parquet"
+    assert meta["fallback_reason"].startswith("ArrowInvalid")
+    pd.testing.assert_frame_equal(store.get_value(info.digest), df)
+    with pytest.raises(Exception, match="Could not convert"):  # an explicit materializer is never replaced
+        store.put_value(df, get_materializer("pandas.parquet"))
