@@ -24,7 +24,7 @@ from mlpipe.fingerprint import fingerprint
 from mlpipe.ir import CodeRef, InputSpec, OutputRef, ParamSpec, PipelineIR, StepOutput, StepSpec
 from mlpipe.materializers import for_annotation
 from mlpipe.pipeline import OutputHandle, ParamHandle, _Const
-from mlpipe.typecheck import type_name
+from mlpipe.typecheck import to_json_value, type_name
 
 if TYPE_CHECKING:
     import networkx
@@ -149,6 +149,12 @@ def _json_default(pipeline: Pipeline, name: str, value: Any) -> Any:
     try:
         json.dumps(plain)
     except (TypeError, ValueError):
+        try:  # a Path or a date default travels as its text, like the value given to run()
+            plain = to_json_value(pipeline.params[name].annotation, value)
+            json.dumps(plain)
+            return plain
+        except (TypeError, ValueError):
+            pass
         raise GraphError(
             f"pipeline {pipeline.name!r}, parameter {name!r}: its default {value!r} is not a JSON value; "
             "pipeline parameters must be JSON values (numbers, strings, booleans, lists, dicts)",

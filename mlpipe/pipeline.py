@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, overload
 from mlpipe.errors import DefinitionError, GraphError, ParameterError, StepSignatureError, TypeMismatchError
 from mlpipe.hashing import canonical_json, json_safe
 from mlpipe.step import Step
-from mlpipe.typecheck import compatible, type_name, validate
+from mlpipe.typecheck import compatible, to_json_value, type_name, validate
 
 if TYPE_CHECKING:
     import networkx
@@ -394,6 +394,12 @@ class Pipeline:
             try:  # every backend passes parameters as JSON, and the run record stores them
                 canonical_json(out[name])
             except (TypeError, ValueError):
+                try:  # a Path or a datetime travels as its text; the step's annotation turns it back
+                    out[name] = to_json_value(p.annotation, out[name])
+                    canonical_json(out[name])
+                    continue
+                except (TypeError, ValueError):
+                    pass
                 raise ParameterError(
                     f"pipeline {self.name!r}, parameter {name!r}: a {type_name(type(value))} cannot be a pipeline "
                     "parameter; parameters are JSON values (numbers, strings, booleans, lists, dicts, pydantic "

@@ -19,6 +19,7 @@ __all__ = [
     "compatible",
     "is_any",
     "parse_cli_value",
+    "to_json_value",
     "type_name",
     "validate",
 ]
@@ -103,6 +104,20 @@ def validate(tp: Any, value: Any, *, strict: bool = False) -> Any:
         return _adapter(tp, strict).validate_python(value)
     except pydantic.ValidationError as exc:
         raise ValueError(_describe(exc)) from None
+
+
+def to_json_value(tp: Any, value: Any) -> Any:
+    """``value`` (valid for annotation ``tp``) as plain JSON: a ``Path`` or ``datetime`` becomes text.
+
+    Raises:
+        ValueError: the value has no JSON form (a DataFrame, an open file).
+    """
+    import pydantic_core
+
+    try:
+        return _adapter(Any if is_any(tp) else tp, False).dump_python(value, mode="json")
+    except (pydantic_core.PydanticSerializationError, TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _describe(exc: Any) -> str:
