@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import pathlib
 from typing import Any, NamedTuple
 
 import pydantic
@@ -443,3 +445,21 @@ def test_non_json_parameter_values_are_refused_before_anything_runs() -> None:
     assert "pipeline 'takes_object', parameter 'config': a object cannot be a pipeline parameter" in str(caught.value)
     assert not os.path.exists(".mlpipe/runs")
     assert takes_object.validate_params({"config": {"a": [1, 2]}}) == {"config": {"a": [1, 2]}}
+
+
+def test_path_and_date_parameters_travel_as_text() -> None:
+    @mp.step
+    def describe_path(p: pathlib.Path, when: datetime.date) -> str:
+        return f"{type(p).__name__}:{p.name}:{type(when).__name__}:{when.isoformat()}"
+
+    @mp.pipeline
+    def paths(p: pathlib.Path = pathlib.Path("data/x.csv"), when: datetime.date = datetime.date(2024, 1, 2)) -> str:
+        return describe_path(p, when)
+
+    assert paths.ir.param("p").default == "data/x.csv"
+    assert paths.validate_params({"when": datetime.date(2025, 3, 4)}) == {"p": "data/x.csv", "when": "2025-03-04"}
+    run = paths.run()
+    assert run.output("describe_path") == "PosixPath:x.csv:date:2024-01-02"
+    assert run.params == {"p": "data/x.csv", "when": "2024-01-02"}
+    again = paths.run(p="data/x.csv", when="2024-01-02")  # the same values, given as text
+    assert all(s.cached for s in again.steps.values())
