@@ -278,14 +278,21 @@ def _import_user_module(name: str) -> types.ModuleType | None:
     """The module ``name`` if it is the user's own code, importing it when the step has not run yet."""
     module = sys.modules.get(name)
     if module is None:
+        # Decide from the top-level package, which find_spec locates without importing anything:
+        # a library the step imports lazily (``import sklearn.ensemble`` inside it) stays unimported.
+        top = name.partition(".")[0]
+        if top in sys.modules and not is_user_module(top):
+            return None
         try:
-            spec = importlib.util.find_spec(name)
+            spec = importlib.util.find_spec(top)
         except (ImportError, ValueError):
             return None
         origin = getattr(spec, "origin", None)
-        if not origin or not os.path.isfile(origin):
+        locations = list(getattr(spec, "submodule_search_locations", None) or [])
+        where = origin if origin and os.path.isfile(origin) else (locations[0] if locations else None)
+        if where is None:
             return None
-        real = os.path.realpath(origin)
+        real = os.path.realpath(where)
         if any(real.startswith(root) for root in _roots()) or "site-packages" in real:
             return None
         try:
