@@ -570,3 +570,18 @@ def test_data_constants_are_hashed_by_content(project: Project) -> None:
     assert not same and {"constant main.LOOKUP", "constant main.TABLES"} <= changed
     same, changed = project.compare(base, {"main": FRAMES.format(v=2.0, a=2)})
     assert changed == {"constant main.ARRAY"}
+
+
+def test_libraries_imported_inside_a_step_are_not_imported_by_fingerprinting(tmp_path: Path) -> None:
+    (tmp_path / "lazy_step.py").write_text(
+        "def step(x: int) -> int:\n    import sklearn.ensemble\n    return x\n"
+    )
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1])\n"
+        "import lazy_step\n"
+        "from mlpipe.fingerprint import fingerprint\n"
+        "fp = fingerprint(lazy_step.step)\n"
+        "print(sorted(fp.packages), 'sklearn' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['sklearn'] False"
