@@ -491,11 +491,17 @@ class _Walker:
         if isinstance(value, enum.Enum):
             return [cls.__qualname__, repr(value.value)]
         if isinstance(value, functools.partial):
-            return ["partial", self._structure(value.func, depth + 1), self._structure(value.args, depth + 1),
-                    self._structure(value.keywords, depth + 1)]
-        if callable(value) and (isinstance(value, (type, types.FunctionType, types.MethodType,
-                                                    types.BuiltinFunctionType)) or hasattr(value, "__wrapped__")
-                                or (cls.__name__ == "Step" and cls.__module__ == "mlpipe.step")):
+            return [
+                "partial",
+                self._structure(value.func, depth + 1),
+                self._structure(value.args, depth + 1),
+                self._structure(value.keywords, depth + 1),
+            ]
+        if callable(value) and (
+            isinstance(value, (type, types.FunctionType, types.MethodType, types.BuiltinFunctionType))
+            or hasattr(value, "__wrapped__")
+            or (cls.__name__ == "Step" and cls.__module__ == "mlpipe.step")
+        ):
             self.visit_value(value, "", set())  # functions and classes enter the manifest under their own names
             target = getattr(value, "fn", value)
             return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', cls.__qualname__)}"
@@ -504,8 +510,9 @@ class _Walker:
         if isinstance(value, (set, frozenset)):
             return [cls.__qualname__, sorted(canonical_json(self._structure(v, depth + 1)) for v in value)]
         if isinstance(value, dict):
-            items = [[canonical_json(self._structure(k, depth + 1)), self._structure(v, depth + 1)]
-                     for k, v in value.items()]
+            items = [
+                [canonical_json(self._structure(k, depth + 1)), self._structure(v, depth + 1)] for k, v in value.items()
+            ]
             return [cls.__qualname__, sorted(items, key=lambda item: str(item[0]))]
         if cls.__module__.split(".")[0] in ("numpy", "pandas"):
             return self._value_hash(value)

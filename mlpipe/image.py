@@ -77,8 +77,11 @@ def requirements_for(pipeline: Pipeline, context: Path, extra: Path | None = Non
     for spec in ir.steps:
         packages |= set(fingerprint(resolve(spec)).packages)
         # Types only named in annotations (pandas.DataFrame) and the materializers that store them.
-        for text in [*(i.type for i in spec.inputs), *(o.type for o in spec.outputs),
-                     *(o.materializer for o in spec.outputs)]:
+        for text in [
+            *(i.type for i in spec.inputs),
+            *(o.type for o in spec.outputs),
+            *(o.materializer for o in spec.outputs),
+        ]:
             packages.update(re.findall(r"\b([A-Za-z_][A-Za-z0-9_]*)\.", text))
     packages.discard("mlpipe")
     for top in list(packages):
