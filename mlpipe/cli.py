@@ -177,6 +177,13 @@ def run(
             REPORTER.reset(token)
     except MlpipeError as exc:
         _fail(exc)
+    except KeyboardInterrupt:
+        # The run is recorded as cancelled and finished steps are cached. Exit now: an orderly
+        # interpreter exit would wait for the steps still running in worker threads to end.
+        print("interrupted: the run is recorded as cancelled; finished steps are reused next time", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     if result.status != "succeeded":
         for step in result.steps.values():
             if step.status == "failed":
