@@ -310,3 +310,28 @@ def test_sigkill_mid_step_leaves_a_valid_store_and_finished_steps_are_reused(pro
     assert report["status"] == "succeeded"
     assert _reran(report) == {"nap"}
     _verify_store(project)
+
+
+def test_ctrl_c_records_the_run_cancelled_and_exits_without_waiting_for_the_step(project: Path) -> None:
+    marker = project / "nap-started"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlpipe", "run", "pipe.py:sleepy", "-p", "seconds=60", "-p", f"marker={marker}"],
+        cwd=project, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    started = time.monotonic()
+    _out, err = proc.communicate(timeout=50)
+    assert time.monotonic() - started < 30  # not the 60 s the step would take
+    assert proc.returncode == 130
+    assert "interrupted: the run is recorded as cancelled" in err
+    report = _last_run(project)
+    assert report["status"] == "cancelled"
+    _verify_store(project)
+    again = _mlpipe("run", "pipe.py:sleepy", "-p", "seconds=0", cwd=project)
+    assert again.returncode == 0, again.stderr
+    assert _reran(_last_run(project)) == {"nap"}
