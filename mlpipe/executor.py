@@ -25,6 +25,7 @@ from typing import Any
 from mlpipe.cache import artifact_input, cache_key, components_for, lookup, param_input, write_entry
 from mlpipe.errors import (
     CorruptObjectError,
+    MaterializerError,
     MlpipeError,
     ObjectNotFoundError,
     OutputTypeError,
@@ -238,7 +239,17 @@ class StepExecutor:
             result = self._call(spec, fn, values, outcome)
             produced = self._split_outputs(spec, result, hints.get("return", Any))
             for out in spec.outputs:
-                info = self.store.put_value(produced[out.name])
+                try:
+                    info = self.store.put_value(produced[out.name])
+                except MaterializerError as exc:
+                    label = "output" if out.name == "output" else f"output {out.name!r}"
+                    raise MaterializerError(
+                        f"pipeline {self.pipeline!r}, step {spec.name!r}, {label}: {exc}",
+                        pipeline=self.pipeline,
+                        step=spec.name,
+                        argument=out.name,
+                        type=getattr(exc, "type", None),
+                    ) from exc
                 outcome.outputs[out.name] = info
                 if is_immutable(produced[out.name]):
                     outcome.values[info.digest] = produced[out.name]
