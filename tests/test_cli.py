@@ -139,7 +139,8 @@ def test_step_returning_the_wrong_type_exits_1(cwd: Path) -> None:
 def test_unstorable_output_exits_1_naming_the_type_and_the_fix(cwd: Path) -> None:
     result = mlpipe("run", f"{PIPES}:badstore", cwd=cwd)
     assert result.returncode == 1
-    assert "no materializer can store a value of type Holder" in result.stderr
+    assert "pipeline 'badstore', step 'unstorable', output: no materializer can store a value of type Holder" in (
+        result.stderr)
     assert "mp.register_materializer" in result.stderr
     _no_traceback(result)
 

@@ -126,7 +126,8 @@ def test_unstorable_output_fails_the_step() -> None:
     run = res.returns_unstorable.run()
     assert run.status == "failed"
     error = run.steps["unstorable"].error or ""
-    assert "no materializer can store a value of type Holder" in error
+    assert error.startswith("pipeline 'returns_unstorable', step 'unstorable', output: no materializer can store a "
+                            "value of type Holder")
     assert "mp.register_materializer" in error
 
 
