@@ -404,3 +404,28 @@ def test_diff_names_new_and_dropped_code() -> None:
     ]
     added = {**old, "inputs": {"x": {"kind": "value", "value": 1}}}
     assert [str(d) for d in diff_components(old, added)] == ["argument 'x' added"]
+
+
+def test_early_cutoff_with_dataframes() -> None:
+    import pandas as pd
+
+    @mp.step
+    def frame(n: int) -> pd.DataFrame:
+        return pd.DataFrame({"x": list(range(n)), "s": [str(i) for i in range(n)]})
+
+    @mp.step
+    def check(df: pd.DataFrame, min_rows: int) -> pd.DataFrame:
+        assert len(df) >= min_rows
+        return df
+
+    @mp.step
+    def width(df: pd.DataFrame) -> int:
+        return len(df.columns)
+
+    @mp.pipeline
+    def frames(min_rows: int = 1) -> int:
+        return width(check(frame(50), min_rows))
+
+    frames.run()
+    again = frames.run(min_rows=10)  # check re-runs and writes byte-identical Parquet
+    assert _statuses(again) == {"frame": True, "check": False, "width": True}
