@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 import mlpipe as mp
@@ -407,8 +408,6 @@ def test_diff_names_new_and_dropped_code() -> None:
 
 
 def test_early_cutoff_with_dataframes() -> None:
-    import pandas as pd
-
     @mp.step
     def frame(n: int) -> pd.DataFrame:
         return pd.DataFrame({"x": list(range(n)), "s": [str(i) for i in range(n)]})
