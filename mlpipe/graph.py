@@ -175,7 +175,10 @@ def _plain(value: Any) -> Any:
 def _pipeline_outputs(result: Any) -> tuple[OutputRef, ...]:
     if result is None:
         return ()
-    items = result if isinstance(result, tuple) else (result,)
+    if isinstance(result, dict):  # ``return {"model": model, "metrics": metrics}``
+        items: tuple[Any, ...] = tuple(result.values())
+    else:
+        items = tuple(result) if isinstance(result, (tuple, list)) else (result,)
     refs = []
     for item in items:
         if isinstance(item, OutputHandle):
