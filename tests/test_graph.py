@@ -153,3 +153,19 @@ def test_render_escapes_names() -> None:
 def test_render_unknown_format() -> None:
     with pytest.raises(GraphError, match="unknown graph format 'png'"):
         render(res.arithmetic.ir, "png")
+
+
+def test_pipeline_outputs_from_tuples_lists_and_dicts() -> None:
+    @mp.pipeline
+    def as_dict() -> dict[str, object]:
+        values = res.numbers(3)
+        return {"total": res.total(values), "values": values}
+
+    @mp.pipeline
+    def as_list() -> list[object]:
+        values = res.numbers(3)
+        return [values, res.total(values)]
+
+    assert [(o.step, o.output) for o in as_dict.ir.outputs] == [("total", "output"), ("numbers", "output")]
+    assert [(o.step, o.output) for o in as_list.ir.outputs] == [("numbers", "output"), ("total", "output")]
+    assert [(o.step, o.output) for o in res.arithmetic.ir.outputs] == [("add_2", "output")]
