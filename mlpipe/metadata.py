@@ -212,6 +212,15 @@ class Index:
                 ).fetchone()
         return None if row is None else json.loads(row[0])
 
+    def run_ids(self, prefix: str, limit: int = 6) -> list[str]:
+        """Ids of recorded runs that start with ``prefix``, newest first."""
+        self.flush()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id FROM runs WHERE id LIKE ? ORDER BY started DESC LIMIT ?", (prefix + "%", limit)
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def steps(self, run_id: str) -> list[dict[str, Any]]:
         self.flush()
         with self._lock:

@@ -211,7 +211,17 @@ def get_run(run_id: str, store: str | ArtifactStore | None = None) -> Run:
     from mlpipe.metadata import open_index
 
     st = open_store(store if store is not None else _default_store())
-    doc = open_index(st).run(run_id)
+    index = open_index(st)
+    doc = index.run(run_id)
+    if doc is not None and doc["id"] != run_id:
+        matches = index.run_ids(run_id)
+        if len(matches) > 1:
+            more = ", ..." if len(matches) > 5 else ""
+            raise RunNotFoundError(
+                f"run id prefix {run_id!r} is ambiguous in {st.url}: it matches {', '.join(matches[:5])}{more}; "
+                "give more of the id",
+                run_id=run_id,
+            )
     full_id = doc["id"] if doc else run_id
     return Run.load(st, full_id)
 
