@@ -247,6 +247,8 @@ def test_runs_and_get_run() -> None:
     assert mp.runs(pipeline="nope") == []
     assert mp.get_run(first.id).status == "succeeded"
     assert mp.get_run(first.id[:-2]).id == first.id  # a unique prefix is enough
+    with pytest.raises(RunNotFoundError, match=r"run id prefix '\d{8}' is ambiguous .*: it matches "):
+        mp.get_run(first.id[:8])
     with pytest.raises(RunNotFoundError):
         mp.get_run("19990101-000000-000000")
     loaded = mp.get_run(second.id)

@@ -290,7 +290,7 @@ def test_runs_artifacts_and_cache_commands(cwd: Path) -> None:
     assert [r[0] for r in rows] == [second_id, first_id]
     assert rows[0][1:5] == ["ok", "succeeded", "3", "2"]  # make and after were hits
 
-    shown = mlpipe("runs", "show", second_id[:15], cwd=cwd)
+    shown = mlpipe("runs", "show", second_id[:-2], cwd=cwd)  # a unique prefix
     assert shown.returncode == 0, shown.stderr
     assert f"run {second_id}  pipeline ok  backend local  status succeeded" in shown.stdout
     assert "params {'factor': 3.0, 'n': 3}" in shown.stdout
