@@ -2,7 +2,7 @@
 
 Layout under the store root::
 
-    objects/ab/abcdef…            the bytes, named by their SHA-256
+    objects/ab/abcdef…            the bytes, named by their BLAKE3-256 digest
     objects/ab/abcdef….meta.json  sidecar: type, materializer, size, python
     cache/ab/<key>.json           cache entries (step outputs by cache key)
     runs/<run_id>/run.json        run records; steps/<step>.json or steps.json (see records.py)
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import itertools
 import json
 import mmap
@@ -46,7 +45,7 @@ from mlpipe.errors import (
     ObjectNotFoundError,
     StoreError,
 )
-from mlpipe.hashing import HashingWriter, canonical_json, fast_checksum
+from mlpipe.hashing import HashingWriter, canonical_json, digest_object, fast_checksum
 from mlpipe.materializers import Materializer, for_value, get_materializer, type_path
 from mlpipe.typecheck import is_any
 
@@ -431,7 +430,7 @@ class ArtifactStore:
         """The object's bytes, after checking they are still the bytes that were stored.
 
         With the sidecar's XXH3-128 checksum (written with the object) the check
-        runs at memory speed; without one it recomputes the SHA-256. Either way a
+        runs at memory speed; without one it recomputes the BLAKE3 digest. Either way a
         mismatch quarantines the object and raises :class:`CorruptObjectError`.
         """
         rel = self.object_path(digest)
@@ -444,7 +443,7 @@ class ArtifactStore:
             ) from None
         expected = (meta or {}).get("xxh3_128")
         actual = fast_checksum(data) if expected else None
-        ok = actual == expected if actual is not None else hashlib.sha256(data).hexdigest() == digest
+        ok = actual == expected if actual is not None else digest_object(data) == digest
         if not ok:
             self.quarantine(digest)
             raise CorruptObjectError(

@@ -10,7 +10,7 @@ import pandas as pd
 import pydantic
 import pytest
 
-from mlpipe.hashing import HashingWriter, canonical_json, digest_bytes, digest_json, json_safe
+from mlpipe.hashing import HashingWriter, canonical_json, digest_json, digest_object, json_safe
 from mlpipe.typecheck import compatible, is_any, parse_cli_value, type_name, validate
 
 T = TypeVar("T")
@@ -156,7 +156,7 @@ def test_hashing_writer() -> None:
     writer.write(b"hello ")
     writer.write(memoryview(np.array([1, 2], dtype="int32")))
     data = raw.getvalue()
-    assert writer.hexdigest() == digest_bytes(data)
+    assert writer.hexdigest() == digest_object(data)
     assert writer.size == len(data) == writer.tell() == 14
     assert writer.writable() and not writer.readable() and not writer.seekable()
     writer.close()

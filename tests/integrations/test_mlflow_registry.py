@@ -55,7 +55,7 @@ def test_register_with_lineage_promote_and_load_the_champion(tracked: Tracked, m
     assert tags["mlpipe.cache_key"] == run.steps["register"].key
     assert tags["mlpipe.input.train_df"].endswith(train_digest)
     assert tags["mlpipe.input.model"].endswith(run.steps["fit"].outputs["output"].digest)
-    assert tags["mlpipe.data.training.sha256"] == train_digest
+    assert tags["mlpipe.data.training.digest"] == train_digest
     assert tags["mlpipe.promotion.champion"] == "promoted"
     assert "PASS" in tags["mlpipe.promotion.champion.reason"]
     # the training data is an mlflow.data input of the step's run, digest = mlpipe's content hash

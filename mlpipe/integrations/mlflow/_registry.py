@@ -6,7 +6,7 @@ wrapper), always with explicit ``pip_requirements`` (inferring them costs
 ~10 s per model), registers it, and tags the version with mlpipe's lineage:
 run, pipeline, step, cache key, code fingerprint, the step's input artifacts,
 and the content digest of the data sets given, which are also logged as
-``mlflow.data`` inputs carrying mlpipe's own SHA-256 as their digest.
+``mlflow.data`` inputs carrying mlpipe's own content digest (BLAKE3) as their digest.
 
 :func:`promote` moves an alias (``champion``) to a version only when every
 gate passes, and records the decision and its reasons on the version's tags
@@ -214,18 +214,18 @@ def _is_sklearn(model: Any) -> bool:
 
 
 def _dataset_digest(current: ActiveStep, data: Any) -> str:
-    """mlpipe's SHA-256 of ``data``: the input artifact's digest, or the digest of its stored bytes."""
+    """mlpipe's content digest of ``data``: the input artifact's digest, or the digest of its stored bytes."""
     found = current.input_digest(data)
     if found is not None:
         return found
     import io
 
-    from mlpipe.hashing import digest_bytes
+    from mlpipe.hashing import digest_object
     from mlpipe.materializers import for_value
 
     buffer = io.BytesIO()
     for_value(data).save(data, buffer)
-    return digest_bytes(buffer.getvalue())
+    return digest_object(buffer.getvalue())
 
 
 def _log_datasets(current: ActiveStep, datasets: Mapping[str, Any]) -> dict[str, str]:
@@ -238,7 +238,7 @@ def _log_datasets(current: ActiveStep, datasets: Mapping[str, Any]) -> dict[str,
             dataset = mlflow.data.from_pandas(data, name=context, digest=digest[:36])
         except Exception:  # not a DataFrame: numpy or anything mlflow.data has no constructor for
             dataset = mlflow.data.from_numpy(_as_numpy(data), name=context, digest=digest[:36])
-        mlflow.log_input(dataset, context=context, tags={"mlpipe.sha256": digest})
+        mlflow.log_input(dataset, context=context, tags={"mlpipe.digest": digest})
     return digests
 
 
@@ -346,7 +346,7 @@ def register_model(
                 pip_requirements=list(pip_requirements or defaults),
                 input_example=input_example,
             )
-    version_tags = {**_lineage_tags(current), **{f"mlpipe.data.{c}.sha256": d for c, d in digests.items()}}
+    version_tags = {**_lineage_tags(current), **{f"mlpipe.data.{c}.digest": d for c, d in digests.items()}}
     version_tags.update(tags or {})
     parent = client.get_run(handle.id).data.tags.get("mlflow.parentRunId")
     if parent:
