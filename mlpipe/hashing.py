@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import queue
+import threading
 from typing import IO, Any
 
 __all__ = [
@@ -59,12 +61,14 @@ def digest_bytes(data: bytes | bytearray | memoryview) -> str:
 def _object_hasher() -> Any:
     import blake3
 
-    return blake3.blake3(max_threads=blake3.blake3.AUTO)
+    return blake3.blake3()
 
 
 def digest_object(data: bytes | bytearray | memoryview) -> str:
-    """The content address of an object's bytes: BLAKE3-256, hex."""
-    hasher = _object_hasher()
+    """The content address of an object's bytes: BLAKE3-256, hex (on every core for large inputs)."""
+    import blake3
+
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
     hasher.update(data)
     return str(hasher.hexdigest())
 
@@ -97,14 +101,21 @@ def fast_checksum(data: bytes | bytearray | memoryview) -> str | None:
     return str(xxhash.xxh3_128_hexdigest(data))
 
 
+_SLICE = 8 << 20  # large writes go through in slices of this size
+
+
 class HashingWriter:
     """A binary file wrapper that hashes and counts every byte written through it.
 
     Serialisers write straight into the destination file through it, so the
-    object's digest (BLAKE3, multi-threaded for large chunks) is known the
-    moment the write ends, without reading the file back. It also keeps an
-    XXH3-128 checksum, which reads verify at memory speed (see
-    :meth:`ArtifactStore.read_verified`).
+    object's digest is known the moment the write ends, without reading the
+    file back. It also keeps an XXH3-128 checksum, which reads verify at memory
+    speed (see :meth:`ArtifactStore.read_verified`).
+
+    Once a write of a full slice arrives, hashing and checksumming move to a
+    second thread that digests each slice while this thread writes it (both
+    release the GIL): storing a large array then costs little more than
+    writing it.
     """
 
     def __init__(self, raw: IO[bytes]) -> None:
@@ -117,22 +128,46 @@ class HashingWriter:
         except ImportError:  # pragma: no cover - xxhash is a core dependency
             self._check = None
         self.size = 0
+        self._queue: queue.Queue[memoryview | None] | None = None
+        self._thread: threading.Thread | None = None
 
     def write(self, data: Any) -> int:
         view = memoryview(data)
         if view.ndim != 1 or view.itemsize != 1:
             view = view.cast("B")
-        self._hash.update(view)
-        if self._check is not None:
-            self._check.update(view)
+        if self._queue is None and view.nbytes >= _SLICE:
+            self._queue = queue.Queue(maxsize=8)
+            self._thread = threading.Thread(target=self._hash_slices, name="mlpipe-hash", daemon=True)
+            self._thread.start()
+        for start in range(0, max(view.nbytes, 1), _SLICE):
+            piece = view[start : start + _SLICE]
+            if self._queue is not None:
+                self._queue.put(piece)  # keeps the slice alive until it is hashed
+            else:
+                self._digest_slice(piece)
+            self._raw.write(piece)
         self.size += view.nbytes
-        self._raw.write(view)
         return view.nbytes
 
+    def _digest_slice(self, piece: memoryview) -> None:
+        self._hash.update(piece)
+        if self._check is not None:
+            self._check.update(piece)
+
+    def _hash_slices(self) -> None:
+        assert self._queue is not None
+        while (piece := self._queue.get()) is not None:
+            self._digest_slice(piece)
+
     def finish(self) -> None:
-        """Kept for callers that end a write early; the hash needs no flushing."""
+        """Wait for the hashing thread. Called by :meth:`hexdigest`; call it on errors too."""
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = None
 
     def hexdigest(self) -> str:
+        self.finish()
         return str(self._hash.hexdigest())
 
     def checksum(self) -> str | None:
