@@ -28,6 +28,7 @@ from typing import IO, Any
 __all__ = [
     "HashingWriter",
     "canonical_json",
+    "digest_buffers",
     "digest_bytes",
     "digest_json",
     "digest_object",
@@ -62,6 +63,31 @@ def _object_hasher() -> Any:
     import blake3
 
     return blake3.blake3()
+
+
+def digest_buffers(buffers: list[Any]) -> tuple[str, str | None, int]:
+    """(BLAKE3 digest, XXH3-128 checksum, size) of the concatenation of ``buffers``.
+
+    For values already in memory (see ``Materializer.buffers``): BLAKE3 runs on
+    every core, so a gigabyte hashes in about 0.1 s.
+    """
+    import blake3
+
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    try:
+        import xxhash
+
+        check: Any = xxhash.xxh3_128()
+    except ImportError:  # pragma: no cover - xxhash is a core dependency
+        check = None
+    size = 0
+    for buffer in buffers:
+        view = memoryview(buffer)
+        hasher.update(view)
+        if check is not None:
+            check.update(view)
+        size += view.nbytes
+    return str(hasher.hexdigest()), None if check is None else str(check.hexdigest()), size
 
 
 def digest_object(data: bytes | bytearray | memoryview) -> str:

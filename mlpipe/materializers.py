@@ -99,6 +99,16 @@ class Materializer(ABC):
     def handles_value(self, value: Any) -> bool:
         return self.handles_type(type(value))
 
+    def buffers(self, value: Any) -> tuple[list[Any], dict[str, Any]] | None:
+        """The exact bytes :meth:`save` would write, as in-memory buffers, or None.
+
+        Materializers whose values already hold their bytes (numpy arrays) return
+        them, with the sidecar extras: the store then hashes first (on every
+        core), skips writing an object it already has, and otherwise writes the
+        buffers as they are.
+        """
+        return None
+
     @abstractmethod
     def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
         """Write ``value`` to ``f``; return extra sidecar fields (may be empty)."""
@@ -137,6 +147,25 @@ class NumpyMaterializer(Materializer):
     def handles_value(self, value: Any) -> bool:
         return self.handles_type(type(value)) and not value.dtype.hasobject
 
+    def buffers(self, value: Any) -> tuple[list[Any], dict[str, Any]] | None:
+        import numpy as np
+
+        if not value.flags.c_contiguous:
+            return None
+        header = io.BytesIO()
+        self._write_header(value, header)
+        data = memoryview(value.reshape(-1).view(np.uint8))
+        return [header.getvalue(), data], {"shape": list(value.shape), "dtype": str(value.dtype)}
+
+    @staticmethod
+    def _write_header(value: Any, f: IO[bytes]) -> None:
+        fmt = __import__("numpy").lib.format
+        header = fmt.header_data_from_array_1_0(value)
+        try:
+            fmt.write_array_header_1_0(f, header)
+        except ValueError:  # a header over 64 KiB needs format 2.0
+            fmt.write_array_header_2_0(f, header)
+
     def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
         import numpy as np
 
@@ -144,11 +173,7 @@ class NumpyMaterializer(Materializer):
         if value.flags.c_contiguous:
             # The same bytes np.save writes, without its chunked copies: the array's
             # own buffer goes straight to the (hashing) file.
-            header = fmt.header_data_from_array_1_0(value)
-            try:
-                fmt.write_array_header_1_0(f, header)
-            except ValueError:  # a header over 64 KiB needs format 2.0
-                fmt.write_array_header_2_0(f, header)
+            self._write_header(value, f)
             f.write(memoryview(value.reshape(-1).view(np.uint8)))
         else:
             fmt.write_array(f, value, allow_pickle=False)

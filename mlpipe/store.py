@@ -45,7 +45,7 @@ from mlpipe.errors import (
     ObjectNotFoundError,
     StoreError,
 )
-from mlpipe.hashing import HashingWriter, canonical_json, digest_object, fast_checksum
+from mlpipe.hashing import HashingWriter, canonical_json, digest_buffers, digest_object, fast_checksum
 from mlpipe.materializers import Materializer, for_value, get_materializer, type_path
 from mlpipe.typecheck import is_any
 
@@ -53,6 +53,7 @@ __all__ = ["ArtifactStore", "ObjectInfo", "open_store"]
 
 _counter = itertools.count()
 _MMAP_THRESHOLD = 4 << 20
+_WRITE_SLICE = 64 << 20
 _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 
 
@@ -367,6 +368,9 @@ class ArtifactStore:
     def _put_local(self, value: Any, m: Materializer) -> tuple[str, int, dict[str, Any]]:
         fs = self._fs
         assert isinstance(fs, _LocalFS)
+        prepared = m.buffers(value)
+        if prepared is not None:
+            return self._put_buffers(*prepared)
         tmp_rel = f"objects/tmp/{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
         tmp = fs.path(tmp_rel)
         fs._ensure_dir(os.path.dirname(tmp))
@@ -389,6 +393,31 @@ class ArtifactStore:
                 os.unlink(tmp)
             raise
         return digest, writer.size, _with_checksum(extra, writer)
+
+    def _put_buffers(self, buffers: list[Any], extra: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
+        """Hash in-memory bytes first; write them only when the store lacks the object."""
+        fs = self._fs
+        assert isinstance(fs, _LocalFS)
+        digest, checksum, size = digest_buffers(buffers)
+        extra = {**extra, "xxh3_128": checksum} if checksum else extra
+        final = fs.path(self.object_path(digest))
+        if os.path.exists(final):
+            return digest, size, extra
+        tmp = fs.path(f"objects/tmp/{os.getpid()}-{threading.get_ident()}-{next(_counter)}")
+        fs._ensure_dir(os.path.dirname(tmp))
+        try:
+            with open(tmp, "wb", buffering=0) as raw:
+                for buffer in buffers:
+                    view = memoryview(buffer)
+                    for start in range(0, view.nbytes, _WRITE_SLICE):
+                        raw.write(view[start : start + _WRITE_SLICE])
+            fs._ensure_dir(os.path.dirname(final))
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return digest, size, extra
 
     def _put_remote(self, value: Any, m: Materializer) -> tuple[str, int, dict[str, Any]]:
         fs = self._fs
