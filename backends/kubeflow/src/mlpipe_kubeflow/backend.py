@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
-from mlpipe.errors import BackendError, MlpipeError, UnsupportedFeatureError
+from mlpipe.errors import BackendError, UnsupportedFeatureError
 from mlpipe.ir import PipelineIR
 from mlpipe.run import Run
 from mlpipe.store import ArtifactStore, open_store
+from mlpipe_kubeflow.background import LocalRuns, step_states, write_doc
 from mlpipe_kubeflow.compiler import DEFAULT_IMAGE, PipelinePlan, plan, write_spec
 from mlpipe_kubeflow.naming import check_parameter_budget
 from mlpipe_kubeflow.options import KubeflowOptions
@@ -42,7 +43,7 @@ class KubeflowBackend(Backend):
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
         super().__init__(options, image=image)
-        self._local: dict[str, tuple[threading.Thread, threading.Event, dict[str, Any]]] = {}
+        self._local = LocalRuns(self.name)
         self._clients: dict[tuple[str | None, str | None], Any] = {}
 
     @property
@@ -155,7 +156,7 @@ class KubeflowBackend(Backend):
             record_id, status = run_id, "succeeded"
         else:
             record_id, status = sub.external_id, "running"
-        doc = _write_doc(store, ir, record_id, params, status, plan_.ir_digest, cache=cache, kfp=data)
+        doc = write_doc(store, ir, record_id, self.name, params, status, plan_.ir_digest, cache=cache, kfp=data)
         if sub.recurring:
             store.put_json(f"runs/{record_id}/run.json", {**doc, "ended": time.time()})
         return RunHandle(backend=self.name, run_id=record_id, pipeline=ir.name, store=store.url,
@@ -163,20 +164,8 @@ class KubeflowBackend(Backend):
 
     def _submit_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
                       cache: bool) -> RunHandle:
-        cancel = threading.Event()
-        state: dict[str, Any] = {"status": "running"}
-
-        def target() -> None:
-            try:
-                state["status"] = self._execute_local(ir, store, params, run_id, cache, cancel).status
-            except BaseException as exc:  # surfaced through status()
-                state["status"], state["error"] = "failed", f"{type(exc).__name__}: {exc}"
-
-        thread = threading.Thread(target=target, name=f"mlpipe-kfp-local-{run_id}", daemon=True)
-        self._local[run_id] = (thread, cancel, state)
-        thread.start()
-        return RunHandle(backend=self.name, run_id=run_id, pipeline=ir.name, store=store.url,
-                         data={"mode": "local"})
+        return self._local.start(ir, store, run_id,
+                                 lambda cancel: self._execute_local(ir, store, params, run_id, cache, cancel))
 
     def _execute_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
                        cache: bool, cancel: threading.Event) -> Run:
@@ -193,7 +182,8 @@ class KubeflowBackend(Backend):
                 f"store {store.url}; use a directory or a bucket", backend=self.name, option="store")
         plan_ = self.plan(ir, store, cache=cache)
         arguments = self._arguments(ir, plan_, params)
-        doc = _write_doc(store, ir, run_id, params, "running", plan_.ir_digest, cache=cache, kfp={"mode": "local"})
+        doc = write_doc(store, ir, run_id, self.name, params, "running", plan_.ir_digest, cache=cache,
+                        kfp={"mode": "local"})
         index = open_index(store)
         index.record_run(doc)
         with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-") as tmp:
@@ -222,16 +212,10 @@ class KubeflowBackend(Backend):
         """The run's state: from this process for local runs, from the API server for cluster runs."""
         from mlpipe_kubeflow import client as kfp_client
 
-        active = self._local.get(handle.run_id)
-        if active is not None:
-            return RunStatus(state=active[2]["status"], message=active[2].get("error"))
-        steps = _step_states(handle)
-        if handle.data.get("mode") == "local":
-            try:
-                return RunStatus(state=Run.load(handle.store, handle.run_id).status, steps=steps)
-            except MlpipeError as exc:
-                raise BackendError(f"kubeflow: local run {handle.run_id} is unknown here: {exc}",
-                                   backend=self.name) from exc
+        local = self._local.status(handle)
+        if local is not None:
+            return local
+        steps = step_states(handle)
         if handle.data.get("kind") == "recurring":
             return RunStatus(state="succeeded", message=f"recurring run {handle.external_id} scheduled "
                              f"({handle.data.get('schedule')}); each scheduled run is recorded under its KFP run id")
@@ -245,11 +229,7 @@ class KubeflowBackend(Backend):
         """Stop the run; a finished run (or an already cancelled one) is left alone."""
         from mlpipe_kubeflow import client as kfp_client
 
-        active = self._local.get(handle.run_id)
-        if active is not None:
-            active[1].set()
-            return
-        if handle.data.get("mode") == "local" or not handle.external_id:
+        if self._local.cancel(handle) or not handle.external_id:
             return
         opts = self._options_for(handle)
         client = self._client(opts)
@@ -262,19 +242,3 @@ class KubeflowBackend(Backend):
         kfp_client.terminate(client, opts, handle.external_id)
 
 
-def _write_doc(store: ArtifactStore, ir: PipelineIR, run_id: str, params: Mapping[str, Any], status: str,
-               ir_digest: str, **extra: Any) -> dict[str, Any]:
-    """The run's record, pointing at the IR the tasks read (the stored one, with non-importable code shipped)."""
-    from mlpipe.launch import write_run_doc
-
-    doc = write_run_doc(store, ir, run_id, KubeflowBackend.name, params, status, **extra)
-    doc["ir"] = ir_digest
-    store.put_json(f"runs/{run_id}/run.json", doc)
-    return doc
-
-
-def _step_states(handle: RunHandle) -> dict[str, str]:
-    try:
-        return {name: step.status for name, step in Run.load(handle.store, handle.run_id).steps.items()}
-    except MlpipeError:
-        return {}

@@ -21,12 +21,14 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mlpipe_kubeflow.background import LocalRuns, step_states, write_doc
 from mlpipe_kubeflow.compiler import DEFAULT_IMAGE
 from mlpipe_kubeflow.naming import check_parameter_budget
+from mlpipe_kubeflow.records import finalize
 
 from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
 from mlpipe.errors import BackendError, MlpipeError, UnsupportedFeatureError
@@ -82,7 +84,7 @@ class VertexBackend(Backend):
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
         super().__init__(options, image=image)
-        self._local: dict[str, tuple[threading.Thread, threading.Event, dict[str, Any]]] = {}
+        self._local = LocalRuns(self.name)
 
     @property
     def opts(self) -> VertexOptions:
@@ -225,7 +227,7 @@ class VertexBackend(Backend):
             display = req.body["displayName"]
             name = client.create_schedule(opts, req.parent, req.body, display)
             data.update(kind="schedule", schedule=opts.cron)
-            doc = _write_doc(store, ir, run_id, params, "succeeded", req.ir_digest, cache=cache,
+            doc = write_doc(store, ir, run_id, BACKEND, params, "succeeded", req.ir_digest, cache=cache,
                              vertex={**data, "schedule_name": name})
             store.put_json(f"runs/{run_id}/run.json", {**doc, "ended": time.time()})
             return RunHandle(backend=self.name, run_id=run_id, pipeline=ir.name, store=store.url, external_id=name,
@@ -233,7 +235,7 @@ class VertexBackend(Backend):
                              data=data)
         name, state = client.create_job(opts, req.parent, req.body, req.job_id)
         data["kind"] = "job"
-        _write_doc(store, ir, req.job_id, params, "running" if state == "running" else "pending", req.ir_digest,
+        write_doc(store, ir, req.job_id, BACKEND, params, "running" if state == "running" else "pending", req.ir_digest,
                    cache=cache, vertex={**data, "job": name})
         return RunHandle(backend=self.name, run_id=req.job_id, pipeline=ir.name, store=store.url, external_id=name,
                          url=(f"https://console.cloud.google.com/vertex-ai/locations/{opts.location}/pipelines/runs/"
@@ -250,25 +252,14 @@ class VertexBackend(Backend):
         if handle.data.get("kind") == "job":
             # Steps Vertex never started (downstream of a failure) get a `skipped` record saying why.
             doc = store.get_json(f"runs/{handle.run_id}/run.json")
-            _finalize()(store, ir, doc, kfp_error=status.message if status.state == "failed" else None,
+            finalize(store, ir, doc, kfp_error=status.message if status.state == "failed" else None,
                      cancelled=status.state == "cancelled")
         return Run.load(store, handle.run_id)
 
     def _submit_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
                       cache: bool) -> RunHandle:
-        cancel = threading.Event()
-        state: dict[str, Any] = {"status": "running"}
-
-        def target() -> None:
-            try:
-                state["status"] = self._execute_local(ir, store, params, run_id, cache, cancel).status
-            except BaseException as exc:  # surfaced through status()
-                state["status"], state["error"] = "failed", f"{type(exc).__name__}: {exc}"
-
-        thread = threading.Thread(target=target, name=f"mlpipe-vertex-local-{run_id}", daemon=True)
-        self._local[run_id] = (thread, cancel, state)
-        thread.start()
-        return RunHandle(backend=self.name, run_id=run_id, pipeline=ir.name, store=store.url, data={"mode": "local"})
+        return self._local.start(ir, store, run_id,
+                                 lambda cancel: self._execute_local(ir, store, params, run_id, cache, cancel))
 
     def _execute_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
                        cache: bool, cancel: threading.Event) -> Run:
@@ -288,14 +279,14 @@ class VertexBackend(Backend):
         arguments = vplan.kfp.arguments(params)
         check_parameter_budget(ir.name, arguments, self.opts.max_parameter_bytes, "run parameters")
         check_arguments(ir.name, spec, arguments)
-        doc = _write_doc(store, ir, run_id, params, "running", vplan.kfp.ir_digest, cache=cache,
+        doc = write_doc(store, ir, run_id, BACKEND, params, "running", vplan.kfp.ir_digest, cache=cache,
                          vertex={"mode": "local"})
         index = open_index(store)
         index.record_run(doc)
         with tempfile.TemporaryDirectory(prefix="mlpipe-vertex-") as tmp:
             path = write_vertex_spec(spec, os.path.join(tmp, f"{vplan.kfp.name}.yaml"))
             error = execute_spec(path, arguments, run_id, cancel=cancel)
-        _finalize()(store, ir, doc, kfp_error=error, cancelled=cancel.is_set())
+        finalize(store, ir, doc, kfp_error=error, cancelled=cancel.is_set())
         index.sync_run(store, run_id)
         return Run.load(store, run_id)
 
@@ -314,16 +305,10 @@ class VertexBackend(Backend):
         """
         from mlpipe_vertex import client
 
-        active = self._local.get(handle.run_id)
-        if active is not None:
-            return RunStatus(state=active[2]["status"], message=active[2].get("error"))
-        steps = _step_states(handle)
-        if handle.data.get("mode") == "local":
-            try:
-                return RunStatus(state=Run.load(handle.store, handle.run_id).status, steps=steps)
-            except MlpipeError as exc:
-                raise BackendError(f"vertex: local run {handle.run_id} is unknown here: {exc}",
-                                   backend=self.name) from exc
+        local = self._local.status(handle)
+        if local is not None:
+            return local
+        steps = step_states(handle)
         if handle.data.get("kind") == "schedule":
             return RunStatus(state="succeeded", message=f"schedule {handle.external_id} created "
                              f"({handle.data.get('schedule')}); each job it starts is recorded under its own job id")
@@ -339,11 +324,7 @@ class VertexBackend(Backend):
         """Cancel the job (pause the schedule); a job that has ended is left alone."""
         from mlpipe_vertex import client
 
-        active = self._local.get(handle.run_id)
-        if active is not None:
-            active[1].set()
-            return
-        if handle.data.get("mode") == "local" or not handle.external_id:
+        if self._local.cancel(handle) or not handle.external_id:
             return
         opts = self._options_for(handle)
         if handle.data.get("kind") == "schedule":
@@ -353,41 +334,6 @@ class VertexBackend(Backend):
         if state in ("succeeded", "failed", "cancelled"):
             return
         client.cancel_job(opts, handle.external_id)
-
-
-def _finalize() -> Callable[..., dict[str, Any]]:
-    """The Kubeflow backend's end-of-run bookkeeping (skipped records for steps that never ran).
-
-    Looked up by name: it is moving from ``local_runner`` to ``records`` in mlpipe-kubeflow.
-    """
-    import importlib
-
-    for module in ("mlpipe_kubeflow.records", "mlpipe_kubeflow.local_runner"):
-        try:
-            found = getattr(importlib.import_module(module), "finalize", None)
-        except ImportError:
-            continue
-        if found is not None:
-            return found  # type: ignore[no-any-return]
-    raise BackendError("vertex: mlpipe-kubeflow has no finalize(); reinstall matching versions", backend=BACKEND)
-
-
-def _write_doc(store: ArtifactStore, ir: PipelineIR, run_id: str, params: Mapping[str, Any], status: str,
-               ir_digest: str, **extra: Any) -> dict[str, Any]:
-    """The run's record, pointing at the IR the tasks read (the stored one, with non-importable code shipped)."""
-    from mlpipe.launch import write_run_doc
-
-    doc = write_run_doc(store, ir, run_id, BACKEND, params, status, **extra)
-    doc["ir"] = ir_digest
-    store.put_json(f"runs/{run_id}/run.json", doc)
-    return doc
-
-
-def _step_states(handle: RunHandle) -> dict[str, str]:
-    try:
-        return {name: step.status for name, step in Run.load(handle.store, handle.run_id).steps.items()}
-    except (MlpipeError, OSError):
-        return {}
 
 
 def _close_run_doc(handle: RunHandle, status: RunStatus) -> None:

@@ -1,0 +1,91 @@
+"""Runs of a compiled spec executed by kfp.local in a background thread of this process.
+
+Shared by every backend that runs KFP specs locally (``mode = "local"``):
+Kubeflow, and Vertex AI, which compiles to the same spec. It owns the
+threads, their cancel events and states, the run record pointing at the
+stored IR, and reading a run's state back from the store.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from mlpipe.backend import RunHandle, RunStatus
+from mlpipe.errors import BackendError, MlpipeError
+from mlpipe.ir import PipelineIR
+from mlpipe.run import Run
+from mlpipe.store import ArtifactStore
+
+__all__ = ["LocalRuns", "step_states", "write_doc"]
+
+
+class LocalRuns:
+    """The local runs one backend instance started with :meth:`start`."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self._runs: dict[str, tuple[threading.Thread, threading.Event, dict[str, Any]]] = {}
+
+    def start(
+        self, ir: PipelineIR, store: ArtifactStore, run_id: str, execute: Callable[[threading.Event], Run]
+    ) -> RunHandle:
+        """Run ``execute(cancel_event)`` in a daemon thread; return the run's handle at once."""
+        cancel = threading.Event()
+        state: dict[str, Any] = {"status": "running"}
+
+        def target() -> None:
+            try:
+                state["status"] = execute(cancel).status
+            except BaseException as exc:  # surfaced through status()
+                state["status"], state["error"] = "failed", f"{type(exc).__name__}: {exc}"
+
+        thread = threading.Thread(target=target, name=f"mlpipe-{self.backend}-local-{run_id}", daemon=True)
+        self._runs[run_id] = (thread, cancel, state)
+        thread.start()
+        return RunHandle(backend=self.backend, run_id=run_id, pipeline=ir.name, store=store.url,
+                         data={"mode": "local"})
+
+    def status(self, handle: RunHandle) -> RunStatus | None:
+        """The state of a local run: from this process when it started here, else from the store.
+
+        None for a handle that is not a local run.
+        """
+        active = self._runs.get(handle.run_id)
+        if active is not None:
+            return RunStatus(state=active[2]["status"], message=active[2].get("error"))
+        if handle.data.get("mode") != "local":
+            return None
+        try:
+            return RunStatus(state=Run.load(handle.store, handle.run_id).status, steps=step_states(handle))
+        except MlpipeError as exc:
+            raise BackendError(f"{self.backend}: local run {handle.run_id} is unknown here: {exc}",
+                               backend=self.backend) from exc
+
+    def cancel(self, handle: RunHandle) -> bool:
+        """Ask a local run to stop. True when the handle is a local run (nothing else to do)."""
+        active = self._runs.get(handle.run_id)
+        if active is not None:
+            active[1].set()
+            return True
+        return handle.data.get("mode") == "local"
+
+
+def write_doc(store: ArtifactStore, ir: PipelineIR, run_id: str, backend: str, params: Mapping[str, Any],
+              status: str, ir_digest: str, **extra: Any) -> dict[str, Any]:
+    """The run's record, pointing at the IR the tasks read (the stored one, with non-importable code shipped)."""
+    from mlpipe.launch import write_run_doc
+
+    doc = write_run_doc(store, ir, run_id, backend, params, status, **extra)
+    doc["ir"] = ir_digest
+    store.put_json(f"runs/{run_id}/run.json", doc)
+    return doc
+
+
+def step_states(handle: RunHandle) -> dict[str, str]:
+    """Each step's status as recorded in the store ({} when the store cannot be read)."""
+    try:
+        return {name: step.status for name, step in Run.load(handle.store, handle.run_id).steps.items()}
+    except (MlpipeError, OSError):
+        return {}
