@@ -73,9 +73,11 @@ def main(sizes: list[int]) -> None:
             t = time.perf_counter()
             compiler.Compiler().compile(_build(plan), package_path=str(Path(tmp) / "plain.yaml"))
             t_plain = time.perf_counter() - t + t_plan
-        print(f"N={n}: IR {t_ir:.2f} s | plan+write_ir {t_plan:.2f} s | kfp build {t_build:.2f} s | "
-              f"kfp compile {t_compile:.2f} s | backend.compile end to end {t_total:.2f} s | {size:.0f} KiB | "
-              f"same with kfp unaided (plain dsl.pipeline + Compiler) {t_plain:.2f} s")
+        print(
+            f"N={n}: IR {t_ir:.2f} s | plan+write_ir {t_plan:.2f} s | kfp build {t_build:.2f} s | "
+            f"kfp compile {t_compile:.2f} s | backend.compile end to end {t_total:.2f} s | {size:.0f} KiB | "
+            f"same with kfp unaided (plain dsl.pipeline + Compiler) {t_plain:.2f} s"
+        )
 
 
 if __name__ == "__main__":
