@@ -289,7 +289,9 @@ class Bench:
                 baseline=stats(bare),
                 ratio=statistics.median(ours) / statistics.median(bare),
                 compare="ratio",
-                note="load verifies every byte (XXH3-128)" if kind == "load" else "BLAKE3 computed while writing",
+                note="load verifies every byte (XXH3-128)"
+                if kind == "load"
+                else "includes the BLAKE3 digest and checksum",
             )
         path.unlink()
         shutil.rmtree(self.workdir / "store-artifacts", ignore_errors=True)
