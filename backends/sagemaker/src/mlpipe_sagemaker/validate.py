@@ -31,7 +31,6 @@ __all__ = ["DefinitionValidationError", "LIMITS", "resolve_text", "validate_defi
 STEP_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PARAMETER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PIPELINE_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}$")
-DISPLAY_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,81}$")
 ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,255}$")
 PARAMETER_TYPES: dict[str, type | tuple[type, ...]] = {
     "String": str, "Integer": int, "Float": (int, float), "Boolean": bool

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from mlpipe.errors import ConfigError, UnsupportedFeatureError
+from mlpipe.errors import UnsupportedFeatureError
 
 __all__ = [
     "ACCELERATORS",
@@ -154,6 +154,3 @@ def accelerator_type(step: str, accelerator: str | None, default: str) -> str:
         )
     return name
 
-
-def config_error(message: str, **context: str) -> ConfigError:
-    return ConfigError(f"vertex: {message}", backend=BACKEND, **context)
