@@ -52,6 +52,7 @@ def components_for(spec: StepSpec, inputs: dict[str, dict[str, Any]]) -> dict[st
     return {
         "code": spec.fingerprint,
         "code_manifest": spec.code_manifest,
+        "code_previews": spec.code_previews,
         "inputs": inputs,
         "outputs": outputs,
         "materializers": materializers,
@@ -153,7 +154,10 @@ def diff_components(old: dict[str, Any], new: dict[str, Any]) -> list[Difference
             elif label not in nm:
                 diffs.append(Difference("code", name, om[label], None, f"{kind} {name} is no longer reached"))
             elif om[label] != nm[label]:
-                diffs.append(Difference("code", name, om[label], nm[label], f"{kind} {name} changed"))
+                before = old.get("code_previews", {}).get(label)
+                after = new.get("code_previews", {}).get(label)
+                values = f": {before} → {after}" if before is not None and after is not None else ""
+                diffs.append(Difference("code", name, om[label], nm[label], f"{kind} {name} changed{values}"))
             else:
                 continue
             found = True

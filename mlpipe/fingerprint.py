@@ -49,11 +49,15 @@ class Fingerprint:
         manifest: One entry per reached user object: ``"function mod.qualname"``,
             ``"class mod.qualname"`` or ``"constant mod.NAME"`` to its hash.
         packages: Top-level names of the installed packages the code reaches.
+        previews: Short readable values of the constants in the manifest (JSON
+            values and library objects with a stable repr), so ``cache explain``
+            can show what a constant changed from and to. Not part of the digest.
     """
 
     digest: str
     manifest: dict[str, str] = field(default_factory=dict)
     packages: frozenset[str] = frozenset()
+    previews: dict[str, str] = field(default_factory=dict)
 
 
 _lock = threading.RLock()
@@ -113,10 +117,27 @@ def fingerprint(fn: Any) -> Fingerprint:
         walker = _Walker()
         walker.visit_function(fn, root=True)
         result = Fingerprint(
-            digest_json(walker.manifest), dict(sorted(walker.manifest.items())), frozenset(walker.packages)
+            digest_json(walker.manifest),
+            dict(sorted(walker.manifest.items())),
+            frozenset(walker.packages),
+            dict(sorted(walker.previews.items())),
         )
         _memo[key] = (fn, result)
         return result
+
+
+_PREVIEW_CHARS = 120
+
+
+def _preview(value: Any) -> str | None:
+    """A short, stable text of a constant's value, or None (too long, or its repr holds an address)."""
+    try:
+        text = canonical_json(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+        if " at 0x" in text or text.startswith("<"):
+            return None
+    return text if len(text) <= _PREVIEW_CHARS else None
 
 
 def clear_memo() -> None:
@@ -317,6 +338,7 @@ def _code_names(code: types.CodeType) -> set[str]:
 class _Walker:
     def __init__(self) -> None:
         self.manifest: dict[str, str] = {}
+        self.previews: dict[str, str] = {}
         self.packages: set[str] = set()
         self._seen: set[int] = set()
         self._seen_attrs: set[tuple[int, str]] = set()
@@ -406,6 +428,9 @@ class _Walker:
             self._library(getattr(value, "__module__", None) or getattr(value, "__name__", None))
             return
         self.manifest[label] = self._value_hash(value)
+        preview = _preview(value)
+        if preview is not None:
+            self.previews[label] = preview
 
     def visit_class(self, cls: type) -> None:
         if id(cls) in self._seen:

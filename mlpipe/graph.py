@@ -119,6 +119,7 @@ def compile_trace(pipeline: Pipeline, trace: Trace) -> PipelineIR:
                 code=ref,
                 fingerprint=fp.digest,
                 code_manifest=fp.manifest,
+                code_previews=fp.previews,
                 inputs=tuple(inputs),
                 outputs=tuple(outputs),
                 upstream=tuple(upstream),

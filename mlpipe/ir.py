@@ -92,6 +92,7 @@ class StepSpec(_Frozen):
     code: CodeRef
     fingerprint: str
     code_manifest: dict[str, str] = Field(default_factory=dict)
+    code_previews: dict[str, str] = Field(default_factory=dict)
     inputs: tuple[InputSpec, ...] = ()
     outputs: tuple[StepOutput, ...] = ()
     upstream: tuple[str, ...] = ()

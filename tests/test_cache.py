@@ -67,7 +67,8 @@ def test_key_components() -> None:
     inputs = {"values": {"kind": "artifact", "digest": "a" * 64, "step": "numbers", "output": "output"},
               "bias": {"kind": "value", "value": 1}}
     components = components_for(spec, inputs)
-    assert set(components) == {"code", "code_manifest", "inputs", "outputs", "materializers", "version"}
+    assert set(components) == {"code", "code_manifest", "code_previews", "inputs", "outputs", "materializers",
+                               "version"}
     assert components["outputs"] == [["output", "int"]]
     assert components["materializers"] == ["json@1"]
     key = cache_key(components)
@@ -176,7 +177,7 @@ def test_code_change_is_explained_by_name() -> None:
     assert _statuses(run) == {"numbers": True, "scaled": False}
     info = explain_step(open_store(), run.id, "scaled")
     assert [d.component for d in info["differences"]] == ["code"]
-    assert str(info["differences"][0]) == f"closure {__name__}._make_scaler.<locals>.scaled.k changed"
+    assert str(info["differences"][0]) == f"closure {__name__}._make_scaler.<locals>.scaled.k changed: 2 → 3"
 
 
 def test_first_computation_is_explained() -> None:
