@@ -545,6 +545,7 @@ def test_library_objects_held_in_constants_are_hashed_by_their_state(project: Pr
     assert changed == {"constant main.WORD"}
     fp = project.load({"main": LIBRARY_CONSTANT})
     assert fp.manifest[f"constant main_{project.tag}.WORD"].startswith("pickle ")
+    assert fp.previews[f"constant main_{project.tag}.WORD"] == "re.compile('[a-z]+')"
 
 
 FRAMES = """
