@@ -20,7 +20,7 @@ from mlpipe.errors import BackendError, UnsupportedFeatureError
 from mlpipe.ir import PipelineIR
 from mlpipe.run import Run
 from mlpipe.store import ArtifactStore, open_store
-from mlpipe_kubeflow.background import LocalRuns, step_states, write_doc
+from mlpipe_kubeflow.background import LocalRuns, execute_locally, step_states, write_doc
 from mlpipe_kubeflow.compiler import DEFAULT_IMAGE, PipelinePlan, plan, write_spec
 from mlpipe_kubeflow.naming import check_parameter_budget
 from mlpipe_kubeflow.options import KubeflowOptions
@@ -169,10 +169,6 @@ class KubeflowBackend(Backend):
 
     def _execute_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
                        cache: bool, cancel: threading.Event) -> Run:
-        from mlpipe.metadata import open_index
-        from mlpipe_kubeflow.local_runner import execute_spec
-        from mlpipe_kubeflow.records import finalize
-
         if self.opts.schedule:
             raise UnsupportedFeatureError("kubeflow: schedule needs a cluster; kfp.local runs once (mode = \"local\")",
                                           backend=self.name, option="schedule")
@@ -184,14 +180,8 @@ class KubeflowBackend(Backend):
         arguments = self._arguments(ir, plan_, params)
         doc = write_doc(store, ir, run_id, self.name, params, "running", plan_.ir_digest, cache=cache,
                         kfp={"mode": "local"})
-        index = open_index(store)
-        index.record_run(doc)
-        with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-") as tmp:
-            spec = write_spec(plan_, os.path.join(tmp, f"{plan_.name}.yaml"))
-            error = execute_spec(spec, arguments, run_id, cancel=cancel)
-        finalize(store, ir, doc, kfp_error=error, cancelled=cancel.is_set())
-        index.sync_run(store, run_id)
-        return Run.load(store, run_id)
+        return execute_locally(store, ir, doc, lambda tmp: write_spec(plan_, os.path.join(tmp, f"{plan_.name}.yaml")),
+                               arguments, cancel)
 
     # -- status / cancel --------------------------------------------------------------
     def _client(self, opts: KubeflowOptions) -> Any:

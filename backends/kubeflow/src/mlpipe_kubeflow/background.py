@@ -8,6 +8,7 @@ stored IR, and reading a run's state back from the store.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,7 +19,7 @@ from mlpipe.ir import PipelineIR
 from mlpipe.run import Run
 from mlpipe.store import ArtifactStore
 
-__all__ = ["LocalRuns", "step_states", "write_doc"]
+__all__ = ["LocalRuns", "execute_locally", "step_states", "write_doc"]
 
 
 class LocalRuns:
@@ -70,6 +71,33 @@ class LocalRuns:
             active[1].set()
             return True
         return handle.data.get("mode") == "local"
+
+
+def execute_locally(
+    store: ArtifactStore,
+    ir: PipelineIR,
+    doc: dict[str, Any],
+    write: Callable[[str], str],
+    arguments: Mapping[str, Any],
+    cancel: threading.Event,
+) -> Run:
+    """Run a compiled spec with kfp.local and close the run's records.
+
+    ``doc`` is the run record already written; ``write(directory)`` writes the
+    spec into a temporary directory and returns its path.
+    """
+    from mlpipe.metadata import open_index
+    from mlpipe_kubeflow.local_runner import execute_spec
+    from mlpipe_kubeflow.records import finalize
+
+    run_id = doc["id"]
+    index = open_index(store)
+    index.record_run(doc)
+    with tempfile.TemporaryDirectory(prefix=f"mlpipe-{doc['backend']}-") as tmp:
+        error = execute_spec(write(tmp), dict(arguments), run_id, cancel=cancel)
+    finalize(store, ir, doc, kfp_error=error, cancelled=cancel.is_set())
+    index.sync_run(store, run_id)
+    return Run.load(store, run_id)
 
 
 def write_doc(store: ArtifactStore, ir: PipelineIR, run_id: str, backend: str, params: Mapping[str, Any],

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlpipe_kubeflow.background import LocalRuns, step_states, write_doc
+from mlpipe_kubeflow.background import LocalRuns, execute_locally, step_states, write_doc
 from mlpipe_kubeflow.compiler import DEFAULT_IMAGE
 from mlpipe_kubeflow.naming import check_parameter_budget
 from mlpipe_kubeflow.records import finalize
@@ -263,10 +262,6 @@ class VertexBackend(Backend):
 
     def _execute_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
                        cache: bool, cancel: threading.Event) -> Run:
-        from mlpipe_kubeflow.local_runner import execute_spec
-
-        from mlpipe.metadata import open_index
-
         if self.opts.schedule:
             raise UnsupportedFeatureError("vertex: schedule needs Vertex; mode = \"local\" runs the spec once",
                                           backend=self.name, option="schedule")
@@ -280,15 +275,10 @@ class VertexBackend(Backend):
         check_parameter_budget(ir.name, arguments, self.opts.max_parameter_bytes, "run parameters")
         check_arguments(ir.name, spec, arguments)
         doc = write_doc(store, ir, run_id, BACKEND, params, "running", vplan.kfp.ir_digest, cache=cache,
-                         vertex={"mode": "local"})
-        index = open_index(store)
-        index.record_run(doc)
-        with tempfile.TemporaryDirectory(prefix="mlpipe-vertex-") as tmp:
-            path = write_vertex_spec(spec, os.path.join(tmp, f"{vplan.kfp.name}.yaml"))
-            error = execute_spec(path, arguments, run_id, cancel=cancel)
-        finalize(store, ir, doc, kfp_error=error, cancelled=cancel.is_set())
-        index.sync_run(store, run_id)
-        return Run.load(store, run_id)
+                        vertex={"mode": "local"})
+        return execute_locally(
+            store, ir, doc, lambda tmp: write_vertex_spec(spec, os.path.join(tmp, f"{vplan.kfp.name}.yaml")),
+            arguments, cancel)
 
     # -- status / cancel --------------------------------------------------------------
     def _options_for(self, handle: RunHandle) -> VertexOptions:
