@@ -255,26 +255,23 @@ class Bench:
     ) -> None:
         from mlpipe.store import open_store
 
-        repeats = 1 if self.quick else 7
+        repeats = 1 if self.quick else 9
         store = open_store(str(self.workdir / "store-artifacts"))
         path = self.workdir / f"bare{suffix}"
-        warm_page_cache(self.workdir, value)
+        size = getattr(value, "nbytes", 0) or int(value.memory_usage(deep=True).sum())
         infos: list[Any] = []
         write_bare: list[float] = []
         write_ours: list[float] = []
         for i in range(repeats):
-            # Alternate the two, each starting with no dirty pages waiting for writeback, each
-            # writing a new file, and new content each round (so the store never dedups). Neither
-            # keeps earlier rounds' files: on this VM, writes slow down about tenfold once a few
-            # gigabytes of new files accumulate, which would bias whichever side keeps them.
+            # New content each round (the store never dedups) and the same conditions for both
+            # sides: no dirty pages waiting for writeback, the other side's file just deleted
+            # (so neither accumulates files), and freshly touched memory to write into.
             touch(value, i)
-            path.unlink(missing_ok=True)
-            os.sync()
+            prepare_memory(size, lambda: store.delete_object(infos[-1].digest) if infos else None)
             write_bare += timed(lambda: bare_write(path), 1)
-            os.sync()
+            prepare_memory(size, path.unlink)
             write_ours += timed(lambda: infos.append(store.put_value(value)), 1)
-            if i < repeats - 1:  # like the bare file, the object does not pile up between rounds
-                store.delete_object(infos[-1].digest)
+        bare_write(path)  # for the reads
         read_bare = timed(lambda: bare_read(path), repeats)
         read_ours = timed(lambda: store.get_value(infos[-1].digest), repeats)
         for kind, ours, bare, name in (
@@ -291,7 +288,7 @@ class Bench:
                 compare="ratio",
                 note="load verifies every byte (XXH3-128)"
                 if kind == "load"
-                else "includes the BLAKE3 digest and checksum",
+                else "includes the XXH3-128 content address",
             )
         path.unlink()
         shutil.rmtree(self.workdir / "store-artifacts", ignore_errors=True)
@@ -349,21 +346,22 @@ class Bench:
         )
 
 
-def warm_page_cache(workdir: Path, value: Any) -> None:
-    """Write and delete three times the value's size first.
+def prepare_memory(size: int, free_previous: Callable[[], Any]) -> None:
+    """Flush dirty pages, free the previous file, then touch and release memory for the next write.
 
-    On a fresh VM the first writes into memory the guest has never touched run
-    at disk speed (the host backs each page on first use); whichever side of a
-    comparison writes first would pay for it.
+    On this project's VMs the host backs guest memory lazily and takes back pages
+    the guest has freed for a few seconds (free page reporting): a write into
+    such pages runs at disk speed, about 400 MB/s, against 5-7 GB/s into memory
+    the guest has just used. Touching as much anonymous memory as the write
+    needs, right before it, hands the page cache hot pages, whichever side of a
+    comparison writes; without it the two sides' medians swing 2-10x between runs.
     """
-    size = 3 * max(getattr(value, "nbytes", 0), 256 << 20)
-    chunk = bytes(64 << 20)
-    scratch = workdir / "warm.bin"
-    with open(scratch, "wb") as f:
-        for _ in range(0, size, len(chunk)):
-            f.write(chunk)
-    scratch.unlink()
+    import numpy as np
+
     os.sync()
+    free_previous()
+    scratch = np.ones(size + size // 4, dtype=np.uint8)
+    del scratch
 
 
 def mp_inc(x: int) -> int:

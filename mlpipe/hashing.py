@@ -2,12 +2,13 @@
 
 Two digests, for two jobs:
 
-- Stored objects are addressed by **BLAKE3-256** (:func:`digest_object`,
-  :class:`HashingWriter`): a cryptographic hash that runs on every core. On
-  this project's 2-core machines SHA-256 manages 1.6 GB/s while ``np.save``
-  writes 1.3-4.5 GB/s into the page cache, so SHA-256 alone made storing a
-  large array 3x slower than writing it; BLAKE3 hashes a gigabyte in about
-  0.11 s.
+- Stored objects are addressed by **XXH3-128** (:func:`digest_object`,
+  :class:`HashingWriter`), which hashes about 30 GB/s on one core: storing a
+  gigabyte array costs a few percent more than writing it, and every read is
+  verified at memory speed. It detects corruption and makes accidental
+  collisions negligible (one expected after about 2**64 objects), but it is
+  not a cryptographic hash: it does not resist data crafted on purpose to
+  collide (see docs/caching.md, "What the address guarantees").
 - Small JSON documents (cache keys, parameters, the IR) use SHA-256 from the
   standard library (:func:`digest_json`, :func:`digest_bytes`), where speed
   does not matter.
@@ -32,7 +33,6 @@ __all__ = [
     "digest_bytes",
     "digest_json",
     "digest_object",
-    "fast_checksum",
     "json_safe",
 ]
 
@@ -60,43 +60,27 @@ def digest_bytes(data: bytes | bytearray | memoryview) -> str:
 
 
 def _object_hasher() -> Any:
-    import blake3
+    import xxhash
 
-    return blake3.blake3()
+    return xxhash.xxh3_128()
 
 
-def digest_buffers(buffers: list[Any]) -> tuple[str, str | None, int]:
-    """(BLAKE3 digest, XXH3-128 checksum, size) of the concatenation of ``buffers``.
-
-    For values already in memory (see ``Materializer.buffers``): BLAKE3 runs on
-    every core, so a gigabyte hashes in about 0.1 s.
-    """
-    import blake3
-
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    try:
-        import xxhash
-
-        check: Any = xxhash.xxh3_128()
-    except ImportError:  # pragma: no cover - xxhash is a core dependency
-        check = None
+def digest_buffers(buffers: list[Any]) -> tuple[str, int]:
+    """(Content address, size) of the concatenation of ``buffers`` (see ``Materializer.buffers``)."""
+    hasher = _object_hasher()
     size = 0
     for buffer in buffers:
         view = memoryview(buffer)
         hasher.update(view)
-        if check is not None:
-            check.update(view)
         size += view.nbytes
-    return str(hasher.hexdigest()), None if check is None else str(check.hexdigest()), size
+    return str(hasher.hexdigest()), size
 
 
 def digest_object(data: bytes | bytearray | memoryview) -> str:
-    """The content address of an object's bytes: BLAKE3-256, hex (on every core for large inputs)."""
-    import blake3
+    """The content address of an object's bytes: XXH3-128, 32 hex digits."""
+    import xxhash
 
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    hasher.update(data)
-    return str(hasher.hexdigest())
+    return str(xxhash.xxh3_128_hexdigest(data))
 
 
 def digest_json(value: Any) -> str:
@@ -118,15 +102,6 @@ def json_safe(value: Any) -> bool:
     return False
 
 
-def fast_checksum(data: bytes | bytearray | memoryview) -> str | None:
-    """XXH3-128 of ``data`` (about 20x faster than SHA-256), or None without the xxhash package."""
-    try:
-        import xxhash
-    except ImportError:  # pragma: no cover - xxhash is a core dependency
-        return None
-    return str(xxhash.xxh3_128_hexdigest(data))
-
-
 _SLICE = 8 << 20  # large writes go through in slices of this size
 
 
@@ -135,24 +110,16 @@ class HashingWriter:
 
     Serialisers write straight into the destination file through it, so the
     object's digest is known the moment the write ends, without reading the
-    file back. It also keeps an XXH3-128 checksum, which reads verify at memory
-    speed (see :meth:`ArtifactStore.read_verified`).
+    file back.
 
-    Once a write of a full slice arrives, hashing and checksumming move to a
-    second thread that digests each slice while this thread writes it (both
-    release the GIL): storing a large array then costs little more than
-    writing it.
+    Once a write of a full slice arrives, hashing moves to a second thread
+    that digests each slice while this thread writes it (the write releases
+    the GIL): storing a large array then costs little more than writing it.
     """
 
     def __init__(self, raw: IO[bytes]) -> None:
         self._raw = raw
         self._hash = _object_hasher()
-        try:
-            import xxhash
-
-            self._check: Any = xxhash.xxh3_128()
-        except ImportError:  # pragma: no cover - xxhash is a core dependency
-            self._check = None
         self.size = 0
         self._queue: queue.Queue[memoryview | None] | None = None
         self._thread: threading.Thread | None = None
@@ -170,20 +137,15 @@ class HashingWriter:
             if self._queue is not None:
                 self._queue.put(piece)  # keeps the slice alive until it is hashed
             else:
-                self._digest_slice(piece)
+                self._hash.update(piece)
             self._raw.write(piece)
         self.size += view.nbytes
         return view.nbytes
 
-    def _digest_slice(self, piece: memoryview) -> None:
-        self._hash.update(piece)
-        if self._check is not None:
-            self._check.update(piece)
-
     def _hash_slices(self) -> None:
         assert self._queue is not None
         while (piece := self._queue.get()) is not None:
-            self._digest_slice(piece)
+            self._hash.update(piece)
 
     def finish(self) -> None:
         """Wait for the hashing thread. Called by :meth:`hexdigest`; call it on errors too."""
@@ -195,9 +157,6 @@ class HashingWriter:
     def hexdigest(self) -> str:
         self.finish()
         return str(self._hash.hexdigest())
-
-    def checksum(self) -> str | None:
-        return None if self._check is None else str(self._check.hexdigest())
 
     # The file protocol bits serialisers probe for.
     def flush(self) -> None:

@@ -103,9 +103,9 @@ class Materializer(ABC):
         """The exact bytes :meth:`save` would write, as in-memory buffers, or None.
 
         Materializers whose values already hold their bytes (numpy arrays) return
-        them, with the sidecar extras: the store then hashes first (on every
-        core), skips writing an object it already has, and otherwise writes the
-        buffers as they are.
+        them, with the sidecar extras: the store then hashes them in memory
+        first, skips writing an object it already has, and otherwise calls
+        :meth:`save` with the destination file.
         """
         return None
 
@@ -172,9 +172,15 @@ class NumpyMaterializer(Materializer):
         fmt = np.lib.format
         if value.flags.c_contiguous:
             # The same bytes np.save writes, without its chunked copies: the array's
-            # own buffer goes straight to the (hashing) file.
+            # own buffer goes straight to the file. Into a real file, through
+            # ndarray.tofile as np.save does: on this project's machines one
+            # write(2) from numpy fills the page cache about 30% faster than the
+            # same write(2) from FileIO.write (measured, not understood).
             self._write_header(value, f)
-            f.write(memoryview(value.reshape(-1).view(np.uint8)))
+            if isinstance(f, io.FileIO):
+                value.tofile(f)
+            else:
+                f.write(memoryview(value.reshape(-1).view(np.uint8)))
         else:
             fmt.write_array(f, value, allow_pickle=False)
         return {"shape": list(value.shape), "dtype": str(value.dtype)}

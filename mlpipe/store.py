@@ -2,7 +2,7 @@
 
 Layout under the store root::
 
-    objects/ab/abcdef…            the bytes, named by their BLAKE3-256 digest
+    objects/ab/abcdef…            the bytes, named by their XXH3-128 digest
     objects/ab/abcdef….meta.json  sidecar: type, materializer, size, python
     cache/ab/<key>.json           cache entries (step outputs by cache key)
     runs/<run_id>/run.json        run records; steps/<step>.json or steps.json (see records.py)
@@ -45,7 +45,7 @@ from mlpipe.errors import (
     ObjectNotFoundError,
     StoreError,
 )
-from mlpipe.hashing import HashingWriter, canonical_json, digest_buffers, digest_object, fast_checksum
+from mlpipe.hashing import HashingWriter, canonical_json, digest_buffers, digest_object
 from mlpipe.materializers import Materializer, for_value, get_materializer, type_path
 from mlpipe.typecheck import is_any
 
@@ -53,7 +53,6 @@ __all__ = ["ArtifactStore", "ObjectInfo", "open_store"]
 
 _counter = itertools.count()
 _MMAP_THRESHOLD = 4 << 20
-_WRITE_SLICE = 64 << 20
 _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 
 
@@ -370,7 +369,7 @@ class ArtifactStore:
         assert isinstance(fs, _LocalFS)
         prepared = m.buffers(value)
         if prepared is not None:
-            return self._put_buffers(*prepared)
+            return self._put_buffers(value, m, *prepared)
         tmp_rel = f"objects/tmp/{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
         tmp = fs.path(tmp_rel)
         fs._ensure_dir(os.path.dirname(tmp))
@@ -392,14 +391,15 @@ class ArtifactStore:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return digest, writer.size, _with_checksum(extra, writer)
+        return digest, writer.size, extra
 
-    def _put_buffers(self, buffers: list[Any], extra: dict[str, Any]) -> tuple[str, int, dict[str, Any]]:
+    def _put_buffers(
+        self, value: Any, m: Materializer, buffers: list[Any], extra: dict[str, Any]
+    ) -> tuple[str, int, dict[str, Any]]:
         """Hash in-memory bytes first; write them only when the store lacks the object."""
         fs = self._fs
         assert isinstance(fs, _LocalFS)
-        digest, checksum, size = digest_buffers(buffers)
-        extra = {**extra, "xxh3_128": checksum} if checksum else extra
+        digest, size = digest_buffers(buffers)
         final = fs.path(self.object_path(digest))
         if os.path.exists(final):
             return digest, size, extra
@@ -407,10 +407,13 @@ class ArtifactStore:
         fs._ensure_dir(os.path.dirname(tmp))
         try:
             with open(tmp, "wb", buffering=0) as raw:
-                for buffer in buffers:
-                    view = memoryview(buffer)
-                    for start in range(0, view.nbytes, _WRITE_SLICE):
-                        raw.write(view[start : start + _WRITE_SLICE])
+                m.save(value, raw)
+                written = raw.tell()
+            if written != size:
+                raise MaterializerError(
+                    f"materializer {m.name!r} wrote {written} bytes but its buffers() gave {size}; "
+                    "buffers() must return exactly the bytes save() writes"
+                )
             fs._ensure_dir(os.path.dirname(final))
             os.replace(tmp, final)
         except BaseException:
@@ -438,7 +441,7 @@ class ArtifactStore:
                 fs.put_file(raw.name, rel)
         finally:
             os.unlink(raw.name)
-        return digest, writer.size, _with_checksum(extra, writer)
+        return digest, writer.size, extra
 
     def exists(self, digest: str) -> bool:
         return self._fs.exists(self.object_path(digest))
@@ -458,8 +461,10 @@ class ArtifactStore:
     def read_verified(self, digest: str, meta: dict[str, Any] | None = None) -> bytearray | memoryview:
         """The object's bytes, after checking they are still the bytes that were stored.
 
-        With the sidecar's XXH3-128 checksum (written with the object) the check
-        runs at memory speed; without one it recomputes the BLAKE3 digest. Either way a
+        The check recomputes the XXH3-128 address (memory speed: a gigabyte in
+        about 0.03 s). Objects of stores written by development versions before
+        0.1.0 are named by a 64-digit BLAKE3 digest; they are checked against the
+        XXH3-128 checksum their sidecar carries. A
         mismatch quarantines the object and raises :class:`CorruptObjectError`.
         """
         rel = self.object_path(digest)
@@ -470,9 +475,8 @@ class ArtifactStore:
                 f"object {digest[:12]}… is missing from the store {self.url}; re-run the pipeline to recompute it",
                 digest=digest,
             ) from None
-        expected = (meta or {}).get("xxh3_128")
-        actual = fast_checksum(data) if expected else None
-        ok = actual == expected if actual is not None else digest_object(data) == digest
+        expected = digest if len(digest) == 32 else (meta if meta is not None else self.meta(digest)).get("xxh3_128")
+        ok = digest_object(data) == expected
         if not ok:
             self.quarantine(digest)
             raise CorruptObjectError(
@@ -521,7 +525,7 @@ class ArtifactStore:
         """Every (digest, size) in the store, sidecars and temporaries excluded."""
         for rel, size in self._fs.walk_files("objects"):
             name = rel.rsplit("/", 1)[-1]
-            if len(name) == 64 and "." not in name and "/tmp/" not in rel:
+            if len(name) in (32, 64) and "." not in name and "/tmp/" not in rel:  # 64: BLAKE3, pre-0.1.0 stores
                 yield name, size
 
     # -- JSON documents ---------------------------------------------------------
@@ -577,11 +581,6 @@ class ArtifactStore:
         else:
             with contextlib.suppress(FileNotFoundError):
                 self._fs.fs.rm(self._fs.root, recursive=True)
-
-
-def _with_checksum(extra: dict[str, Any], writer: HashingWriter) -> dict[str, Any]:
-    checksum = writer.checksum()
-    return {**extra, "xxh3_128": checksum} if checksum else extra
 
 
 def open_store(url: str | ArtifactStore | None = None, storage_options: dict[str, Any] | None = None) -> ArtifactStore:

@@ -6,7 +6,7 @@ wrapper), always with explicit ``pip_requirements`` (inferring them costs
 ~10 s per model), registers it, and tags the version with mlpipe's lineage:
 run, pipeline, step, cache key, code fingerprint, the step's input artifacts,
 and the content digest of the data sets given, which are also logged as
-``mlflow.data`` inputs carrying mlpipe's own content digest (BLAKE3) as their digest.
+``mlflow.data`` inputs carrying mlpipe's own content digest (XXH3-128) as their digest.
 
 :func:`promote` moves an alias (``champion``) to a version only when every
 gate passes, and records the decision and its reasons on the version's tags
