@@ -103,9 +103,8 @@ class Materializer(ABC):
         """The exact bytes :meth:`save` would write, as in-memory buffers, or None.
 
         Materializers whose values already hold their bytes (numpy arrays) return
-        them, with the sidecar extras: the store then hashes them in memory
-        first, skips writing an object it already has, and otherwise calls
-        :meth:`save` with the destination file.
+        them, with the sidecar extras: the store then hashes them in memory on a
+        second thread while :meth:`save` writes into the destination file.
         """
         return None
 
