@@ -20,7 +20,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mlpipe.cache import artifact_input, cache_key, components_for, lookup, param_input, write_entry
 from mlpipe.errors import (
@@ -41,7 +41,7 @@ from mlpipe.store import ArtifactStore, ObjectInfo
 from mlpipe.tracking import for_run as _tracking_for_run
 from mlpipe.typecheck import type_name, validate
 
-__all__ = ["StepExecutor", "StepOutcome", "UpstreamCorrupted", "skip_reason"]
+__all__ = ["AttemptLedger", "StepExecutor", "StepOutcome", "UpstreamCorrupted", "skip_reason"]
 
 _IMMUTABLE = (int, float, str, bytes, bool, type(None), frozenset)
 
@@ -136,6 +136,18 @@ def _retry_delay(attempt: int) -> float:
     return float(min(base * (2 ** (attempt - 1)), 60.0))
 
 
+class AttemptLedger(Protocol):
+    """Counts a step's attempts across processes (remote tasks that the orchestrator retries)."""
+
+    def used(self, step: str) -> tuple[int, str | None]:
+        """Attempts already made for ``step`` in this run by earlier processes, and the last error."""
+        ...
+
+    def started(self, step: str, attempt: int) -> None:
+        """Note that attempt number ``attempt`` (counting earlier processes' attempts) starts now."""
+        ...
+
+
 class StepExecutor:
     """Runs step calls of one pipeline run against one store.
 
@@ -146,6 +158,9 @@ class StepExecutor:
         pipeline: The pipeline's name.
         use_cache: False recomputes every step (entries are still written).
         records: Where step records go (default: one file per step, written at once).
+        attempts: Where attempts are counted across processes (remote runtimes): with
+            it, ``retries=N`` bounds a step's runs to N + 1 in the whole run, even when
+            the orchestrator retries the task too. None counts in this process only.
     """
 
     def __init__(
@@ -156,8 +171,10 @@ class StepExecutor:
         pipeline: str,
         use_cache: bool = True,
         records: RunRecords | None = None,
+        attempts: AttemptLedger | None = None,
     ) -> None:
         self.records = records or RunRecords(store, run_id)
+        self.attempts = attempts
         self.store = store
         self.index = index
         self.run_id = run_id
@@ -273,8 +290,19 @@ class StepExecutor:
 
     def _call(self, spec: StepSpec, fn: Callable[..., Any], values: dict[str, Any], outcome: StepOutcome) -> Any:
         """Call the step, retrying with exponential backoff; ``outcome.attempts`` counts every try."""
+        last_error = None
+        if self.attempts is not None:
+            outcome.attempts, last_error = self.attempts.used(spec.name)
         while True:
+            if outcome.attempts > spec.retries:  # only with attempts made by earlier processes
+                raise StepFailedError(
+                    f"step {spec.name!r} already ran {outcome.attempts} time(s) in this run, in earlier tasks "
+                    f"(retries={spec.retries}); not running it again. Last error: {last_error or 'none recorded'}",
+                    step=spec.name,
+                )
             outcome.attempts += 1
+            if self.attempts is not None:
+                self.attempts.started(spec.name, outcome.attempts)
             try:
                 return self._call_once(spec, fn, values)
             except Exception:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -143,6 +144,38 @@ def _ensure_run_doc(
     )
 
 
+class StoreAttempts:
+    """Counts one step's attempts in the store, so retries by the orchestrator do not multiply them.
+
+    Kubeflow and Vertex retry a failed task (``retryPolicy``), SageMaker a failed job
+    (``RetryPolicies``), and the runtime retries the step's code inside the task. Each
+    attempt leaves a marker under ``runs/<run>/attempts/<step>/`` before it starts, so
+    a retried task knows how many attempts the run has already spent, including one
+    whose container was killed mid-attempt (out of memory, eviction).
+    Other steps (run in this task to repair a corrupted input) are not counted.
+    """
+
+    def __init__(self, store: ArtifactStore, run_id: str, step: str) -> None:
+        self.store, self.run_id, self.step = store, run_id, step
+        self._dir = f"runs/{run_id}/attempts/{step}"
+
+    def used(self, step: str) -> tuple[int, str | None]:
+        if step != self.step:
+            return 0, None
+        count = len([name for name in self.store.listdir(self._dir) if name.endswith(".json")])
+        if not count:
+            return 0, None
+        rel = f"runs/{self.run_id}/steps/{step}.json"
+        record = self.store.get_json(rel) if self.store.has(rel) else {}
+        error = record.get("error") if record.get("status") == "failed" else None
+        return count, error or "the task ended during the attempt (killed, out of memory or evicted)"
+
+    def started(self, step: str, attempt: int) -> None:
+        if step == self.step:
+            marker = {"attempt": attempt, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+            self.store.put_json(f"{self._dir}/{attempt}-{socket.gethostname()}-{os.getpid()}.json", marker)
+
+
 def execute_remote_step(
     store: ArtifactStore,
     ir: PipelineIR,
@@ -174,7 +207,7 @@ def execute_remote_step(
         elif any(i.source == "param" and i.param == name for i in spec.inputs):
             raise ParameterError(f"pipeline {ir.name!r}: parameter {name!r} is required", argument=name)
     _ensure_run_doc(store, ir, ir_digest, run_id, backend, params, cache)
-    executor = StepExecutor(store, None, run_id, ir.name, use_cache=cache)
+    executor = StepExecutor(store, None, run_id, ir.name, use_cache=cache, attempts=StoreAttempts(store, run_id, step))
     if executor.tracking is None:  # join the run's parent run in the tracking server, if any
         executor.tracking = join_run(store, run_id, ir)
 

@@ -67,6 +67,48 @@ def test_steps_run_one_by_one_like_remote_tasks(store: ArtifactStore) -> None:
     assert local.output("add_2") == run.output("add_2")
 
 
+def test_retried_tasks_share_the_steps_attempts(store: ArtifactStore) -> None:
+    # retries=1: at most two runs of the step's code in the whole run, however often the
+    # orchestrator retries the task (KFP retryPolicy, SageMaker RetryPolicies).
+    ir = res.retried.ir
+    digest = write_ir(store, ir)
+    run_id = new_run_id()
+    assert execute_remote_step(store, ir, digest, run_id, "source", {}).status == "succeeded"
+    res.ALWAYS_FAILS_CALLS.clear()
+    first = execute_remote_step(store, ir, digest, run_id, "always_fails", {})
+    assert (first.status, first.attempts, len(res.ALWAYS_FAILS_CALLS)) == ("failed", 2, 2)
+    assert "RuntimeError: broken 1" in (first.error or "")
+    again = execute_remote_step(store, ir, digest, run_id, "always_fails", {})  # the orchestrator's retry
+    assert len(res.ALWAYS_FAILS_CALLS) == 2, "the code must not run a third time"
+    assert again.status == "failed" and again.attempts == 2
+    assert again.error is not None
+    assert "already ran 2 time(s) in this run, in earlier tasks (retries=1)" in again.error
+    assert "Last error: RuntimeError: broken 1" in again.error
+    markers = store.listdir(f"runs/{run_id}/attempts/always_fails")
+    assert [m.split("-")[0] for m in markers] == ["1", "2"]
+    # a new run starts with a fresh budget
+    other = new_run_id()
+    execute_remote_step(store, ir, digest, other, "source", {})
+    execute_remote_step(store, ir, digest, other, "always_fails", {})
+    assert len(res.ALWAYS_FAILS_CALLS) == 4
+
+
+def test_a_task_killed_mid_attempt_used_that_attempt(store: ArtifactStore) -> None:
+    ir = res.retried.ir
+    digest = write_ir(store, ir)
+    run_id = new_run_id()
+    execute_remote_step(store, ir, digest, run_id, "source", {})
+    # an earlier container started attempt 1 and was killed before writing any record
+    store.put_json(f"runs/{run_id}/attempts/always_fails/1-node-7.json", {"attempt": 1})
+    res.ALWAYS_FAILS_CALLS.clear()
+    outcome = execute_remote_step(store, ir, digest, run_id, "always_fails", {})
+    assert len(res.ALWAYS_FAILS_CALLS) == 1 and outcome.attempts == 2
+    # a step served from the cache spends no attempt
+    assert len(store.listdir(f"runs/{run_id}/attempts/source")) == 1
+    cached = execute_remote_step(store, ir, digest, run_id, "source", {})
+    assert cached.cached and len(store.listdir(f"runs/{run_id}/attempts/source")) == 1
+
+
 def test_unknown_and_missing_params(store: ArtifactStore) -> None:
     ir = res.arithmetic.ir
     digest = write_ir(store, ir)

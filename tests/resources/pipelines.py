@@ -99,6 +99,20 @@ def failing(n: int = 1) -> int:
     return plus_one(slow_ok(x))
 
 
+ALWAYS_FAILS_CALLS: list[int] = []
+
+
+@mp.step(retries=1)
+def always_fails(x: int) -> int:
+    ALWAYS_FAILS_CALLS.append(x)
+    raise RuntimeError(f"broken {x}")
+
+
+@mp.pipeline
+def retried() -> int:
+    return always_fails(source())
+
+
 @mp.step
 def wrong_type(x: int) -> int:
     return "not an int"  # type: ignore[return-value]
