@@ -369,6 +369,11 @@ def runs_show(
         console.print(
             f"{handle['backend']} id {handle['external_id']}" + (f"  {handle['url']}" if handle.get("url") else "")
         )
+    from mlpipe.tracking import tracking_link
+
+    link = tracking_link(store, r.id)
+    if link:
+        console.print(link, soft_wrap=True)
     table = Table("step", "status", "cached", "duration", "output", "address", "size", "type", box=None)
     for s in r.steps.values():
         first = True

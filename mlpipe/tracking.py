@@ -587,6 +587,27 @@ def for_run(run_id: str) -> RunTracking | None:
         return _RUNS.get(run_id)
 
 
+def tracking_link(store: ArtifactStore, run_id: str) -> str | None:
+    """Where a tracked run lives in its tracker, for ``mlpipe runs show``; None when it was not tracked.
+
+    For MLflow over HTTP: the parent run's page in the MLflow UI. For other
+    tracking URIs (sqlite, files): the run id, experiment and URI.
+    """
+    rel = _tracking_doc_path(run_id)
+    if not store.has(rel):
+        return None
+    doc = store.get_json(rel)
+    info = doc.get("info") or {}
+    name, uri = doc.get("tracker", "tracker"), str(info.get("tracking_uri", ""))
+    parent, experiment = info.get("parent_run_id"), info.get("experiment_id")
+    if not parent:
+        return f"{name} at {uri}" if uri else name
+    if name == "mlflow" and experiment and uri.startswith(("http://", "https://")):
+        return f"mlflow run {parent}  {uri.rstrip('/')}/#/experiments/{experiment}/runs/{parent}"
+    where = f" (experiment {experiment})" if experiment else ""
+    return f"{name} run {parent}{where}" + (f" at {uri}" if uri else "")
+
+
 def join_run(store: ArtifactStore, run_id: str, ir: PipelineIR) -> RunTracking | None:
     """In a remote task: join the run's tracking from the environment or ``runs/<id>/tracking.json``.
 

@@ -68,6 +68,20 @@ def test_parent_and_child_runs_with_tags_params_and_metrics(tracked: Tracked, mo
     assert children["pair"].data.metrics == {"first.accuracy": 1.0, "first.n": 5.0}
 
 
+def test_runs_show_links_the_mlflow_run(tracked: Tracked) -> None:
+    run = mpl.branches.run(n=2)
+    parent, _children = tracked.tree(run.id)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    shown = subprocess.run([sys.executable, "-m", "mlpipe", "runs", "show", run.id], cwd=tracked.work, env=env,
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert shown.returncode == 0, shown.stderr
+    pid, exp = parent.info.run_id, parent.info.experiment_id
+    if tracked.uri.startswith("http"):
+        assert f"mlflow run {pid}  {tracked.uri.rstrip('/')}/#/experiments/{exp}/runs/{pid}" in shown.stdout
+    else:
+        assert f"mlflow run {pid} (experiment {exp}) at {tracked.uri}" in shown.stdout
+
+
 def test_cached_steps_are_hits_pointing_at_the_producing_run(tracked: Tracked) -> None:
     first = mpl.branches.run(n=3, pause=0.0)
     second = mpl.branches.run(n=3, pause=0.0)
