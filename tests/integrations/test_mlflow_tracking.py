@@ -82,6 +82,27 @@ def test_runs_show_links_the_mlflow_run(tracked: Tracked) -> None:
         assert f"mlflow run {pid} (experiment {exp}) at {tracked.uri}" in shown.stdout
 
 
+def test_no_header_warnings_from_the_sagemaker_plugin(served: Tracked, caplog: pytest.LogCaptureFixture) -> None:
+    # sagemaker installs sagemaker-mlflow, whose header provider fails for every non-SageMaker URI
+    pytest.importorskip("sagemaker_mlflow", reason="the sagemaker-mlflow plugin is not installed")
+    import logging
+
+    from mlflow.tracking.request_header.registry import resolve_request_headers
+
+    from mlpipe.integrations.mlflow import _tracker
+
+    caplog.set_level(logging.WARNING, logger="mlflow.tracking.request_header.registry")
+    logger = logging.getLogger("mlflow.tracking.request_header.registry")
+    for noise in [f for f in logger.filters if isinstance(f, _tracker._SageMakerHeaderNoise)]:
+        logger.removeFilter(noise)
+    resolve_request_headers()  # without mlpipe's filter: the plugin's failure is logged
+    assert "Encountered unexpected error during resolving request headers" in caplog.text
+    caplog.clear()
+    run = mpl.branches.run(n=2)  # mlpipe's tracker installs the filter
+    assert run.status == "succeeded"
+    assert "resolving request headers" not in caplog.text
+
+
 def test_cached_steps_are_hits_pointing_at_the_producing_run(tracked: Tracked) -> None:
     first = mpl.branches.run(n=3, pause=0.0)
     second = mpl.branches.run(n=3, pause=0.0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import threading
 import time
@@ -48,7 +49,41 @@ def import_mlflow() -> Any:
             f"MLflow tracking is on but mlflow is not installed ({exc}); install it with: pip install 'mlpipe[mlflow]'",
             extra="mlflow",
         ) from exc
+    _quiet_sagemaker_header_provider(mlflow)
     return mlflow
+
+
+class _SageMakerHeaderNoise(logging.Filter):
+    """Drops the warning the sagemaker-mlflow plugin causes on every request to a server that is not SageMaker's.
+
+    ``sagemaker`` (which mlpipe-sagemaker needs) installs ``sagemaker-mlflow``. Its
+    request-header provider says it applies to every request, then fails unless the
+    tracking URI is a SageMaker ARN, and MLflow logs "Encountered unexpected error
+    during resolving request headers: list index out of range" for each call. The
+    headers it would add only route requests to SageMaker's managed MLflow, so
+    nothing is lost; with an ``arn:`` tracking URI its errors still show.
+    """
+
+    def __init__(self, mlflow: Any) -> None:
+        super().__init__()
+        self._mlflow = mlflow
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        if not isinstance(exc, Exception) or str(self._mlflow.get_tracking_uri()).startswith("arn:"):
+            return True
+        tb = exc.__traceback__
+        while tb is not None:
+            if "sagemaker_mlflow" in tb.tb_frame.f_code.co_filename:
+                return False
+            tb = tb.tb_next
+        return True
+
+
+def _quiet_sagemaker_header_provider(mlflow: Any) -> None:
+    logger = logging.getLogger("mlflow.tracking.request_header.registry")
+    if not any(isinstance(f, _SageMakerHeaderNoise) for f in logger.filters):
+        logger.addFilter(_SageMakerHeaderNoise(mlflow))
 
 
 _clients: dict[str, MlflowClient] = {}
