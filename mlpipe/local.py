@@ -6,7 +6,8 @@ When only one step is ready and nothing else runs, it runs inline in the
 scheduling thread, which keeps a linear pipeline free of thread hand-offs. A
 failed step marks every step downstream of it ``skipped`` while independent
 branches finish. An input found corrupted is repaired by recomputing the step
-that produced it, with a :class:`StoreRepairWarning`.
+that produced it, with a :class:`StoreRepairWarning`; so is a pipeline output
+served from the cache, which is read back and verified before the run returns.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pydantic import Field
 
 from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
 from mlpipe.code import resolve as resolve_code
-from mlpipe.errors import BackendError, MlpipeError
+from mlpipe.errors import BackendError, CorruptObjectError, MlpipeError, ObjectNotFoundError
 from mlpipe.executor import StepExecutor, StepOutcome, UpstreamCorrupted, skip_reason, step_record
 from mlpipe.fingerprint import fingerprint
 from mlpipe.ir import PipelineIR, StepSpec
@@ -198,6 +199,9 @@ class LocalBackend(Backend):
             if pool is not None:
                 pool.shutdown(wait=not cancel.is_set())
 
+        if not cancel.is_set():
+            for name in self._bad_final_outputs(ir, store, outcomes, repairs):
+                self._run_step_forced(executor, specs, fns, packages, params, produced, memory, name, repairs)
         for name, repaired in repairs.items():
             if name in outcomes and outcomes[name].status == "succeeded":
                 outcomes[name] = repaired  # the run's view matches the step's latest record
@@ -259,6 +263,38 @@ class LocalBackend(Backend):
                 if repaired.status != "succeeded":
                     return repaired
         raise BackendError(f"step {name!r}: inputs stayed corrupted after {_MAX_REPAIRS} repairs", step=name)
+
+    @staticmethod
+    def _bad_final_outputs(
+        ir: PipelineIR, store: ArtifactStore, outcomes: dict[str, StepOutcome], repairs: dict[str, StepOutcome]
+    ) -> list[str]:
+        """Steps whose pipeline output was served from the cache but is corrupted or gone.
+
+        A cache hit checks that its objects exist, without reading them; the
+        pipeline's own outputs are about to be handed to the caller, so those
+        are read back and verified once, and recomputed now if bad.
+        """
+        bad: list[str] = []
+        for ref in ir.outputs:
+            outcome = outcomes.get(ref.step)
+            if outcome is None or not outcome.cached or outcome.status != "succeeded" or ref.step in repairs:
+                continue
+            info = outcome.outputs[ref.output]
+            try:
+                store.read_verified(info.digest, store.meta(info.digest))
+            except (CorruptObjectError, ObjectNotFoundError) as exc:
+                problem = "is corrupted"
+                if not isinstance(exc, CorruptObjectError):
+                    problem = "cannot be read (its sidecar or bytes are gone)"
+                if ref.step not in bad:
+                    warnings.warn(
+                        f"pipeline output {ref.step}.{ref.output} ({info.digest[:12]}…) {problem}; "
+                        f"recomputing step {ref.step!r}",
+                        StoreRepairWarning,
+                        stacklevel=4,
+                    )
+                    bad.append(ref.step)
+        return bad
 
     def _run_step_forced(
         self,

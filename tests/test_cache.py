@@ -237,6 +237,25 @@ def test_corrupted_output_read_through_run_output() -> None:
     assert again.output("describe") == "even"
 
 
+def test_a_cached_pipeline_output_that_went_bad_is_recomputed_before_the_run_returns() -> None:
+    first = chain.run()
+    store = open_store()
+    digest = first.steps["describe"].outputs["output"].digest
+    Path(store.url, store.object_path(digest)).write_bytes(b'"odd"')  # bit rot in the final output
+    calls.clear()
+    with pytest.warns(StoreRepairWarning, match=r"pipeline output describe.output \(.*\) is corrupted; recomputing"):
+        run = chain.run()  # every step is a hit; the final output is verified before it is handed back
+    assert run.status == "succeeded" and calls == ["describe"]
+    assert run.output("describe") == "even"
+    assert run.steps["describe"].cached is False and mp.get_run(run.id).steps["describe"].cached is False
+    Path(store.url, store.object_path(digest) + ".meta.json").unlink()  # the bytes stay, their sidecar is lost
+    with pytest.warns(StoreRepairWarning, match=r"describe.output \(.*\) cannot be read \(its sidecar or bytes"):
+        assert chain.run().output("describe") == "even"
+    calls.clear()
+    again = chain.run()  # repaired: a plain hit, nothing recomputed
+    assert all(_statuses(again).values()) and calls == []
+
+
 # -- lineage, runs, index, gc -----------------------------------------------------------------------
 
 
