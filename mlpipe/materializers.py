@@ -123,13 +123,40 @@ class Materializer(ABC):
 
 class PandasMaterializer(Materializer):
     name = "pandas.parquet"
-    version = "1"
+    version = "2"  # 2: frames whose object columns Parquet would change are refused (the store pickles them)
     # pandas >= 3 reports DataFrame's module as "pandas", earlier versions as "pandas.core.frame".
     type_names = frozenset({"pandas.DataFrame", "pandas.core.frame.DataFrame"})
+    # What an object column may hold (pandas' infer_dtype, nulls skipped) and still read back
+    # as the same values: strings, bytes, decimals, dates, times, booleans.
+    _FAITHFUL = frozenset({"string", "bytes", "decimal", "date", "time", "boolean", "empty"})
 
     def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
+        self._refuse_lossy_columns(value)
         value.to_parquet(f, engine="pyarrow", compression="snappy")
         return {"rows": len(value), "columns": [str(c) for c in value.columns][:50]}
+
+    def _refuse_lossy_columns(self, value: Any) -> None:
+        """Raise ValueError when Parquet would read a column back as different values.
+
+        Lists, tuples and sets come back as numpy arrays, dicts as structs with
+        every key (missing ones None, ints beside them turned to floats), and
+        object columns of numbers with None as float64 with NaN. A step served
+        from the cache must get what the step returned, so such frames are
+        refused here and the store falls back to cloudpickle (recorded in the
+        sidecar as ``fallback_from``/``fallback_reason``). Numeric, bool,
+        datetime, categorical and string dtypes are not scanned.
+        """
+        from pandas.api.types import infer_dtype
+
+        for name, column in value.items():
+            if column.dtype == object:
+                kind = infer_dtype(column, skipna=True)
+                if kind not in self._FAITHFUL:
+                    types = sorted({type(v).__name__ for v in column.dropna().head(1000)})
+                    raise ValueError(
+                        f"column {name!r} holds {'/'.join(types) or kind} values, "
+                        "which Parquet would not read back unchanged"
+                    )
 
     def load(self, data: bytes | bytearray | memoryview, annotation: Any, meta: dict[str, Any]) -> Any:
         import pyarrow as pa

@@ -317,14 +317,59 @@ def test_property_json_values_round_trip_with_one_address(tmp_path_factory: pyte
         assert store.put_value(reordered).digest == info.digest
 
 
+@pytest.mark.parametrize(
+    ("column", "kind"),
+    [
+        ([{"a": 1}, {"a": 2, "b": 3}], "dict"),  # Parquet: a struct with every key, b=None, 3 -> 3.0
+        ([[1, 2], [3]], "list"),  # numpy arrays
+        ([(1, 2), (3, 4)], "tuple"),
+        ([{1}, {2}], "set"),
+        (pd.Series([1, None], dtype=object), "int"),  # float64 with NaN
+        (pd.Series([1.5, None], dtype=object), "float"),
+    ],
+)
+def test_frames_parquet_would_change_are_pickled_and_come_back_equal(
+    store: ArtifactStore, column: Any, kind: str
+) -> None:
+    df = pd.DataFrame({"c": column, "n": [1, 2]})
+    info = store.put_value(df)
+    meta = store.meta(info.digest)
+    assert (info.materializer, meta["fallback_from"]) == ("cloudpickle", "pandas.parquet")
+    reason = f"ValueError: column 'c' holds {kind} values, which Parquet would not read back unchanged"
+    assert meta["fallback_reason"] == reason
+    back = ArtifactStore(store.url).get_value(info.digest)
+    pd.testing.assert_frame_equal(back, df)
+    assert list(back["c"]) == list(df["c"]) and [type(v) for v in back["c"]] == [type(v) for v in df["c"]]
+
+
+def test_object_columns_parquet_keeps_stay_parquet(store: ArtifactStore) -> None:
+    import datetime as dt
+    import decimal
+
+    df = pd.DataFrame({
+        "s": pd.Series(["a", None], dtype=object), "b": [b"x", b"y"], "d": [decimal.Decimal("1.1"), None],
+        "day": [dt.date(2020, 1, 1), None], "t": [dt.time(1, 2), None], "flag": pd.Series([True, None], dtype=object),
+        "x": [1.5, 2.5],
+    })  # fmt: skip
+    info = store.put_value(df)
+    assert info.materializer == "pandas.parquet"
+    back = ArtifactStore(store.url).get_value(info.digest)
+    for name in ("b", "d", "day", "t", "flag", "x"):
+        assert list(back[name]) == list(df[name]), name
+    assert list(back["s"].fillna("-")) == ["a", "-"]  # pandas 3 reads strings as its str dtype
+
+
 def test_a_value_the_chosen_format_cannot_hold_falls_back_to_pickle_with_the_reason(store: ArtifactStore) -> None:
-    df = pd.DataFrame({"mixed": [1, "x"]})  # Parquet needs one type per column
+    df = pd.DataFrame({"z": [1 + 2j, 3j]})  # Arrow has no complex type
     info = store.put_value(df)
     assert info.materializer == "cloudpickle"
     meta = store.meta(info.digest)
     assert meta["fallback"] is True
     assert meta["fallback_from"] == "pandas.parquet"
-    assert meta["fallback_reason"].startswith("ArrowInvalid")
+    assert meta["fallback_reason"].startswith("ArrowNotImplementedError")
     pd.testing.assert_frame_equal(store.get_value(info.digest), df)
-    with pytest.raises(Exception, match="Could not convert"):  # an explicit materializer is never replaced
+    with pytest.raises(Exception, match="complex"):  # an explicit materializer is never replaced
         store.put_value(df, get_materializer("pandas.parquet"))
+    mixed = pd.DataFrame({"mixed": [1, "x"]})
+    with pytest.raises(ValueError, match=r"column 'mixed' holds int/str values"):
+        store.put_value(mixed, get_materializer("pandas.parquet"))
