@@ -350,5 +350,7 @@ class LocalBackend(Backend):
             if executor.index is not None:
                 executor.index.record_step(outcome.record)
             outcomes[name] = outcome
+            if executor.tracking is not None:  # a child run says the step was skipped, and why
+                executor.tracking.step_done(specs[name], outcome)
             reporter.step_finished(name, "skipped", False, 0.0, outcome.error)
             stack.extend(downstream[name])

@@ -400,7 +400,7 @@ class RunTracking:
         if outcome.status == "failed":
             self.close("failed", outcome.error)
             return
-        if self.ir is None or self.store is None:
+        if self.ir is None or self.store is None or outcome.status != "succeeded":
             return
         with self._lock:
             self._succeeded.add(outcome.name)

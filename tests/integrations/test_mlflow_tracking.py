@@ -130,6 +130,10 @@ def test_failed_step_fails_its_child_and_the_parent(served: Tracked) -> None:
     assert children["source"].info.status == "FINISHED"
     assert children["boom"].info.status == "FAILED"
     assert "planted failure" in children["boom"].data.tags["mlpipe.error"]
+    skipped = children["after"]  # never ran, but the UI shows it, and why
+    assert (skipped.info.status, skipped.data.tags["mlpipe.status"]) == ("KILLED", "skipped")
+    assert skipped.data.tags["mlpipe.error"] == "skipped because upstream step 'boom' did not succeed"
+    assert skipped.data.tags["mlpipe.cache_key"] == "" and not skipped.data.params and not skipped.data.metrics
 
 
 def test_server_down_fails_before_the_pipeline_starts(_isolated_cwd: Path) -> None:
@@ -154,7 +158,7 @@ def test_tracking_uri_from_the_environment(served: Tracked, monkeypatch: pytest.
     run = mpl.failing.run(n=2)
     exp = served.client.get_experiment_by_name("mlpipe/failing")
     found = served.client.search_runs([exp.experiment_id], filter_string=f"tags.`mlpipe.run_id` = '{run.id}'")
-    assert len(found) == 3
+    assert len(found) == 4  # the parent, source, boom and the skipped `after`
     monkeypatch.setenv("MLPIPE_TRACKING", "off")
     untracked = mpl.failing.run(n=2)
     assert not served.client.search_runs([exp.experiment_id], filter_string=f"tags.`mlpipe.run_id` = '{untracked.id}'")

@@ -73,9 +73,14 @@ def boom(values: list[float]) -> float:
     raise RuntimeError("planted failure")
 
 
+@mp.step
+def after(value: float) -> float:
+    return value
+
+
 @mp.pipeline
 def failing(n: int = 3) -> float:
-    return boom(source(n=n))
+    return after(boom(source(n=n)))
 
 
 # -- model registry ------------------------------------------------------------------------
