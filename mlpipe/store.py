@@ -365,14 +365,10 @@ class ArtifactStore:
         return self._put_remote(value, m)
 
     def _put_local(self, value: Any, m: Materializer) -> tuple[str, int, dict[str, Any]]:
-        fs = self._fs
-        assert isinstance(fs, _LocalFS)
         prepared = m.buffers(value)
         if prepared is not None:
             return self._put_buffers(value, m, *prepared)
-        tmp_rel = f"objects/tmp/{os.getpid()}-{threading.get_ident()}-{next(_counter)}"
-        tmp = fs.path(tmp_rel)
-        fs._ensure_dir(os.path.dirname(tmp))
+        tmp = self._local_tmp()
         try:
             with open(tmp, "wb") as raw:
                 writer = HashingWriter(raw)
@@ -381,12 +377,7 @@ class ArtifactStore:
                 finally:
                     writer.finish()
             digest = writer.hexdigest()
-            final = fs.path(self.object_path(digest))
-            if os.path.exists(final):
-                os.unlink(tmp)
-            else:
-                fs._ensure_dir(os.path.dirname(final))
-                os.replace(tmp, final)
+            self._publish_local(tmp, digest)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -401,12 +392,16 @@ class ArtifactStore:
         Hashing a gigabyte takes about 0.03 s, writing it about 0.15 s: done side
         by side, storing costs about 1.1x the bare write (1.2x one after the other).
         """
-        fs = self._fs
-        assert isinstance(fs, _LocalFS)
-        hashed: list[tuple[str, int]] = []
-        hasher = threading.Thread(target=lambda: hashed.append(digest_buffers(buffers)), name="mlpipe-hash")
-        tmp = fs.path(f"objects/tmp/{os.getpid()}-{threading.get_ident()}-{next(_counter)}")
-        fs._ensure_dir(os.path.dirname(tmp))
+        hashed: list[tuple[str, int] | BaseException] = []
+
+        def digest() -> None:
+            try:
+                hashed.append(digest_buffers(buffers))
+            except BaseException as exc:  # re-raised in the caller's thread
+                hashed.append(exc)
+
+        hasher = threading.Thread(target=digest, name="mlpipe-hash")
+        tmp = self._local_tmp()
         hasher.start()
         try:
             try:
@@ -415,23 +410,39 @@ class ArtifactStore:
                     written = raw.tell()
             finally:
                 hasher.join()
-            digest, size = hashed[0]
+            if isinstance(hashed[0], BaseException):
+                raise hashed[0]
+            address, size = hashed[0]
             if written != size:
                 raise MaterializerError(
                     f"materializer {m.name!r} wrote {written} bytes but its buffers() gave {size}; "
                     "buffers() must return exactly the bytes save() writes"
                 )
-            final = fs.path(self.object_path(digest))
-            if os.path.exists(final):
-                os.unlink(tmp)
-            else:
-                fs._ensure_dir(os.path.dirname(final))
-                os.replace(tmp, final)
+            self._publish_local(tmp, address)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        return digest, size, extra
+        return address, size, extra
+
+    def _local_tmp(self) -> str:
+        """A new temporary path in the local store's ``objects/tmp/``, its directory made."""
+        fs = self._fs
+        assert isinstance(fs, _LocalFS)
+        tmp = fs.path(f"objects/tmp/{os.getpid()}-{threading.get_ident()}-{next(_counter)}")
+        fs._ensure_dir(os.path.dirname(tmp))
+        return tmp
+
+    def _publish_local(self, tmp: str, digest: str) -> None:
+        """Rename a written temporary file into place, or drop it when the object already exists."""
+        fs = self._fs
+        assert isinstance(fs, _LocalFS)
+        final = fs.path(self.object_path(digest))
+        if os.path.exists(final):
+            os.unlink(tmp)
+        else:
+            fs._ensure_dir(os.path.dirname(final))
+            os.replace(tmp, final)
 
     def _put_remote(self, value: Any, m: Materializer) -> tuple[str, int, dict[str, Any]]:
         fs = self._fs

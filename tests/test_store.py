@@ -119,6 +119,21 @@ def test_buffers_that_disagree_with_save_are_refused(store: ArtifactStore) -> No
     assert [f for f in _files(store.url) if not f.endswith("/")] == []
 
 
+def test_a_failure_while_hashing_publishes_nothing(store: ArtifactStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    import mlpipe.store as store_module
+
+    def broken(buffers: list[Any]) -> tuple[str, int]:
+        raise MemoryError("hashing failed")
+
+    monkeypatch.setattr(store_module, "digest_buffers", broken)
+    with pytest.raises(MemoryError, match="hashing failed"):  # raised in the caller, not lost in the thread
+        store.put_value(np.arange(10.0))
+    assert list(store.iter_objects()) == []
+    assert [f for f in _files(store.url) if not f.endswith("/")] == []
+
+
 def test_large_numpy_arrays_round_trip_through_the_file_path(store: ArtifactStore) -> None:
     import numpy as np
 
