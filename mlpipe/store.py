@@ -338,7 +338,7 @@ class ArtifactStore:
         m = materializer or for_value(value)
         try:
             digest, size, extra = self._put(value, m)
-        except MaterializerError:
+        except (MaterializerError, OSError, MemoryError):  # a broken materializer, a full disk: no fallback
             raise
         except Exception as exc:  # the format cannot hold this value (Parquet and a mixed-type column)
             fallback = get_materializer("cloudpickle")
