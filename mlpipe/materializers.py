@@ -15,6 +15,7 @@ time a value matches no built-in materializer.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import io
 import json
@@ -298,6 +299,57 @@ class JsonMaterializer(Materializer):
         return value if is_any(annotation) else validate(annotation, value)
 
 
+_stable_ids = threading.local()
+_stable_ids_installed = False
+
+
+def _stable_class_ids() -> None:
+    """Make cloudpickle name a class it pickles by value after the class, not after a random uuid.
+
+    cloudpickle tags every class it pickles by value (defined in ``__main__``, a
+    notebook, a function) with an id that lets repeated loads in one process
+    share one class object. The id is ``uuid4()``, so the same value pickles to
+    different bytes in every process: a new address each run, no early cutoff,
+    no dedup. Here the id is the SHA-256 of the class pickled by value (its own
+    id left as a placeholder meanwhile), the same in every process for the same
+    definition. Classes with equal definitions share an id, which is what the
+    id is for. With a cloudpickle that lacks these internals, ids stay random.
+    """
+    global _stable_ids_installed
+    if _stable_ids_installed:
+        return
+    from cloudpickle import cloudpickle as cp
+
+    by_class = getattr(cp, "_DYNAMIC_CLASS_TRACKER_BY_CLASS", None)
+    by_id = getattr(cp, "_DYNAMIC_CLASS_TRACKER_BY_ID", None)
+    lock = getattr(cp, "_DYNAMIC_CLASS_TRACKER_LOCK", None)
+    if by_class is None or by_id is None or lock is None or not hasattr(cp, "_get_or_create_tracker_id"):
+        _stable_ids_installed = True
+        return
+
+    def tracker_id(class_def: type) -> str:
+        known: str | None = by_class.get(class_def)
+        if known is not None:
+            return known
+        pending = getattr(_stable_ids, "pending", None)
+        if pending is None:
+            pending = _stable_ids.pending = set()
+        if class_def in pending:  # the class refers to itself while its definition is hashed
+            return "0" * 32
+        pending.add(class_def)
+        try:
+            blob = cp.dumps(class_def, protocol=5)
+        finally:
+            pending.discard(class_def)
+        with lock:
+            found: str = by_class.setdefault(class_def, hashlib.sha256(blob).hexdigest()[:32])
+            by_id.setdefault(found, class_def)
+        return found
+
+    cp._get_or_create_tracker_id = tracker_id
+    _stable_ids_installed = True
+
+
 class CloudpickleMaterializer(Materializer):
     """The fallback. Pickles load only on the Python minor version that wrote them."""
 
@@ -313,6 +365,7 @@ class CloudpickleMaterializer(Materializer):
     def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
         import cloudpickle
 
+        _stable_class_ids()
         try:
             cloudpickle.dump(value, f, protocol=5)
         except Exception as exc:  # pickling can fail with any error type

@@ -359,6 +359,65 @@ def test_object_columns_parquet_keeps_stay_parquet(store: ArtifactStore) -> None
     assert list(back["s"].fillna("-")) == ["a", "-"]  # pandas 3 reads strings as its str dtype
 
 
+_SCRIPT = """
+import sys
+
+import mlpipe as mp
+
+
+class Thing:  # defined in __main__: cloudpickle stores the class by value
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def grown(self) -> "Thing":
+        return Thing(self.size + SHIFT)
+
+
+SHIFT = 1
+
+
+@mp.step(cache=False)  # recomputed every run, in a new process each time
+def make() -> Thing:
+    return Thing(3)
+
+
+@mp.step
+def use(thing: Thing) -> int:
+    print("use ran", file=sys.stderr)
+    return thing.grown().size
+
+
+@mp.pipeline
+def things() -> int:
+    return use(make())
+
+
+if __name__ == "__main__":
+    run = things.run()
+    print(run.steps["make"].outputs["output"].digest, run.steps["use"].cached, run.output("use"))
+"""
+
+
+def test_classes_from_main_pickle_to_the_same_bytes_in_every_process(tmp_path: Path) -> None:
+    import subprocess
+
+    script = tmp_path / "things.py"
+    script.write_text(_SCRIPT)
+
+    def run() -> list[str]:
+        proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    first, second = run(), run()
+    assert first == [first[0], "False", "4"]
+    assert second == [first[0], "True", "4"]  # same bytes: early cutoff, `use` is a hit
+    script.write_text(_SCRIPT.replace("return Thing(self.size + SHIFT)", "return Thing(self.size + 2 * SHIFT)"))
+    changed = run()
+    assert changed[0] != first[0] and changed[1:] == ["False", "5"]  # another definition, another address
+
+
 def test_a_value_the_chosen_format_cannot_hold_falls_back_to_pickle_with_the_reason(store: ArtifactStore) -> None:
     df = pd.DataFrame({"z": [1 + 2j, 3j]})  # Arrow has no complex type
     info = store.put_value(df)
