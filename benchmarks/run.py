@@ -98,7 +98,10 @@ class Bench:
         }
         shown = f"{value['median']:.4g} {unit}"
         extra = f" (ratio {ratio:.2f})" if ratio is not None else ""
-        verdict = "" if passed is None else (" PASS" if passed else " FAIL")
+        if self.quick:  # one round at reduced size: a verdict would be noise
+            verdict = "" if passed is None else " (target not checked in quick mode)"
+        else:
+            verdict = "" if passed is None else (" PASS" if passed else " FAIL")
         print(f"  {name:<44} {shown}{extra}{verdict}", flush=True)
 
     # -- figures ----------------------------------------------------------------------------
