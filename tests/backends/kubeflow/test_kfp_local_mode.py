@@ -61,6 +61,30 @@ def test_user_module_outside_any_package_is_importable_in_tasks(profile: None) -
     assert "greet.output = 'hello local'" in result.output
 
 
+def test_kfp_task_retries_do_not_multiply_the_steps_attempts(profile: None, tmp_path: Path) -> None:
+    # retries=1: the runtime tries twice in the task, then kfp.local retries the task (set_retry);
+    # the retried task finds both attempts spent and does not run the code again. The pipeline
+    # and its step share the name `flaky`, which kfp's spec loader used to take for the step.
+    calls = tmp_path / "calls.txt"
+    Path("flaky.py").write_text(
+        "from pathlib import Path\n\nimport mlpipe as mp\n\n"
+        "@mp.step(retries=1)\ndef flaky() -> int:\n"
+        f"    calls = Path({str(calls)!r})\n"
+        "    calls.write_text((calls.read_text() if calls.exists() else '') + 'x')\n"
+        "    raise RuntimeError('always broken')\n\n"
+        "@mp.pipeline(name='flaky')\ndef flow() -> int:\n    return flaky()\n"
+    )
+    Path("mlpipe.toml").write_text(PROFILE.replace('options = { mode = "local" }',
+                                                   'options = { mode = "local", retry_backoff = "0s" }'))
+    result = CliRunner().invoke(app, ["run", "flaky.py:flow", "--profile", "kfp-test"])
+    assert result.exit_code == 1, result.output
+    assert calls.read_text() == "xx", "retries=1 means two runs of the code in the whole run"
+    run = runs(".mlpipe", pipeline="flaky")[0]
+    error = run.steps["flaky"].error or ""
+    assert "already ran 2 time(s) in this run, in earlier tasks (retries=1)" in error
+    assert "RuntimeError: always broken" in error
+
+
 def test_cli_run_failure_exits_1_with_skipped_steps(profile: None) -> None:
     result = CliRunner().invoke(app, ["run", str(Path(kp.__file__)) + ":small", "--profile", "kfp-test",
                                       "-p", "x=-1"])

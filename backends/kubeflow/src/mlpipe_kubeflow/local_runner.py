@@ -97,6 +97,29 @@ def container_components_as_subprocess(run_id: str, cancel: threading.Event | No
             sth.SubprocessTaskHandler = original
 
 
+def _unambiguous_spec(spec_path: str) -> str:
+    """The spec's text, with the pipeline renamed when a step's component has its name.
+
+    kfp's loader reads a spec as the component ``comp-<pipeline name>`` when
+    one exists (that is how a compiled single component looks), so a pipeline
+    ``flaky`` with a step ``flaky`` would be called with that step's inputs.
+    The pipeline's name only names kfp.local's output directory, so it is
+    changed here, for local execution only; the compiled file is untouched.
+    """
+    import yaml  # type: ignore[import-untyped]
+    from kfp.dsl import utils
+
+    with open(spec_path) as f:
+        text = f.read()
+    documents = list(yaml.safe_load_all(text))
+    spec = documents[0]
+    name = spec["pipelineInfo"]["name"]
+    if utils.sanitize_component_name(name) not in spec.get("components", {}):
+        return text
+    spec["pipelineInfo"]["name"] = f"{name}-pipeline"
+    return str(yaml.safe_dump_all(documents, sort_keys=False))
+
+
 def execute_spec(spec_path: str, arguments: Mapping[str, Any], run_id: str, *, pipeline_root: str | None = None,
                  cancel: threading.Event | None = None) -> str | None:
     """Run the compiled spec at ``spec_path`` with kfp.local; None on success, else kfp's failure message.
@@ -107,7 +130,7 @@ def execute_spec(spec_path: str, arguments: Mapping[str, Any], run_id: str, *, p
     from kfp import components, local
     from kfp.local import config
 
-    component = components.load_component_from_file(spec_path)
+    component = components.load_component_from_text(_unambiguous_spec(spec_path))
     with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-local-") as scratch:
         root = pipeline_root or os.path.join(scratch, "pipeline_root")
         with container_components_as_subprocess(run_id, cancel):
