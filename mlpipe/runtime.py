@@ -168,6 +168,8 @@ class StoreAttempts:
         rel = f"runs/{self.run_id}/steps/{step}.json"
         record = self.store.get_json(rel) if self.store.has(rel) else {}
         error = record.get("error") if record.get("status") == "failed" else None
+        if error and " already ran " in error and "Last error: " in error:  # an earlier refusal: keep its cause
+            error = error.rsplit("Last error: ", 1)[1]
         return count, error or "the task ended during the attempt (killed, out of memory or evicted)"
 
     def started(self, step: str, attempt: int) -> None:

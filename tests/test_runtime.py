@@ -84,6 +84,9 @@ def test_retried_tasks_share_the_steps_attempts(store: ArtifactStore) -> None:
     assert again.error is not None
     assert "already ran 2 time(s) in this run, in earlier tasks (retries=1)" in again.error
     assert "Last error: RuntimeError: broken 1" in again.error
+    third = execute_remote_step(store, ir, digest, run_id, "always_fails", {})  # retried again: no nesting
+    assert third.error is not None and third.error.count("Last error:") == 1
+    assert third.error == again.error
     markers = store.listdir(f"runs/{run_id}/attempts/always_fails")
     assert [m.split("-")[0] for m in markers] == ["1", "2"]
     # a new run starts with a fresh budget
