@@ -33,7 +33,7 @@ import os
 import threading
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -606,6 +606,31 @@ def tracking_link(store: ArtifactStore, run_id: str) -> str | None:
         return f"mlflow run {parent}  {uri.rstrip('/')}/#/experiments/{experiment}/runs/{parent}"
     where = f" (experiment {experiment})" if experiment else ""
     return f"{name} run {parent}{where}" + (f" at {uri}" if uri else "")
+
+
+def track_skipped(store: ArtifactStore, run_id: str, ir: PipelineIR, outcomes: Sequence[StepOutcome]) -> None:
+    """Give steps a remote backend recorded as skipped their child runs, as the local backend does.
+
+    No task ran for them, so nothing else would log them; the backend calls
+    this when it closes the run. Does nothing for an untracked run.
+    """
+    if not outcomes or _disabled():
+        return
+    joined_here = for_run(run_id) is None
+    try:
+        tracking = join_run(store, run_id, ir)
+    except Exception as exc:  # the run's records are what matters; tracking is best effort here
+        _warn(f"run {run_id}: recording its skipped steps in the tracker failed: {type(exc).__name__}: {exc}")
+        return
+    if tracking is None:
+        return
+    try:
+        for outcome in outcomes:
+            tracking.step_done(ir.step(outcome.name), outcome)
+    finally:
+        if joined_here:
+            with _RUNS_LOCK:
+                _RUNS.pop(run_id, None)
 
 
 def join_run(store: ArtifactStore, run_id: str, ir: PipelineIR) -> RunTracking | None:

@@ -136,6 +136,21 @@ def test_failed_step_fails_its_child_and_the_parent(served: Tracked) -> None:
     assert skipped.data.tags["mlpipe.cache_key"] == "" and not skipped.data.params and not skipped.data.metrics
 
 
+def test_kubeflow_local_mode_tracks_every_step_including_skipped(served: Tracked) -> None:
+    (served.work / "mlpipe.toml").write_text(
+        f'[profiles.kfp]\nbackend = "kubeflow"\nstore = ".mlpipe"\nimage = "python:3.11-slim"\n'
+        f'options = {{ mode = "local" }}\ntracking_uri = "{served.uri}"\nexperiment = "{served.experiment}"\n'
+    )
+    run = mpl.failing.run(profile="kfp", n=2)  # each step a kfp.local task running python -m mlpipe.runtime
+    assert run.status == "failed" and run.backend == "kubeflow"
+    parent, children = served.tree(run.id)
+    assert {n: c.info.status for n, c in children.items()} == {"source": "FINISHED", "boom": "FAILED",
+                                                                "after": "KILLED"}
+    assert children["after"].data.tags["mlpipe.status"] == "skipped"
+    assert children["after"].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert for_run(run.id) is None
+
+
 def test_server_down_fails_before_the_pipeline_starts(_isolated_cwd: Path) -> None:
     import socket
 

@@ -14,6 +14,7 @@ from typing import Any
 from mlpipe.executor import StepOutcome, step_record
 from mlpipe.ir import PipelineIR
 from mlpipe.store import ArtifactStore
+from mlpipe.tracking import track_skipped
 
 __all__ = ["LOCAL_STOPPED", "finalize"]
 
@@ -42,6 +43,7 @@ def finalize(store: ArtifactStore, ir: PipelineIR, doc: dict[str, Any], *, kfp_e
     # Only when no task recorded a failure did the failing task die before the runtime could write its record.
     orphan_error = kfp_error if not failed else None
     now = time.time()
+    skipped: list[StepOutcome] = []
     for spec in ir.steps:  # topological order: an upstream's fate is known before its consumers'
         if spec.name in records:
             continue
@@ -67,6 +69,8 @@ def finalize(store: ArtifactStore, ir: PipelineIR, doc: dict[str, Any], *, kfp_e
         store.put_json(f"runs/{run_id}/steps/{spec.name}.json", record)
         records[spec.name] = record
         bad.add(spec.name)
+        skipped.append(outcome)
+    track_skipped(store, run_id, ir, skipped)
     if cancelled:
         status = "cancelled"
     else:

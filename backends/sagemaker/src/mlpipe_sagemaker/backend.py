@@ -416,6 +416,7 @@ class SageMakerBackend(Backend):
         from mlpipe.executor import StepOutcome, skip_reason, step_record
         from mlpipe.records import RunRecords, load_step_records
         from mlpipe.runtime import load_ir
+        from mlpipe.tracking import track_skipped
 
         if not ir_digest:
             return
@@ -430,6 +431,7 @@ class SageMakerBackend(Backend):
                 records[name] = step_record(run_id, ir.name, ir.step(name), outcome, None)
                 writer.write(records[name])
         downstream = ir.downstream()
+        skipped: list[StepOutcome] = []
         for failed in [name for name, record in records.items() if record.get("status") == "failed"]:
             reason = skip_reason(ir.step(failed), records[failed].get("error"))
             stack = list(downstream.get(failed, []))
@@ -440,7 +442,9 @@ class SageMakerBackend(Backend):
                 outcome = StepOutcome(name, "skipped", started=now, ended=now, error=reason)
                 records[name] = step_record(run_id, ir.name, ir.step(name), outcome, None)
                 writer.write(records[name])
+                skipped.append(outcome)
                 stack.extend(downstream[name])
+        track_skipped(store, run_id, ir, skipped)
 
     def cancel(self, handle: RunHandle) -> None:
         """Stop the execution. Idempotent: an ended or stopping execution is left alone."""
