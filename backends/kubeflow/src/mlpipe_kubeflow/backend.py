@@ -20,7 +20,7 @@ from mlpipe.errors import BackendError, UnsupportedFeatureError
 from mlpipe.ir import PipelineIR
 from mlpipe.run import Run
 from mlpipe.store import ArtifactStore, open_store
-from mlpipe_kubeflow.background import LocalRuns, execute_locally, step_states, write_doc
+from mlpipe_kubeflow.background import LocalRuns, execute_locally, refuse_in_local_mode, step_states, write_doc
 from mlpipe_kubeflow.compiler import DEFAULT_IMAGE, PipelinePlan, plan, write_spec
 from mlpipe_kubeflow.naming import check_parameter_budget
 from mlpipe_kubeflow.options import KubeflowOptions
@@ -169,13 +169,9 @@ class KubeflowBackend(Backend):
 
     def _execute_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
                        cache: bool, cancel: threading.Event) -> Run:
-        if self.opts.schedule:
-            raise UnsupportedFeatureError("kubeflow: schedule needs a cluster; kfp.local runs once (mode = \"local\")",
-                                          backend=self.name, option="schedule")
-        if store.url.startswith("memory://"):
-            raise UnsupportedFeatureError(
-                f"kubeflow: mode = \"local\" runs each step in its own process, which cannot see the in-memory "
-                f"store {store.url}; use a directory or a bucket", backend=self.name, option="store")
+        refuse_in_local_mode(self.name, store, schedule=self.opts.schedule,
+                             schedule_message="schedule needs a cluster; kfp.local runs once (mode = \"local\")",
+                             store_hint="use a directory or a bucket")
         plan_ = self.plan(ir, store, cache=cache)
         arguments = self._arguments(ir, plan_, params)
         doc = write_doc(store, ir, run_id, self.name, params, "running", plan_.ir_digest, cache=cache,

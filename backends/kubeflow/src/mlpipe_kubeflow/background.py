@@ -14,12 +14,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlpipe.backend import RunHandle, RunStatus
-from mlpipe.errors import BackendError, MlpipeError
+from mlpipe.errors import BackendError, MlpipeError, UnsupportedFeatureError
 from mlpipe.ir import PipelineIR
 from mlpipe.run import Run
 from mlpipe.store import ArtifactStore
 
-__all__ = ["LocalRuns", "execute_locally", "step_states", "write_doc"]
+__all__ = ["LocalRuns", "execute_locally", "refuse_in_local_mode", "step_states", "write_doc"]
 
 
 class LocalRuns:
@@ -71,6 +71,17 @@ class LocalRuns:
             active[1].set()
             return True
         return handle.data.get("mode") == "local"
+
+
+def refuse_in_local_mode(backend: str, store: ArtifactStore, *, schedule: str | None, schedule_message: str,
+                         store_hint: str) -> None:
+    """What ``mode = "local"`` cannot do: a schedule, and an in-memory store the task processes cannot see."""
+    if schedule:
+        raise UnsupportedFeatureError(f"{backend}: {schedule_message}", backend=backend, option="schedule")
+    if store.url.startswith("memory://"):
+        raise UnsupportedFeatureError(
+            f"{backend}: mode = \"local\" runs each step in its own process, which cannot see the in-memory "
+            f"store {store.url}; {store_hint}", backend=backend, option="store")
 
 
 def execute_locally(

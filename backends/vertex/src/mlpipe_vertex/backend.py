@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlpipe_kubeflow.background import LocalRuns, execute_locally, step_states, write_doc
+from mlpipe_kubeflow.background import LocalRuns, execute_locally, refuse_in_local_mode, step_states, write_doc
 from mlpipe_kubeflow.compiler import DEFAULT_IMAGE
 from mlpipe_kubeflow.naming import check_parameter_budget
 from mlpipe_kubeflow.records import finalize
@@ -262,13 +262,9 @@ class VertexBackend(Backend):
 
     def _execute_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
                        cache: bool, cancel: threading.Event) -> Run:
-        if self.opts.schedule:
-            raise UnsupportedFeatureError("vertex: schedule needs Vertex; mode = \"local\" runs the spec once",
-                                          backend=self.name, option="schedule")
-        if store.url.startswith("memory://"):
-            raise UnsupportedFeatureError(
-                f"vertex: mode = \"local\" runs each step in its own process, which cannot see the in-memory "
-                f"store {store.url}; use a gs:// bucket (or a directory)", backend=self.name, option="store")
+        refuse_in_local_mode(self.name, store, schedule=self.opts.schedule,
+                             schedule_message="schedule needs Vertex; mode = \"local\" runs the spec once",
+                             store_hint="use a gs:// bucket (or a directory)")
         vplan = self.plan(ir, store, cache=cache)
         spec = build_spec(vplan)
         arguments = vplan.kfp.arguments(params)
