@@ -174,8 +174,9 @@ class StoreAttempts:
 
     def started(self, step: str, attempt: int) -> None:
         if step == self.step:
-            marker = {"attempt": attempt, "host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-            self.store.put_json(f"{self._dir}/{attempt}-{socket.gethostname()}-{os.getpid()}.json", marker)
+            host, pid = socket.gethostname(), os.getpid()
+            marker = {"attempt": attempt, "host": host, "pid": pid, "started": time.time()}
+            self.store.put_json(f"{self._dir}/{attempt}-{host}-{pid}.json", marker)
 
 
 def execute_remote_step(
