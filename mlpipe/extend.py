@@ -1,0 +1,81 @@
+"""The implementer facade: everything a backend or materializer plugin needs from the core.
+
+Plugins import only ``mlpipe``, ``mlpipe.extend``, ``mlpipe.errors`` and
+``mlpipe.ir``; the modules behind these names are the core's own business and
+may move. What is here is the plugin contract:
+
+- the backend contract: :class:`Backend`, :class:`BackendOptions`,
+  :class:`Capabilities`, :class:`RunHandle`, :class:`RunStatus`;
+- the compiled pipeline (:class:`PipelineIR` and its parts) and its storage
+  (:func:`write_ir`, :func:`load_ir`);
+- the store: :class:`ArtifactStore`, :class:`ObjectInfo`, :func:`open_store`;
+- the run record and its lifecycle: :class:`RunRecord` and friends (open a run,
+  record a step, skip what a failure blocks, close the run, load it back);
+- executing one step exactly as every backend does (:func:`execute_remote_step`,
+  the body of ``python -m mlpipe.runtime``), and code shipping (:func:`ship`,
+  :func:`resolve_code`);
+- materializers: :class:`Materializer`, :func:`register_materializer`.
+
+Importing this module loads the execution machinery (but nothing heavy:
+no pandas, kfp, sagemaker or mlflow).
+"""
+
+from __future__ import annotations
+
+from mlpipe.backend import TERMINAL, Backend, BackendOptions, Capabilities, RunHandle, RunStatus, get_backend
+from mlpipe.code import resolve as resolve_code
+from mlpipe.code import ship
+from mlpipe.executor import StepExecutor, StepOutcome, UpstreamCorrupted, skip_reason, step_record
+from mlpipe.ir import CodeRef, InputSpec, OutputRef, ParamSpec, PipelineIR, StepOutput, StepSpec
+from mlpipe.launch import new_run_id, write_run_doc
+from mlpipe.materializers import Materializer, register_materializer
+from mlpipe.metadata import open_index
+from mlpipe.records import RunRecords, load_step_records
+from mlpipe.run import Run, StepRun
+from mlpipe.runtime import decode_param, execute_remote_step, load_ir, write_ir
+from mlpipe.step import memory_bytes
+from mlpipe.store import ArtifactStore, ObjectInfo, open_store
+from mlpipe.tracking import join_run, track_skipped
+
+__all__ = [
+    "TERMINAL",
+    "ArtifactStore",
+    "Backend",
+    "BackendOptions",
+    "Capabilities",
+    "CodeRef",
+    "InputSpec",
+    "Materializer",
+    "ObjectInfo",
+    "OutputRef",
+    "ParamSpec",
+    "PipelineIR",
+    "Run",
+    "RunHandle",
+    "RunRecords",
+    "RunStatus",
+    "StepExecutor",
+    "StepOutcome",
+    "StepOutput",
+    "StepRun",
+    "StepSpec",
+    "UpstreamCorrupted",
+    "decode_param",
+    "execute_remote_step",
+    "get_backend",
+    "join_run",
+    "load_ir",
+    "load_step_records",
+    "memory_bytes",
+    "new_run_id",
+    "open_index",
+    "open_store",
+    "register_materializer",
+    "resolve_code",
+    "ship",
+    "skip_reason",
+    "step_record",
+    "track_skipped",
+    "write_ir",
+    "write_run_doc",
+]
