@@ -15,12 +15,26 @@ The result keeps a *manifest*, one hash per reached object
 (``function pkg.mod.clean``, ``constant pkg.mod.THRESHOLD``), so that
 ``mlpipe cache explain`` can say exactly which one changed. Module sources are
 parsed once per process and fingerprints are memoised per function object.
+
+The memo never outlives what it covers: while walking, the fingerprint
+records every binding it read (the function's ``__code__``, defaults and
+closure cells, each global and module attribute it followed, each reached
+class's members and bases) and keeps its mutable constants. A memoised
+fingerprint is served only while every binding still holds the same object
+and every mutable constant still hashes the same, so redefining a helper in a
+notebook cell, rebinding a module constant, editing a dict in place or
+reloading a module all give a fresh fingerprint. Checking costs a dictionary
+lookup per binding, plus re-hashing the mutable constants. What steps change
+while a run executes (a list they append to, a dict they memoise into) is the
+run's own doing, not an edit: :func:`settle`, called when a run ends, takes the
+new contents as the baseline.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import datetime
 import dis
 import enum
 import functools
@@ -28,16 +42,19 @@ import hashlib
 import importlib.util
 import linecache
 import os
+import pathlib
 import pickle
+import re
 import sys
 import threading
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mlpipe.hashing import canonical_json, digest_json
 
-__all__ = ["Fingerprint", "fingerprint", "is_user_module"]
+__all__ = ["Fingerprint", "fingerprint", "is_user_module", "settle", "unchanged"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +78,7 @@ class Fingerprint:
 
 
 _lock = threading.RLock()
-_memo: dict[int, tuple[Any, Fingerprint]] = {}
+_memo: dict[int, tuple[Any, Fingerprint, _Bindings]] = {}
 _user_modules: dict[str, bool] = {}
 _module_index: dict[str, tuple[list[str], dict[str, list[ast.AST]]]] = {}
 _library_roots: tuple[str, ...] | None = None
@@ -107,13 +124,20 @@ def is_user_module(name: str | None) -> bool:
 
 
 def fingerprint(fn: Any) -> Fingerprint:
-    """Fingerprint a function and all user code it reaches (memoised per function object)."""
+    """Fingerprint a function and all user code it reaches.
+
+    Memoised per function object, and the memo is checked against every binding
+    the walk read (see the module docstring), so an edit made in the same
+    process (a notebook cell, a REPL, ``importlib.reload``) gives a fresh
+    fingerprint.
+    """
     fn = getattr(fn, "fn", fn)  # a Step
     key = id(fn)
     with _lock:
         hit = _memo.get(key)
-        if hit is not None and hit[0] is fn:
+        if hit is not None and hit[0] is fn and hit[2].hold():
             return hit[1]
+        _checked_files.clear()
         walker = _Walker()
         walker.visit_function(fn, root=True)
         result = Fingerprint(
@@ -122,8 +146,113 @@ def fingerprint(fn: Any) -> Fingerprint:
             frozenset(walker.packages),
             dict(sorted(walker.previews.items())),
         )
-        _memo[key] = (fn, result)
+        _memo[key] = (fn, result, walker.bindings)
         return result
+
+
+_MISSING = object()
+# Values that cannot change in place: the binding that holds them is enough to check.
+_IMMUTABLE = (
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    bool,
+    type(None),
+    range,
+    enum.Enum,
+    re.Pattern,
+    datetime.date,
+    datetime.time,
+    datetime.timedelta,
+    pathlib.PurePath,
+)
+
+
+def _immutable(value: Any) -> bool:
+    if isinstance(value, _IMMUTABLE):
+        return True
+    if isinstance(value, (tuple, frozenset)):
+        return all(_immutable(v) for v in value)
+    return False
+
+
+def _constant_token(value: Any) -> str:
+    """What a mutable constant holds, including the code of any functions inside it."""
+    walker = _Walker()
+    digest = walker._value_hash(value)
+    return digest if not walker.manifest else digest_json([digest, walker.manifest])
+
+
+class _Bindings:
+    """What a fingerprint read, to tell whether a memoised fingerprint still holds.
+
+    ``names``: (namespace, name, object) for globals, module attributes and
+    class members (``_MISSING`` when the name was absent); ``attrs``: (object,
+    attribute, object) for ``__code__``, defaults and bases; ``cells``: closure
+    cells and their contents; ``constants``: mutable constants and their token.
+    Every check is by identity except for the mutable constants, which are
+    hashed again.
+    """
+
+    __slots__ = ("attrs", "cells", "constants", "names", "sizes")
+
+    def __init__(self) -> None:
+        self.names: list[tuple[Any, str, Any]] = []
+        self.attrs: list[tuple[Any, str, Any]] = []
+        self.cells: list[tuple[Any, Any]] = []
+        self.constants: list[tuple[Any, str]] = []
+        self.sizes: list[tuple[Any, int]] = []
+
+    def hold(self, contents: bool = True) -> bool:
+        """Whether every binding still holds (and, with ``contents``, every mutable constant hashes the same)."""
+        for namespace, name, value in self.names:
+            if namespace.get(name, _MISSING) is not value:
+                return False
+        for obj, attr, value in self.attrs:
+            if getattr(obj, attr, _MISSING) is not value:
+                return False
+        for cell, value in self.cells:
+            try:
+                if cell.cell_contents is not value:
+                    return False
+            except ValueError:  # emptied
+                return False
+        for namespace, size in self.sizes:  # a member added to a class
+            if len(namespace) != size:
+                return False
+        return not contents or all(_constant_token(value) == token for value, token in self.constants)
+
+    def settle(self) -> None:
+        self.constants = [(value, _constant_token(value)) for value, _token in self.constants]
+
+
+def unchanged(fn: Any) -> Callable[[], bool]:
+    """A check that is true while no binding ``fn``'s fingerprint read was rebound (contents not compared).
+
+    For tracing: re-running a pipeline function because a list it reads was
+    appended to would repeat its side effects for nothing; a rebound name
+    (``N = 30`` in a later cell) or a redefined step is what changes a trace.
+    """
+    fingerprint(fn)
+    with _lock:
+        bindings = _memo[id(getattr(fn, "fn", fn))][2]
+    return lambda: bindings.hold(contents=False)
+
+
+def settle() -> None:
+    """Take the current contents of memoised mutable constants as the baseline (called when a run ends).
+
+    Memo entries whose bindings no longer hold are dropped: they would be
+    recomputed anyway, and dropping them frees what they reference.
+    """
+    with _lock:
+        for key, (_fn, _result, bindings) in list(_memo.items()):
+            if bindings.hold(contents=False):
+                bindings.settle()
+            else:
+                del _memo[key]
 
 
 _PREVIEW_CHARS = 120
@@ -146,6 +275,7 @@ def clear_memo() -> None:
         _memo.clear()
         _module_index.clear()
         _user_modules.clear()
+        _checked_files.clear()
         linecache.clearcache()
 
 
@@ -190,7 +320,15 @@ def _index_definitions(tree: ast.Module) -> dict[str, list[ast.AST]]:
     return index
 
 
+_checked_files: set[str] = set()
+
+
 def _index_for(filename: str, module_globals: dict[str, Any] | None) -> dict[str, list[ast.AST]] | None:
+    if filename not in _checked_files:
+        # Once per walk: a module edited on disk and reloaded must not be read from linecache's old copy.
+        # (Notebook cells are registered without a modification time, and checkcache keeps them.)
+        _checked_files.add(filename)
+        linecache.checkcache(filename)
     lines = linecache.getlines(filename, module_globals)
     if not lines:
         return None
@@ -216,14 +354,16 @@ def _find_node(obj: Any, filename: str | None, firstlineno: int | None) -> ast.A
     candidates = index.get(obj.__qualname__)
     if not candidates:
         return None
-    if len(candidates) == 1 or firstlineno is None:
+    if firstlineno is None:
         return candidates[-1]
     for node in candidates:
         decorators = getattr(node, "decorator_list", [])
         start = min([node.lineno] + [d.lineno for d in decorators])  # type: ignore[attr-defined]
         if firstlineno in (start, node.lineno):  # type: ignore[attr-defined]
             return node
-    return candidates[-1]
+    # No definition starts where the code does: the source is not this code's (a replaced
+    # ``__code__``, a file edited since import), so the caller hashes the bytecode instead.
+    return None
 
 
 def _normalised_hash(node: ast.AST, strip_decorators: bool) -> str:
@@ -340,6 +480,7 @@ class _Walker:
         self.manifest: dict[str, str] = {}
         self.previews: dict[str, str] = {}
         self.packages: set[str] = set()
+        self.bindings = _Bindings()
         self._seen: set[int] = set()
         self._seen_attrs: set[tuple[int, str]] = set()
 
@@ -358,6 +499,10 @@ class _Walker:
         label = f"function {module}.{fn.__qualname__}"
         if code is None:
             return
+        attrs = self.bindings.attrs
+        attrs.append((fn, "__code__", code))
+        attrs.append((fn, "__defaults__", getattr(fn, "__defaults__", None)))
+        attrs.append((fn, "__kwdefaults__", getattr(fn, "__kwdefaults__", None)))
         node = None if fn.__name__ == "<lambda>" else _find_node(fn, code.co_filename, code.co_firstlineno)
         # Global names and attribute names the code uses, from the code objects
         # (exact, and far cheaper than walking the syntax tree).
@@ -375,15 +520,20 @@ class _Walker:
                 value = cell.cell_contents
             except ValueError:
                 continue
+            self.bindings.cells.append((cell, value))
             self.visit_reference(value, f"closure {module}.{fn.__qualname__}.{name}", names)
         fn_globals = getattr(fn, "__globals__", {})
+        read = self.bindings.names
         for name in sorted(names - set(code.co_freevars)):
-            if name in fn_globals:
-                self.visit_reference(fn_globals[name], f"constant {module}.{name}", names)
+            value = fn_globals.get(name, _MISSING)
+            read.append((fn_globals, name, value))  # absent too: defining it later shadows a builtin
+            if value is not _MISSING:
+                self.visit_reference(value, f"constant {module}.{name}", names)
         # Modules imported inside the function body are not in its globals: follow them too.
         for imported in _local_imports(code, fn_globals.get("__package__") or ""):
             target = _import_user_module(imported)
             if target is not None:
+                read.append((sys.modules, imported, target))
                 self.visit_reference(target, f"module {imported}", names)
             else:
                 self._library(imported)
@@ -400,6 +550,7 @@ class _Walker:
             for attr in sorted(names):
                 if attr in namespace and (id(value), attr) not in self._seen_attrs:
                     self._seen_attrs.add((id(value), attr))
+                    self.bindings.names.append((namespace, attr, namespace[attr]))
                     self.visit_reference(namespace[attr], f"constant {value.__name__}.{attr}", names)
             return
         self.visit_value(value, label, names)
@@ -428,6 +579,8 @@ class _Walker:
             self._library(getattr(value, "__module__", None) or getattr(value, "__name__", None))
             return
         self.manifest[label] = self._value_hash(value)
+        if not _immutable(value):
+            self.bindings.constants.append((value, _constant_token(value)))
         preview = _preview(value)
         if preview is not None:
             self.previews[label] = preview
@@ -448,6 +601,10 @@ class _Walker:
             if first is not None:
                 node = _find_node(cls, first.__code__.co_filename, None)
         self.manifest[label] = _normalised_hash(node, strip_decorators=False) if node is not None else "opaque"
+        members = vars(cls)
+        self.bindings.attrs.append((cls, "__bases__", cls.__bases__))
+        self.bindings.names.extend((members, attr, member) for attr, member in members.items())
+        self.bindings.sizes.append((members, len(members)))
         for base in cls.__bases__:
             if base is not object:
                 self.visit_value(base, f"class {base.__module__}.{base.__qualname__}", names=set())

@@ -277,6 +277,7 @@ class Pipeline:
         self.__wrapped__ = fn
         self._trace: Trace | None = None
         self._ir: PipelineIR | None = None
+        self._trace_current: Callable[[], bool] | None = None
         self.signature = inspect.signature(fn)
         for p in self.signature.parameters.values():
             if p.name in RESERVED:
@@ -324,8 +325,18 @@ class Pipeline:
         return self._params
 
     def trace(self) -> Trace:
-        """Trace the pipeline function (once) and return the recorded calls."""
+        """Trace the pipeline function and return the recorded calls.
+
+        Traced once, and again only when the code the pipeline function reaches
+        changed in this process (a notebook cell redefined a constant it passes
+        to a step, or a step it calls).
+        """
+        if self._trace is not None and not self._current():
+            self._trace = None
+            self._ir = None
         if self._trace is None:
+            from mlpipe.fingerprint import unchanged
+
             trace = Trace(self.name)
             handles = {name: ParamHandle(trace, name, p.annotation) for name, p in self.params.items()}
             token = _TRACE.set(trace)
@@ -334,15 +345,39 @@ class Pipeline:
             finally:
                 _TRACE.reset(token)
             self._trace = trace
+            self._trace_current = unchanged(self.fn)  # after: what the trace saw
         return self._trace
+
+    def _current(self) -> bool:
+        """Whether the trace and IR still describe the code (memoised fingerprints make this cheap)."""
+        from mlpipe.fingerprint import fingerprint
+
+        if self._trace is None or self._trace_current is None or not self._trace_current():
+            return False
+        if self._ir is None:
+            return True
+        compiled = {spec.name: spec.fingerprint for spec in self._ir.steps}
+        checked: dict[int, str] = {}
+        for call in self._trace.calls:
+            fn = call.step.fn
+            digest = checked.get(id(fn))
+            if digest is None:
+                digest = checked[id(fn)] = fingerprint(fn).digest
+            if compiled.get(call.name) != digest:
+                return False
+        return True
 
     @property
     def ir(self) -> PipelineIR:
-        """The compiled, validated, backend-neutral IR of this pipeline."""
+        """The compiled, validated, backend-neutral IR of this pipeline.
+
+        Compiled once, and again when a step's code changed in this process.
+        """
+        trace = self.trace()
         if self._ir is None:
             from mlpipe.graph import compile_trace
 
-            self._ir = compile_trace(self, self.trace())
+            self._ir = compile_trace(self, trace)
         return self._ir
 
     @property
@@ -428,9 +463,13 @@ class Pipeline:
         Returns:
             The finished :class:`~mlpipe.run.Run`, whatever its status.
         """
+        from mlpipe.fingerprint import settle
         from mlpipe.launch import run_pipeline
 
-        return run_pipeline(self, params, profile=profile, backend=backend, cache=cache)
+        try:
+            return run_pipeline(self, params, profile=profile, backend=backend, cache=cache)
+        finally:
+            settle()  # what the steps changed in module state while running is not an edit of the code
 
     def compile(self, backend: str | Backend, path: str, *, profile: str | None = None) -> str:
         """Write the backend's compiled form of this pipeline to ``path`` and return the path."""
