@@ -6,6 +6,11 @@ a qualname. A remote task resolves the reference by import when the module is
 importable, else by loading the cloudpickle the launcher stored for it, after
 checking that the Python minor version matches (a pickled function only loads
 safely on the version that pickled it).
+
+A task that imported the step's code checks it with :func:`verify` before
+running anything: the image may hold other code than the checkout the
+pipeline was compiled from, and results computed from it must never be
+stored under the compiled fingerprint's cache key.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from mlpipe.ir import PipelineIR, StepSpec
 from mlpipe.materializers import PY_VERSION, CloudpickleMaterializer
 from mlpipe.store import ArtifactStore
 
-__all__ = ["register", "resolve", "ship"]
+__all__ = ["register", "resolve", "ship", "verify"]
 
 _live: dict[tuple[str, str, str], Callable[..., Any]] = {}
 _lock = threading.Lock()
@@ -68,6 +73,45 @@ def resolve(spec: StepSpec, store: ArtifactStore | None = None) -> Callable[...,
     raise DefinitionError(
         f"step {spec.name!r}: the code of {ref.module}.{ref.qualname} is not importable and was not shipped "
         "to the store; submit through mlpipe (which pickles it) or define the step in an importable module",
+        step=spec.name,
+    )
+
+
+def verify(spec: StepSpec, fn: Callable[..., Any]) -> None:
+    """Refuse to run code whose fingerprint is not the one the pipeline was compiled with.
+
+    Code found by import (from a runtime image, or a checkout) is fingerprinted
+    as it is here; the compiled function itself (this process) and pickled code
+    (stored by content address when the run was submitted) are the compiled
+    code by construction.
+
+    Raises:
+        DefinitionError: naming the function (``.step`` the step), both digests and what differs; the fix
+            is to rebuild the image from the compiled code (or compile from the image's).
+    """
+    from mlpipe.fingerprint import fingerprint
+
+    ref = spec.code
+    if _live.get((ref.module, ref.qualname, spec.fingerprint)) is fn:
+        return
+    if ref.pickle_digest and not ref.importable:
+        return
+    found = fingerprint(fn)
+    if found.digest == spec.fingerprint:
+        return
+    compiled = spec.code_manifest
+    changes = [
+        f"{label} {'is new' if label not in compiled else 'changed'}"
+        for label, digest in sorted(found.manifest.items())
+        if compiled.get(label) != digest
+    ] + [f"{label} is no longer reached" for label in sorted(set(compiled) - set(found.manifest))]
+    shown = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+    raise DefinitionError(
+        f"the code this task imported ({ref.module}.{ref.qualname}) has fingerprint "
+        f"{found.digest}, but the pipeline was compiled from fingerprint {spec.fingerprint} "
+        f"({shown or 'the manifests differ'}). The image holds other code than the one the pipeline was compiled "
+        "from: rebuild the image from the same checkout (`mlpipe image FILE:PIPELINE`) and push it, or compile "
+        "again from the code in the image. Nothing was run or stored",
         step=spec.name,
     )
 

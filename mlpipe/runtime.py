@@ -191,7 +191,7 @@ def execute_remote_step(
     cache: bool = True,
 ) -> Any:
     """Run one step of a run as a remote task does. Returns the :class:`StepOutcome`."""
-    from mlpipe.code import resolve
+    from mlpipe.code import resolve, verify
     from mlpipe.executor import StepExecutor, UpstreamCorrupted
     from mlpipe.fingerprint import fingerprint
     from mlpipe.tracking import join_run
@@ -209,6 +209,7 @@ def execute_remote_step(
             params[name] = p.default
         elif any(i.source == "param" and i.param == name for i in spec.inputs):
             raise ParameterError(f"pipeline {ir.name!r}: parameter {name!r} is required", argument=name)
+    verify(spec, resolve(spec, store))  # before anything is written: a stale image leaves no trace in the store
     _ensure_run_doc(store, ir, ir_digest, run_id, backend, params, cache)
     executor = StepExecutor(store, None, run_id, ir.name, use_cache=cache, attempts=StoreAttempts(store, run_id, step))
     if executor.tracking is None:  # join the run's parent run in the tracking server, if any
@@ -216,6 +217,7 @@ def execute_remote_step(
 
     def run(target: StepSpec, force: bool, depth: int = 0) -> Any:
         fn = resolve(target, store)
+        verify(target, fn)  # also for a step run here to repair a corrupted input
         produced = _upstream(store, run_id, target)
         typed = _as_declared(target, fn, params)
         try:

@@ -199,3 +199,59 @@ def test_gc_keeps_shipped_code_of_recorded_runs(store: ArtifactStore) -> None:
     report = collect(store)
     assert report.items == []
     assert store.exists(pickle)
+
+
+STALE_STEP = '''
+import mlpipe as mp
+
+
+@mp.step
+def bump(x: int) -> int:
+    return {body}
+
+
+@mp.pipeline
+def stale(x: int = 5) -> int:
+    return bump(x)
+'''
+
+
+def test_a_task_whose_image_holds_other_code_refuses_and_stores_nothing(tmp_path: Path) -> None:
+    """Compiled from ``x + 1``, run in an image whose code returns ``x * 100``: refused, and no stale hit."""
+    import importlib
+    import uuid
+
+    store = open_store(str(Path.cwd() / ".mlpipe"))  # the store the local run below uses too
+
+    module = f"stale_{uuid.uuid4().hex[:8]}"
+    checkout, image = tmp_path / "checkout", tmp_path / "image"
+    checkout.mkdir()
+    image.mkdir()
+    (checkout / f"{module}.py").write_text(STALE_STEP.format(body="x + 1"))
+    (image / f"{module}.py").write_text(STALE_STEP.format(body="x * 100"))  # built from older code
+    sys.path.insert(0, str(checkout))
+    try:
+        pipe = importlib.import_module(module).stale
+        ir = pipe.ir
+        digest = write_ir(store, ir)
+        run_id = new_run_id()
+        env = {**os.environ, "PYTHONPATH": str(image)}
+        task = subprocess.run(
+            [sys.executable, "-m", "mlpipe.runtime", "--store", store.url, "--ir", digest, "--run-id", run_id,
+             "--step", "bump"],
+            cwd=image, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+        assert task.returncode == 2, task.stderr
+        compiled = ir.step("bump").fingerprint
+        assert "step 'bump'" in task.stderr and compiled in task.stderr
+        assert f"function {module}.bump changed" in task.stderr
+        assert "rebuild the image" in task.stderr
+        assert "Traceback" not in task.stderr
+        assert store.listdir("cache") == [], "a refused task must write no cache entry"
+        assert store.listdir("runs") == [] and store.listdir("objects") == [], "nothing may be stored"
+        local = pipe.run()  # the local backend, with the checkout's code, on the same store
+    finally:
+        sys.path.remove(str(checkout))
+        sys.modules.pop(module, None)
+    assert local.output("bump") == 6
+    assert local.steps["bump"].cached is False
