@@ -151,6 +151,33 @@ def test_kubeflow_local_mode_tracks_every_step_including_skipped(served: Tracked
     assert for_run(run.id) is None
 
 
+def test_dask_backend_tracks_every_step_including_skipped(served: Tracked) -> None:
+    """Steps run in the worker processes of a local Dask cluster: their child runs join the launcher's parent."""
+    pytest.importorskip("distributed")
+    from mlpipe_dask import DaskBackend
+
+    (served.work / "mlpipe.toml").write_text(
+        f'[profiles.dask]\nbackend = "dask"\nstore = ".mlpipe"\noptions = {{ n_workers = 2 }}\n'
+        f'tracking_uri = "{served.uri}"\nexperiment = "{served.experiment}"\n'
+    )
+    try:
+        run = mpl.failing.run(profile="dask", n=2)
+        assert run.status == "failed" and run.backend == "dask"
+        parent, children = served.tree(run.id)
+        assert {n: c.info.status for n, c in children.items()} == {"source": "FINISHED", "boom": "FAILED",
+                                                                    "after": "KILLED"}
+        assert children["after"].data.tags["mlpipe.status"] == "skipped"
+        assert children["source"].data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert parent.info.status == "FAILED"
+        again = mpl.failing.run(profile="dask", n=2)
+        _, hits = served.tree(again.id)
+        assert hits["source"].data.tags["mlpipe.cache_hit"] == "true"
+        assert hits["source"].data.tags["mlpipe.cache_key"] == children["source"].data.tags["mlpipe.cache_key"]
+    finally:
+        DaskBackend({"n_workers": 2}).close()  # the local cluster this profile started
+    (served.work / "mlpipe.toml").unlink()
+
+
 def test_server_down_fails_before_the_pipeline_starts(_isolated_cwd: Path) -> None:
     import socket
 

@@ -1,0 +1,329 @@
+"""What runs on the Dask workers: one task per step, the run's driver, and the store probe.
+
+A step's task gets only small references (store URL, IR digest, run id, step
+name, parameters as text) and runs the step exactly as ``python -m
+mlpipe.runtime`` does, through :func:`mlpipe.extend.execute_remote_step`: it
+reads its inputs from the store, checks the shared cache, writes its outputs,
+its cache entry and its record to the store, and returns a few words of
+status. Data never travels through the scheduler.
+
+The driver is itself a Dask task (fire-and-forget, seceded from the worker's
+thread pool), so a submitted run goes on when the launching process exits. It
+submits each step when its upstream steps have succeeded, records the steps a
+failure blocks as skipped, notices a cancel request (a marker in the store),
+and closes the run's record. If its worker dies, Dask starts it again on
+another worker, and it picks the run up from the records in the store.
+
+This module is imported by the workers; it must stay importable without a
+client or a cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from mlpipe.errors import MlpipeError
+from mlpipe.extend import (
+    TERMINAL,
+    ArtifactStore,
+    PipelineIR,
+    RunRecords,
+    StepOutcome,
+    StepSpec,
+    execute_remote_step,
+    load_ir,
+    load_step_records,
+    memory_bytes,
+    open_store,
+    skip_reason,
+    step_record,
+    track_skipped,
+)
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+__all__ = [
+    "CANCEL_CHECK_SECONDS",
+    "cancel_marker",
+    "drive",
+    "driver_key",
+    "probe",
+    "run_step",
+    "step_key",
+    "task_resources",
+]
+
+CANCEL_CHECK_SECONDS = 0.5
+"""How often a driver looks for a cancel request while steps run."""
+
+_lock = threading.Lock()
+_stores: dict[tuple[str, tuple[tuple[str, str], ...]], ArtifactStore] = {}
+_irs: dict[str, PipelineIR] = {}
+
+
+def step_key(run_id: str, step: str) -> str:
+    """The Dask key of a step's task: unique in the cluster, the same when a restarted driver resubmits it."""
+    return f"mlpipe-step-{run_id}-{step}"
+
+
+def driver_key(run_id: str) -> str:
+    return f"mlpipe-run-{run_id}"
+
+
+def cancel_marker(run_id: str) -> str:
+    """Where a cancel request for a run is left in the store (any process can write it)."""
+    return f"runs/{run_id}/dask-cancel.json"
+
+
+def task_resources(spec: StepSpec) -> dict[str, float]:
+    """The Dask worker resources a step's task asks for: ``cpu``, ``memory`` (bytes), ``gpu``."""
+    wanted: dict[str, float] = {}
+    res = spec.resources
+    if res.get("cpu"):
+        wanted["cpu"] = float(res["cpu"])
+    if res.get("memory"):
+        wanted["memory"] = float(memory_bytes(str(res["memory"])))
+    if res.get("gpu"):
+        wanted["gpu"] = float(res["gpu"])
+    return wanted
+
+
+def _store(url: str, storage_options: dict[str, Any]) -> ArtifactStore:
+    """One store object per URL in a worker process (its metadata cache is content-addressed, so safe)."""
+    key = (url, tuple(sorted((k, repr(v)) for k, v in storage_options.items())))
+    with _lock:
+        store = _stores.get(key)
+        if store is None:
+            store = _stores[key] = open_store(url, storage_options or None)
+        return store
+
+
+def _ir(store: ArtifactStore, digest: str) -> PipelineIR:
+    """The compiled pipeline by digest, read once per worker process (it is content-addressed)."""
+    with _lock:
+        found = _irs.get(digest)
+    if found is None:
+        found = load_ir(store, digest)
+        with _lock:
+            _irs[digest] = found
+    return found
+
+
+def probe(url: str, storage_options: dict[str, Any], rel: str) -> dict[str, Any]:
+    """Run on every worker before a run starts: can it read ``rel`` (just written by the launcher)?"""
+    where = {"host": socket.gethostname(), "pid": os.getpid(), "python": "{}.{}".format(*sys.version_info[:2])}
+    try:
+        store = open_store(url, storage_options or None)
+        if not store.has(rel):
+            return {**where, "error": f"{rel} is not there (this worker sees another filesystem or bucket)"}
+    except Exception as exc:  # fsspec and the cloud SDKs raise anything: report it, the launcher refuses
+        return {**where, "error": f"{type(exc).__name__}: {exc}"}
+    return {**where, "error": None}
+
+
+def run_step(task: dict[str, Any]) -> dict[str, Any]:
+    """Run one step of a run on this worker; return its status (the record is in the store)."""
+    started = time.time()
+    store = _store(task["store"], task["storage_options"])
+    try:
+        ir = _ir(store, task["ir"])
+        outcome = execute_remote_step(
+            store,
+            ir,
+            task["ir"],
+            task["run_id"],
+            task["step"],
+            task["params"],
+            backend="dask",
+            cache=task["cache"],
+        )
+    except MlpipeError as exc:  # the step could not even start (its code, an upstream record): no record yet
+        return {"status": "failed", "error": str(exc), "recorded": False, "started": started}
+    return {
+        "status": outcome.status,
+        "cached": outcome.cached,
+        "error": outcome.error,
+        "recorded": True,
+        "started": started,
+    }
+
+
+def drive(ref: dict[str, Any]) -> str:
+    """The run's driver, a long-running task on the cluster. Returns the run's final status."""
+    from distributed import worker_client
+
+    store = _store(ref["store"], ref["storage_options"])
+    ir = _ir(store, ref["ir"])
+    with worker_client() as client:
+        return _Driver(client, store, ir, ref).run()
+
+
+class _Driver:
+    def __init__(self, client: Client, store: ArtifactStore, ir: PipelineIR, ref: dict[str, Any]) -> None:
+        self.client, self.store, self.ir, self.ref = client, store, ir, ref
+        self.run_id: str = ref["run_id"]
+        self.specs = {s.name: s for s in ir.steps}
+        self.downstream = ir.downstream()
+        self.states: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+        self.running: dict[str, Future] = {}
+        self.done: queue.SimpleQueue[Future] = queue.SimpleQueue()
+        self.records = RunRecords(store, self.run_id)
+        self.skipped: list[StepOutcome] = []
+        self.cancelled = False
+        self._checked = time.monotonic()
+
+    def run(self) -> str:
+        rel = f"runs/{self.run_id}/run.json"
+        doc = self.store.get_json(rel)
+        if doc.get("status") in TERMINAL:  # a driver restarted after the run was closed
+            return str(doc["status"])
+        self._resume()
+        try:
+            self._loop()
+        finally:
+            if self.running:  # cancelled, or this driver failed: nothing of this run may keep running
+                self.client.cancel(list(self.running.values()), force=True)
+        return self._close()
+
+    def _resume(self) -> None:
+        """Take over what an earlier driver of this run (on a worker that died) finished."""
+        for name, record in load_step_records(self.store, self.run_id).items():
+            if name in self.specs and record.get("status") in ("succeeded", "failed", "skipped"):
+                self.states[name] = str(record["status"])
+                if record.get("error"):
+                    self.errors[name] = str(record["error"])
+        for spec in self.ir.steps:
+            if self.states.get(spec.name) == "failed":
+                self._skip_after(spec.name)
+
+    def _ready(self) -> list[StepSpec]:
+        return [
+            spec
+            for spec in self.ir.steps
+            if spec.name not in self.states
+            and spec.name not in self.running
+            and all(self.states.get(up) == "succeeded" for up in spec.upstream)
+        ]
+
+    def _loop(self) -> None:
+        self._submit(self._ready())
+        while self.running:
+            wait = max(0.0, CANCEL_CHECK_SECONDS - (time.monotonic() - self._checked))
+            try:
+                future: Future | None = self.done.get(timeout=wait)
+            except queue.Empty:
+                future = None
+            if time.monotonic() - self._checked >= CANCEL_CHECK_SECONDS or (
+                future is not None and future.status == "cancelled"
+            ):
+                self._checked = time.monotonic()
+                if self.store.has(cancel_marker(self.run_id)):
+                    self.cancelled = True
+                    return
+            if future is None:
+                continue
+            name = future.key[len(step_key(self.run_id, "")) :]
+            if self.running.get(name) is not future:
+                continue
+            del self.running[name]
+            self._finished(name, future)
+            self._submit(self._ready())
+
+    def _submit(self, specs: list[StepSpec]) -> None:
+        for spec in specs:
+            task = {
+                "store": self.ref["store"],
+                "storage_options": self.ref["storage_options"],
+                "ir": self.ref["ir"],
+                "run_id": self.run_id,
+                "step": spec.name,
+                "params": self.ref["params"],
+                "cache": self.ref["cache"],
+            }
+            future = self.client.submit(
+                run_step,
+                task,
+                key=step_key(self.run_id, spec.name),
+                resources=task_resources(spec) or None,
+                pure=False,
+            )
+            self.running[spec.name] = future
+            future.add_done_callback(self.done.put)
+
+    def _finished(self, name: str, future: Future) -> None:
+        try:
+            result: dict[str, Any] = future.result()
+        except Exception as exc:  # the task itself failed: a worker died too often, code that cannot unpickle
+            result = {"status": "failed", "error": _task_error(name, exc), "recorded": False}
+        status = str(result["status"])
+        if not result.get("recorded"):
+            now = time.time()
+            outcome = StepOutcome(name, status, started=result.get("started", now), ended=now, error=result["error"])
+            self.records.write(step_record(self.run_id, self.ir.name, self.specs[name], outcome, None))
+        self.states[name] = status
+        if result.get("error"):
+            self.errors[name] = str(result["error"])
+        if status != "succeeded":
+            self._skip_after(name)
+
+    def _skip_after(self, failed: str) -> None:
+        """Record every step downstream of ``failed`` as skipped, with the reason the local backend gives."""
+        reason = skip_reason(self.specs[failed], self.errors.get(failed))
+        stack = list(self.downstream[failed])
+        while stack:
+            name = stack.pop()
+            if name in self.states:
+                continue
+            now = time.time()
+            outcome = StepOutcome(name, "skipped", started=now, ended=now, error=reason)
+            self.records.write(step_record(self.run_id, self.ir.name, self.specs[name], outcome, None))
+            self.states[name] = "skipped"
+            self.skipped.append(outcome)
+            stack.extend(self.downstream[name])
+
+    def _close(self) -> str:
+        now = time.time()
+        if self.cancelled:
+            for spec in self.ir.steps:
+                if spec.name not in self.states:
+                    outcome = StepOutcome(spec.name, "cancelled", started=now, ended=now, error="run cancelled")
+                    self.records.write(step_record(self.run_id, self.ir.name, spec, outcome, None))
+                    self.states[spec.name] = "cancelled"
+        track_skipped(self.store, self.run_id, self.ir, self.skipped)
+        failed = [name for name in self.specs if self.states.get(name) == "failed"]
+        if self.cancelled:
+            status = "cancelled"
+        elif failed or any(self.states.get(name) != "succeeded" for name in self.specs):
+            status = "failed"
+        else:
+            status = "succeeded"
+        rel = f"runs/{self.run_id}/run.json"
+        doc = self.store.get_json(rel)
+        doc.update(status=status, ended=time.time())
+        if failed:
+            doc["error"] = "; ".join(f"step {name!r} failed: {self.errors.get(name)}" for name in failed)
+        self.store.put_json(rel, doc)
+        return status
+
+
+def _task_error(step: str, exc: BaseException) -> str:
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        return (
+            f"the Dask workers running step {step!r} kept dying (killed, out of memory, or lost): {exc}. Dask gives "
+            "up on a task after `distributed.scheduler.allowed-failures` worker deaths; give the workers more memory"
+        )
+    if isinstance(exc, ModuleNotFoundError | ImportError):
+        return (
+            f"a Dask worker could not import what step {step!r} needs: {name}: {exc}. Install the pipeline's "
+            "package, mlpipe and mlpipe-dask on every worker"
+        )
+    return f"the Dask task of step {step!r} failed: {name}: {exc}"
