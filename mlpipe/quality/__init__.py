@@ -6,6 +6,8 @@ loads it on first use.
 
 - :mod:`~mlpipe.quality.validation`: :class:`Schema`, :func:`validate`, :func:`validate_step`.
 - :mod:`~mlpipe.quality.drift`: :func:`compute_drift`, :func:`drift_step`, :class:`DriftResult`.
+- :mod:`~mlpipe.quality.fairness`: :func:`compute_fairness`, :func:`fairness_step`, :class:`FairnessResult`
+  (per-group metrics on fairlearn, the ``fairness`` extra, imported on first use).
 - :mod:`~mlpipe.quality.gates`: :func:`gate_step`; what a failed gate does to a run.
 - :mod:`~mlpipe.quality.report`: self-contained HTML for drift and validation results.
 """
@@ -34,8 +36,17 @@ from mlpipe.quality.drift import (
     drift_step,
     psi,
 )
+from mlpipe.quality.fairness import (
+    Disparity,
+    FairnessOutput,
+    FairnessResult,
+    FairnessThresholds,
+    GroupMetrics,
+    compute_fairness,
+    fairness_step,
+)
 from mlpipe.quality.gates import GateDecision, gate_step
-from mlpipe.quality.report import drift_html, validation_html
+from mlpipe.quality.report import drift_html, fairness_html, validation_html
 from mlpipe.quality.validation import (
     Column,
     Schema,
@@ -50,10 +61,15 @@ from mlpipe.quality.validation import (
 __all__ = [
     "Column",
     "ColumnDrift",
+    "Disparity",
     "DriftOutput",
     "DriftResult",
     "DriftThresholds",
+    "FairnessOutput",
+    "FairnessResult",
+    "FairnessThresholds",
     "GateDecision",
+    "GroupMetrics",
     "Histogram",
     "HtmlReport",
     "QualityGateError",
@@ -63,8 +79,11 @@ __all__ = [
     "ValidationReport",
     "Violation",
     "compute_drift",
+    "compute_fairness",
     "drift_html",
     "drift_step",
+    "fairness_html",
+    "fairness_step",
     "gate_step",
     "infer_schema",
     "psi",

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from mlpipe.quality.base import QualityGateError
 from mlpipe.quality.drift import DriftResult
+from mlpipe.quality.fairness import FairnessResult
 from mlpipe.quality.validation import ValidationReport
 from mlpipe.step import Step, step
 
@@ -38,8 +39,8 @@ class GateDecision(BaseModel):
     summary: str
 
 
-def gate_step(*, name: str = "quality_gate") -> Step[[ValidationReport | DriftResult], GateDecision]:
-    """A quality gate over a validation report or a drift result.
+def gate_step(*, name: str = "quality_gate") -> Step[[ValidationReport | DriftResult | FairnessResult], GateDecision]:
+    """A quality gate over a validation report, a drift result or a fairness result.
 
     ``decision = gate(result)`` fails when ``result.passed`` is false, with the
     result's full text as the reason; steps that take ``decision`` (a
@@ -49,11 +50,11 @@ def gate_step(*, name: str = "quality_gate") -> Step[[ValidationReport | DriftRe
         name: The step's name in the pipeline.
     """
 
-    def quality_gate(result: ValidationReport | DriftResult) -> GateDecision:
+    def quality_gate(result: ValidationReport | DriftResult | FairnessResult) -> GateDecision:
         if not result.passed:
             raise QualityGateError(result.to_text(), result=result)
         return GateDecision(gate=name, summary=result.summary())
 
     # Real types: a remote runtime unpickles this closure without this module's globals.
-    quality_gate.__annotations__ = {"result": ValidationReport | DriftResult, "return": GateDecision}
+    quality_gate.__annotations__ = {"result": ValidationReport | DriftResult | FairnessResult, "return": GateDecision}
     return step(name=name, gate=True)(quality_gate)

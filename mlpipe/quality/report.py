@@ -14,14 +14,15 @@ from collections.abc import Sequence
 
 from mlpipe.materializers import HtmlReport
 from mlpipe.quality.drift import ColumnDrift, DriftResult, Histogram
+from mlpipe.quality.fairness import METRICS, FairnessResult
 from mlpipe.quality.validation import ValidationReport
 
-__all__ = ["drift_html", "validation_html"]
+__all__ = ["CSS", "drift_html", "fairness_html", "fairness_section", "validation_html"]
 
 _REF = "#4c72b0"
 _CUR = "#dd8452"
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:24px 32px;color:#1f2328;
 background:#fff;max-width:1100px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}h3{font-size:15px;margin:0 0 6px}
@@ -40,6 +41,7 @@ tr.drift td{background:#fff5f5}
 .plot p{margin:2px 0 6px;font-size:12px;color:#59636e}
 .key{font-size:12px;color:#59636e}.key i{display:inline-block;width:10px;height:10px;margin:0 4px 0 10px}
 svg text{font-size:10px;fill:#59636e}
+td.muted{color:#8c959f}
 """
 
 
@@ -65,7 +67,7 @@ def _page(title: str, body: str) -> HtmlReport:
     return HtmlReport(
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{_e(title)}</title>'
-        f"<style>{_CSS}</style></head><body>{body}</body></html>\n"
+        f"<style>{CSS}</style></head><body>{body}</body></html>\n"
     )
 
 
@@ -210,5 +212,96 @@ def validation_html(report: ValidationReport, *, title: str = "Data validation r
     body = (
         f'<h1>{_e(title)} {verdict}</h1><div class="meta">{_e(report.summary())} · {_stamp()}</div>'
         f"<h2>Violations</h2>{table}"
+    )
+    return _page(title, body)
+
+
+_METRIC_LABELS = {
+    "selection_rate": "selection rate",
+    "true_positive_rate": "TPR",
+    "false_positive_rate": "FPR",
+    "accuracy": "accuracy",
+}
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _rates_svg(result: FairnessResult, width: int = 640) -> str:
+    """Horizontal bars of each group's selection rate, TPR and FPR (one row per group)."""
+    label_w, bar_h, gap = 170, 9, 10
+    shown = [("selection_rate", _REF), ("true_positive_rate", "#55a868"), ("false_positive_rate", _CUR)]
+    row_h = bar_h * len(shown) + gap
+    height = 20 + row_h * len(result.groups)
+    plot_w = width - label_w - 50
+    parts = [f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img">']
+    for i, g in enumerate(result.groups):
+        y = 10 + i * row_h
+        name = g.group if len(g.group) <= 28 else g.group[:27] + "…"
+        parts.append(f'<text x="{label_w - 6}" y="{y + bar_h * 2}" text-anchor="end">{_e(name)}</text>')
+        for j, (metric, colour) in enumerate(shown):
+            value = getattr(g, metric)
+            if value is None:
+                continue
+            parts.append(
+                f'<rect x="{label_w}" y="{y + j * bar_h}" width="{plot_w * value:.1f}" height="{bar_h - 1}" '
+                f'fill="{colour}"><title>{_e(g.group)} {_METRIC_LABELS[metric]}: {value:.3f}</title></rect>'
+                f'<text x="{label_w + plot_w * value + 4:.1f}" y="{y + j * bar_h + bar_h - 1}">{value:.2f}</text>'
+            )
+    parts.append(f'<line x1="{label_w}" y1="4" x2="{label_w}" y2="{height - 4}" stroke="#8c959f"/></svg>')
+    return "".join(parts)
+
+
+def fairness_section(result: FairnessResult, *, heading: str = "h2") -> str:
+    """The fairness tables and plot as an HTML fragment (for the fairness report and the audit report)."""
+    rows = []
+    for g in [*result.groups, result.overall]:
+        cells = "".join(f"<td>{_rate(getattr(g, m))}</td>" for m in METRICS)
+        note = "" if g.judged else ' <span class="key">(too small, not judged)</span>'
+        rows.append(
+            f'<tr><td class="l">{_e(g.group)}{note}</td><td>{g.count:,}</td><td>{g.positives:,}</td>{cells}</tr>'
+        )
+    groups = (
+        '<table class="fairness-groups"><thead><tr><th class="l">group</th><th>rows</th><th>positives</th>'
+        + "".join(f"<th>{_METRIC_LABELS[m]}</th>" for m in METRICS)
+        + f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    checks = []
+    for d in result.disparities:
+        if d.threshold is None:
+            limit, status = "-", '<span class="key">not checked</span>'
+        else:
+            limit = f"{'≥' if d.is_ratio else '≤'} {d.threshold:g}"
+            status = '<span class="badge good">ok</span>' if d.passed else '<span class="badge bad">fail</span>'
+        between = f"{_e(d.worst[0])} vs {_e(d.worst[1])}" if d.worst else "-"
+        checks.append(
+            f'<tr class="{"" if d.passed else "drift"}"><td class="l">{_e(d.name)}</td>'
+            f'<td class="l">{_e(d.metric)}</td>'
+            f'<td>{_rate(d.value)}</td><td>{limit}</td><td class="l">{between}</td><td class="l">{status}</td></tr>'
+        )
+    disparities = (
+        '<table class="fairness-disparities"><thead><tr><th class="l">disparity</th><th class="l">of</th>'
+        '<th>value</th><th>limit</th><th class="l">between</th><th class="l">status</th></tr></thead>'
+        f"<tbody>{''.join(checks)}</tbody></table>"
+    )
+    key = (
+        f'<div class="key"><i style="background:{_REF}"></i>selection rate<i style="background:#55a868"></i>TPR'
+        f'<i style="background:{_CUR}"></i>FPR</div>'
+    )
+    h = heading
+    return (
+        f'<section class="fairness"><{h}>Disparities</{h}>{disparities}<{h}>Groups</{h}>{groups}'
+        f"<{h}>Rates by group</{h}>{key}{_rates_svg(result)}</section>"
+    )
+
+
+def fairness_html(result: FairnessResult, *, title: str = "Fairness report") -> HtmlReport:
+    """Render a :class:`FairnessResult` as one self-contained HTML page."""
+    verdict = '<span class="badge good">passed</span>' if result.passed else '<span class="badge bad">failed</span>'
+    body = (
+        f"<h1>{_e(title)} {verdict}</h1>"
+        f'<div class="meta">{_e(result.summary())} · computed in {result.seconds * 1000:.0f} ms · {_stamp()}</div>'
+        + fairness_section(result)
     )
     return _page(title, body)
