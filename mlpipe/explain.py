@@ -25,6 +25,27 @@ def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "?"
 
 
+def _external_reason(store: ArtifactStore, run_id: str, components: dict[str, Any]) -> str | None:
+    """Why a step that acts on an external system (the MLflow registry) was not cached, or None."""
+    labels = sorted(label for label in components.get("code_manifest", {}) if label.startswith("external "))
+    if not labels:
+        return None
+    previews = components.get("code_previews", {})
+    systems = sorted({previews.get(label, "an external system") for label in labels})
+    calls = ", ".join(label.partition(" ")[2] for label in labels)
+    where = ""
+    rel = f"runs/{run_id}/tracking.json"
+    if store.has(rel):
+        uri = (store.get_json(rel).get("info") or {}).get("tracking_uri")
+        if uri:
+            where = f" of the tracking server {uri}"
+    return (
+        f"not cached: the step calls {calls}, which acts on {' and '.join(systems)}{where}. Its result depends "
+        "on that system's state, which the store cannot see (a new server, a deleted version, a moved alias), "
+        "so such a step runs every time unless it is declared with @mp.step(cache=True)"
+    )
+
+
 def explain_step(store: ArtifactStore, run_id: str, step: str) -> dict[str, Any]:
     """A structured explanation (used by :func:`explain` and by tests).
 
@@ -51,7 +72,8 @@ def explain_step(store: ArtifactStore, run_id: str, step: str) -> dict[str, Any]
     if not run.doc.get("cache", True):
         return {**out, "verdict": verdict, "reason": "the run was started with --no-cache / cache=False"}
     if record.get("cache_option") is False:
-        return {**out, "verdict": verdict, "reason": "the step is declared with cache=False"}
+        external = _external_reason(store, run.id, components or {})
+        return {**out, "verdict": verdict, "reason": external or "the step is declared with cache=False"}
     if components is None:
         return {**out, "verdict": verdict, "reason": "no cache-key components were recorded"}
     index = open_index(store)

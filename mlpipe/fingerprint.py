@@ -50,11 +50,31 @@ import threading
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from mlpipe.hashing import canonical_json, digest_json
 
-__all__ = ["Fingerprint", "fingerprint", "is_user_module", "settle", "unchanged"]
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+__all__ = ["EXTERNAL", "Fingerprint", "external_system", "fingerprint", "is_user_module", "settle", "unchanged"]
+
+EXTERNAL = "__mlpipe_external__"
+"""Attribute naming the external system a library function acts on (see :func:`external_system`)."""
+
+
+def external_system(system: str) -> Callable[[_F], _F]:
+    """Mark a library function as acting on an external system (``"the MLflow model registry"``).
+
+    A step whose code reaches a marked function gets a manifest entry
+    ``external <module>.<name>``, and is not cached unless declared with
+    ``cache=True``: its result depends on state the store cannot see.
+    """
+
+    def mark(fn: _F) -> _F:
+        setattr(fn, EXTERNAL, system)
+        return fn
+
+    return mark
 
 
 @dataclass(frozen=True)
@@ -543,6 +563,10 @@ class _Walker:
         if isinstance(value, types.ModuleType):
             if not is_user_module(value.__name__):
                 self._library(value.__name__)
+                if value.__name__.startswith("mlpipe."):  # ``mpm.register_model(...)``: marked functions
+                    namespace = vars(value)
+                    for attr in names:
+                        self._external(namespace.get(attr))
                 return
             # Each function names its own attributes of the module (``helpers.a`` here, ``helpers.b`` in a
             # helper), so the module is followed once per attribute, not once per walk.
@@ -568,6 +592,7 @@ class _Walker:
                 self.visit_function(target)
             else:
                 self._library(getattr(target, "__module__", None))
+                self._external(target)
             return
         if isinstance(value, type):
             if is_user_module(value.__module__):
@@ -584,6 +609,14 @@ class _Walker:
         preview = _preview(value)
         if preview is not None:
             self.previews[label] = preview
+
+    def _external(self, fn: Any) -> None:
+        system = getattr(fn, EXTERNAL, None) if isinstance(fn, types.FunctionType) else None
+        if isinstance(system, str):
+            public = ".".join(part for part in fn.__module__.split(".") if not part.startswith("_"))
+            label = f"external {public}.{fn.__qualname__}"
+            self.manifest[label] = hashlib.sha256(system.encode()).hexdigest()
+            self.previews[label] = system
 
     def visit_class(self, cls: type) -> None:
         if id(cls) in self._seen:

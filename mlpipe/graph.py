@@ -126,7 +126,7 @@ def compile_trace(pipeline: Pipeline, trace: Trace) -> PipelineIR:
                 retries=call.step.retries,
                 timeout=call.step.timeout,
                 resources=call.step.resources.to_dict(),
-                cache=call.step.cache,
+                cache=call.step.cache_option if call.step.cache_option is not None else not _external(fp.manifest),
                 version=call.step.version,
                 image=call.step.image,
                 env=call.step.env,
@@ -143,6 +143,11 @@ def compile_trace(pipeline: Pipeline, trace: Trace) -> PipelineIR:
     )
     validate_ir(ir)
     return ir
+
+
+def _external(manifest: dict[str, str]) -> bool:
+    """Whether the code reaches a function marked as acting on an external system (``external ...``)."""
+    return any(label.startswith("external ") for label in manifest)
 
 
 def _json_default(pipeline: Pipeline, name: str, value: Any) -> Any:

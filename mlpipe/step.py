@@ -125,7 +125,7 @@ class _Options:
     retries: int = 0
     timeout: float | None = None
     resources: Resources = field(default_factory=Resources)
-    cache: bool = True
+    cache: bool | None = None  # None: cached, unless the code acts on an external system
     version: str | None = None
     image: str | None = None
     env: tuple[tuple[str, str], ...] = ()
@@ -178,6 +178,12 @@ class Step(Generic[P, R]):
 
     @property
     def cache(self) -> bool:
+        """False when declared ``cache=False`` (a step that acts on an external system may still not be cached)."""
+        return self._options.cache is not False
+
+    @property
+    def cache_option(self) -> bool | None:
+        """``cache=`` as declared: ``None`` (the default) caches unless the code acts on an external system."""
         return self._options.cache
 
     @property
@@ -350,6 +356,8 @@ def _normalise_options(fn: Callable[..., Any], options: dict[str, Any], partial:
                     f"resources must be mp.Resources(...), got {type(value).__name__}", step=fn.__name__
                 )
             out["resources"] = value
+        elif key == "cache" and value is None:
+            out[key] = None
         elif key in ("cache", "gate"):
             if not isinstance(value, bool):
                 raise DefinitionError(f"{key} must be True or False, got {value!r}", step=fn.__name__)
@@ -380,7 +388,7 @@ def step(
     retries: int = 0,
     timeout: str | float | None = None,
     resources: Resources | None = None,
-    cache: bool = True,
+    cache: bool | None = None,
     version: str | None = None,
     image: str | None = None,
     env: dict[str, str] | None = None,
@@ -396,7 +404,7 @@ def step(
     retries: int = 0,
     timeout: str | float | None = None,
     resources: Resources | None = None,
-    cache: bool = True,
+    cache: bool | None = None,
     version: str | None = None,
     image: str | None = None,
     env: dict[str, str] | None = None,
@@ -409,7 +417,10 @@ def step(
         retries: How many times to retry after a failure, with exponential backoff.
         timeout: Maximum run time, seconds or a string like ``"30m"``.
         resources: :class:`Resources` the step needs on remote backends.
-        cache: ``False`` always recomputes the step.
+        cache: ``False`` always recomputes the step. ``None`` (the default) caches it unless its
+            code calls a function that acts on an external system whose state the store cannot
+            see (the MLflow model registry: ``register_model``, ``promote``); ``True`` caches it
+            regardless.
         version: A manual salt added to the cache key.
         image: Container image for remote backends (default: the profile's image).
         env: Environment variables set for the step on remote backends.

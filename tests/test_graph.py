@@ -169,3 +169,39 @@ def test_pipeline_outputs_from_tuples_lists_and_dicts() -> None:
     assert [(o.step, o.output) for o in as_dict.ir.outputs] == [("total", "output"), ("numbers", "output")]
     assert [(o.step, o.output) for o in as_list.ir.outputs] == [("numbers", "output"), ("total", "output")]
     assert [(o.step, o.output) for o in res.arithmetic.ir.outputs] == [("add_2", "output")]
+
+
+def test_steps_that_act_on_the_model_registry_are_not_cached_unless_declared() -> None:
+    from mlpipe.integrations import mlflow as mpm
+    from mlpipe.integrations.mlflow import register_model
+
+    @mp.step
+    def via_module(x: int) -> int:
+        return x if mpm.promote is None else x + 1
+
+    @mp.step
+    def via_name(x: int) -> int:
+        return x if register_model is None else x + 1
+
+    @mp.step(cache=True)
+    def opted_in(x: int) -> int:
+        return x if register_model is None else x + 1
+
+    @mp.step
+    def plain(x: int) -> int:
+        return x + 1
+
+    @mp.pipeline
+    def registry_steps(x: int = 1) -> None:
+        via_module(x)
+        via_name(x)
+        opted_in(x)
+        plain(x)
+
+    ir = registry_steps.ir
+    assert {s.name: s.cache for s in ir.steps} == {
+        "via_module": False, "via_name": False, "opted_in": True, "plain": True
+    }
+    assert "external mlpipe.integrations.mlflow.promote" in ir.step("via_module").code_manifest
+    assert "external mlpipe.integrations.mlflow.register_model" in ir.step("via_name").code_manifest
+    assert not any(label.startswith("external") for label in ir.step("plain").code_manifest)

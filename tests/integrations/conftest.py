@@ -18,6 +18,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of a real MLflow tracking server, shared by the session."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+@contextmanager
+def _server(root: Path) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 with its own sqlite database and artifacts under ``root``."""
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -71,7 +71,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if time.monotonic() - started > READY_TIMEOUT:
                 pytest.fail(f"mlflow server not ready after {READY_TIMEOUT:g} s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.25)
-        _timings["mlflow server start (s)"] = time.monotonic() - started
+        _timings.setdefault("mlflow server start (s)", time.monotonic() - started)
         yield url
     finally:
         try:
@@ -83,6 +83,20 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a real MLflow tracking server, shared by the session."""
+    with _server(tmp_path_factory.mktemp("mlflow-server")) as url:
+        yield url
+
+
+@pytest.fixture
+def fresh_mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second real MLflow server, new and empty, for this test only (stopped at its end)."""
+    with _server(tmp_path_factory.mktemp("mlflow-fresh")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -102,9 +102,10 @@ def test_better_than_champion_on_the_same_evaluation_data(served: Tracked) -> No
     assert not other.promoted and "pass scorer=" in other.reasons[1]
     # with a scorer the champion is re-scored on the candidate's evaluation data
     rescored = mpl.registry.run(name=name, c=3.0, threshold=0.0, gate="better", eval_seed=7, rescore=True)
-    assert rescored.steps["register"].cached  # same model and data: the version registered just before
+    # a step that acts on the registry is not cached (docs/caching.md): the same model registers again
+    assert not rescored.steps["register"].cached and rescored.steps["fit"].cached
     decision = rescored.output("decide")
-    assert decision.version == "4" and "champion v2" in decision.reasons[1]
+    assert decision.version == "5" and "champion v2" in decision.reasons[1]
     rescored_tags = served.client.get_model_version(name, "2").tags
     # the champion now carries its accuracy on both evaluation data sets, keyed by their digests
     assert len([k for k in rescored_tags if k.startswith("mlpipe.eval.") and k.endswith(".accuracy")]) == 2
@@ -126,3 +127,29 @@ def test_register_needs_a_tracked_step() -> None:
     run = mpl.custom.run(name="never")
     assert run.status == "failed"
     assert "inside a step of a run tracked in MLflow" in (run.steps["publish_custom"].error or "")
+
+
+def test_a_fresh_tracking_server_is_not_served_a_stale_registry_result(served: Tracked, fresh_mlflow_server: str) -> None:
+    from mlpipe.explain import explain
+    from mlpipe.store import open_store
+
+    from resources.mlflow_helpers import write_profile
+
+    name = _name()
+    first = mpl.registry.run(name=name)
+    assert first.status == "succeeded", {n: s.error for n, s in first.steps.items()}
+    # the same project and store, now tracked in a new, empty MLflow server
+    write_profile(served.work, fresh_mlflow_server, served.experiment)
+    fresh = Tracked(fresh_mlflow_server, served.experiment, served.work)
+    again = mpl.registry.run(name=name)
+    assert again.status == "succeeded", {n: s.error for n, s in again.steps.items()}
+    assert again.steps["fit"].cached, "the model itself is still served from the cache"
+    assert not again.steps["register"].cached and not again.steps["decide"].cached
+    ref = again.output("register")
+    version = fresh.client.get_model_version(name, ref.version)  # it exists where this run is tracked
+    assert version.run_id == ref.mlflow_run_id
+    assert str(_version(fresh, name, "champion").version) == ref.version
+    text = explain(open_store(".mlpipe"), again.id, "register")
+    assert "mlpipe.integrations.mlflow.register_model" in text and "MLflow model registry" in text
+    assert f"the tracking server {fresh_mlflow_server}" in text
+    assert "cache=True" in text

@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from mlpipe.errors import MlpipeError
+from mlpipe.fingerprint import external_system
 from mlpipe.integrations.mlflow._tracker import _GLOBAL_URI, MlflowStep, client_for, import_mlflow
 from mlpipe.tracking import ActiveStep, active_step
 
@@ -40,6 +41,11 @@ __all__ = [
     "promote",
     "register_model",
 ]
+
+
+# A step that calls register_model or promote acts on the registry of its tracking server, which the
+# store cannot see: such a step is not cached unless declared with cache=True (docs/caching.md).
+_REGISTRY = "the MLflow model registry"
 
 
 class ModelVersionRef(BaseModel):
@@ -262,6 +268,7 @@ def _lineage_tags(current: ActiveStep) -> dict[str, str]:
     return tags
 
 
+@external_system(_REGISTRY)
 def register_model(
     model: Any,
     name: str,
@@ -414,6 +421,7 @@ def _eval_key(digest: str, metric: str) -> str:
     return f"mlpipe.eval.{digest[:16]}.{metric}"
 
 
+@external_system(_REGISTRY)
 def promote(
     candidate: ModelVersionRef,
     metrics: Mapping[str, float] | BaseModel,
