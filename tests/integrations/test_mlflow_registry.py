@@ -129,11 +129,13 @@ def test_register_needs_a_tracked_step() -> None:
     assert "inside a step of a run tracked in MLflow" in (run.steps["publish_custom"].error or "")
 
 
-def test_a_fresh_tracking_server_is_not_served_a_stale_registry_result(served: Tracked, fresh_mlflow_server: str) -> None:
+def test_a_fresh_tracking_server_is_not_served_a_stale_registry_result(
+    served: Tracked, fresh_mlflow_server: str
+) -> None:
+    from resources.mlflow_helpers import write_profile
+
     from mlpipe.explain import explain
     from mlpipe.store import open_store
-
-    from resources.mlflow_helpers import write_profile
 
     name = _name()
     first = mpl.registry.run(name=name)
