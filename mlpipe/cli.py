@@ -450,13 +450,23 @@ def cache_gc(
     keep_runs: Annotated[
         int | None, typer.Option("--keep-runs", help="Keep only the N most recent runs (and their cache entries).")
     ] = None,
+    grace: Annotated[
+        str,
+        typer.Option(
+            "--grace",
+            help="Keep objects written or reused less than this long ago ('1h', '30m', '90s', or 0), "
+            "so pipelines running now never lose their outputs.",
+        ),
+    ] = "1h",
     profile: ProfileOpt = None,
 ) -> None:
     """Remove objects unreachable from kept runs and cache entries."""
     from mlpipe.gc import collect
+    from mlpipe.step import parse_duration
 
     try:
-        report = collect(_store(profile), keep_runs=keep_runs, dry_run=dry_run)
+        grace_seconds = 0.0 if grace.strip() in ("0", "0s") else (parse_duration(grace) or 0.0)
+        report = collect(_store(profile), keep_runs=keep_runs, dry_run=dry_run, grace=grace_seconds)
     except MlpipeError as exc:
         _fail(exc)
     verb = "would remove" if dry_run else "removed"

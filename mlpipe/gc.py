@@ -1,15 +1,23 @@
 """Garbage collection of the store: remove what no kept run or cache entry reaches.
 
-Kept runs are all recorded runs, or the N most recent with ``keep_runs``.
-Kept cache entries are all entries, or those written by kept runs. Reachable
-objects are the outputs of kept runs' steps, the outputs of kept entries, and
-pickled step code named by kept runs' pipelines. Everything else under
-``objects/`` goes, with ``quarantine/`` and temporaries left by killed
-writers (older than an hour, so a running writer is never disturbed).
+Kept runs are all recorded runs, or the N most recent with ``keep_runs``;
+a run that is still running is always kept. Kept cache entries are all
+entries, or those written by kept runs. Reachable objects are the outputs of
+kept runs' steps, the outputs of kept entries, and pickled step code named by
+kept runs' pipelines. Everything else under ``objects/`` goes, with
+``quarantine/`` and temporaries left by killed writers (older than an hour,
+so a running writer is never disturbed).
+
+gc runs while pipelines run. An object is published before the record or
+cache entry that references it, so reachability alone would call a fresh
+output garbage; objects written or freshened (a writer that finds its object
+already present touches it) within ``grace`` seconds are therefore never
+removed, as git does for loose objects.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from mlpipe.metadata import open_index
@@ -29,12 +37,27 @@ class GcReport:
         return sum(size for _rel, size in self.items)
 
 
-def collect(store: ArtifactStore, *, keep_runs: int | None = None, dry_run: bool = False) -> GcReport:
+DEFAULT_GRACE = 3600.0
+
+
+def collect(
+    store: ArtifactStore, *, keep_runs: int | None = None, dry_run: bool = False, grace: float = DEFAULT_GRACE
+) -> GcReport:
+    """Remove what no kept run or cache entry reaches (see the module docstring).
+
+    Args:
+        store: The store to clean.
+        keep_runs: Keep only the N most recent runs (plus every running run) and their cache entries.
+        dry_run: Only report what would be removed.
+        grace: Objects younger than this many seconds are kept (0 in tests that check removal).
+    """
     report = GcReport()
     run_ids = sorted(store.listdir("runs"), reverse=True)  # ids sort by start time, to the second
     if keep_runs is not None:  # runs started within the same second: order by the recorded start
         run_ids.sort(key=lambda run_id: (_started(store, run_id), run_id), reverse=True)
     kept = set(run_ids if keep_runs is None else run_ids[:keep_runs])
+    if keep_runs is not None:
+        kept.update(run_id for run_id in run_ids if _running(store, run_id))
     reachable: set[str] = set()
     irs: set[str] = set()
     for run_id in run_ids:
@@ -66,23 +89,43 @@ def collect(store: ArtifactStore, *, keep_runs: int | None = None, dry_run: bool
                 if pickle:
                     reachable.add(pickle)
     for digest, size in store.iter_objects():
-        if digest in reachable:
+        if digest in reachable or (grace > 0 and _young(store, digest, grace)):
             report.kept_objects += 1
             continue
         report.items.append((store.object_path(digest), size))
     report.items.extend(store.walk_files("quarantine"))
     if not dry_run:
-        for rel, _size in report.items:
+        removed = []
+        for rel, size in report.items:
             if rel.startswith("objects/"):
-                store.delete_object(rel.rsplit("/", 1)[-1])
+                if not store.delete_object(rel.rsplit("/", 1)[-1], grace=grace):
+                    report.kept_objects += 1  # freshened by a writer since the walk
+                    continue
             else:
                 store.delete(rel)
+            removed.append((rel, size))
+        report.items = removed
         if dropped_entries:
             open_index(store).forget_entries(dropped_entries)
         store.clean_temporaries()
         if keep_runs is not None:
             open_index(store).rebuild(store)
     return report
+
+
+def _young(store: ArtifactStore, digest: str, grace: float) -> bool:
+    mtime = store.object_mtime(digest)
+    return mtime is None or time.time() - mtime < grace
+
+
+def _running(store: ArtifactStore, run_id: str) -> bool:
+    """The run is recorded as running and, when it ran on this machine, its process is alive."""
+    from mlpipe.run import observed_status
+
+    rel = f"runs/{run_id}/run.json"
+    if not store.has(rel):
+        return False
+    return observed_status(store.get_json(rel)) == "running"
 
 
 def _started(store: ArtifactStore, run_id: str) -> float:

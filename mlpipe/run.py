@@ -90,7 +90,7 @@ class Run:
         self.doc = doc
         self.id: str = doc["id"]
         self.pipeline: str = doc["pipeline"]
-        self.status: str = _observed_status(doc)
+        self.status: str = observed_status(doc)
         self.params: dict[str, Any] = doc.get("params", {})
         self.backend: str = doc.get("backend", "local")
         self.started: float | None = doc.get("started")
@@ -178,7 +178,7 @@ class Run:
         return cls(doc, steps, store)
 
 
-def _observed_status(doc: dict[str, Any]) -> str:
+def observed_status(doc: dict[str, Any]) -> str:
     """The recorded status, except that a local run whose process died shows as ``interrupted``."""
     status: str = doc["status"]
     pid, host = doc.get("pid"), doc.get("host")

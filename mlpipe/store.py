@@ -92,6 +92,12 @@ class _LocalFS:
     def size(self, rel: str) -> int:
         return os.path.getsize(self.path(rel))
 
+    def mtime(self, rel: str) -> float | None:
+        try:
+            return os.stat(self.path(rel)).st_mtime
+        except FileNotFoundError:
+            return None
+
     def read_bytes(self, rel: str) -> bytearray:
         path = self.path(rel)
         try:
@@ -234,6 +240,28 @@ class _FsspecFS:
     @_translated
     def size(self, rel: str) -> int:
         return int(self.fs.size(self.path(rel)))
+
+    @_translated
+    def mtime(self, rel: str) -> float | None:
+        """The last-modified time fsspec reports (float, datetime or ISO text by filesystem), else None."""
+        try:
+            info = self.fs.info(self.path(rel))
+        except FileNotFoundError:
+            return None
+        for key in ("mtime", "LastModified", "last_modified", "updated", "created", "timeCreated"):
+            value = info.get(key)
+            if value is None:
+                continue
+            if isinstance(value, (int, float)):
+                return float(value)
+            if hasattr(value, "timestamp"):
+                return float(value.timestamp())
+            if isinstance(value, str):
+                from datetime import datetime
+
+                with contextlib.suppress(ValueError):
+                    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return None
 
     def read_object(self, rel: str) -> bytearray | memoryview:
         return self.read_bytes(rel)
@@ -438,11 +466,17 @@ class ArtifactStore:
         fs = self._fs
         assert isinstance(fs, _LocalFS)
         final = fs.path(self.object_path(digest))
-        if os.path.exists(final):
-            os.unlink(tmp)
-        else:
+        try:
+            # An existing object is freshened, as git does, so a concurrent ``cache gc`` sees it as new
+            # (grace period) and never removes what this writer is about to reference.
+            os.utime(final)
+        except FileNotFoundError:
             fs._ensure_dir(os.path.dirname(final))
             os.replace(tmp, final)
+        except PermissionError:  # another user's object in a shared store: present, just not ours to touch
+            os.unlink(tmp)
+        else:
+            os.unlink(tmp)
 
     def _put_remote(self, value: Any, m: Materializer) -> tuple[str, int, dict[str, Any]]:
         fs = self._fs
@@ -538,10 +572,39 @@ class ArtifactStore:
         with contextlib.suppress(OSError, FileNotFoundError):
             self._fs.move(self.object_path(digest), f"quarantine/{digest}-{stamp}")
 
-    def delete_object(self, digest: str) -> None:
+    def delete_object(self, digest: str, *, grace: float = 0.0) -> bool:
+        """Remove an object and its sidecar, unless it was written or freshened in the last ``grace`` seconds.
+
+        On a local store the object is first renamed aside and its age checked
+        again, so a writer that freshens it at the same moment either sees it
+        gone (and publishes its own copy) or keeps it. Returns whether it was removed.
+        """
+        rel = self.object_path(digest)
+        if grace > 0 and _is_young(self._fs.mtime(rel), grace):
+            return False
         self._meta_cache.pop(digest, None)
-        self._fs.delete(self.object_path(digest))
-        self._fs.delete(self.object_path(digest) + ".meta.json")
+        fs = self._fs
+        if isinstance(fs, _LocalFS) and grace > 0:
+            aside = fs.path(f"objects/tmp/gc-{digest}-{os.getpid()}-{next(_counter)}")
+            fs._ensure_dir(os.path.dirname(aside))
+            try:
+                os.replace(fs.path(rel), aside)
+            except FileNotFoundError:
+                return False
+            if _is_young(os.stat(aside).st_mtime, grace):
+                os.replace(aside, fs.path(rel))  # freshened in between: put back (same bytes either way)
+                return False
+            os.unlink(aside)
+            if not fs.exists(rel):  # a writer may have published it again meanwhile; its sidecar stays
+                fs.delete(rel + ".meta.json")
+            return True
+        fs.delete(rel)
+        fs.delete(rel + ".meta.json")
+        return True
+
+    def object_mtime(self, digest: str) -> float | None:
+        """When the object was written or last freshened (seconds since the epoch), if the store knows."""
+        return self._fs.mtime(self.object_path(digest))
 
     def iter_objects(self) -> Iterator[tuple[str, int]]:
         """Every (digest, size) in the store, sidecars and temporaries excluded."""
@@ -603,6 +666,11 @@ class ArtifactStore:
         else:
             with contextlib.suppress(FileNotFoundError):
                 self._fs.fs.rm(self._fs.root, recursive=True)
+
+
+def _is_young(mtime: float | None, grace: float) -> bool:
+    """Within the grace period; an unknown time counts as young (never delete what cannot be dated)."""
+    return mtime is None or time.time() - mtime < grace
 
 
 def open_store(url: str | ArtifactStore | None = None, storage_options: dict[str, Any] | None = None) -> ArtifactStore:

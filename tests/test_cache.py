@@ -340,11 +340,11 @@ def test_gc_removes_unreachable_objects() -> None:
     chain.run(n=3)
     store = open_store()
     orphan = store.put_value({"nobody": "uses me"})
-    report = collect(store, dry_run=True)
+    report = collect(store, dry_run=True, grace=0)
     assert [rel for rel, _ in report.items] == [store.object_path(orphan.digest)]
     assert report.bytes == orphan.size
     assert store.exists(orphan.digest)  # dry run
-    report = collect(store)
+    report = collect(store, grace=0)
     assert not store.exists(orphan.digest)
     assert report.kept_objects == len(list(store.iter_objects()))
     again = chain.run(n=3)
@@ -356,7 +356,7 @@ def test_gc_keep_runs_drops_older_runs_and_their_entries() -> None:
     new = chain.run(n=2)
     store = open_store()
     old_only = old.steps["numbers"].outputs["output"].digest
-    report = collect(store, keep_runs=1)
+    report = collect(store, keep_runs=1, grace=0)
     removed = {rel for rel, _ in report.items}
     assert store.object_path(old_only) in removed
     assert not store.exists(old_only)

@@ -335,12 +335,12 @@ def test_cache_gc_dry_run_and_index_rebuild(cwd: Path) -> None:
         [sys.executable, "-c", "import mlpipe as mp; print(mp.ArtifactStore('.mlpipe').put_value({'x': 1}).digest)"],
         cwd=cwd, capture_output=True, text=True, check=True, env=_clean_env(),
     ).stdout.strip()
-    dry = mlpipe("cache", "gc", "--dry-run", cwd=cwd)
+    dry = mlpipe("cache", "gc", "--dry-run", "--grace", "0", cwd=cwd)
     assert dry.returncode == 0, dry.stderr
     assert f"would remove objects/{orphan[:2]}/{orphan} (7 B)" in dry.stdout
     assert "would remove 1 files, 7 B; kept 3 objects" in dry.stdout
     assert (cwd / ".mlpipe" / "objects" / orphan[:2] / orphan).exists()
-    real = mlpipe("cache", "gc", cwd=cwd)
+    real = mlpipe("cache", "gc", "--grace", "0", cwd=cwd)
     assert "removed 1 files" in real.stdout
     assert not (cwd / ".mlpipe" / "objects" / orphan[:2] / orphan).exists()
 

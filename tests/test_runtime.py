@@ -196,7 +196,7 @@ def test_gc_keeps_shipped_code_of_recorded_runs(store: ArtifactStore) -> None:
     assert pickle is not None
     run_id = new_run_id()
     assert execute_remote_step(store, shipped_gc.ir, digest, run_id, "closure_step", {}).status == "succeeded"
-    report = collect(store)
+    report = collect(store, grace=0)
     assert report.items == []
     assert store.exists(pickle)
 

@@ -1,0 +1,31 @@
+"""Pipelines the reliability tests run, in process and in subprocesses (gc races, exits inside steps)."""
+
+from __future__ import annotations
+
+import time
+
+import mlpipe as mp
+
+
+@mp.step
+def seed(n: int, salt: int) -> list[int]:
+    return [salt * 1_000_003 + i for i in range(n)]
+
+
+@mp.step
+def grow(values: list[int], k: int) -> list[int]:
+    time.sleep(0.01)
+    return [v * 3 + k for v in values]
+
+
+@mp.step
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@mp.pipeline
+def chain(n: int = 200, salt: int = 0) -> int:
+    values = seed(n, salt)
+    for k in range(4):
+        values = grow(values, k)
+    return total(values)
