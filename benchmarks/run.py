@@ -227,6 +227,47 @@ class Bench:
             note="default settings; 0.25 s is the floor",
         )
 
+    def dask_backend(self) -> None:
+        """The Dask backend on local clusters of one-thread worker processes (see bench_dask.py)."""
+        from bench_dask import measure
+
+        got = measure(self.workdir, quick=self.quick, repeats=self.repeats)
+        ms = [x * 1000 for x in got["per_step"]]
+        self.record(
+            "dask: per-step overhead beyond a task round trip",
+            stats(ms),
+            "ms",
+            5.0,
+            baseline={"median": statistics.median(got["round_trip"]) * 1000},
+            note=f"({got['n']}-step chain - 1-step run) / {got['n'] - 1}, minus a bare client.submit().result()",
+        )
+        self.record(
+            "dask: per-run fixed cost (1-step run)",
+            stats(got["one_step"]),
+            "s",
+            None,
+            note="submit (probe, IR, record) to the run closed by its driver",
+        )
+        ideal = 16 * 0.25 / 2
+        self.record(
+            "dask: fan-out 1 -> 16 x 0.25 s -> 1, 2 workers, beyond ideal",
+            stats([t - ideal for t in got["fan_2"]]),
+            "s",
+            0.5,
+            baseline={"median": ideal},
+            note="two one-thread workers; ideal = 16 x 0.25 s / 2",
+        )
+        one = statistics.median(got["fan_1"])
+        self.record(
+            "dask: same fan-out on 1 worker",
+            stats(got["fan_1"]),
+            "s",
+            None,
+            baseline={"median": 16 * 0.25},
+            ratio=one / statistics.median(got["fan_2"]),
+            note="ratio = speed-up from 1 to 2 workers (ideal 2.0)",
+        )
+
     def artifacts(self) -> None:
         import numpy as np
         import pandas as pd
@@ -498,7 +539,8 @@ def main() -> int:
     ensure_bytecode()
     workdir = Path(tempfile.mkdtemp(prefix="mlpipe-bench-"))
     bench = Bench(args.quick, workdir)
-    order = ["import_time", "whole_process_50", "per_step", "fan_out", "fingerprint", "graph_scale", "artifacts"]
+    order = ["import_time", "whole_process_50", "per_step", "fan_out", "fingerprint", "graph_scale", "dask_backend",
+             "artifacts"]  # fmt: skip
     print(f"mlpipe benchmarks ({'quick' if args.quick else 'full'}) in {workdir}")
     try:
         for name in order:

@@ -69,8 +69,14 @@ _irs: dict[str, PipelineIR] = {}
 
 
 def step_key(run_id: str, step: str) -> str:
-    """The Dask key of a step's task: unique in the cluster, the same when a restarted driver resubmits it."""
-    return f"mlpipe-step-{run_id}-{step}"
+    """The Dask key of a step's task: unique in the cluster, the same when a restarted driver resubmits it.
+
+    Dask keeps task durations per key prefix (the part before the first ``-<digits>``),
+    and steals work from a busy worker only for tasks it expects to take a while: the
+    prefix ``mlpipe.<step>`` lets it learn each step's duration across runs, instead
+    of one average over fast and slow steps.
+    """
+    return f"mlpipe.{step}-{run_id}"
 
 
 def driver_key(run_id: str) -> str:
@@ -128,12 +134,26 @@ def probe(url: str, storage_options: dict[str, Any], rel: str) -> dict[str, Any]
     return {**where, "error": None}
 
 
-def run_step(task: dict[str, Any]) -> dict[str, Any]:
-    """Run one step of a run on this worker; return its status (the record is in the store)."""
+def run_step(task: dict[str, Any], upstream: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Run one step of a run on this worker; return its status (the record is in the store).
+
+    ``upstream`` holds the results of the step's upstream tasks (Dask passes
+    them in when they finish: a few words each, never data). When one did not
+    succeed, the step is recorded ``skipped`` with the reason the local backend
+    gives, naming the step that failed.
+    """
     started = time.time()
     store = _store(task["store"], task["storage_options"])
     try:
         ir = _ir(store, task["ir"])
+        blocked = [(name, r) for name, r in (upstream or {}).items() if r.get("status") != "succeeded"]
+        if blocked:
+            name, result = blocked[0]
+            reason = result["error"] if result["status"] == "skipped" else skip_reason(ir.step(name), result["error"])
+            outcome = StepOutcome(task["step"], "skipped", started=started, ended=time.time(), error=reason)
+            record = step_record(task["run_id"], ir.name, ir.step(task["step"]), outcome, None)
+            RunRecords(store, task["run_id"]).write(record)
+            return {"status": "skipped", "error": reason, "recorded": True, "started": started}
         outcome = execute_remote_step(
             store,
             ir,
@@ -174,6 +194,7 @@ class _Driver:
         self.states: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         self.running: dict[str, Future] = {}
+        self.names: dict[str, str] = {}  # task key -> step
         self.done: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self.records = RunRecords(store, self.run_id)
         self.skipped: list[StepOutcome] = []
@@ -204,17 +225,8 @@ class _Driver:
             if self.states.get(spec.name) == "failed":
                 self._skip_after(spec.name)
 
-    def _ready(self) -> list[StepSpec]:
-        return [
-            spec
-            for spec in self.ir.steps
-            if spec.name not in self.states
-            and spec.name not in self.running
-            and all(self.states.get(up) == "succeeded" for up in spec.upstream)
-        ]
-
     def _loop(self) -> None:
-        self._submit(self._ready())
+        self._submit_ready()
         while self.running:
             wait = max(0.0, CANCEL_CHECK_SECONDS - (time.monotonic() - self._checked))
             try:
@@ -230,49 +242,87 @@ class _Driver:
                     return
             if future is None:
                 continue
-            name = future.key[len(step_key(self.run_id, "")) :]
-            if self.running.get(name) is not future:
-                continue
-            del self.running[name]
-            self._finished(name, future)
-            self._submit(self._ready())
+            name = self.names[future.key]
+            if self.running.get(name) is future:
+                self._finished(name)
+                self._submit_ready()
 
-    def _submit(self, specs: list[StepSpec]) -> None:
-        for spec in specs:
+    def _chained(self, spec: StepSpec) -> bool:
+        """Whether the step's task depends on its upstream tasks in Dask (else this driver submits it when ready).
+
+        Dask runs a task where its dependencies' results are, so the consumers
+        of one step would all queue on that step's worker. A step that is the
+        only consumer of each of its upstream steps (a chain, a join) is handed
+        to Dask with them, and the scheduler starts it the moment they finish,
+        without a round trip through this driver; the consumers of a step with
+        several (a fan-out) are submitted here once it is done, so Dask spreads
+        them over the workers.
+        """
+        return all(len(self.downstream[up]) == 1 for up in spec.upstream)
+
+    def _submit_ready(self) -> None:
+        submitted = []
+        for spec in self.ir.steps:  # topological order: upstream steps are submitted first
+            name = spec.name
+            if name in self.states or name in self.running:
+                continue
+            if self._chained(spec):
+                if not all(up in self.states or up in self.running for up in spec.upstream):
+                    continue
+            elif not all(up in self.states for up in spec.upstream):
+                continue
             task = {
                 "store": self.ref["store"],
                 "storage_options": self.ref["storage_options"],
                 "ir": self.ref["ir"],
                 "run_id": self.run_id,
-                "step": spec.name,
+                "step": name,
                 "params": self.ref["params"],
                 "cache": self.ref["cache"],
             }
+            upstream = {
+                up: self.running.get(up) or {"status": self.states[up], "error": self.errors.get(up)}
+                for up in spec.upstream
+            }
+            key = step_key(self.run_id, name)
             future = self.client.submit(
-                run_step,
-                task,
-                key=step_key(self.run_id, spec.name),
-                resources=task_resources(spec) or None,
-                pure=False,
+                run_step, task, upstream, key=key, resources=task_resources(spec) or None, pure=False
             )
-            self.running[spec.name] = future
+            self.names[key] = name
+            self.running[name] = future
+            submitted.append(future)
+        for future in submitted:
             future.add_done_callback(self.done.put)
 
-    def _finished(self, name: str, future: Future) -> None:
+    def _finished(self, name: str) -> None:
+        future = self.running.pop(name)
+        spec = self.specs[name]
+        for up in spec.upstream:  # an upstream's fate first: an error of its task reaches this one too
+            if up in self.running and self.running[up].done():
+                self._finished(up)
         try:
             result: dict[str, Any] = future.result()
-        except Exception as exc:  # the task itself failed: a worker died too often, code that cannot unpickle
-            result = {"status": "failed", "error": _task_error(name, exc), "recorded": False}
+        except Exception as exc:  # the task failed: a worker died too often, code that cannot unpickle
+            blocked = [up for up in spec.upstream if self.states.get(up) not in (None, "succeeded")]
+            if blocked:
+                result = {"status": "skipped", "error": self._skip_reason(blocked[0]), "recorded": False}
+            else:
+                result = {"status": "failed", "error": _task_error(name, exc), "recorded": False}
         status = str(result["status"])
+        now = time.time()
+        outcome = StepOutcome(name, status, started=result.get("started", now), ended=now, error=result["error"])
         if not result.get("recorded"):
-            now = time.time()
-            outcome = StepOutcome(name, status, started=result.get("started", now), ended=now, error=result["error"])
-            self.records.write(step_record(self.run_id, self.ir.name, self.specs[name], outcome, None))
+            self.records.write(step_record(self.run_id, self.ir.name, spec, outcome, None))
+        if status == "skipped":
+            self.skipped.append(outcome)
         self.states[name] = status
         if result.get("error"):
             self.errors[name] = str(result["error"])
-        if status != "succeeded":
-            self._skip_after(name)
+
+    def _skip_reason(self, up: str) -> str:
+        if self.states[up] == "skipped":
+            return self.errors[up]
+        return skip_reason(self.specs[up], self.errors.get(up))
 
     def _skip_after(self, failed: str) -> None:
         """Record every step downstream of ``failed`` as skipped, with the reason the local backend gives."""
