@@ -20,6 +20,7 @@ from mlpipe.step import Resources, Step, step
 if TYPE_CHECKING:
     from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
     from mlpipe.config import Profile
+    from mlpipe.files import Directory, File
     from mlpipe.ir import PipelineIR
     from mlpipe.materializers import Materializer, register_materializer
     from mlpipe.run import Run, StepRun, get_run, runs
@@ -31,6 +32,8 @@ __all__ = [
     "Backend",
     "BackendOptions",
     "Capabilities",
+    "Directory",
+    "File",
     "Materializer",
     "MlpipeError",
     "Pipeline",
@@ -58,6 +61,8 @@ _LAZY = {
     "Backend": "mlpipe.backend",
     "BackendOptions": "mlpipe.backend",
     "Capabilities": "mlpipe.backend",
+    "Directory": "mlpipe.files",
+    "File": "mlpipe.files",
     "Materializer": "mlpipe.materializers",
     "PipelineIR": "mlpipe.ir",
     "Profile": "mlpipe.config",

@@ -43,8 +43,26 @@ def artifact_input(digest: str, step: str, output: str) -> dict[str, Any]:
     return {"kind": "artifact", "digest": digest, "step": step, "output": output}
 
 
+def file_input(kind: str, location: Any) -> dict[str, Any]:
+    """An ``mp.File``/``mp.Directory`` argument: its location and its data's identity right now."""
+    from mlpipe.files import identity
+
+    return {"kind": "file", "file": kind, "value": location, "identity": identity(kind, str(location))}
+
+
 def components_for(spec: StepSpec, inputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Everything that determines a step's outputs, in a form ``explain`` can diff."""
+    """Everything that determines a step's outputs, in a form ``explain`` can diff.
+
+    Arguments declared ``mp.File`` or ``mp.Directory`` are looked at here, when
+    the step is about to run (or be served): their data's identity joins the key.
+    """
+    from mlpipe.files import external_kind
+
+    for inp in spec.inputs:
+        kind = external_kind(inp.type)
+        given = inputs.get(inp.name)
+        if kind is not None and given is not None and given["kind"] == "value" and isinstance(given["value"], str):
+            inputs = {**inputs, inp.name: file_input(kind, given["value"])}
     outputs = [[o.name, o.type] for o in spec.outputs]
     materializers = [o.materializer for o in spec.outputs]
     if any(m == "auto" for m in materializers):
@@ -64,15 +82,20 @@ def cache_key(components: dict[str, Any]) -> str:
     """The key: a hash of the components (the manifest is already inside the code digest)."""
     keyed = {
         "code": components["code"],
-        "inputs": {
-            name: (inp["digest"] if inp["kind"] == "artifact" else canonical_json(inp["value"]))
-            for name, inp in components["inputs"].items()
-        },
+        "inputs": {name: _keyed_input(inp) for name, inp in components["inputs"].items()},
         "outputs": components["outputs"],
         "materializers": components["materializers"],
         "version": components["version"],
     }
     return digest_json(keyed)
+
+
+def _keyed_input(inp: dict[str, Any]) -> str:
+    if inp["kind"] == "artifact":
+        return str(inp["digest"])
+    if inp["kind"] == "file":
+        return canonical_json([inp["value"], inp["identity"]])
+    return canonical_json(inp["value"])
 
 
 @dataclass(frozen=True)
@@ -124,7 +147,7 @@ def write_entry(
 class Difference:
     """One component that differs between a step call and an earlier cache entry."""
 
-    component: str  # "code", "constant", "input", "parameter", "outputs", "materializers", "version"
+    component: str  # "code", "constant", "input", "parameter", "file", "outputs", "materializers", "version"
     name: str
     old: Any
     new: Any
@@ -137,6 +160,21 @@ class Difference:
 def _short(value: Any) -> str:
     text = canonical_json(value) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _identity_change(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """`` (etag 9b2c… → 41d0…)``: the fields of a file's identity that changed, briefly."""
+    if new.get("missing"):
+        return " (it is missing now)"
+    if old.get("missing"):
+        return " (it was missing before)"
+    parts = []
+    for field in ("etag", "version_id", "generation", "xxh3", "digest", "ukey", "files", "size"):
+        if field in new and old.get(field) != new.get(field):
+            before, after = str(old.get(field, "?")), str(new[field])
+            short = 12 if field in ("etag", "xxh3", "digest", "ukey", "version_id") else 40
+            parts.append(f"{field} {before[:short]} → {after[:short]}")
+    return f" ({', '.join(parts[:2])})" if parts else ""
 
 
 def diff_components(old: dict[str, Any], new: dict[str, Any]) -> list[Difference]:
@@ -183,6 +221,14 @@ def diff_components(old: dict[str, Any], new: dict[str, Any]) -> list[Difference
                     f"input {name!r} from step {b['step']!r} changed: {a['digest'][:12]}… → {b['digest'][:12]}…",
                 )
             )
+        elif a["kind"] == "file" and b["kind"] == "file":
+            if a["value"] != b["value"]:
+                detail = f"{b['file']} parameter {name!r}: {_short(a['value'])} → {_short(b['value'])}"
+                diffs.append(Difference("parameter", name, a["value"], b["value"], detail))
+            elif a["identity"] != b["identity"]:
+                what = _identity_change(a["identity"], b["identity"])
+                detail = f"{b['file']} {b['value']} changed{what}"
+                diffs.append(Difference("file", name, a["identity"], b["identity"], detail))
         elif a["kind"] == "value" and b["kind"] == "value":
             diffs.append(
                 Difference(

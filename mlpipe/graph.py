@@ -43,7 +43,7 @@ def param_kind(tp: Any) -> str:
         return "int"
     if origin is float:
         return "float"
-    if origin is str:
+    if origin is str or (isinstance(origin, type) and issubclass(origin, str)):  # mp.File is a str
         return "str"
     if origin in (list, tuple, set, frozenset):
         return "list"

@@ -49,6 +49,8 @@ def type_name(tp: Any) -> str:
         if module == "builtins":
             return tp.__qualname__
         short = module.split(".")[0]
+        if module == "mlpipe.files":  # mp.File, mp.Directory: the cache key looks for these names
+            return f"mlpipe.{tp.__qualname__}"
         return f"{short}.{tp.__qualname__}" if short in ("pandas", "numpy", "pyarrow") else tp.__qualname__
     return repr(tp)
 
