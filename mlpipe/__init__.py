@@ -11,8 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
+from mlpipe._version import __version__
 from mlpipe.errors import MlpipeError
 from mlpipe.pipeline import Pipeline, pipeline
 from mlpipe.step import Resources, Step, step

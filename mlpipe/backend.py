@@ -9,8 +9,6 @@ group ``mlpipe.backends`` and loaded on first use; the core knows only
 
 from __future__ import annotations
 
-import importlib
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mlpipe.errors import BackendError, BackendNotFoundError, ConfigError, UnsupportedFeatureError
+from mlpipe.errors import BackendError, ConfigError, UnsupportedFeatureError
 
 if TYPE_CHECKING:
     from mlpipe.ir import PipelineIR
@@ -37,7 +35,6 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "mlpipe.backends"
-_BUILTIN = {"local": "mlpipe.local:LocalBackend"}
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 
 
@@ -241,59 +238,17 @@ class Backend(ABC):
         return Run.load(store, handle.run_id)
 
 
-def _entry_points() -> dict[str, list[Any]]:
-    if os.environ.get("MLPIPE_DISABLE_PLUGIN_AUTOLOAD"):
-        return {}
-    from importlib.metadata import entry_points
-
-    found: dict[str, list[Any]] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        found.setdefault(ep.name, []).append(ep)
-    return found
-
-
-def _load_target(target: str) -> Any:
-    module, _, attr = target.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def get_backend_class(name: str) -> type[Backend]:
-    """The backend class registered under ``name``.
+    """The backend class registered under ``name`` (the built-in ``local``, or an entry point).
 
     Raises:
-        BackendNotFoundError: nothing is installed under that name (lists what is).
+        BackendNotFoundError: nothing is installed under that name (lists what is; "did you mean").
         BackendError: two distributions claim the name, or the target is not a Backend.
+        MissingDependencyError: the plugin failed to import (names what to install).
     """
-    if name in _BUILTIN:
-        cls = _load_target(_BUILTIN[name])
-        source = "mlpipe"
-    else:
-        eps = _entry_points().get(name, [])
-        if not eps:
-            installed = ", ".join(sorted({*_BUILTIN, *_entry_points()}))
-            hint = f"pip install mlpipe-{name}" if name.isidentifier() else "check the name"
-            raise BackendNotFoundError(
-                f"no backend named {name!r} is installed (installed: {installed}); {hint}", backend=name
-            )
-        if len(eps) > 1:
-            dists = ", ".join(sorted(ep.dist.name if ep.dist else ep.value for ep in eps))
-            raise BackendError(f"backend name {name!r} is claimed by several distributions: {dists}", backend=name)
-        ep = eps[0]
-        source = ep.dist.name if ep.dist else ep.value
-        try:
-            cls = ep.load()
-        except ImportError as exc:
-            raise BackendError(
-                f"backend {name!r} from {source} failed to import: {exc}. Reinstall it with its dependencies",
-                backend=name,
-            ) from exc
-    if not (isinstance(cls, type) and issubclass(cls, Backend)):
-        raise BackendError(
-            f"entry point {name!r} from {source} is not a mlpipe.Backend subclass: {cls!r}", backend=name
-        )
+    from mlpipe.plugins import BACKENDS
+
+    cls: type[Backend] = BACKENDS.load(name, Backend)
     return cls
 
 
@@ -304,9 +259,6 @@ def get_backend(name: str, options: Mapping[str, Any] | None = None, *, image: s
 
 def available_backends() -> dict[str, str]:
     """Installed backends: name → where it comes from (distribution and target)."""
-    out = {name: f"mlpipe ({target})" for name, target in _BUILTIN.items()}
-    for name, eps in _entry_points().items():
-        for ep in eps:
-            dist = ep.dist.name if ep.dist else "?"
-            out[name] = f"{dist} ({ep.value})" if name not in out else out[name] + f"; {dist} ({ep.value})"
-    return dict(sorted(out.items()))
+    from mlpipe.plugins import BACKENDS
+
+    return BACKENDS.available()

@@ -413,6 +413,7 @@ def _refresh_remote(store: Any, run: Any) -> None:
         return
     from mlpipe.backend import RunHandle, get_backend
     from mlpipe.metadata import open_index
+    from mlpipe.records import RunRecord
 
     h = RunHandle.model_validate(handle)
     try:
@@ -420,11 +421,11 @@ def _refresh_remote(store: Any, run: Any) -> None:
     except MlpipeError as exc:
         print(f"note: could not reach {h.backend} for the run's state: {exc}", file=sys.stderr)
         return
-    doc = dict(run.doc)
-    doc["status"] = status.state
-    if status.done and not doc.get("ended"):
-        doc["ended"] = time.time()
-    store.put_json(f"runs/{run.id}/run.json", doc)
+    record = RunRecord(store, dict(run.doc))
+    record.doc["status"] = status.state
+    if status.done and not record.doc.get("ended"):
+        record.doc["ended"] = time.time()
+    record.write()
     open_index(store).sync_run(store, run.id)
 
 

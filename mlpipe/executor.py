@@ -35,39 +35,13 @@ from mlpipe.errors import (
 )
 from mlpipe.ir import StepSpec
 from mlpipe.materializers import report_suffix
-from mlpipe.metadata import Index
-from mlpipe.records import RunRecords
-from mlpipe.store import ArtifactStore, ObjectInfo
-from mlpipe.tracking import for_run as _tracking_for_run
+from mlpipe.records import RunRecord, StepOutcome, run_path, step_record
+from mlpipe.store import ObjectInfo
 from mlpipe.typecheck import type_name, validate
 
-__all__ = ["AttemptLedger", "StepExecutor", "StepOutcome", "UpstreamCorrupted", "skip_reason"]
+__all__ = ["AttemptLedger", "StepExecutor", "StepHooks", "UpstreamCorrupted"]
 
 _IMMUTABLE = (int, float, str, bytes, bool, type(None), frozenset)
-
-
-@dataclass
-class StepOutcome:
-    """What happened to one step call."""
-
-    name: str
-    status: str  # "succeeded" | "failed" | "skipped"
-    cached: bool = False
-    key: str | None = None
-    outputs: dict[str, ObjectInfo] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
-    started: float = 0.0
-    ended: float = 0.0
-    attempts: int = 0
-    error: str | None = None
-    traceback: str | None = None
-    source_run: str | None = None
-    record: dict[str, Any] = field(default_factory=dict)
-    reports: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def duration(self) -> float:
-        return max(0.0, self.ended - self.started)
 
 
 class UpstreamCorrupted(Exception):
@@ -148,39 +122,63 @@ class AttemptLedger(Protocol):
         ...
 
 
+class StepHooks(Protocol):
+    """What the executor tells the run's tracking (MLflow) about each step; injected by whoever runs it."""
+
+    def wrap(
+        self, spec: StepSpec, fn: Callable[..., Any], key: str, components: Mapping[str, Any]
+    ) -> Callable[..., Any]:
+        """``fn``, wrapped so that the step's tracking context is active wherever it is called."""
+        ...
+
+    def step_done(self, spec: StepSpec, outcome: StepOutcome) -> None:
+        """The step ended (computed, failed, skipped or served from the cache) and is recorded. Never raises."""
+        ...
+
+
+@dataclass
+class _Call:
+    """The state of one step call while the executor works through it."""
+
+    spec: StepSpec
+    fn: Callable[..., Any]
+    hints: dict[str, Any]
+    outcome: StepOutcome
+    packages: frozenset[str]
+    components: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    pending: dict[str, tuple[InputRef, ObjectInfo]] = field(default_factory=dict)
+
+
 class StepExecutor:
     """Runs step calls of one pipeline run against one store.
 
     Args:
-        store: The artifact store.
-        index: The metadata index to record into (None: store records only).
-        run_id: The run this step belongs to.
+        record: The run's record: where step records go (and the index, if it has one).
         pipeline: The pipeline's name.
         use_cache: False recomputes every step (entries are still written).
-        records: Where step records go (default: one file per step, written at once).
         attempts: Where attempts are counted across processes (remote runtimes): with
             it, ``retries=N`` bounds a step's runs to N + 1 in the whole run, even when
             the orchestrator retries the task too. None counts in this process only.
+        hooks: The run's tracking (None: not tracked).
     """
 
     def __init__(
         self,
-        store: ArtifactStore,
-        index: Index | None,
-        run_id: str,
+        record: RunRecord,
         pipeline: str,
+        *,
         use_cache: bool = True,
-        records: RunRecords | None = None,
         attempts: AttemptLedger | None = None,
+        hooks: StepHooks | None = None,
     ) -> None:
-        self.records = records or RunRecords(store, run_id)
-        self.attempts = attempts
-        self.store = store
-        self.index = index
-        self.run_id = run_id
+        self.record = record
+        self.store = record.store
+        self.run_id = record.run_id
         self.pipeline = pipeline
         self.use_cache = use_cache
-        self.tracking = _tracking_for_run(run_id)  # the run's experiment tracking (None: off)
+        self.attempts = attempts
+        self.hooks = hooks
 
     def execute(
         self,
@@ -201,92 +199,108 @@ class StepExecutor:
         Raises:
             UpstreamCorrupted: an input failed verification (the caller repairs).
         """
-        outcome = StepOutcome(spec.name, "running", started=time.time())
-        hints = _hints(fn)
+        call = _Call(spec, fn, _hints(fn), StepOutcome(spec.name, "running", started=time.time()), packages)
+        invalid = self._bind_inputs(call, params, upstream)
+        if invalid is not None:
+            return self._fail(call, invalid, with_traceback=False)
+        if self.use_cache and spec.cache and not force:
+            entry = lookup(self.store, call.outcome.key or "")
+            if entry is not None:
+                outcome = call.outcome
+                outcome.status, outcome.cached, outcome.source_run = "succeeded", True, entry.run_id
+                outcome.outputs = {n: ObjectInfo(**i) for n, i in entry.outputs.items()}
+                outcome.ended = time.time()
+                self._record(call, new_entry=None)
+                return outcome
+        bad = self._load_inputs(call, memory)
+        if bad is not None:
+            return self._fail(call, bad, with_traceback=False)
+        return self._compute(call)
+
+    def _bind_inputs(
+        self, call: _Call, params: Mapping[str, Any], upstream: Mapping[tuple[str, str], ObjectInfo]
+    ) -> ParameterError | None:
+        """Fingerprint every input, validate parameters and constants, and compute the cache key."""
         inputs_fp: dict[str, dict[str, Any]] = {}
-        values: dict[str, Any] = {}
-        pending: dict[str, tuple[InputRef, ObjectInfo]] = {}
         invalid: ParameterError | None = None
-        for inp in spec.inputs:
-            annotation = hints.get(inp.name, Any)
+        for inp in call.spec.inputs:
+            annotation = call.hints.get(inp.name, Any)
             if inp.source == "step":
                 assert inp.step is not None and inp.output is not None
                 info = upstream[(inp.step, inp.output)]
                 inputs_fp[inp.name] = artifact_input(info.digest, inp.step, inp.output)
-                pending[inp.name] = ((inp.step, inp.output), info)
+                call.pending[inp.name] = ((inp.step, inp.output), info)
             else:
                 raw = params[inp.param] if inp.source == "param" else inp.value  # type: ignore[index]
                 inputs_fp[inp.name] = param_input(raw)
                 try:
-                    values[inp.name] = validate(annotation, raw)
+                    call.values[inp.name] = validate(annotation, raw)
                 except ValueError as exc:  # an untyped pipeline parameter given a value the step refuses
-                    invalid = invalid or self._invalid_input(spec, inp.name, annotation, raw, exc)
-        components = components_for(spec, inputs_fp)
-        key = outcome.key = cache_key(components)
-        if invalid is not None:
-            return self._fail(spec, outcome, components, packages, invalid, with_traceback=False)
+                    invalid = invalid or self._invalid_input(call.spec, inp.name, annotation, raw, exc)
+        call.components = components_for(call.spec, inputs_fp)
+        call.outcome.key = cache_key(call.components)
+        return invalid
 
-        if self.use_cache and spec.cache and not force:
-            entry = lookup(self.store, key)
-            if entry is not None:
-                outcome.status, outcome.cached, outcome.source_run = "succeeded", True, entry.run_id
-                outcome.outputs = {n: ObjectInfo(**i) for n, i in entry.outputs.items()}
-                outcome.ended = time.time()
-                self._record(spec, outcome, components, packages, new_entry=None)
-                return outcome
+    def _load_inputs(self, call: _Call, memory: Mapping[str, Any] | None) -> ParameterError | None:
+        """Load upstream outputs (from ``memory`` or the store, verified) into ``call.values``.
 
-        for name, ((up_step, up_output), info) in pending.items():
+        Raises:
+            UpstreamCorrupted: an input failed verification or is gone.
+        """
+        for name, ((up_step, up_output), info) in call.pending.items():
             if memory is not None and info.digest in memory:
-                values[name] = memory[info.digest]
+                call.values[name] = memory[info.digest]
                 continue
             try:
-                values[name] = self.store.get_value(info.digest, hints.get(name, Any), info=info)
+                call.values[name] = self.store.get_value(info.digest, call.hints.get(name, Any), info=info)
             except CorruptObjectError:
                 raise UpstreamCorrupted(up_step, up_output, info.digest) from None
             except ObjectNotFoundError:  # deleted (or its sidecar lost) since the hit was taken
                 raise UpstreamCorrupted(up_step, up_output, info.digest, "is missing from the store") from None
             except ValueError as exc:  # an untyped producer's value that this step's annotation refuses
                 source = f"the output of step {up_step!r}"
-                bad = self._invalid_input(spec, name, hints.get(name, Any), None, exc, source)
-                return self._fail(spec, outcome, components, packages, bad, with_traceback=False)
+                return self._invalid_input(call.spec, name, call.hints.get(name, Any), None, exc, source)
+        return None
 
-        if self.tracking is not None:  # the step's child run is active wherever fn runs
-            fn = self.tracking.wrap(spec, fn, key, components)
+    def _compute(self, call: _Call) -> StepOutcome:
+        """Call the step, validate and store its outputs, write the cache entry and the record."""
+        spec, outcome = call.spec, call.outcome
+        fn = call.fn
+        if self.hooks is not None:  # the step's child run is active wherever fn runs
+            fn = self.hooks.wrap(spec, fn, outcome.key or "", call.components)
         try:
-            result = self._call(spec, fn, values, outcome)
-            produced = self._split_outputs(spec, result, hints.get("return", Any))
+            result = self._call(spec, fn, call.values, outcome)
+            produced = self._split_outputs(spec, result, call.hints.get("return", Any))
             for out in spec.outputs:
-                try:
-                    info = self.store.put_value(produced[out.name])
-                except MaterializerError as exc:
-                    label = "output" if out.name == "output" else f"output {out.name!r}"
-                    raise MaterializerError(
-                        f"pipeline {self.pipeline!r}, step {spec.name!r}, {label}: {exc}",
-                        pipeline=self.pipeline,
-                        step=spec.name,
-                        argument=out.name,
-                        type=getattr(exc, "type", None),
-                    ) from exc
+                info = self._store_output(spec, out.name, produced[out.name])
                 outcome.outputs[out.name] = info
                 if is_immutable(produced[out.name]):
                     outcome.values[info.digest] = produced[out.name]
         except MlpipeError as exc:
-            return self._fail(spec, outcome, components, packages, exc, with_traceback=False)
+            return self._fail(call, exc, with_traceback=False)
         except Exception as exc:  # the user's code may raise anything
-            return self._fail(spec, outcome, components, packages, exc, with_traceback=True)
+            return self._fail(call, exc, with_traceback=True)
         outcome.status = "succeeded"
         outcome.ended = time.time()
+        outputs = {n: i.to_dict() for n, i in outcome.outputs.items()}
         entry = write_entry(
-            self.store,
-            key,
-            self.pipeline,
-            spec.name,
-            self.run_id,
-            {n: i.to_dict() for n, i in outcome.outputs.items()},
-            components,
+            self.store, outcome.key or "", self.pipeline, spec.name, self.run_id, outputs, call.components
         )
-        self._record(spec, outcome, components, packages, new_entry=entry.to_dict())
+        self._record(call, new_entry=entry.to_dict())
         return outcome
+
+    def _store_output(self, spec: StepSpec, name: str, value: Any) -> ObjectInfo:
+        try:
+            return self.store.put_value(value)
+        except MaterializerError as exc:
+            label = "output" if name == "output" else f"output {name!r}"
+            raise MaterializerError(
+                f"pipeline {self.pipeline!r}, step {spec.name!r}, {label}: {exc}",
+                pipeline=self.pipeline,
+                step=spec.name,
+                argument=name,
+                type=getattr(exc, "type", None),
+            ) from exc
 
     def _call(self, spec: StepSpec, fn: Callable[..., Any], values: dict[str, Any], outcome: StepOutcome) -> Any:
         """Call the step, retrying with exponential backoff; ``outcome.attempts`` counts every try."""
@@ -393,43 +407,28 @@ class StepExecutor:
             expected=type_name(annotation),
         )
 
-    def _fail(
-        self,
-        spec: StepSpec,
-        outcome: StepOutcome,
-        components: dict[str, Any],
-        packages: frozenset[str],
-        exc: BaseException,
-        with_traceback: bool,
-    ) -> StepOutcome:
+    def _fail(self, call: _Call, exc: BaseException, with_traceback: bool) -> StepOutcome:
+        outcome = call.outcome
         outcome.status = "failed"
         outcome.ended = time.time()
         outcome.outputs = {}
         outcome.error = f"{type(exc).__name__}: {exc}" if with_traceback else str(exc)
         if with_traceback:
             outcome.traceback = "".join(traceback.format_exception(type(exc), exc, _user_frames(exc.__traceback__)))
-        self._record(spec, outcome, components, packages, new_entry=None)
+        self._record(call, new_entry=None)
         return outcome
 
-    def _record(
-        self,
-        spec: StepSpec,
-        outcome: StepOutcome,
-        components: dict[str, Any],
-        packages: frozenset[str],
-        new_entry: dict[str, Any] | None,
-    ) -> None:
+    def _record(self, call: _Call, new_entry: dict[str, Any] | None) -> None:
+        spec, outcome = call.spec, call.outcome
         if outcome.status == "succeeded":
             outcome.reports = self._publish_reports(spec.name, outcome.outputs)
-        doc = step_record(self.run_id, self.pipeline, spec, outcome, components)
-        if packages and not outcome.cached:
-            doc["packages"] = _package_versions(packages)
+        doc = step_record(self.run_id, self.pipeline, spec, outcome, call.components)
+        if call.packages and not outcome.cached:
+            doc["packages"] = _package_versions(call.packages)
         outcome.record = doc
-        self.records.write(doc)
-        if self.index is not None:
-            self.index.record_step(doc, new_entry)
-        if self.tracking is not None:
-            self.tracking.step_done(spec, outcome)
+        self.record.record_step(doc, new_entry=new_entry)
+        if self.hooks is not None:
+            self.hooks.step_done(spec, outcome)
 
     def _publish_reports(self, step: str, outputs: Mapping[str, ObjectInfo]) -> dict[str, str]:
         """Copy each report output (see ``Materializer.report_suffix``) to a named file of this run.
@@ -443,53 +442,13 @@ class StepExecutor:
             suffix = report_suffix(info.materializer)
             if suffix is None:
                 continue
-            rel = f"runs/{self.run_id}/reports/{step}.{name}.{suffix}"
+            rel = run_path(self.run_id, "reports", f"{step}.{name}.{suffix}")
             try:
                 self.store.put_bytes(rel, bytes(self.store.read_verified(info.digest)))
             except StoreError:  # a report copy must never fail the step; its object stays listed in outputs
                 continue
             found[name] = f"{self.store.url}/{rel}"
         return found
-
-
-def skip_reason(failed: StepSpec, error: str | None) -> str:
-    """Why a step downstream of the failed step ``failed`` was skipped, as every backend records it."""
-    if not failed.gate:
-        return f"skipped because upstream step {failed.name!r} did not succeed"
-    first = (error or "").strip().splitlines()[0] if (error or "").strip() else "no reason given"
-    return f"skipped because quality gate {failed.name!r} failed: {first}"
-
-
-def step_record(
-    run_id: str, pipeline: str, spec: StepSpec, outcome: StepOutcome, components: dict[str, Any] | None
-) -> dict[str, Any]:
-    """The JSON record of a step call, as written to ``runs/<id>/steps/<name>.json``."""
-    doc: dict[str, Any] = {
-        "run_id": run_id,
-        "pipeline": pipeline,
-        "step": spec.name,
-        "status": outcome.status,
-        "cached": outcome.cached,
-        "key": outcome.key,
-        "started": outcome.started,
-        "ended": outcome.ended,
-        "duration": outcome.duration,
-        "attempts": outcome.attempts,
-        "outputs": {n: i.to_dict() for n, i in outcome.outputs.items()},
-        "code": {"module": spec.code.module, "qualname": spec.code.qualname, "fingerprint": spec.fingerprint},
-        "cache_option": spec.cache,
-    }
-    if components is not None:
-        doc["components"] = components
-    if outcome.source_run:
-        doc["source_run"] = outcome.source_run
-    if outcome.error:
-        doc["error"] = outcome.error
-    if outcome.traceback:
-        doc["traceback"] = outcome.traceback
-    if outcome.reports:
-        doc["reports"] = outcome.reports
-    return doc
 
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep

@@ -25,20 +25,33 @@ from __future__ import annotations
 from mlpipe.backend import TERMINAL, Backend, BackendOptions, Capabilities, RunHandle, RunStatus, get_backend
 from mlpipe.code import resolve as resolve_code
 from mlpipe.code import ship
-from mlpipe.executor import StepExecutor, StepOutcome, UpstreamCorrupted, skip_reason, step_record
+from mlpipe.executor import StepExecutor, StepHooks, UpstreamCorrupted
 from mlpipe.ir import CodeRef, InputSpec, OutputRef, ParamSpec, PipelineIR, StepOutput, StepSpec
-from mlpipe.launch import new_run_id, write_run_doc
+from mlpipe.launch import new_run_id
+from mlpipe.launch import resolve as resolve_profile
 from mlpipe.materializers import Materializer, register_materializer
 from mlpipe.metadata import open_index
-from mlpipe.records import RunRecords, load_step_records
+from mlpipe.records import (
+    RUN_TERMINAL,
+    RunRecord,
+    RunState,
+    StepOutcome,
+    StepStatus,
+    ir_digest,
+    load_ir,
+    load_step_records,
+    run_path,
+    skip_reason,
+    step_record,
+    write_ir,
+)
 from mlpipe.run import Run, StepRun
-from mlpipe.runtime import decode_param, execute_remote_step, load_ir, write_ir
+from mlpipe.runtime import StoreAttempts, decode_param, execute_remote_step
 from mlpipe.step import memory_bytes
 from mlpipe.store import ArtifactStore, ObjectInfo, open_store
 from mlpipe.tracking import join_run, track_skipped
 
 __all__ = [
-    "TERMINAL",
     "ArtifactStore",
     "Backend",
     "BackendOptions",
@@ -50,19 +63,26 @@ __all__ = [
     "OutputRef",
     "ParamSpec",
     "PipelineIR",
+    "RUN_TERMINAL",
     "Run",
     "RunHandle",
-    "RunRecords",
+    "RunRecord",
+    "RunState",
     "RunStatus",
     "StepExecutor",
+    "StepHooks",
     "StepOutcome",
     "StepOutput",
     "StepRun",
     "StepSpec",
+    "StepStatus",
+    "StoreAttempts",
+    "TERMINAL",
     "UpstreamCorrupted",
     "decode_param",
     "execute_remote_step",
     "get_backend",
+    "ir_digest",
     "join_run",
     "load_ir",
     "load_step_records",
@@ -72,10 +92,11 @@ __all__ = [
     "open_store",
     "register_materializer",
     "resolve_code",
+    "resolve_profile",
+    "run_path",
     "ship",
     "skip_reason",
     "step_record",
     "track_skipped",
     "write_ir",
-    "write_run_doc",
 ]

@@ -116,9 +116,7 @@ def _roots() -> tuple[str, ...]:
             roots.update(os.path.realpath(p) for p in [*site.getsitepackages(), site.getusersitepackages()])
         for prefix in {sys.prefix, sys.base_prefix, sys.exec_prefix}:
             roots.add(os.path.realpath(os.path.join(prefix, "lib")))
-        import mlpipe
-
-        roots.add(os.path.realpath(os.path.dirname(mlpipe.__file__)))
+        roots.add(os.path.realpath(os.path.dirname(os.path.abspath(__file__))))  # mlpipe itself
         _library_roots = tuple(sorted(r + os.sep for r in roots))
     return _library_roots
 

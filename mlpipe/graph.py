@@ -17,19 +17,19 @@ import sys
 import typing
 from typing import TYPE_CHECKING, Any
 
-from mlpipe import __version__
+from mlpipe._version import __version__
 from mlpipe.code import register
 from mlpipe.errors import GraphError
 from mlpipe.fingerprint import fingerprint
 from mlpipe.ir import CodeRef, InputSpec, OutputRef, ParamSpec, PipelineIR, StepOutput, StepSpec
 from mlpipe.materializers import for_annotation
-from mlpipe.pipeline import OutputHandle, ParamHandle, _Const
+from mlpipe.trace import OutputHandle, ParamHandle, _Const
 from mlpipe.typecheck import to_json_value, type_name
 
 if TYPE_CHECKING:
     import networkx
 
-    from mlpipe.pipeline import Pipeline, Trace
+    from mlpipe.trace import Trace
 
 __all__ = ["compile_trace", "param_kind", "render", "to_networkx", "topological_order"]
 
@@ -65,8 +65,8 @@ def _code_ref(fn: Any) -> CodeRef:
     return CodeRef.model_construct(module=module, qualname=fn.__qualname__, importable=importable)
 
 
-def compile_trace(pipeline: Pipeline, trace: Trace) -> PipelineIR:
-    """Compile a pipeline's trace into the validated, frozen IR.
+def compile_trace(trace: Trace) -> PipelineIR:
+    """Compile a pipeline's trace (its name, parameters and calls) into the validated, frozen IR.
 
     The values come from mlpipe's own tracing, so the models are built with
     ``model_construct`` (no pydantic validation, which would build schemas
@@ -79,9 +79,9 @@ def compile_trace(pipeline: Pipeline, trace: Trace) -> PipelineIR:
             type=type_name(p.annotation),
             kind=param_kind(p.annotation),  # type: ignore[arg-type]
             required=p.required,
-            default=None if p.required else _json_default(pipeline, p.name, p.default),
+            default=None if p.required else _json_default(trace, p.name, p.default),
         )
-        for p in pipeline.params.values()
+        for p in trace.params.values()
     )
     steps: list[StepSpec] = []
     for call in trace.calls:
@@ -135,7 +135,7 @@ def compile_trace(pipeline: Pipeline, trace: Trace) -> PipelineIR:
             )
         )
     ir = PipelineIR.model_construct(
-        name=pipeline.name,
+        name=trace.pipeline,
         params=params,
         steps=tuple(steps),
         outputs=_pipeline_outputs(trace.result),
@@ -150,21 +150,21 @@ def _external(manifest: dict[str, str]) -> bool:
     return any(label.startswith("external ") for label in manifest)
 
 
-def _json_default(pipeline: Pipeline, name: str, value: Any) -> Any:
+def _json_default(trace: Trace, name: str, value: Any) -> Any:
     plain = _plain(value)
     try:
         json.dumps(plain)
     except (TypeError, ValueError):
         try:  # a Path or a date default travels as its text, like the value given to run()
-            plain = to_json_value(pipeline.params[name].annotation, value)
+            plain = to_json_value(trace.params[name].annotation, value)
             json.dumps(plain)
             return plain
         except (TypeError, ValueError):
             pass
         raise GraphError(
-            f"pipeline {pipeline.name!r}, parameter {name!r}: its default {value!r} is not a JSON value; "
+            f"pipeline {trace.pipeline!r}, parameter {name!r}: its default {value!r} is not a JSON value; "
             "pipeline parameters must be JSON values (numbers, strings, booleans, lists, dicts)",
-            pipeline=pipeline.name,
+            pipeline=trace.pipeline,
             argument=name,
         ) from None
     return plain

@@ -1,9 +1,10 @@
-"""The launcher: from a pipeline, a profile and parameters to a backend call.
+"""The launcher: from a compiled pipeline, a profile and parameter values to a backend call.
 
-It resolves the profile (backend, store, options), validates parameters and
-builds the IR *before* anything runs, asks the backend to refuse what it
-cannot express, creates the run id and the initial run record, and saves the
-handle of a submitted run so ``mlpipe runs show`` can find it again.
+It takes the IR and validated parameter values (never a Pipeline object),
+resolves the profile (backend, store, options), asks the backend to refuse
+what it cannot express *before* anything runs, creates the run id, opens the
+run's tracking, and saves the handle of a submitted run so ``mlpipe runs
+show`` can find it again. The backend opens and closes the run's record.
 """
 
 from __future__ import annotations
@@ -16,15 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 from mlpipe.backend import Backend, RunHandle, get_backend
 from mlpipe.config import Profile, load_profile
+from mlpipe.errors import RunNotFoundError
+from mlpipe.records import RunRecord
 from mlpipe.store import ArtifactStore, open_store
 from mlpipe.tracking import run_scope
 
 if TYPE_CHECKING:
     from mlpipe.ir import PipelineIR
-    from mlpipe.pipeline import Pipeline
     from mlpipe.run import Run
 
-__all__ = ["compile_pipeline", "new_run_id", "resolve", "run_pipeline", "submit_pipeline"]
+__all__ = ["compile_pipeline", "new_run_id", "resolve", "run_pipeline", "save_handle", "submit_pipeline"]
 
 
 def new_run_id() -> str:
@@ -46,19 +48,24 @@ def resolve(profile: str | None, backend: str | Backend | None) -> tuple[Profile
     return prof, instance, open_store(prof.store, prof.storage_options)
 
 
+def _prepare(
+    ir: PipelineIR, profile: str | None, backend: str | Backend | None
+) -> tuple[Profile, Backend, ArtifactStore, str]:
+    prof, instance, store = resolve(profile, backend)
+    instance.check(ir)
+    return prof, instance, store, new_run_id()
+
+
 def run_pipeline(
-    pipeline: Pipeline,
-    params: Mapping[str, Any],
+    ir: PipelineIR,
+    values: Mapping[str, Any],
     *,
     profile: str | None = None,
     backend: str | Backend | None = None,
     cache: bool = True,
 ) -> Run:
-    values = pipeline.validate_params(params)
-    ir = pipeline.ir
-    prof, instance, store = resolve(profile, backend)
-    instance.check(ir)
-    run_id = new_run_id()
+    """Run the compiled pipeline ``ir`` with validated parameter ``values`` and wait for its end."""
+    prof, instance, store, run_id = _prepare(ir, profile, backend)
     with run_scope(prof, ir, store, run_id=run_id, params=values, backend=instance.name) as tracked:
         run = instance.run(ir, store, params=values, run_id=run_id, cache=cache)
         tracked.status, tracked.error = run.status, run.error
@@ -66,26 +73,23 @@ def run_pipeline(
 
 
 def submit_pipeline(
-    pipeline: Pipeline,
-    params: Mapping[str, Any],
+    ir: PipelineIR,
+    values: Mapping[str, Any],
     *,
     profile: str | None = None,
     backend: str | Backend | None = None,
     cache: bool = True,
 ) -> RunHandle:
-    values = pipeline.validate_params(params)
-    ir = pipeline.ir
-    prof, instance, store = resolve(profile, backend)
-    instance.check(ir)
-    run_id = new_run_id()
+    """Submit the compiled pipeline ``ir`` with validated parameter ``values``; return the run's handle."""
+    prof, instance, store, run_id = _prepare(ir, profile, backend)
     with run_scope(prof, ir, store, run_id=run_id, params=values, backend=instance.name, detached=True):
         handle = instance.submit(ir, store, params=values, run_id=run_id, cache=cache)
     save_handle(store, handle)
     return handle
 
 
-def compile_pipeline(pipeline: Pipeline, backend: str | Backend, path: str, *, profile: str | None = None) -> str:
-    ir = pipeline.ir
+def compile_pipeline(ir: PipelineIR, backend: str | Backend, path: str, *, profile: str | None = None) -> str:
+    """Write ``backend``'s compiled form of ``ir`` to ``path`` (options and image from ``profile``)."""
     if isinstance(backend, str) and profile is not None:
         prof = load_profile(profile)
         instance = get_backend(backend, prof.options if backend == prof.backend else {}, image=prof.image)
@@ -102,11 +106,10 @@ def save_handle(store: ArtifactStore, handle: RunHandle) -> None:
     """Record a submitted run's handle in the store and the local index."""
     from mlpipe.metadata import open_index
 
-    rel = f"runs/{handle.run_id}/run.json"
-    doc: dict[str, Any] = (
-        store.get_json(rel)
-        if store.has(rel)
-        else {
+    try:
+        record = RunRecord.load(store, handle.run_id, index=open_index(store))
+    except RunNotFoundError:  # the backend records the run under another id, or not at all
+        doc = {
             "id": handle.run_id,
             "pipeline": handle.pipeline,
             "status": "pending",
@@ -114,55 +117,5 @@ def save_handle(store: ArtifactStore, handle: RunHandle) -> None:
             "started": time.time(),
             "ended": None,
         }
-    )
-    doc["handle"] = handle.model_dump(mode="json")
-    store.put_json(rel, doc)
-    open_index(store).record_run(doc)
-
-
-def write_run_doc(
-    store: ArtifactStore,
-    ir: PipelineIR,
-    run_id: str,
-    backend: str,
-    params: Mapping[str, Any],
-    status: str,
-    **extra: Any,
-) -> dict[str, Any]:
-    """Write the run's record (``runs/<id>/run.json``) and return it."""
-    ir_digest, ir_json = _ir_bytes(ir)
-    rel = f"pipelines/{ir_digest}.json"
-    if not store.has(rel):
-        store.put_bytes(rel, ir_json)
-    doc: dict[str, Any] = {
-        "id": run_id,
-        "pipeline": ir.name,
-        "status": status,
-        "backend": backend,
-        "params": dict(params),
-        "started": time.time(),
-        "ended": None,
-        "order": [s.name for s in ir.steps],
-        "outputs": [o.to_dict() for o in ir.outputs],
-        "ir": ir_digest,
-        "store": store.url,
-        **extra,
-    }
-    store.put_json(f"runs/{run_id}/run.json", doc)
-    return doc
-
-
-_ir_cache: dict[int, tuple[PipelineIR, str, bytes]] = {}
-
-
-def _ir_bytes(ir: PipelineIR) -> tuple[str, bytes]:
-    """Canonical JSON of the IR and its digest, computed once per IR object."""
-    from mlpipe.hashing import canonical_json, digest_bytes
-
-    hit = _ir_cache.get(id(ir))
-    if hit is not None and hit[0] is ir:
-        return hit[1], hit[2]
-    data = canonical_json(ir.to_dict()).encode()
-    digest = digest_bytes(data)
-    _ir_cache[id(ir)] = (ir, digest, data)
-    return digest, data
+        record = RunRecord(store, doc, index=open_index(store))
+    record.update(handle=handle.model_dump(mode="json"))

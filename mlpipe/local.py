@@ -13,12 +13,13 @@ served from the cache, which is read back and verified before the run returns.
 from __future__ import annotations
 
 import os
+import queue
 import socket
 import threading
-import time
 import warnings
+from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pydantic import Field
@@ -26,15 +27,15 @@ from pydantic import Field
 from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
 from mlpipe.code import resolve as resolve_code
 from mlpipe.errors import BackendError, CorruptObjectError, MlpipeError, ObjectNotFoundError
-from mlpipe.executor import StepExecutor, StepOutcome, UpstreamCorrupted, skip_reason, step_record
+from mlpipe.executor import StepExecutor, UpstreamCorrupted
 from mlpipe.fingerprint import fingerprint
-from mlpipe.ir import PipelineIR, StepSpec
-from mlpipe.launch import write_run_doc
+from mlpipe.ir import PipelineIR
 from mlpipe.metadata import open_index
 from mlpipe.progress import REPORTER, Reporter
-from mlpipe.records import RunRecords
+from mlpipe.records import RunRecord, RunState, StepOutcome
 from mlpipe.run import Run, StepRun
 from mlpipe.store import ArtifactStore, ObjectInfo
+from mlpipe.tracking import for_run as tracking_for_run
 
 __all__ = ["LocalBackend", "LocalOptions", "StoreRepairWarning"]
 
@@ -127,147 +128,174 @@ class LocalBackend(Backend):
         cache: bool,
         cancel: threading.Event,
     ) -> Run:
-        reporter = REPORTER.get() or Reporter()
-        index = open_index(store)
-        doc = write_run_doc(
-            store, ir, run_id, self.name, params, "running", cache=cache, host=socket.gethostname(), pid=os.getpid()
+        return _LocalRun(self, ir, store, params, run_id, cache, cancel).execute()
+
+
+class _LocalRun:
+    """One run of the local backend: the scheduler's state and its steps.
+
+    The scheduler keeps at most ``max_workers`` steps in flight and learns of
+    finished ones through a queue, so a run costs time linear in its steps
+    whatever the graph's width.
+    """
+
+    def __init__(
+        self,
+        backend: LocalBackend,
+        ir: PipelineIR,
+        store: ArtifactStore,
+        params: Mapping[str, Any],
+        run_id: str,
+        cache: bool,
+        cancel: threading.Event,
+    ) -> None:
+        self.backend, self.ir, self.store, self.params, self.cancel = backend, ir, store, params, cancel
+        self.reporter = REPORTER.get() or Reporter()
+        self.record = RunRecord.open(
+            store,
+            ir,
+            run_id,
+            backend=backend.name,
+            params=params,
+            index=open_index(store),
+            batched=True,
+            cache=cache,
+            host=socket.gethostname(),
+            pid=os.getpid(),
         )
-        index.record_run(doc)
-        reporter.run_started(run_id, ir.name, len(ir.steps))
-        records = RunRecords(store, run_id, batched=True)
-        executor = StepExecutor(store, index, run_id, ir.name, use_cache=cache, records=records)
-        specs = {s.name: s for s in ir.steps}
-        fns = {s.name: resolve_code(s, store) for s in ir.steps}
-        packages = {s.name: fingerprint(fns[s.name]).packages for s in ir.steps}
-        downstream = ir.downstream()
-        waiting = {s.name: len(s.upstream) for s in ir.steps}
-        consumers = {name: len(d) for name, d in downstream.items()}
-        produced: dict[tuple[str, str], ObjectInfo] = {}
-        memory: dict[str, Any] = {}
-        outcomes: dict[str, StepOutcome] = {}
-        repairs: dict[str, StepOutcome] = {}  # steps recomputed after their stored output went bad
-        ready = [s.name for s in ir.steps if not s.upstream]
-        running: dict[Future[StepOutcome], str] = {}
-        pool: ThreadPoolExecutor | None = None
+        self.executor = StepExecutor(self.record, ir.name, use_cache=cache, hooks=tracking_for_run(run_id))
+        self.specs = {s.name: s for s in ir.steps}
+        self.fns = {s.name: resolve_code(s, store) for s in ir.steps}
+        self.packages = {s.name: fingerprint(self.fns[s.name]).packages for s in ir.steps}
+        self.downstream = ir.downstream()
+        self.waiting = {s.name: len(s.upstream) for s in ir.steps}
+        self.consumers = {name: len(d) for name, d in self.downstream.items()}
+        self.produced: dict[tuple[str, str], ObjectInfo] = {}
+        self.memory: dict[str, Any] = {}
+        self.outcomes: dict[str, StepOutcome] = {}
+        self.repairs: dict[str, StepOutcome] = {}  # steps recomputed after their stored output went bad
+        self.ready: deque[str] = deque(s.name for s in ir.steps if not s.upstream)
 
-        def work(name: str) -> StepOutcome:
-            return self._run_step(executor, specs, fns, packages, params, produced, memory, name, repairs)
-
-        def finish(outcome: StepOutcome) -> None:
-            outcomes[outcome.name] = outcome
-            reporter.step_finished(outcome.name, outcome.status, outcome.cached, outcome.duration, outcome.error)
-            spec = specs[outcome.name]
-            for up in set(spec.upstream):
-                consumers[up] -= 1
-            if outcome.status == "succeeded":
-                for out_name, info in outcome.outputs.items():
-                    produced[(outcome.name, out_name)] = info
-                if consumers[outcome.name]:
-                    memory.update(outcome.values)
-                for child in downstream[outcome.name]:
-                    waiting[child] -= 1
-                    if waiting[child] == 0:
-                        ready.append(child)
-            else:
-                self._skip_descendants(executor, specs, downstream, outcome.name, outcomes, reporter)
-
+    def execute(self) -> Run:
+        self.reporter.run_started(self.record.run_id, self.ir.name, len(self.ir.steps))
         interrupted = False
         try:
-            while ready or running:
-                if cancel.is_set():
-                    break
-                if len(ready) == 1 and not running:
-                    name = ready.pop()
-                    reporter.step_started(name)
-                    finish(work(name))
-                    continue
-                if ready:
-                    if pool is None:
-                        pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="mlpipe-step")
-                    while ready:
-                        name = ready.pop(0)
-                        reporter.step_started(name)
-                        running[pool.submit(work, name)] = name
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-                for future in done:
-                    running.pop(future)
-                    finish(future.result())
+            self._schedule()
         except KeyboardInterrupt:
             interrupted = True  # record the run as cancelled, then let Ctrl-C go on
-            cancel.set()
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=not cancel.is_set())
-
-        if not cancel.is_set():
-            for name in self._bad_final_outputs(ir, store, outcomes, repairs):
-                self._run_step_forced(executor, specs, fns, packages, params, produced, memory, name, repairs)
-        for name, repaired in repairs.items():
-            if name in outcomes and outcomes[name].status == "succeeded":
-                outcomes[name] = repaired  # the run's view matches the step's latest record
-        for name, spec in specs.items():
-            if name not in outcomes:
-                outcome = StepOutcome(name, "cancelled", started=time.time(), ended=time.time(), error="run cancelled")
-                outcome.record = step_record(run_id, ir.name, spec, outcome, None)
-                records.write(outcome.record)
-                outcomes[name] = outcome
-        failed = [o for o in outcomes.values() if o.status == "failed"]
-        status = (
-            "cancelled"
-            if cancel.is_set()
-            else ("failed" if failed or any(o.status != "succeeded" for o in outcomes.values()) else "succeeded")
-        )
-        doc.update(status=status, ended=time.time())
-        if failed:
-            doc["error"] = "; ".join(f"step {o.name!r} failed: {o.error}" for o in failed)
-        records.flush()
-        store.put_json(f"runs/{run_id}/run.json", doc)
-        index.flush()
-        index.record_run(doc)
-        reporter.run_finished(run_id, status, doc["ended"] - doc["started"])
-        steps = {
-            name: StepRun.from_record(outcomes[name].record)
-            if outcomes[name].record
-            else StepRun(name=name, status=outcomes[name].status, error=outcomes[name].error)
-            for name in specs
-        }
+            self.cancel.set()
+        if not self.cancel.is_set():
+            for name in self._bad_final_outputs():
+                self._run_forced(name)
+        run = self._close()
         if interrupted:
             raise KeyboardInterrupt
-        return Run(doc, steps, store)
+        return run
 
-    def _run_step(
-        self,
-        executor: StepExecutor,
-        specs: dict[str, StepSpec],
-        fns: dict[str, Any],
-        packages: dict[str, frozenset[str]],
-        params: Mapping[str, Any],
-        produced: dict[tuple[str, str], ObjectInfo],
-        memory: dict[str, Any],
-        name: str,
-        repairs: dict[str, StepOutcome],
-    ) -> StepOutcome:
-        spec = specs[name]
+    def _schedule(self) -> None:
+        done: queue.SimpleQueue[tuple[str, StepOutcome | BaseException]] = queue.SimpleQueue()
+        in_flight = 0
+        pool: ThreadPoolExecutor | None = None
+
+        def work(name: str) -> None:
+            try:
+                done.put((name, self._run(name)))
+            except BaseException as exc:  # re-raised in the scheduling thread
+                done.put((name, exc))
+
+        try:
+            while self.ready or in_flight:
+                if self.cancel.is_set():
+                    break
+                if len(self.ready) == 1 and not in_flight:  # a chain runs inline: no thread hand-off
+                    name = self.ready.popleft()
+                    self.reporter.step_started(name)
+                    self._finish(self._run(name))
+                    continue
+                while self.ready and in_flight < self.backend.max_workers:
+                    if pool is None:
+                        pool = ThreadPoolExecutor(self.backend.max_workers, thread_name_prefix="mlpipe-step")
+                    name = self.ready.popleft()
+                    self.reporter.step_started(name)
+                    pool.submit(work, name)
+                    in_flight += 1
+                try:
+                    item = done.get(timeout=0.5)  # a timeout, so Ctrl-C and cancel() are seen while steps run
+                except queue.Empty:
+                    continue
+                while True:
+                    in_flight -= 1
+                    result = item[1]
+                    if isinstance(result, BaseException):
+                        raise result
+                    self._finish(result)
+                    try:
+                        item = done.get_nowait()
+                    except queue.Empty:
+                        break
+        except KeyboardInterrupt:
+            self.cancel.set()  # before the pool shuts down: do not wait for running steps
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=not self.cancel.is_set())
+
+    def _finish(self, outcome: StepOutcome) -> None:
+        self.outcomes[outcome.name] = outcome
+        self.reporter.step_finished(outcome.name, outcome.status, outcome.cached, outcome.duration, outcome.error)
+        for up in set(self.specs[outcome.name].upstream):
+            self.consumers[up] -= 1
+        if outcome.status != "succeeded":
+            for skipped in self.record.skip_dependents(self.ir, outcome.name, outcome.error, done=self.outcomes):
+                self.outcomes[skipped.name] = skipped
+                if self.executor.hooks is not None:  # a child run says the step was skipped, and why
+                    self.executor.hooks.step_done(self.specs[skipped.name], skipped)
+                self.reporter.step_finished(skipped.name, "skipped", False, 0.0, skipped.error)
+            return
+        for out_name, info in outcome.outputs.items():
+            self.produced[(outcome.name, out_name)] = info
+        if self.consumers[outcome.name]:
+            self.memory.update(outcome.values)
+        for child in self.downstream[outcome.name]:
+            self.waiting[child] -= 1
+            if self.waiting[child] == 0:
+                self.ready.append(child)
+
+    def _execute_step(self, name: str, *, force: bool = False) -> StepOutcome:
+        return self.executor.execute(
+            self.specs[name], self.fns[name], self.params, self.produced, self.memory, force, self.packages[name]
+        )
+
+    def _run(self, name: str) -> StepOutcome:
         for _attempt in range(_MAX_REPAIRS + 1):
             try:
-                return executor.execute(spec, fns[name], params, produced, memory, packages=packages[name])
+                return self._execute_step(name)
             except UpstreamCorrupted as bad:
                 warnings.warn(
                     f"{bad}; recomputing step {bad.step!r} to repair the store before running {name!r}",
                     StoreRepairWarning,
                     stacklevel=2,
                 )
-                repaired = self._run_step_forced(
-                    executor, specs, fns, packages, params, produced, memory, bad.step, repairs
-                )
+                repaired = self._run_forced(bad.step)
                 if repaired.status != "succeeded":
                     return repaired
         raise BackendError(f"step {name!r}: inputs stayed corrupted after {_MAX_REPAIRS} repairs", step=name)
 
-    @staticmethod
-    def _bad_final_outputs(
-        ir: PipelineIR, store: ArtifactStore, outcomes: dict[str, StepOutcome], repairs: dict[str, StepOutcome]
-    ) -> list[str]:
+    def _run_forced(self, name: str) -> StepOutcome:
+        try:
+            outcome = self._execute_step(name, force=True)
+        except UpstreamCorrupted as bad:
+            inner = self._run_forced(bad.step)
+            if inner.status != "succeeded":
+                return inner
+            outcome = self._execute_step(name, force=True)
+        if outcome.status == "succeeded":
+            for out_name, info in outcome.outputs.items():
+                self.produced[(name, out_name)] = info
+            self.repairs[name] = outcome
+        return outcome
+
+    def _bad_final_outputs(self) -> list[str]:
         """Steps whose pipeline output was served from the cache but is corrupted or gone.
 
         A cache hit checks that its objects exist, without reading them; the
@@ -275,13 +303,13 @@ class LocalBackend(Backend):
         are read back and verified once, and recomputed now if bad.
         """
         bad: list[str] = []
-        for ref in ir.outputs:
-            outcome = outcomes.get(ref.step)
-            if outcome is None or not outcome.cached or outcome.status != "succeeded" or ref.step in repairs:
+        for ref in self.ir.outputs:
+            outcome = self.outcomes.get(ref.step)
+            if outcome is None or not outcome.cached or outcome.status != "succeeded" or ref.step in self.repairs:
                 continue
             info = outcome.outputs[ref.output]
             try:
-                store.read_verified(info.digest, store.meta(info.digest))
+                self.store.read_verified(info.digest, self.store.meta(info.digest))
             except (CorruptObjectError, ObjectNotFoundError) as exc:
                 problem = "is corrupted"
                 if not isinstance(exc, CorruptObjectError):
@@ -291,66 +319,28 @@ class LocalBackend(Backend):
                         f"pipeline output {ref.step}.{ref.output} ({info.digest[:12]}…) {problem}; "
                         f"recomputing step {ref.step!r}",
                         StoreRepairWarning,
-                        stacklevel=4,
+                        stacklevel=5,
                     )
                     bad.append(ref.step)
         return bad
 
-    def _run_step_forced(
-        self,
-        executor: StepExecutor,
-        specs: dict[str, StepSpec],
-        fns: dict[str, Any],
-        packages: dict[str, frozenset[str]],
-        params: Mapping[str, Any],
-        produced: dict[tuple[str, str], ObjectInfo],
-        memory: dict[str, Any],
-        name: str,
-        repairs: dict[str, StepOutcome],
-    ) -> StepOutcome:
-        spec = specs[name]
-        try:
-            outcome = executor.execute(spec, fns[name], params, produced, memory, force=True, packages=packages[name])
-        except UpstreamCorrupted as bad:
-            inner = self._run_step_forced(executor, specs, fns, packages, params, produced, memory, bad.step, repairs)
-            if inner.status != "succeeded":
-                return inner
-            outcome = executor.execute(spec, fns[name], params, produced, memory, force=True, packages=packages[name])
-        if outcome.status == "succeeded":
-            for out_name, info in outcome.outputs.items():
-                produced[(name, out_name)] = info
-            repairs[name] = outcome
-        return outcome
-
-    def _skip_descendants(
-        self,
-        executor: StepExecutor,
-        specs: dict[str, StepSpec],
-        downstream: dict[str, list[str]],
-        failed: str,
-        outcomes: dict[str, StepOutcome],
-        reporter: Reporter,
-    ) -> None:
-        reason = skip_reason(specs[failed], outcomes[failed].error)
-        stack = list(downstream[failed])
-        while stack:
-            name = stack.pop()
-            if name in outcomes:
-                continue
-            now = time.time()
-            outcome = StepOutcome(
-                name,
-                "skipped",
-                started=now,
-                ended=now,
-                error=reason,
-            )
-            outcome.record = step_record(executor.run_id, executor.pipeline, specs[name], outcome, None)
-            executor.records.write(outcome.record)
-            if executor.index is not None:
-                executor.index.record_step(outcome.record)
-            outcomes[name] = outcome
-            if executor.tracking is not None:  # a child run says the step was skipped, and why
-                executor.tracking.step_done(specs[name], outcome)
-            reporter.step_finished(name, "skipped", False, 0.0, outcome.error)
-            stack.extend(downstream[name])
+    def _close(self) -> Run:
+        """Record steps that never ran, close the run record, and return the run."""
+        outcomes = self.outcomes
+        for name, repaired in self.repairs.items():
+            if name in outcomes and outcomes[name].status == "succeeded":
+                outcomes[name] = repaired  # the run's view matches the step's latest record
+        for name, spec in self.specs.items():
+            if name not in outcomes:
+                outcomes[name] = StepOutcome.ended_now(name, "cancelled", "run cancelled")
+                self.record.record_outcome(self.ir.name, spec, outcomes[name])
+        status: RunState | None = "cancelled" if self.cancel.is_set() else None
+        doc = self.record.close(status)
+        self.reporter.run_finished(self.record.run_id, doc["status"], doc["ended"] - doc["started"])
+        steps = {
+            name: StepRun.from_record(outcomes[name].record)
+            if outcomes[name].record
+            else StepRun(name=name, status=outcomes[name].status, error=outcomes[name].error)
+            for name in self.specs
+        }
+        return Run(doc, steps, self.store)

@@ -19,14 +19,13 @@ import hashlib
 import importlib
 import io
 import json
-import os
 import sys
 import threading
 import typing
 from abc import ABC, abstractmethod
 from typing import IO, Any, ClassVar
 
-from mlpipe.errors import MaterializerError
+from mlpipe.errors import MaterializerError, MlpipeError
 from mlpipe.hashing import canonical_json, json_safe
 from mlpipe.typecheck import is_any, type_name, validate
 
@@ -444,16 +443,15 @@ def _load_plugins() -> None:
     if _plugins_loaded:
         return
     _plugins_loaded = True
-    if os.environ.get("MLPIPE_DISABLE_PLUGIN_AUTOLOAD"):
-        return
-    from importlib.metadata import entry_points
+    from mlpipe.plugins import MATERIALIZERS
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
+    for name, eps in MATERIALIZERS.entry_points().items():
         try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plugin must say which one
+            obj = MATERIALIZERS.load(name)
+        except MlpipeError as exc:  # a broken plugin must say which one
+            ep = eps[0]
             raise MaterializerError(
-                f"materializer plugin {ep.name!r} ({ep.value}) from distribution "
+                f"materializer plugin {name!r} ({ep.value}) from distribution "
                 f"{ep.dist.name if ep.dist else '?'} failed to load: {exc}",
             ) from exc
         register_materializer(obj, first=False)

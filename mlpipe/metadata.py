@@ -276,12 +276,12 @@ class Index:
     # -- rebuilding ----------------------------------------------------------------
     def sync_run(self, store: ArtifactStore, run_id: str) -> dict[str, Any] | None:
         """Index one run from the store's records (used for runs written elsewhere)."""
-        if not store.has(f"runs/{run_id}/run.json"):
-            return None
-        doc: dict[str, Any] = store.get_json(f"runs/{run_id}/run.json")
-        self.record_run(doc)
-        from mlpipe.records import load_step_records
+        from mlpipe.records import load_step_records, run_path
 
+        if not store.has(run_path(run_id, "run.json")):
+            return None
+        doc: dict[str, Any] = store.get_json(run_path(run_id, "run.json"))
+        self.record_run(doc)
         for record in load_step_records(store, run_id).values():
             self.record_step(record)
         return doc

@@ -1,67 +1,507 @@
-"""Run records in the store: where step records live and how they are read back.
+"""The run record: its layout in the store and its whole lifecycle.
 
-A remote task writes its step's record as its own file,
-``runs/<run_id>/steps/<step>.json``, the moment it finishes. The local
-backend runs many small steps in one process, where a file per step would
-cost more than the step itself, so it buffers its records and writes them
-together to ``runs/<run_id>/steps.json`` (every two seconds and at the end of
+This module is the one owner of ``runs/<run_id>/``: opening a run
+(``run.json``), recording each step's outcome, skipping what a failure
+blocks, closing the run, and reading it back. Every backend — local, the
+container runtime, Kubeflow, Vertex, SageMaker, plugins — goes through
+:class:`RunRecord`; nothing else spells out a ``runs/...`` path. The compiled
+pipeline a run points at (``pipelines/<digest>.json``) is stored here too.
+
+Layout::
+
+    runs/<id>/run.json               the run: status, params, backend, IR digest, times
+    runs/<id>/steps/<step>.json      one step's record, written by the task that ran it
+    runs/<id>/steps.json             the local backend's step records, batched
+    runs/<id>/attempts/<step>/...    attempt markers of remote tasks (runtime)
+    runs/<id>/reports/<step>.<out>.* report outputs copied under a readable name
+    runs/<id>/tracking.json          where the run is tracked (MLflow parent run)
+    pipelines/<digest>.json          the IR, by the SHA-256 of its canonical JSON
+
+A remote task writes its step's record as its own file the moment it
+finishes. The local backend runs many small steps in one process, where a file
+per step would cost more than the step itself, so it buffers its records and
+writes them together to ``steps.json`` (every two seconds and at the end of
 the run). Readers merge both forms. Cache entries are always written
 immediately, so a killed run loses at most two seconds of history, never a
 finished step's reusable result.
+
+What must not live here: scheduling, step execution, tracking (callers pass
+skipped outcomes on to their tracking hooks themselves).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+import weakref
+from collections.abc import Container, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
-from mlpipe.store import ArtifactStore
+from mlpipe.errors import MlpipeError, RunNotFoundError
+from mlpipe.ir import PipelineIR, StepSpec
 
-__all__ = ["RunRecords", "load_step_records"]
+if TYPE_CHECKING:
+    from mlpipe.metadata import Index
+    from mlpipe.store import ArtifactStore, ObjectInfo
+
+__all__ = [
+    "RUN_TERMINAL",
+    "RunRecord",
+    "RunState",
+    "StepOutcome",
+    "StepStatus",
+    "canonical_ir",
+    "ir_digest",
+    "load_ir",
+    "load_step_records",
+    "run_path",
+    "skip_reason",
+    "step_record",
+    "write_ir",
+]
+
+#: A step's status in its record.
+StepStatus = Literal["running", "succeeded", "failed", "skipped", "cancelled"]
+#: A run's status in ``run.json`` (``interrupted`` is observed, never written: a process that died).
+RunState = Literal["pending", "running", "succeeded", "failed", "cancelled", "interrupted"]
+RUN_TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 
 FLUSH_SECONDS = 2.0
 
 
-class RunRecords:
-    """Writes the step records of one run, immediately or batched."""
+def run_path(run_id: str, *parts: str) -> str:
+    """The store path of a run's file: ``run_path(id, "steps", "a.json")`` → ``runs/<id>/steps/a.json``."""
+    return "/".join(("runs", run_id, *parts))
 
-    def __init__(self, store: ArtifactStore, run_id: str, *, batched: bool = False) -> None:
-        self.store = store
-        self.run_id = run_id
-        self.batched = batched
-        self._docs: dict[str, dict[str, Any]] = {}
-        self._dirty = False
-        self._last = time.monotonic()
-        self._lock = threading.Lock()
 
-    def write(self, doc: dict[str, Any]) -> None:
-        if not self.batched:
-            self.store.put_json(f"runs/{self.run_id}/steps/{doc['step']}.json", doc)
-            return
-        with self._lock:
-            self._docs[doc["step"]] = doc
-            self._dirty = True
-            due = time.monotonic() - self._last > FLUSH_SECONDS
-        if due:
-            self.flush()
+# -- the compiled pipeline ----------------------------------------------------------------
 
-    def flush(self) -> None:
-        with self._lock:
-            if not self._dirty:
-                return
-            self.store.put_json(f"runs/{self.run_id}/steps.json", self._docs)
-            self._dirty = False
-            self._last = time.monotonic()
+
+_canonical: dict[int, tuple[weakref.ref[PipelineIR], str, bytes]] = {}
+
+
+def canonical_ir(ir: PipelineIR) -> tuple[str, bytes]:
+    """The IR's digest (SHA-256) and canonical JSON, computed once per IR object.
+
+    The memo holds IRs weakly: an entry goes when its IR is collected.
+    """
+    key = id(ir)
+    hit = _canonical.get(key)
+    if hit is not None and hit[0]() is ir:
+        return hit[1], hit[2]
+    from mlpipe.hashing import canonical_json, digest_bytes
+
+    data = canonical_json(ir.to_dict()).encode()
+    digest = digest_bytes(data)
+    _canonical[key] = (weakref.ref(ir, lambda _ref: _canonical.pop(key, None)), digest, data)
+    return digest, data
+
+
+def ir_digest(ir: PipelineIR) -> str:
+    """The IR's address: SHA-256 of its canonical JSON."""
+    return canonical_ir(ir)[0]
+
+
+def write_ir(store: ArtifactStore, ir: PipelineIR, *, ship: bool = True) -> str:
+    """Store the IR and return its digest (what a task's ``--ir`` names).
+
+    With ``ship`` (the default) the code of steps that cannot be imported
+    (``__main__``, notebooks, closures) is stored with cloudpickle first and the
+    IR that points at it is the one stored.
+    """
+    if ship:
+        from mlpipe.code import ship as ship_code
+
+        ir = ship_code(ir, store)
+    digest, data = canonical_ir(ir)
+    rel = f"pipelines/{digest}.json"
+    if not store.has(rel):
+        store.put_bytes(rel, data)
+    return digest
+
+
+def load_ir(store: ArtifactStore, digest: str) -> PipelineIR:
+    """The IR stored under ``digest``.
+
+    Raises:
+        MlpipeError: it is not in the store (names the store and what to do).
+    """
+    rel = f"pipelines/{digest}.json"
+    if not store.has(rel):
+        raise MlpipeError(
+            f"the compiled pipeline {digest[:12]}… is not in the store {store.url}; compile or submit again with "
+            "the profile whose store this task uses",
+        )
+    return PipelineIR.model_validate_json(store.get_bytes(rel))
+
+
+# -- step outcomes and records ------------------------------------------------------------
+
+
+@dataclass
+class StepOutcome:
+    """What happened to one step call."""
+
+    name: str
+    status: str  # a StepStatus
+    cached: bool = False
+    key: str | None = None
+    outputs: dict[str, ObjectInfo] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0
+    ended: float = 0.0
+    attempts: int = 0
+    error: str | None = None
+    traceback: str | None = None
+    source_run: str | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+    reports: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return max(0.0, self.ended - self.started)
+
+    @classmethod
+    def ended_now(cls, name: str, status: str, error: str | None) -> StepOutcome:
+        """An outcome for a step that did not run (skipped, cancelled, or lost with its task)."""
+        now = time.time()
+        return cls(name, status, started=now, ended=now, error=error)
+
+
+def skip_reason(failed: StepSpec, error: str | None) -> str:
+    """Why a step downstream of the failed step ``failed`` was skipped, as every backend records it."""
+    if not failed.gate:
+        return f"skipped because upstream step {failed.name!r} did not succeed"
+    first = (error or "").strip().splitlines()[0] if (error or "").strip() else "no reason given"
+    return f"skipped because quality gate {failed.name!r} failed: {first}"
+
+
+def step_record(
+    run_id: str, pipeline: str, spec: StepSpec, outcome: StepOutcome, components: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The JSON record of a step call, as written to ``runs/<id>/steps/<name>.json``."""
+    doc: dict[str, Any] = {
+        "run_id": run_id,
+        "pipeline": pipeline,
+        "step": spec.name,
+        "status": outcome.status,
+        "cached": outcome.cached,
+        "key": outcome.key,
+        "started": outcome.started,
+        "ended": outcome.ended,
+        "duration": outcome.duration,
+        "attempts": outcome.attempts,
+        "outputs": {n: i.to_dict() for n, i in outcome.outputs.items()},
+        "code": {"module": spec.code.module, "qualname": spec.code.qualname, "fingerprint": spec.fingerprint},
+        "cache_option": spec.cache,
+    }
+    if components is not None:
+        doc["components"] = dict(components)
+    if outcome.source_run:
+        doc["source_run"] = outcome.source_run
+    if outcome.error:
+        doc["error"] = outcome.error
+    if outcome.traceback:
+        doc["traceback"] = outcome.traceback
+    if outcome.reports:
+        doc["reports"] = outcome.reports
+    return doc
 
 
 def load_step_records(store: ArtifactStore, run_id: str) -> dict[str, dict[str, Any]]:
     """Every step record of a run, from the batched file and the per-step files."""
     records: dict[str, dict[str, Any]] = {}
-    if store.has(f"runs/{run_id}/steps.json"):
-        records.update(store.get_json(f"runs/{run_id}/steps.json"))
-    for name in store.listdir(f"runs/{run_id}/steps"):
+    batched = run_path(run_id, "steps.json")
+    if store.has(batched):
+        records.update(store.get_json(batched))
+    for name in store.listdir(run_path(run_id, "steps")):
         if name.endswith(".json") and ".tmp-" not in name:
-            doc = store.get_json(f"runs/{run_id}/steps/{name}")
+            doc = store.get_json(run_path(run_id, "steps", name))
             records[doc["step"]] = doc
     return records
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+class RunRecord:
+    """One run's record in the store, from :meth:`open` to :meth:`close`.
+
+    Thread-safe: the local backend records steps from its worker threads.
+
+    Args:
+        store: The store holding the run.
+        doc: The run document (``run.json``) as last written or read.
+        index: The metadata index to keep in step (None: store only).
+        batched: Buffer step records into ``steps.json`` (one process runs every step).
+    """
+
+    def __init__(
+        self, store: ArtifactStore, doc: dict[str, Any], *, index: Index | None = None, batched: bool = False
+    ) -> None:
+        self.store = store
+        self.doc = doc
+        self.index = index
+        self.batched = batched
+        self._buffer: dict[str, dict[str, Any]] = {}
+        self._dirty = False
+        self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+
+    @property
+    def run_id(self) -> str:
+        return str(self.doc["id"])
+
+    @property
+    def status(self) -> str:
+        return str(self.doc.get("status"))
+
+    # -- opening --------------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls,
+        store: ArtifactStore,
+        ir: PipelineIR,
+        run_id: str,
+        *,
+        backend: str,
+        params: Mapping[str, Any],
+        status: RunState = "running",
+        ir_digest: str | None = None,
+        index: Index | None = None,
+        batched: bool = False,
+        **extra: Any,
+    ) -> RunRecord:
+        """Write a new run's ``run.json`` and return its record.
+
+        ``ir_digest`` names the stored IR the run's tasks read (from
+        :func:`write_ir`); without it the IR is stored as it is. ``extra`` keys
+        (``cache``, ``host``, a backend's own section) go into the document.
+        """
+        digest = ir_digest or write_ir(store, ir, ship=False)
+        doc: dict[str, Any] = {
+            "id": run_id,
+            "pipeline": ir.name,
+            "status": status,
+            "backend": backend,
+            "params": dict(params),
+            "started": time.time(),
+            "ended": None,
+            "order": [s.name for s in ir.steps],
+            "outputs": [o.to_dict() for o in ir.outputs],
+            "ir": digest,
+            "store": store.url,
+            **extra,
+        }
+        record = cls(store, doc, index=index, batched=batched)
+        record.write()
+        return record
+
+    @classmethod
+    def load(cls, store: ArtifactStore, run_id: str, *, index: Index | None = None) -> RunRecord:
+        """The record of an existing run.
+
+        Raises:
+            RunNotFoundError: the store has no such run.
+        """
+        rel = run_path(run_id, "run.json")
+        if not store.has(rel):
+            raise RunNotFoundError(f"no run {run_id!r} in the store {store.url}", run_id=run_id)
+        return cls(store, store.get_json(rel), index=index)
+
+    @classmethod
+    def join(
+        cls,
+        store: ArtifactStore,
+        ir: PipelineIR,
+        run_id: str,
+        *,
+        ir_digest: str,
+        backend: str,
+        params: Mapping[str, Any],
+        **extra: Any,
+    ) -> RunRecord:
+        """The record of a run a remote task belongs to, opened by the first task when no launcher did."""
+        try:
+            return cls.load(store, run_id)
+        except RunNotFoundError:
+            return cls.open(store, ir, run_id, backend=backend, params=params, ir_digest=ir_digest, **extra)
+
+    @staticmethod
+    def exists(store: ArtifactStore, run_id: str) -> bool:
+        return store.has(run_path(run_id, "run.json"))
+
+    # -- the run document -----------------------------------------------------------------
+    def write(self) -> None:
+        """Write ``run.json`` as it is now (and index it)."""
+        self.store.put_json(run_path(self.run_id, "run.json"), self.doc)
+        if self.index is not None:
+            self.index.record_run(self.doc)
+
+    def update(self, **fields: Any) -> None:
+        """Set fields of ``run.json`` and write it."""
+        self.doc.update(fields)
+        self.write()
+
+    def reload(self) -> dict[str, Any]:
+        """Read ``run.json`` again (another process may have written it) and return it."""
+        self.doc = self.store.get_json(run_path(self.run_id, "run.json"))
+        return self.doc
+
+    # -- steps ----------------------------------------------------------------------------
+    def record_step(self, doc: dict[str, Any], *, new_entry: dict[str, Any] | None = None) -> None:
+        """Write one step's record (built with :func:`step_record`) to the store and the index."""
+        if not self.batched:
+            self.store.put_json(run_path(self.run_id, "steps", f"{doc['step']}.json"), doc)
+        else:
+            with self._lock:
+                self._buffer[doc["step"]] = doc
+                self._dirty = True
+                due = time.monotonic() - self._last_flush > FLUSH_SECONDS
+            if due:
+                self.flush()
+        if self.index is not None:
+            self.index.record_step(doc, new_entry)
+
+    def record_outcome(
+        self, pipeline: str, spec: StepSpec, outcome: StepOutcome, components: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Record a step's outcome; the record is also kept in ``outcome.record``."""
+        outcome.record = step_record(self.run_id, pipeline, spec, outcome, components)
+        self.record_step(outcome.record)
+        return outcome.record
+
+    def flush(self) -> None:
+        """Write buffered step records (batched runs)."""
+        with self._lock:
+            if not self._dirty:
+                return
+            self.store.put_json(run_path(self.run_id, "steps.json"), self._buffer)
+            self._dirty = False
+            self._last_flush = time.monotonic()
+
+    def steps(self) -> dict[str, dict[str, Any]]:
+        """Every step record of the run written so far (store and buffer)."""
+        records = load_step_records(self.store, self.run_id)
+        with self._lock:
+            records.update(self._buffer)
+        return records
+
+    def skip_dependents(
+        self, ir: PipelineIR, failed: str, error: str | None, *, done: Container[str] = ()
+    ) -> list[StepOutcome]:
+        """Record every step downstream of the failed step ``failed`` as skipped, with the reason.
+
+        Steps in ``done`` (already finished or recorded) are left alone, and so
+        are their descendants reached only through them. Returns the new
+        outcomes, in the order they were recorded.
+        """
+        reason = skip_reason(ir.step(failed), error)
+        downstream = ir.downstream()
+        skipped: list[StepOutcome] = []
+        seen: set[str] = set()
+        stack = list(downstream.get(failed, []))
+        while stack:
+            name = stack.pop()
+            if name in done or name in seen:
+                continue
+            seen.add(name)
+            outcome = StepOutcome.ended_now(name, "skipped", reason)
+            self.record_outcome(ir.name, ir.step(name), outcome)
+            skipped.append(outcome)
+            stack.extend(downstream[name])
+        return skipped
+
+    def settle(
+        self,
+        ir: PipelineIR,
+        *,
+        lost: Mapping[str, str] | None = None,
+        engine_error: str | None = None,
+        cancelled: bool = False,
+        not_run: str | None = "not run",
+    ) -> list[StepOutcome]:
+        """Give every step without a record one, once an engine is done with the run.
+
+        A remote engine's tasks record their own steps; what no task writes is
+        the fate of steps whose task never ran or died before it could write.
+        ``lost`` maps steps the engine reports failed to its reason (their
+        container never started). ``engine_error``, when no task recorded a
+        failure, is charged to the first step without a record: it is the one
+        whose task died. Steps downstream of a failure are skipped with
+        :func:`skip_reason` (a quality gate's own message); any other step
+        without a record is skipped with ``not_run`` (or as cancelled), or left
+        without a record when ``not_run`` is None (the engine may still report it).
+        Returns the skipped outcomes, for the caller's tracking.
+        """
+        records = self.steps()
+        lost = dict(lost or {})
+        orphan = engine_error if not any(r.get("status") == "failed" for r in records.values()) else None
+        failures: dict[str, str | None] = {
+            n: r.get("error") for n, r in records.items() if r.get("status") != "succeeded"
+        }
+        skipped: list[StepOutcome] = []
+        for spec in ir.steps:  # topological order: an upstream's fate is known before its consumers'
+            if spec.name in records:
+                continue
+            blocked = [u for u in spec.upstream if u in failures]
+            error: str | None = None
+            if spec.name in lost:
+                error = lost[spec.name]
+            elif orphan and not blocked and not cancelled:
+                error, orphan = f"the task failed without writing its record (see its log): {orphan}", None
+            if error is not None:
+                outcome = StepOutcome.ended_now(spec.name, "failed", error)
+            else:
+                if blocked:
+                    first = blocked[0]
+                    if (records.get(first) or {}).get("status") == "skipped":  # inherit the cause, as local does
+                        reason = failures[first] or skip_reason(ir.step(first), None)
+                    else:
+                        reason = skip_reason(ir.step(first), failures[first])
+                elif cancelled:
+                    reason = "not run: the run was cancelled"
+                elif not_run is None:
+                    continue
+                else:
+                    reason = not_run
+                outcome = StepOutcome.ended_now(spec.name, "skipped", reason)
+                skipped.append(outcome)
+            records[spec.name] = self.record_outcome(ir.name, spec, outcome)
+            failures[spec.name] = outcome.error
+        return skipped
+
+    # -- closing --------------------------------------------------------------------------
+    def close(self, status: RunState | None = None, *, error: str | None = None) -> dict[str, Any]:
+        """End the run: write its final status, end time and error, and return the document.
+
+        With no ``status``, it follows from the step records: ``succeeded``
+        when every step of the run succeeded, else ``failed``. With no
+        ``error``, a failed run's error lists its failed steps.
+        """
+        self.flush()
+        records = self.steps()
+        order = self.doc.get("order") or list(records)
+        if status is None:
+            ok = all((records.get(name) or {}).get("status") == "succeeded" for name in order)
+            status = "succeeded" if ok else "failed"
+        failed = [n for n in order if (records.get(n) or {}).get("status") == "failed"]
+        if error is None and failed:
+            error = "; ".join(f"step {n!r} failed: {records[n].get('error')}" for n in failed)
+        self.doc.update(status=status, ended=time.time())
+        if error:
+            self.doc["error"] = error
+        if self.index is not None:
+            self.index.flush()
+        self.write()
+        return self.doc
+
+    def close_once(self, status: RunState, *, error: str | None = None) -> bool:
+        """Close the run unless ``run.json`` already records an end; True when this call closed it."""
+        if RunRecord.exists(self.store, self.run_id):
+            self.reload()
+        if self.doc.get("status") in RUN_TERMINAL and self.doc.get("ended"):
+            return False
+        self.close(status, error=error)
+        return True

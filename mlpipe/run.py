@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mlpipe.errors import RunNotFoundError, StepFailedError
-from mlpipe.records import load_step_records
+from mlpipe.records import load_step_records, run_path
 from mlpipe.store import ArtifactStore, ObjectInfo, open_store
 
 __all__ = ["Run", "StepRun", "get_run", "runs"]
@@ -164,7 +164,7 @@ class Run:
     def load(cls, store: ArtifactStore | str, run_id: str) -> Run:
         """Read a run from the store's records (any backend, any machine)."""
         store = open_store(store)
-        rel = f"runs/{run_id}/run.json"
+        rel = run_path(run_id, "run.json")
         if not store.has(rel):
             raise RunNotFoundError(f"no run {run_id!r} in the store {store.url}", run_id=run_id)
         doc = store.get_json(rel)

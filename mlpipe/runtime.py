@@ -31,32 +31,10 @@ from typing import Any
 
 from mlpipe.errors import MlpipeError, ParameterError, StepFailedError
 from mlpipe.ir import ParamSpec, PipelineIR, StepSpec
+from mlpipe.records import RunRecord, load_ir, run_path, write_ir
 from mlpipe.store import ArtifactStore, ObjectInfo, open_store
 
-__all__ = ["decode_param", "execute_remote_step", "main", "write_ir"]
-
-
-def write_ir(store: ArtifactStore, ir: PipelineIR) -> str:
-    """Store the IR (with non-importable code shipped) and return its digest for ``--ir``."""
-    from mlpipe.code import ship
-    from mlpipe.launch import _ir_bytes
-
-    shipped = ship(ir, store)
-    digest, data = _ir_bytes(shipped)
-    rel = f"pipelines/{digest}.json"
-    if not store.has(rel):
-        store.put_bytes(rel, data)
-    return digest
-
-
-def load_ir(store: ArtifactStore, digest: str) -> PipelineIR:
-    rel = f"pipelines/{digest}.json"
-    if not store.has(rel):
-        raise MlpipeError(
-            f"the compiled pipeline {digest[:12]}… is not in the store {store.url}; compile or submit again with "
-            "the profile whose store this task uses",
-        )
-    return PipelineIR.model_validate_json(store.get_bytes(rel))
+__all__ = ["StoreAttempts", "decode_param", "execute_remote_step", "load_ir", "main", "write_ir"]
 
 
 def decode_param(spec: ParamSpec, raw: str) -> Any:
@@ -99,7 +77,7 @@ def _integral_floats_to_int(value: Any) -> Any:
 def _upstream(store: ArtifactStore, run_id: str, spec: StepSpec) -> dict[tuple[str, str], ObjectInfo]:
     produced: dict[tuple[str, str], ObjectInfo] = {}
     for up in spec.upstream:
-        rel = f"runs/{run_id}/steps/{up}.json"
+        rel = run_path(run_id, "steps", f"{up}.json")
         if not store.has(rel):
             raise StepFailedError(
                 f"step {spec.name!r} of run {run_id}: upstream step {up!r} has no record in {store.url}; "
@@ -119,31 +97,6 @@ def _upstream(store: ArtifactStore, run_id: str, spec: StepSpec) -> dict[tuple[s
     return produced
 
 
-def _ensure_run_doc(
-    store: ArtifactStore, ir: PipelineIR, ir_digest: str, run_id: str, backend: str, params: dict[str, Any], cache: bool
-) -> None:
-    rel = f"runs/{run_id}/run.json"
-    if store.has(rel):
-        return
-    store.put_json(
-        rel,
-        {
-            "id": run_id,
-            "pipeline": ir.name,
-            "status": "running",
-            "backend": backend,
-            "params": params,
-            "started": time.time(),
-            "ended": None,
-            "order": [s.name for s in ir.steps],
-            "outputs": [o.model_dump() for o in ir.outputs],
-            "ir": ir_digest,
-            "store": store.url,
-            "cache": cache,
-        },
-    )
-
-
 class StoreAttempts:
     """Counts one step's attempts in the store, so retries by the orchestrator do not multiply them.
 
@@ -157,7 +110,7 @@ class StoreAttempts:
 
     def __init__(self, store: ArtifactStore, run_id: str, step: str) -> None:
         self.store, self.run_id, self.step = store, run_id, step
-        self._dir = f"runs/{run_id}/attempts/{step}"
+        self._dir = run_path(run_id, "attempts", step)
 
     def used(self, step: str) -> tuple[int, str | None]:
         if step != self.step:
@@ -165,7 +118,7 @@ class StoreAttempts:
         count = len([name for name in self.store.listdir(self._dir) if name.endswith(".json")])
         if not count:
             return 0, None
-        rel = f"runs/{self.run_id}/steps/{step}.json"
+        rel = run_path(self.run_id, "steps", f"{step}.json")
         record = self.store.get_json(rel) if self.store.has(rel) else {}
         error = record.get("error") if record.get("status") == "failed" else None
         if error and " already ran " in error and "Last error: " in error:  # an earlier refusal: keep its cause
@@ -210,10 +163,14 @@ def execute_remote_step(
         elif any(i.source == "param" and i.param == name for i in spec.inputs):
             raise ParameterError(f"pipeline {ir.name!r}: parameter {name!r} is required", argument=name)
     verify(spec, resolve(spec, store))  # before anything is written: a stale image leaves no trace in the store
-    _ensure_run_doc(store, ir, ir_digest, run_id, backend, params, cache)
-    executor = StepExecutor(store, None, run_id, ir.name, use_cache=cache, attempts=StoreAttempts(store, run_id, step))
-    if executor.tracking is None:  # join the run's parent run in the tracking server, if any
-        executor.tracking = join_run(store, run_id, ir)
+    record = RunRecord.join(store, ir, run_id, ir_digest=ir_digest, backend=backend, params=params, cache=cache)
+    executor = StepExecutor(
+        record,
+        ir.name,
+        use_cache=cache,
+        attempts=StoreAttempts(store, run_id, step),
+        hooks=join_run(store, run_id, ir),  # the run's parent run in the tracking server, if any
+    )
 
     def run(target: StepSpec, force: bool, depth: int = 0) -> Any:
         fn = resolve(target, store)

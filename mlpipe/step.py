@@ -4,7 +4,7 @@ A step is a plain, annotated Python function plus options. Decorating attaches
 metadata and nothing else: outside a pipeline the step is called as the plain
 function (so it stays unit-testable); inside a pipeline being traced, the call
 is recorded and output handles are returned. Tracing itself lives in
-:mod:`mlpipe.pipeline`; this module must not import it at module level.
+:mod:`mlpipe.trace`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, overload
 
 from mlpipe.errors import DefinitionError
+from mlpipe.trace import current_trace
 
 __all__ = ["OutputSpec", "Resources", "Step", "parse_duration", "step"]
 
@@ -260,8 +261,6 @@ class Step(Generic[P, R]):
         return self._binder(*args, **kwargs)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        from mlpipe.pipeline import current_trace
-
         trace = current_trace()
         if trace is None:
             return self.fn(*args, **kwargs)

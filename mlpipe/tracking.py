@@ -27,7 +27,6 @@ any other tracking library: implementations live in
 from __future__ import annotations
 
 import functools
-import importlib
 import math
 import os
 import threading
@@ -39,12 +38,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mlpipe.errors import ConfigError, MlpipeError, TrackingError
+from mlpipe.errors import MlpipeError, TrackingError
 
 if TYPE_CHECKING:
     from mlpipe.config import Profile
-    from mlpipe.executor import StepOutcome
     from mlpipe.ir import PipelineIR, StepSpec
+    from mlpipe.records import StepOutcome
     from mlpipe.store import ArtifactStore
 
 __all__ = [
@@ -66,8 +65,6 @@ __all__ = [
     "tracker_for_profile",
 ]
 
-#: Trackers known by name; the value is ``module:attribute``, imported on first use.
-TRACKERS = {"mlflow": "mlpipe.integrations.mlflow:MlflowTracker"}
 #: Env var that switches tracking off in a process whatever the profile or store says.
 ENV_DISABLE = "MLPIPE_TRACKING"
 #: Env var naming a tracking URI for remote tasks that reach the server by another address.
@@ -458,13 +455,10 @@ def _warn(message: str) -> None:
 
 
 def _load_tracker_class(name: str) -> type[Tracker]:
-    target = TRACKERS.get(name)
-    if target is None:
-        raise ConfigError(f"unknown tracker {name!r}; known trackers: {', '.join(sorted(TRACKERS))}")
-    module, _, attr = target.partition(":")
-    cls = getattr(importlib.import_module(module), attr)
-    if not (isinstance(cls, type) and issubclass(cls, Tracker)):
-        raise ConfigError(f"tracker {name!r} ({target}) is not a mlpipe.tracking.Tracker subclass")
+    """The tracker class under ``name``: built in (``mlflow``) or from the ``mlpipe.trackers`` entry point group."""
+    from mlpipe.plugins import TRACKERS
+
+    cls: type[Tracker] = TRACKERS.load(name, Tracker)
     return cls
 
 
@@ -515,7 +509,9 @@ class RunScope:
 
 
 def _tracking_doc_path(run_id: str) -> str:
-    return f"runs/{run_id}/tracking.json"
+    from mlpipe.records import run_path
+
+    return run_path(run_id, "tracking.json")
 
 
 @contextmanager

@@ -11,7 +11,7 @@ import pytest
 
 import mlpipe as mp
 from mlpipe.errors import DefinitionError, GraphError, ParameterError, StepSignatureError, TypeMismatchError
-from mlpipe.pipeline import OutputHandle, ParamHandle, current_trace
+from mlpipe.trace import OutputHandle, ParamHandle, current_trace
 
 
 class Model(pydantic.BaseModel):

@@ -11,11 +11,14 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from mlpipe.materializers import HtmlReport
-from mlpipe.quality.drift import ColumnDrift, DriftResult, Histogram
 from mlpipe.quality.fairness import METRICS, FairnessResult
-from mlpipe.quality.validation import ValidationReport
+
+if TYPE_CHECKING:
+    from mlpipe.quality.drift import ColumnDrift, DriftResult, Histogram
+    from mlpipe.quality.validation import ValidationReport
 
 __all__ = ["CSS", "drift_html", "fairness_html", "fairness_section", "validation_html"]
 

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 from mlpipe_kubeflow import KubeflowBackend
+from mlpipe_kubeflow.background import close_after_engine
 from mlpipe_kubeflow.local_runner import container_components_as_subprocess
-from mlpipe_kubeflow.records import finalize
 from resources import kubeflow_pipelines as kp
 from typer.testing import CliRunner
 
 import mlpipe as mp
 from mlpipe.cli import app
 from mlpipe.errors import UnsupportedFeatureError
-from mlpipe.launch import write_run_doc
+from mlpipe.extend import RunRecord
 from mlpipe.run import Run, runs
 from mlpipe.store import open_store
 
@@ -153,8 +153,9 @@ def test_local_mode_refusals(options: dict[str, str], store: str, words: str, tm
 
 def test_task_that_dies_before_recording_is_failed_and_dependents_skipped(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "s"))
-    doc = write_run_doc(store, kp.small.ir, "r-dead", "kubeflow", {"x": 1}, "running")
-    closed = finalize(store, kp.small.ir, doc, kfp_error="Pipeline 'kfp-small' finished with status FAILURE.")
+    record = RunRecord.open(store, kp.small.ir, "r-dead", backend="kubeflow", params={"x": 1})
+    closed = close_after_engine(store, kp.small.ir, record,
+                                engine_error="Pipeline 'kfp-small' finished with status FAILURE.")
     run = Run.load(store, "r-dead")
     assert closed["status"] == run.status == "failed"
     assert run.steps["needs"].status == "failed"

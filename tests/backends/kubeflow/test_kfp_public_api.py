@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import mlpipe_kubeflow
-from mlpipe_kubeflow import client, compiler, local_runner, naming, records
+from mlpipe_kubeflow import background, client, compiler, local_runner, naming
 
 
 def test_facade() -> None:
@@ -17,7 +17,8 @@ def test_modules_export_what_they_own() -> None:
     assert compiler.__all__ == ["DEFAULT_IMAGE", "RECORD_OUTPUT", "RUN_ID_INPUT", "ParamPlan", "PipelinePlan",
                                 "TaskPlan", "build", "plan", "write_spec"]
     assert local_runner.__all__ == ["container_components_as_subprocess", "execute_spec"]
-    assert records.__all__ == ["LOCAL_STOPPED", "finalize"]
+    assert background.__all__ == ["LOCAL_STOPPED", "LocalRuns", "close_after_engine", "execute_locally",
+                                  "refuse_in_local_mode", "step_states"]
     assert naming.__all__ == ["MAX_NAME", "check_parameter_budget", "k8s_name", "pipeline_name", "task_names"]
     assert "create_run" in client.__all__ and "connect" in client.__all__
 

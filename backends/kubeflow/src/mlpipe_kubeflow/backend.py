@@ -15,12 +15,29 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
 from mlpipe.errors import BackendError, UnsupportedFeatureError
+from mlpipe.extend import (
+    ArtifactStore,
+    Backend,
+    BackendOptions,
+    Capabilities,
+    Run,
+    RunHandle,
+    RunRecord,
+    RunState,
+    RunStatus,
+    open_index,
+    open_store,
+    write_ir,
+)
 from mlpipe.ir import PipelineIR
-from mlpipe.run import Run
-from mlpipe.store import ArtifactStore, open_store
-from mlpipe_kubeflow.background import LocalRuns, execute_locally, refuse_in_local_mode, step_states, write_doc
+from mlpipe_kubeflow.background import (
+    LocalRuns,
+    close_after_engine,
+    execute_locally,
+    refuse_in_local_mode,
+    step_states,
+)
 from mlpipe_kubeflow.compiler import DEFAULT_IMAGE, PipelinePlan, plan, write_spec
 from mlpipe_kubeflow.naming import check_parameter_budget
 from mlpipe_kubeflow.options import KubeflowOptions
@@ -54,8 +71,6 @@ class KubeflowBackend(Backend):
     # -- compile ----------------------------------------------------------------------
     def plan(self, ir: PipelineIR, store: ArtifactStore, *, cache: bool = True) -> PipelinePlan:
         """Store the IR (shipping non-importable code) and decide the spec; refusals are raised here."""
-        from mlpipe.runtime import write_ir
-
         self.check(ir)
         return plan(ir, self.opts, store=store.url, ir_digest=write_ir(store, ir), image=self.image, cache=cache)
 
@@ -102,17 +117,15 @@ class KubeflowBackend(Backend):
         """Submit, wait, and return the finished run as recorded in the store."""
         if self.opts.mode == "local":
             return self._execute_local(ir, store, params, run_id, cache, threading.Event())
-        from mlpipe_kubeflow.records import finalize
-
         handle = self.submit(ir, store, params=params, run_id=run_id, cache=cache)
         status = self.wait(handle, timeout=self.opts.wait_timeout)
-        rel = f"runs/{handle.run_id}/run.json"
-        doc = store.get_json(rel)
+        record = RunRecord.load(store, handle.run_id)
         if status.state == "succeeded":
-            store.put_json(rel, {**doc, "status": "succeeded", "ended": doc.get("ended") or time.time()})
+            record.close_once("succeeded")
         else:
-            finalize(store, ir, doc, kfp_error=status.message or f"the KFP run ended {status.state}",
-                     cancelled=status.state == "cancelled", not_run=f"not run: the KFP run ended {status.state}")
+            ended = f"the KFP run ended {status.state}"
+            close_after_engine(store, ir, record, engine_error=status.message or ended,
+                               cancelled=status.state == "cancelled", not_run=f"not run: {ended}")
         return Run.load(store, handle.run_id)
 
     def _arguments(self, ir: PipelineIR, plan_: PipelinePlan, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -151,14 +164,15 @@ class KubeflowBackend(Backend):
                 sub = kfp_client.create_run(client, opts, spec, arguments, run_name)
         data: dict[str, Any] = {"mode": "cluster", "host": opts.host, "namespace": opts.namespace,
                                 "experiment": opts.experiment, "requested_run_id": run_id}
+        status: RunState = "running"
+        record_id = sub.external_id
         if sub.recurring:
             data.update(kind="recurring", schedule=opts.kfp_cron, experiment_id=sub.experiment_id)
             record_id, status = run_id, "succeeded"
-        else:
-            record_id, status = sub.external_id, "running"
-        doc = write_doc(store, ir, record_id, self.name, params, status, plan_.ir_digest, cache=cache, kfp=data)
+        record = RunRecord.open(store, ir, record_id, backend=self.name, params=params, status=status,
+                                ir_digest=plan_.ir_digest, cache=cache, kfp=data)
         if sub.recurring:
-            store.put_json(f"runs/{record_id}/run.json", {**doc, "ended": time.time()})
+            record.update(ended=time.time())
         return RunHandle(backend=self.name, run_id=record_id, pipeline=ir.name, store=store.url,
                          external_id=sub.external_id, url=sub.url, data=data)
 
@@ -174,9 +188,10 @@ class KubeflowBackend(Backend):
                              store_hint="use a directory or a bucket")
         plan_ = self.plan(ir, store, cache=cache)
         arguments = self._arguments(ir, plan_, params)
-        doc = write_doc(store, ir, run_id, self.name, params, "running", plan_.ir_digest, cache=cache,
-                        kfp={"mode": "local"})
-        return execute_locally(store, ir, doc, lambda tmp: write_spec(plan_, os.path.join(tmp, f"{plan_.name}.yaml")),
+        record = RunRecord.open(store, ir, run_id, backend=self.name, params=params, ir_digest=plan_.ir_digest,
+                                index=open_index(store), cache=cache, kfp={"mode": "local"})
+        spec_file = f"{plan_.name}.yaml"
+        return execute_locally(store, ir, record, lambda tmp: write_spec(plan_, os.path.join(tmp, spec_file)),
                                arguments, cancel)
 
     # -- status / cancel --------------------------------------------------------------

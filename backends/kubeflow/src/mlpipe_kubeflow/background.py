@@ -13,13 +13,13 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mlpipe.backend import RunHandle, RunStatus
 from mlpipe.errors import BackendError, MlpipeError, UnsupportedFeatureError
+from mlpipe.extend import ArtifactStore, Run, RunHandle, RunRecord, RunStatus, open_index, track_skipped
 from mlpipe.ir import PipelineIR
-from mlpipe.run import Run
-from mlpipe.store import ArtifactStore
 
-__all__ = ["LocalRuns", "execute_locally", "refuse_in_local_mode", "step_states", "write_doc"]
+__all__ = ["LOCAL_STOPPED", "LocalRuns", "close_after_engine", "execute_locally", "refuse_in_local_mode", "step_states"]
+
+LOCAL_STOPPED = "not run: kfp.local stops a pipeline at its first failed task"
 
 
 class LocalRuns:
@@ -87,39 +87,47 @@ def refuse_in_local_mode(backend: str, store: ArtifactStore, *, schedule: str | 
 def execute_locally(
     store: ArtifactStore,
     ir: PipelineIR,
-    doc: dict[str, Any],
+    record: RunRecord,
     write: Callable[[str], str],
     arguments: Mapping[str, Any],
     cancel: threading.Event,
 ) -> Run:
     """Run a compiled spec with kfp.local and close the run's records.
 
-    ``doc`` is the run record already written; ``write(directory)`` writes the
-    spec into a temporary directory and returns its path.
+    ``record`` is the run's record, already opened; ``write(directory)``
+    writes the spec into a temporary directory and returns its path.
     """
-    from mlpipe.metadata import open_index
     from mlpipe_kubeflow.local_runner import execute_spec
-    from mlpipe_kubeflow.records import finalize
 
-    run_id = doc["id"]
-    index = open_index(store)
-    index.record_run(doc)
-    with tempfile.TemporaryDirectory(prefix=f"mlpipe-{doc['backend']}-") as tmp:
+    run_id = record.run_id
+    with tempfile.TemporaryDirectory(prefix=f"mlpipe-{record.doc['backend']}-") as tmp:
         error = execute_spec(write(tmp), dict(arguments), run_id, cancel=cancel)
-    finalize(store, ir, doc, kfp_error=error, cancelled=cancel.is_set())
-    index.sync_run(store, run_id)
+    close_after_engine(store, ir, record, engine_error=error, cancelled=cancel.is_set())
+    open_index(store).sync_run(store, run_id)
     return Run.load(store, run_id)
 
 
-def write_doc(store: ArtifactStore, ir: PipelineIR, run_id: str, backend: str, params: Mapping[str, Any],
-              status: str, ir_digest: str, **extra: Any) -> dict[str, Any]:
-    """The run's record, pointing at the IR the tasks read (the stored one, with non-importable code shipped)."""
-    from mlpipe.launch import write_run_doc
+def close_after_engine(
+    store: ArtifactStore,
+    ir: PipelineIR,
+    record: RunRecord,
+    *,
+    engine_error: str | None = None,
+    cancelled: bool = False,
+    not_run: str = LOCAL_STOPPED,
+) -> dict[str, Any]:
+    """Complete a run's records once KFP is done with it: missing steps, their tracking, status, end time.
 
-    doc = write_run_doc(store, ir, run_id, backend, params, status, **extra)
-    doc["ir"] = ir_digest
-    store.put_json(f"runs/{run_id}/run.json", doc)
-    return doc
+    Steps downstream of a failure never start, and kfp.local also stops
+    before independent ones; each gets a ``skipped`` record saying why
+    (``not_run`` when no upstream failed). A task that failed before the
+    runtime could write its record (an image without the step's module, a pod
+    killed for memory) is recorded ``failed`` with KFP's message.
+    """
+    skipped = record.settle(ir, engine_error=engine_error, cancelled=cancelled, not_run=not_run)
+    track_skipped(store, record.run_id, ir, skipped)
+    record.reload()
+    return record.close("cancelled" if cancelled else None)
 
 
 def step_states(handle: RunHandle) -> dict[str, str]:

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mlpipe.errors import UnsupportedFeatureError
+from mlpipe.extend import memory_bytes
 from mlpipe.ir import ParamSpec, PipelineIR, StepSpec
-from mlpipe.step import memory_bytes
 from mlpipe_kubeflow.naming import BACKEND, check_parameter_budget, pipeline_name, task_names
 from mlpipe_kubeflow.options import ENV_NAME, KubeflowOptions, StepOverrides, Toleration
 

@@ -22,7 +22,7 @@ narrowest hook that lets kfp's runner execute them as host subprocesses:
 Everything else is kfp's: loading the YAML, resolving placeholders, the DAG
 order, retries, outputs. It relies on private kfp API, hence the pin
 ``kfp>=2.17,<2.18``. kfp.local runs tasks one at a time and stops at the first
-failure; ``records.finalize`` records the steps that never ran as ``skipped``.
+failure; ``background.close_after_engine`` records the steps that never ran as ``skipped``.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def execute_spec(spec_path: str, arguments: Mapping[str, Any], run_id: str, *, p
     """Run the compiled spec at ``spec_path`` with kfp.local; None on success, else kfp's failure message.
 
     The tasks write mlpipe's records into the store named in the spec; close
-    the run with ``records.finalize`` and read it with ``Run.load``.
+    the run with ``background.close_after_engine`` and read it with ``Run.load``.
     """
     from kfp import components, local
     from kfp.local import config

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
-from mlpipe.backend import BackendOptions
+from mlpipe.extend import BackendOptions
 
 __all__ = ["KubeflowOptions", "StepOverrides", "Toleration"]
 

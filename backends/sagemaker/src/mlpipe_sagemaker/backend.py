@@ -18,15 +18,30 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import re
-import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from mlpipe.backend import TERMINAL, Backend, BackendOptions, Capabilities, RunHandle, RunStatus
 from mlpipe.errors import BackendError, ConfigError, ParameterError, UnsupportedFeatureError
+from mlpipe.extend import (
+    TERMINAL,
+    ArtifactStore,
+    Backend,
+    BackendOptions,
+    Capabilities,
+    RunHandle,
+    RunRecord,
+    RunStatus,
+    load_ir,
+    load_step_records,
+    open_index,
+    open_store,
+    resolve_profile,
+    ship,
+    track_skipped,
+    write_ir,
+)
 from mlpipe.ir import PipelineIR
-from mlpipe.store import ArtifactStore, open_store
 from mlpipe_sagemaker.compiler import (
     CACHE_PARAMETER,
     build_definition,
@@ -38,7 +53,7 @@ from mlpipe_sagemaker.options import SageMakerOptions
 from mlpipe_sagemaker.validate import LIMITS, DefinitionValidationError, validate_definition
 
 if TYPE_CHECKING:
-    from mlpipe.pipeline import Pipeline
+    from mlpipe import Pipeline
 
 __all__ = ["SageMakerBackend", "schedule_pipeline"]
 
@@ -148,8 +163,6 @@ class SageMakerBackend(Backend):
         Every step's runtime loads the IR from ``store`` by that digest, so the
         definition is only valid together with the store it names.
         """
-        from mlpipe.runtime import write_ir
-
         self.check(ir)
         digest = write_ir(store, ir)
         definition = build_definition(
@@ -284,14 +297,11 @@ class SageMakerBackend(Backend):
             DefinitionValidationError: the pipeline or a parameter value breaks a SageMaker limit.
             BackendError: AWS refused a call (the message names it).
         """
-        from mlpipe.code import ship
-        from mlpipe.launch import write_run_doc
-
         self._require_s3(store)
         values = self._parameter_values(ir, params, cache)
         self.check(ir)
         shipped = ship(ir, store)
-        definition, _digest = self.definition(shipped, store)
+        definition, digest = self.definition(shipped, store)
         pipeline_arn = self._upsert(ir, definition)
         name = sagemaker_pipeline_name(ir, self.opts)
         sm = self._client("sagemaker")
@@ -309,8 +319,8 @@ class SageMakerBackend(Backend):
             started = sm.start_pipeline_execution(**request)
         execution_arn = str(started["PipelineExecutionArn"])
         execution_id = execution_arn.rsplit("/", 1)[-1]
-        write_run_doc(store, shipped, execution_id, self.name, params, "running", cache=cache,
-                      sagemaker={"execution_arn": execution_arn, "pipeline_arn": pipeline_arn, "submitted_as": run_id})
+        RunRecord.open(store, shipped, execution_id, backend=self.name, params=params, ir_digest=digest, cache=cache,
+                       sagemaker={"execution_arn": execution_arn, "pipeline_arn": pipeline_arn, "submitted_as": run_id})
         self._stores[execution_id] = store
         data: dict[str, Any] = {"region": self._region(), "pipeline_name": name, "pipeline_arn": pipeline_arn,
                                 "submitted_as": run_id}
@@ -372,39 +382,28 @@ class SageMakerBackend(Backend):
 
     @staticmethod
     def _step_states(store: ArtifactStore, run_id: str) -> dict[str, str]:
-        from mlpipe.records import load_step_records
-
         return {name: str(record.get("status")) for name, record in load_step_records(store, run_id).items()}
 
     def _record_end(self, store: ArtifactStore, handle: RunHandle, state: str, message: str | None) -> None:
-        from mlpipe.metadata import open_index
-
-        rel = f"runs/{handle.run_id}/run.json"
-        doc: dict[str, Any] = store.get_json(rel) if store.has(rel) else {
-            "id": handle.run_id, "pipeline": handle.pipeline, "backend": self.name, "started": None, "params": {},
-        }
-        if doc.get("status") in TERMINAL:
+        """Close the run's record once the execution has ended (steps it never started included)."""
+        if RunRecord.exists(store, handle.run_id):
+            record = RunRecord.load(store, handle.run_id)
+        else:  # started from a schedule or the console: no launcher opened it
+            record = RunRecord(store, {"id": handle.run_id, "pipeline": handle.pipeline, "backend": self.name,
+                                       "started": None, "params": {}})
+        if record.status in TERMINAL:
             return
-        doc["status"] = state
-        doc["ended"] = time.time()
-        doc.setdefault("handle", handle.model_dump(mode="json"))
+        record.doc.setdefault("handle", handle.model_dump(mode="json"))
+        error = message or "stopped" if state == "cancelled" else None
         if state == "failed":
-            self._record_skipped(store, handle.run_id, doc.get("ir"), self._step_failures(handle))
-            from mlpipe.records import load_step_records
-
-            records = load_step_records(store, handle.run_id)
-            problems = [f"step {name!r} failed: {r.get('error')}" for name, r in records.items()
-                        if r.get("status") == "failed"]
-            doc["error"] = "; ".join(problems) or message or "the SageMaker execution failed"
-        elif state == "cancelled":
-            doc["error"] = message or "stopped"
-        store.put_json(rel, doc)
+            self._record_skipped(store, record, self._step_failures(handle))
+            error = None if any(r.get("status") == "failed" for r in record.steps().values()) else (
+                message or "the SageMaker execution failed")
+        record.close(state, error=error)  # type: ignore[arg-type]
         open_index(store).sync_run(store, handle.run_id)
 
     @staticmethod
-    def _record_skipped(
-        store: ArtifactStore, run_id: str, ir_digest: str | None, failures: Mapping[str, str]
-    ) -> None:
+    def _record_skipped(store: ArtifactStore, record: RunRecord, failures: Mapping[str, str]) -> None:
         """Complete the records of a failed execution.
 
         A step SageMaker reports failed without a record (its container never
@@ -413,38 +412,14 @@ class SageMakerBackend(Backend):
         with the reason the local backend gives (for a quality gate: the
         gate's own message).
         """
-        from mlpipe.executor import StepOutcome, skip_reason, step_record
-        from mlpipe.records import RunRecords, load_step_records
-        from mlpipe.runtime import load_ir
-        from mlpipe.tracking import track_skipped
-
+        ir_digest = record.doc.get("ir")
         if not ir_digest:
             return
         ir = load_ir(store, ir_digest)
         known = {spec.name for spec in ir.steps}
-        records = load_step_records(store, run_id)
-        writer = RunRecords(store, run_id)
-        now = time.time()
-        for name, reason in failures.items():
-            if name in known and name not in records:
-                outcome = StepOutcome(name, "failed", started=now, ended=now, error=f"SageMaker: {reason}")
-                records[name] = step_record(run_id, ir.name, ir.step(name), outcome, None)
-                writer.write(records[name])
-        downstream = ir.downstream()
-        skipped: list[StepOutcome] = []
-        for failed in [name for name, record in records.items() if record.get("status") == "failed"]:
-            reason = skip_reason(ir.step(failed), records[failed].get("error"))
-            stack = list(downstream.get(failed, []))
-            while stack:
-                name = stack.pop()
-                if name in records:
-                    continue
-                outcome = StepOutcome(name, "skipped", started=now, ended=now, error=reason)
-                records[name] = step_record(run_id, ir.name, ir.step(name), outcome, None)
-                writer.write(records[name])
-                skipped.append(outcome)
-                stack.extend(downstream[name])
-        track_skipped(store, run_id, ir, skipped)
+        lost = {name: f"SageMaker: {reason}" for name, reason in failures.items() if name in known}
+        skipped = record.settle(ir, lost=lost, not_run=None)  # steps no failure blocks: SageMaker reports them
+        track_skipped(store, record.run_id, ir, skipped)
 
     def cancel(self, handle: RunHandle) -> None:
         """Stop the execution. Idempotent: an ended or stopping execution is left alone."""
@@ -575,10 +550,8 @@ def schedule_pipeline(
 
     Parameters are validated as for ``Pipeline.run``; see :meth:`SageMakerBackend.schedule`.
     """
-    from mlpipe.launch import resolve
-
     values = pipeline.validate_params(params)
-    _prof, backend, store = resolve(profile, None)
+    _prof, backend, store = resolve_profile(profile, None)
     if not isinstance(backend, SageMakerBackend):
         raise ConfigError(f"profile {_prof.name!r} uses the {backend.name!r} backend, not sagemaker",
                           profile=_prof.name)

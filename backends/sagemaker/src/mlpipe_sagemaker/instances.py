@@ -148,6 +148,6 @@ def choose_instance_type(
 
 
 def _memory_gib(memory: Any) -> float:
-    from mlpipe.step import memory_bytes
+    from mlpipe.extend import memory_bytes
 
     return memory_bytes(str(memory)) / _GIB

@@ -6,7 +6,7 @@ import re
 
 from pydantic import Field, field_validator
 
-from mlpipe.backend import BackendOptions
+from mlpipe.extend import BackendOptions
 
 __all__ = ["ROLE_ARN_RE", "SageMakerOptions"]
 

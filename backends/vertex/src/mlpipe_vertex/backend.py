@@ -24,16 +24,31 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlpipe_kubeflow.background import LocalRuns, execute_locally, refuse_in_local_mode, step_states, write_doc
+from mlpipe_kubeflow.background import (
+    LocalRuns,
+    close_after_engine,
+    execute_locally,
+    refuse_in_local_mode,
+    step_states,
+)
 from mlpipe_kubeflow.compiler import DEFAULT_IMAGE
 from mlpipe_kubeflow.naming import check_parameter_budget
-from mlpipe_kubeflow.records import finalize
 
-from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
 from mlpipe.errors import BackendError, MlpipeError, UnsupportedFeatureError
+from mlpipe.extend import (
+    ArtifactStore,
+    Backend,
+    BackendOptions,
+    Capabilities,
+    Run,
+    RunHandle,
+    RunRecord,
+    RunStatus,
+    open_index,
+    open_store,
+    write_ir,
+)
 from mlpipe.ir import PipelineIR
-from mlpipe.run import Run
-from mlpipe.store import ArtifactStore
 from mlpipe_vertex.compiler import (
     VertexPlan,
     build_spec,
@@ -98,8 +113,6 @@ class VertexBackend(Backend):
 
     def plan(self, ir: PipelineIR, store: ArtifactStore, *, cache: bool = True) -> VertexPlan:
         """Store the IR (shipping non-importable code) and decide the spec."""
-        from mlpipe.runtime import write_ir
-
         self.check(ir)
         return vertex_plan(ir, self.opts, store=store.url, ir_digest=write_ir(store, ir), image=self.image,
                            cache=cache)
@@ -226,16 +239,17 @@ class VertexBackend(Backend):
             display = req.body["displayName"]
             name = client.create_schedule(opts, req.parent, req.body, display)
             data.update(kind="schedule", schedule=opts.cron)
-            doc = write_doc(store, ir, run_id, BACKEND, params, "succeeded", req.ir_digest, cache=cache,
-                             vertex={**data, "schedule_name": name})
-            store.put_json(f"runs/{run_id}/run.json", {**doc, "ended": time.time()})
+            record = RunRecord.open(store, ir, run_id, backend=BACKEND, params=params, status="succeeded",
+                                    ir_digest=req.ir_digest, cache=cache, vertex={**data, "schedule_name": name})
+            record.update(ended=time.time())
             return RunHandle(backend=self.name, run_id=run_id, pipeline=ir.name, store=store.url, external_id=name,
                              url=f"https://console.cloud.google.com/vertex-ai/pipelines/schedules?project={opts.project}",
                              data=data)
         name, state = client.create_job(opts, req.parent, req.body, req.job_id)
         data["kind"] = "job"
-        write_doc(store, ir, req.job_id, BACKEND, params, "running" if state == "running" else "pending", req.ir_digest,
-                   cache=cache, vertex={**data, "job": name})
+        RunRecord.open(store, ir, req.job_id, backend=BACKEND, params=params,
+                       status="running" if state == "running" else "pending", ir_digest=req.ir_digest, cache=cache,
+                       vertex={**data, "job": name})
         return RunHandle(backend=self.name, run_id=req.job_id, pipeline=ir.name, store=store.url, external_id=name,
                          url=(f"https://console.cloud.google.com/vertex-ai/locations/{opts.location}/pipelines/runs/"
                               f"{req.job_id}?project={opts.project}"),
@@ -250,9 +264,9 @@ class VertexBackend(Backend):
         status = self.wait(handle, timeout=self.opts.wait_timeout, poll=self.opts.poll_interval)
         if handle.data.get("kind") == "job":
             # Steps Vertex never started (downstream of a failure) get a `skipped` record saying why.
-            doc = store.get_json(f"runs/{handle.run_id}/run.json")
-            finalize(store, ir, doc, kfp_error=status.message if status.state == "failed" else None,
-                     cancelled=status.state == "cancelled")
+            close_after_engine(store, ir, RunRecord.load(store, handle.run_id),
+                               engine_error=status.message if status.state == "failed" else None,
+                               cancelled=status.state == "cancelled")
         return Run.load(store, handle.run_id)
 
     def _submit_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
@@ -270,10 +284,10 @@ class VertexBackend(Backend):
         arguments = vplan.kfp.arguments(params)
         check_parameter_budget(ir.name, arguments, self.opts.max_parameter_bytes, "run parameters")
         check_arguments(ir.name, spec, arguments)
-        doc = write_doc(store, ir, run_id, BACKEND, params, "running", vplan.kfp.ir_digest, cache=cache,
-                        vertex={"mode": "local"})
+        record = RunRecord.open(store, ir, run_id, backend=BACKEND, params=params, ir_digest=vplan.kfp.ir_digest,
+                                index=open_index(store), cache=cache, vertex={"mode": "local"})
         return execute_locally(
-            store, ir, doc, lambda tmp: write_vertex_spec(spec, os.path.join(tmp, f"{vplan.kfp.name}.yaml")),
+            store, ir, record, lambda tmp: write_vertex_spec(spec, os.path.join(tmp, f"{vplan.kfp.name}.yaml")),
             arguments, cancel)
 
     # -- status / cancel --------------------------------------------------------------
@@ -324,19 +338,10 @@ class VertexBackend(Backend):
 
 def _close_run_doc(handle: RunHandle, status: RunStatus) -> None:
     """Write the end of a job into its record (the tasks write only their own)."""
-    from mlpipe.store import open_store
-
     try:
         store = open_store(handle.store)
-        rel = f"runs/{handle.run_id}/run.json"
-        if not store.has(rel):
+        if not RunRecord.exists(store, handle.run_id):
             return
-        doc = store.get_json(rel)
-        if doc.get("status") == status.state and doc.get("ended"):
-            return
-        doc.update(status=status.state, ended=doc.get("ended") or time.time())
-        if status.message:
-            doc["error"] = status.message
-        store.put_json(rel, doc)
+        RunRecord.load(store, handle.run_id).close_once(status.state, error=status.message)  # type: ignore[arg-type]
     except (MlpipeError, OSError):  # the state is still reported; the record catches up on the next status()
         return

@@ -36,8 +36,8 @@ from mlpipe_kubeflow.compiler import RUN_ID_INPUT, PipelinePlan, plan, write_spe
 from mlpipe_kubeflow.options import KubeflowOptions
 
 from mlpipe.errors import ParameterError, UnsupportedFeatureError
+from mlpipe.extend import memory_bytes
 from mlpipe.ir import PipelineIR
-from mlpipe.step import memory_bytes
 from mlpipe_vertex.naming import (
     BACKEND,
     DEFAULT_MAX_ACCELERATORS,

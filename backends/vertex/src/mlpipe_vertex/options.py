@@ -1,7 +1,7 @@
 """The options of the Vertex backend: what a profile's ``options`` table may say.
 
 Only validation lives here (pydantic, unknown keys rejected by
-:class:`~mlpipe.backend.BackendOptions`); the rules themselves (regions,
+:class:`~mlpipe.extend.BackendOptions`); the rules themselves (regions,
 labels, resource names) are in ``naming.py`` so the compiler and the tests
 use the same ones. Nothing here imports google-cloud-aiplatform.
 """
@@ -14,7 +14,7 @@ from typing import Literal
 from mlpipe_kubeflow.options import ENV_NAME
 from pydantic import Field, field_validator, model_validator
 
-from mlpipe.backend import BackendOptions
+from mlpipe.extend import BackendOptions
 from mlpipe_vertex.naming import check_labels, check_region
 
 __all__ = ["VertexOptions"]
