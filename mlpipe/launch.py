@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from mlpipe.backend import Backend, RunHandle, get_backend
 from mlpipe.config import Profile, load_profile
-from mlpipe.errors import RunNotFoundError
 from mlpipe.records import RunRecord
 from mlpipe.store import ArtifactStore, open_store
 from mlpipe.tracking import run_scope
@@ -106,16 +105,6 @@ def save_handle(store: ArtifactStore, handle: RunHandle) -> None:
     """Record a submitted run's handle in the store and the local index."""
     from mlpipe.metadata import open_index
 
-    try:
-        record = RunRecord.load(store, handle.run_id, index=open_index(store))
-    except RunNotFoundError:  # the backend records the run under another id, or not at all
-        doc = {
-            "id": handle.run_id,
-            "pipeline": handle.pipeline,
-            "status": "pending",
-            "backend": handle.backend,
-            "started": time.time(),
-            "ended": None,
-        }
-        record = RunRecord(store, doc, index=open_index(store))
-    record.update(handle=handle.model_dump(mode="json"))
+    RunRecord.save_handle(
+        store, handle.run_id, handle.pipeline, handle.backend, handle.model_dump(mode="json"), index=open_index(store)
+    )

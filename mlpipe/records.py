@@ -224,6 +224,19 @@ def load_step_records(store: ArtifactStore, run_id: str) -> dict[str, dict[str, 
 
 # -- the run ------------------------------------------------------------------------------
 
+_locks: dict[tuple[str, str], threading.RLock] = {}
+_locks_guard = threading.Lock()
+
+
+def _run_lock(store: ArtifactStore, run_id: str) -> threading.RLock:
+    """The lock serialising this process's read-modify-writes of one run's ``run.json``."""
+    key = (store.url, run_id)
+    with _locks_guard:
+        lock = _locks.get(key)
+        if lock is None:
+            lock = _locks[key] = threading.RLock()
+        return lock
+
 
 class RunRecord:
     """One run's record in the store, from :meth:`open` to :meth:`close`.
@@ -334,10 +347,51 @@ class RunRecord:
 
     # -- the run document -----------------------------------------------------------------
     def write(self) -> None:
-        """Write ``run.json`` as it is now (and index it)."""
-        self.store.put_json(run_path(self.run_id, "run.json"), self.doc)
+        """Write ``run.json`` as it is now (and index it).
+
+        The launcher adds the run's handle to ``run.json`` once the backend's
+        ``submit`` returns (:meth:`save_handle`), possibly while a background
+        thread of this process closes the run: both go through this method,
+        under one lock per run, and the handle already on disk is kept.
+        """
+        rel = run_path(self.run_id, "run.json")
+        with _run_lock(self.store, self.run_id):
+            if "handle" not in self.doc and self.store.has(rel):
+                on_disk = self.store.get_json(rel).get("handle")
+                if on_disk is not None:
+                    self.doc["handle"] = on_disk
+            self.store.put_json(rel, self.doc)
         if self.index is not None:
             self.index.record_run(self.doc)
+
+    @classmethod
+    def save_handle(
+        cls,
+        store: ArtifactStore,
+        run_id: str,
+        pipeline: str,
+        backend: str,
+        handle: Mapping[str, Any],
+        *,
+        index: Index | None = None,
+    ) -> RunRecord:
+        """Add a submitted run's handle to its ``run.json`` (a ``pending`` record when the backend wrote none)."""
+        with _run_lock(store, run_id):
+            if cls.exists(store, run_id):
+                record = cls.load(store, run_id, index=index)
+            else:  # the backend records the run under another id, or not at all
+                doc = {
+                    "id": run_id,
+                    "pipeline": pipeline,
+                    "status": "pending",
+                    "backend": backend,
+                    "started": time.time(),
+                    "ended": None,
+                }
+                record = cls(store, doc, index=index)
+            record.doc["handle"] = dict(handle)
+            record.write()
+        return record
 
     def update(self, **fields: Any) -> None:
         """Set fields of ``run.json`` and write it."""
