@@ -27,13 +27,13 @@ from mlpipe.extend import (
     Capabilities,
     PipelineIR,
     RunHandle,
+    RunRecord,
     RunStatus,
     load_step_records,
     open_index,
     open_store,
     ship,
     write_ir,
-    write_run_doc,
 )
 from mlpipe_dask.options import DaskOptions
 from mlpipe_dask.tasks import cancel_marker, drive, driver_key, probe, task_resources
@@ -267,13 +267,13 @@ class DaskBackend(Backend):
         self._probe(client, store, f"pipelines/{digest}.json")
         self._check_resources(client, ir)
         address = str(client.scheduler.address)
-        write_run_doc(
+        RunRecord.open(
             store,
             shipped,
             run_id,
-            self.name,
-            params,
-            "running",
+            backend=self.name,
+            params=params,
+            ir_digest=digest,
             cache=cache,
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -311,15 +311,14 @@ class DaskBackend(Backend):
         failed here, with Dask's reason.
         """
         store = self._store(handle)
-        rel = f"runs/{handle.run_id}/run.json"
-        if not store.has(rel):
+        if not RunRecord.exists(store, handle.run_id):
             raise BackendError(f"dask: run {handle.run_id} has no record in {store.url}", backend=self.name)
-        doc = store.get_json(rel)
+        record = RunRecord.load(store, handle.run_id)
+        doc = record.doc
         future = self._drivers.get(handle.run_id)
         if doc.get("status") not in TERMINAL and future is not None and future.status in ("error", "cancelled"):
             reason = "cancelled by the scheduler" if future.status == "cancelled" else repr(future.exception())
-            doc.update(status="failed", ended=time.time(), error=f"the run's driver task ended: {reason}")
-            store.put_json(rel, doc)
+            record.close("failed", error=f"the run's driver task ended: {reason}")
         steps = {name: str(r.get("status")) for name, r in load_step_records(store, handle.run_id).items()}
         state = str(doc.get("status", "running"))
         if state in TERMINAL and handle.run_id not in self._synced:
@@ -349,8 +348,7 @@ class DaskBackend(Backend):
         attempt (Dask cannot interrupt a running task) and its record stays.
         """
         store = self._store(handle)
-        rel = f"runs/{handle.run_id}/run.json"
-        if not store.has(rel) or store.get_json(rel).get("status") in TERMINAL:
+        if not RunRecord.exists(store, handle.run_id) or RunRecord.load(store, handle.run_id).status in TERMINAL:
             return
         marker = cancel_marker(handle.run_id)
         if not store.has(marker):

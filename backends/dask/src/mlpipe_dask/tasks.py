@@ -33,7 +33,7 @@ from mlpipe.extend import (
     TERMINAL,
     ArtifactStore,
     PipelineIR,
-    RunRecords,
+    RunRecord,
     StepOutcome,
     StepSpec,
     execute_remote_step,
@@ -41,6 +41,7 @@ from mlpipe.extend import (
     load_step_records,
     memory_bytes,
     open_store,
+    run_path,
     skip_reason,
     step_record,
     track_skipped,
@@ -85,7 +86,7 @@ def driver_key(run_id: str) -> str:
 
 def cancel_marker(run_id: str) -> str:
     """Where a cancel request for a run is left in the store (any process can write it)."""
-    return f"runs/{run_id}/dask-cancel.json"
+    return run_path(run_id, "dask-cancel.json")
 
 
 def task_resources(spec: StepSpec) -> dict[str, float]:
@@ -152,7 +153,7 @@ def run_step(task: dict[str, Any], upstream: dict[str, dict[str, Any]] | None = 
             reason = result["error"] if result["status"] == "skipped" else skip_reason(ir.step(name), result["error"])
             outcome = StepOutcome(task["step"], "skipped", started=started, ended=time.time(), error=reason)
             record = step_record(task["run_id"], ir.name, ir.step(task["step"]), outcome, None)
-            RunRecords(store, task["run_id"]).write(record)
+            RunRecord.load(store, task["run_id"]).record_step(record)
             return {"status": "skipped", "error": reason, "recorded": True, "started": started}
         outcome = execute_remote_step(
             store,
@@ -196,14 +197,13 @@ class _Driver:
         self.running: dict[str, Future] = {}
         self.names: dict[str, str] = {}  # task key -> step
         self.done: queue.SimpleQueue[Future] = queue.SimpleQueue()
-        self.records = RunRecords(store, self.run_id)
+        self.records = RunRecord.load(store, self.run_id)
         self.skipped: list[StepOutcome] = []
         self.cancelled = False
         self._checked = time.monotonic()
 
     def run(self) -> str:
-        rel = f"runs/{self.run_id}/run.json"
-        doc = self.store.get_json(rel)
+        doc = self.records.reload()
         if doc.get("status") in TERMINAL:  # a driver restarted after the run was closed
             return str(doc["status"])
         self._resume()
@@ -312,7 +312,7 @@ class _Driver:
         now = time.time()
         outcome = StepOutcome(name, status, started=result.get("started", now), ended=now, error=result["error"])
         if not result.get("recorded"):
-            self.records.write(step_record(self.run_id, self.ir.name, spec, outcome, None))
+            self.records.record_step(step_record(self.run_id, self.ir.name, spec, outcome, None))
         if status == "skipped":
             self.skipped.append(outcome)
         self.states[name] = status
@@ -334,7 +334,7 @@ class _Driver:
                 continue
             now = time.time()
             outcome = StepOutcome(name, "skipped", started=now, ended=now, error=reason)
-            self.records.write(step_record(self.run_id, self.ir.name, self.specs[name], outcome, None))
+            self.records.record_step(step_record(self.run_id, self.ir.name, self.specs[name], outcome, None))
             self.states[name] = "skipped"
             self.skipped.append(outcome)
             stack.extend(self.downstream[name])
@@ -345,7 +345,7 @@ class _Driver:
             for spec in self.ir.steps:
                 if spec.name not in self.states:
                     outcome = StepOutcome(spec.name, "cancelled", started=now, ended=now, error="run cancelled")
-                    self.records.write(step_record(self.run_id, self.ir.name, spec, outcome, None))
+                    self.records.record_step(step_record(self.run_id, self.ir.name, spec, outcome, None))
                     self.states[spec.name] = "cancelled"
         track_skipped(self.store, self.run_id, self.ir, self.skipped)
         failed = [name for name in self.specs if self.states.get(name) == "failed"]
@@ -355,12 +355,9 @@ class _Driver:
             status = "failed"
         else:
             status = "succeeded"
-        rel = f"runs/{self.run_id}/run.json"
-        doc = self.store.get_json(rel)
-        doc.update(status=status, ended=time.time())
-        if failed:
-            doc["error"] = "; ".join(f"step {name!r} failed: {self.errors.get(name)}" for name in failed)
-        self.store.put_json(rel, doc)
+        self.records.reload()
+        error = "; ".join(f"step {name!r} failed: {self.errors.get(name)}" for name in failed) or None
+        self.records.close(status, error=error)  # type: ignore[arg-type]
         return status
 
 
