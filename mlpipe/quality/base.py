@@ -12,7 +12,10 @@ from pydantic import BaseModel, ConfigDict
 
 from mlpipe.errors import StepFailedError
 
-__all__ = ["QualityGateError", "QualityResult"]
+__all__ = ["FAIRNESS_METRICS", "QualityGateError", "QualityResult"]
+
+#: The per-group metrics a fairness check computes, in report order (see :mod:`mlpipe.quality.fairness`).
+FAIRNESS_METRICS = ("selection_rate", "true_positive_rate", "false_positive_rate", "accuracy")
 
 
 class QualityResult(BaseModel):

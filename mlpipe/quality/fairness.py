@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mlpipe.errors import MissingDependencyError
 from mlpipe.materializers import HtmlReport
-from mlpipe.quality.base import QualityGateError, QualityResult
+from mlpipe.quality.base import FAIRNESS_METRICS, QualityGateError, QualityResult
 from mlpipe.step import Step, step
 
 __all__ = [
@@ -44,7 +44,7 @@ __all__ = [
 
 logger = logging.getLogger("mlpipe.quality")
 
-METRICS = ("selection_rate", "true_positive_rate", "false_positive_rate", "accuracy")
+METRICS = FAIRNESS_METRICS
 
 
 class FairnessThresholds(BaseModel):

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mlpipe.materializers import HtmlReport
-from mlpipe.quality.fairness import METRICS, FairnessResult
+from mlpipe.quality.base import FAIRNESS_METRICS as METRICS
 
 if TYPE_CHECKING:
     from mlpipe.quality.drift import ColumnDrift, DriftResult, Histogram
+    from mlpipe.quality.fairness import FairnessResult
     from mlpipe.quality.validation import ValidationReport
 
 __all__ = ["CSS", "drift_html", "fairness_html", "fairness_section", "validation_html"]
