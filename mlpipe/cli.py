@@ -18,8 +18,10 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from mlpipe.deploy_cli import deploy_app as _deploy_app
 from mlpipe.errors import DefinitionError, MlpipeError
 from mlpipe.pipeline import Pipeline
+from mlpipe.serve_cli import serve as _serve_command
 
 app = typer.Typer(
     name="mlpipe",
@@ -35,6 +37,8 @@ artifacts_app = typer.Typer(help="Inspect stored artifacts and their lineage.", 
 app.add_typer(runs_app, name="runs")
 app.add_typer(cache_app, name="cache")
 app.add_typer(artifacts_app, name="artifacts")
+app.command("serve")(_serve_command)
+app.add_typer(_deploy_app, name="deploy")
 
 _state = {"debug": False}
 

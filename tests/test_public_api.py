@@ -119,3 +119,11 @@ def test_defining_building_and_running_a_pipeline_stays_light() -> None:
 
 def test_the_cli_module_imports_no_heavy_library() -> None:
     assert _modules_after("import mlpipe.cli") == []
+
+
+def test_serving_and_deploy_packages_import_no_heavy_library() -> None:
+    code = "import mlpipe.serving, mlpipe.deploy, mlpipe.serve_cli, mlpipe.deploy_cli"
+    assert _modules_after(code) == []
+    script = f"import sys\n{code}\nprint([m for m in ('fastapi', 'uvicorn', 'starlette', 'yaml') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
