@@ -56,7 +56,13 @@ def resolve(spec: StepSpec, store: ArtifactStore | None = None) -> Callable[...,
                 "module so it travels by import path",
                 step=spec.name,
             )
-        fn = store.get_value(ref.pickle_digest)
+        if not ref.pickle_sha256:
+            raise DefinitionError(
+                f"step {spec.name!r}: its shipped code {ref.pickle_digest[:12]}… carries no SHA-256 in the "
+                "compiled pipeline, so it cannot be verified and is not unpickled; submit the pipeline again",
+                step=spec.name,
+            )
+        fn = store.get_value(ref.pickle_digest, sha256=ref.pickle_sha256)
         return getattr(fn, "fn", fn)  # type: ignore[no-any-return]
     if ref.importable:
         try:
@@ -126,6 +132,7 @@ def ship(ir: PipelineIR, store: ArtifactStore) -> PipelineIR:
             continue
         fn = resolve(spec)
         info = store.put_value(fn, pickler)
-        code = spec.code.model_copy(update={"pickle_digest": info.digest, "python": PY_VERSION})
+        sha = store.meta(info.digest)["sha256"]
+        code = spec.code.model_copy(update={"pickle_digest": info.digest, "python": PY_VERSION, "pickle_sha256": sha})
         steps.append(spec.model_copy(update={"code": code}))
     return ir.model_copy(update={"steps": tuple(steps)})

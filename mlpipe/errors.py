@@ -16,6 +16,7 @@ working for code that does not know mlpipe::
     ├── StoreError (OSError)               the artifact store cannot do what is asked
     │   ├── ObjectNotFoundError (FileNotFoundError)
     │   └── CorruptObjectError             an object's bytes no longer match its hash
+    │       └── UntrustedObjectError       a pickle nothing trusted vouches for (never loaded)
     ├── ConfigError (ValueError)           mlpipe.toml / profile problems
     ├── BackendError                       a backend failed or refused
     │   ├── BackendNotFoundError (LookupError)
@@ -53,6 +54,7 @@ __all__ = [
     "TrackingError",
     "TypeMismatchError",
     "UnsupportedFeatureError",
+    "UntrustedObjectError",
 ]
 
 
@@ -119,6 +121,10 @@ class ObjectNotFoundError(StoreError, FileNotFoundError):
 
 class CorruptObjectError(StoreError):
     """An object's bytes do not match the content hash it is stored under."""
+
+
+class UntrustedObjectError(CorruptObjectError):
+    """A pickle whose bytes no trusted record vouches for; it is refused, never unpickled (see mlpipe.trust)."""
 
 
 class ConfigError(MlpipeError, ValueError):

@@ -75,7 +75,9 @@ class CodeRef(_Frozen):
 
     ``module``/``qualname`` locate it by import. When ``importable`` is false
     (functions defined in ``__main__``, notebooks, closures) the launcher
-    stores the function with cloudpickle and ``pickle_digest`` addresses it.
+    stores the function with cloudpickle and ``pickle_digest`` addresses it;
+    ``pickle_sha256`` is the SHA-256 of those bytes, which a runtime checks
+    before unpickling (the IR itself is verified against its SHA-256 digest).
     """
 
     module: str
@@ -83,6 +85,7 @@ class CodeRef(_Frozen):
     importable: bool
     pickle_digest: str | None = None
     python: str | None = None
+    pickle_sha256: str | None = None
 
 
 class StepSpec(_Frozen):

@@ -31,6 +31,8 @@ skipped outcomes on to their tracking hooks themselves).
 
 from __future__ import annotations
 
+import hashlib
+import re
 import threading
 import time
 import weakref
@@ -38,7 +40,7 @@ from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from mlpipe.errors import MlpipeError, RunNotFoundError
+from mlpipe.errors import MlpipeError, ParameterError, RunNotFoundError, StoreError
 from mlpipe.ir import PipelineIR, StepSpec
 
 if TYPE_CHECKING:
@@ -121,19 +123,39 @@ def write_ir(store: ArtifactStore, ir: PipelineIR, *, ship: bool = True) -> str:
     return digest
 
 
+_IR_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
 def load_ir(store: ArtifactStore, digest: str) -> PipelineIR:
-    """The IR stored under ``digest``.
+    """The IR stored under ``digest``, after checking that its bytes hash to it (SHA-256).
+
+    The IR decides what code runs, so a document that does not match the
+    digest the orchestrator passed is refused, never used.
 
     Raises:
+        ParameterError: ``digest`` is not a SHA-256 hex digest (it could name a path outside the store).
         MlpipeError: it is not in the store (names the store and what to do).
+        StoreError: the document does not hash to ``digest``.
     """
+    if not isinstance(digest, str) or not _IR_DIGEST.fullmatch(digest):
+        raise ParameterError(
+            f"--ir {digest!r} is not a compiled pipeline digest (64 lower-case hex digits, the SHA-256 of the IR)",
+            argument="ir",
+        )
     rel = f"pipelines/{digest}.json"
     if not store.has(rel):
         raise MlpipeError(
             f"the compiled pipeline {digest[:12]}… is not in the store {store.url}; compile or submit again with "
             "the profile whose store this task uses",
         )
-    return PipelineIR.model_validate_json(store.get_bytes(rel))
+    data = store.get_bytes(rel)
+    if hashlib.sha256(data).hexdigest() != digest:
+        raise StoreError(
+            f"{rel} in {store.url} does not hash to its name {digest[:12]}… (SHA-256): it was changed or damaged "
+            "after it was submitted, and is not used. Submit the pipeline again",
+            path=rel,
+        )
+    return PipelineIR.model_validate_json(data)
 
 
 # -- step outcomes and records ------------------------------------------------------------

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import hmac
 import itertools
 import json
 import mmap
@@ -44,15 +46,18 @@ from mlpipe.errors import (
     MlpipeError,
     ObjectNotFoundError,
     StoreError,
+    UntrustedObjectError,
 )
 from mlpipe.hashing import HashingWriter, canonical_json, digest_buffers, digest_object
-from mlpipe.materializers import Materializer, for_value, get_materializer, type_path
+from mlpipe.materializers import Materializer, for_annotation, for_value, get_materializer, type_path
+from mlpipe.trust import object_mac, verify_mac
 from mlpipe.typecheck import is_any
 
 __all__ = ["ArtifactStore", "ObjectInfo", "open_store"]
 
 _counter = itertools.count()
 _MMAP_THRESHOLD = 4 << 20
+_PICKLE = "cloudpickle"
 _OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl"}
 
 
@@ -383,7 +388,15 @@ class ArtifactStore:
             "type": type_path(type(value)),
             **extra,
         }
-        self._fs.write_if_absent(self.object_path(digest) + ".meta.json", canonical_json(meta).encode())
+        sidecar = self.object_path(digest) + ".meta.json"
+        if m.name == _PICKLE:
+            # This process just wrote (or found identical) bytes, so it vouches for them: the sidecar is
+            # rewritten with a MAC under this user's trust key (a planted or foreign sidecar is replaced).
+            sha = hashlib.sha256(self._fs.read_object(self.object_path(digest))).hexdigest()
+            meta = {**meta, "sha256": sha, "mac": object_mac(digest, sha)}
+            self._fs.write_bytes(sidecar, canonical_json(meta).encode())
+        else:
+            self._fs.write_if_absent(sidecar, canonical_json(meta).encode())
         self._meta_cache[digest] = meta
         return ObjectInfo(digest, size, m.name, meta["type"])
 
@@ -542,13 +555,24 @@ class ArtifactStore:
             )
         return data
 
-    def get_value(self, digest: str, annotation: Any = Any, *, info: ObjectInfo | None = None) -> Any:
+    def get_value(
+        self, digest: str, annotation: Any = Any, *, info: ObjectInfo | None = None, sha256: str | None = None
+    ) -> Any:
         """Load the value stored under ``digest``, verifying its bytes first.
 
-        ``info`` is the reference a step record or cache entry holds. Its
-        materializer and type win over the sidecar's: equal bytes can be stored
-        by two materializers (a dict and an equal pydantic model), and the
-        sidecar names only the first.
+        The consumer's ``annotation`` decides how the bytes load when a
+        materializer handles it statically (a ``pd.DataFrame`` loads as
+        Parquet, a pydantic model as JSON), whatever the sidecar or ``info``
+        says; otherwise ``info`` (the reference a step record or cache entry
+        holds) names the materializer, then the sidecar. A cloudpickle object
+        loads only when its SHA-256 is vouched for: by ``sha256`` (taken from a
+        verified document, such as the compiled pipeline) or by the MAC its
+        sidecar carries under this user's trust key (:mod:`mlpipe.trust`).
+
+        Raises:
+            UntrustedObjectError: a pickle nothing trusted vouches for; it is not loaded.
+            CorruptObjectError: the bytes no longer match their address.
+            ObjectNotFoundError: the object or its sidecar is missing.
         """
         try:
             meta = self.meta(digest)
@@ -560,10 +584,53 @@ class ArtifactStore:
                 digest=digest,
             ) from None
         data = self.read_verified(digest, meta)
-        if info is not None and (info.materializer, info.type) != (meta.get("materializer"), meta.get("type")):
+        recorded = meta.get("materializer")
+        if info is not None and (info.materializer, info.type) != (recorded, meta.get("type")):
             meta = {**meta, "materializer": info.materializer, "type": info.type}
-        materializer = get_materializer(meta["materializer"])
-        return materializer.load(data, annotation if not is_any(annotation) else Any, meta)
+        typed = None if is_any(annotation) else for_annotation(annotation)
+        if typed is not None and not (recorded == _PICKLE and meta.get("fallback_from") == typed.name):
+            materializer = typed  # the consumer's type decides; a recorded pickle of another type is not loaded
+            if meta.get("materializer") != typed.name:
+                meta = {**meta, "materializer": typed.name}
+        else:
+            materializer = get_materializer(_PICKLE if recorded == _PICKLE else meta["materializer"])
+        if materializer.name == _PICKLE:
+            self._check_pickle(digest, data, meta, sha256)
+        try:
+            return materializer.load(data, annotation if not is_any(annotation) else Any, meta)
+        except MlpipeError:
+            raise
+        except Exception as exc:
+            if typed is None or recorded == typed.name:
+                raise
+            # Not quarantined: the bytes match their address, they are just not what this consumer reads.
+            raise CorruptObjectError(
+                f"object {digest[:12]}… in {self.url} was stored by {recorded!r} ({meta.get('type')}), but it is "
+                f"read as {type_path(annotation) if isinstance(annotation, type) else annotation!r}, which loads "
+                f"only with {typed.name!r} ({type(exc).__name__}: {str(exc)[:200]}). Re-run the producer, or fix "
+                "the annotations so producer and consumer agree",
+                digest=digest,
+            ) from exc
+
+    def _check_pickle(
+        self, digest: str, data: bytearray | memoryview, meta: dict[str, Any], sha256: str | None
+    ) -> None:
+        actual = hashlib.sha256(data).hexdigest()
+        if sha256 is not None and hmac.compare_digest(actual, sha256):
+            return
+        if sha256 is None and verify_mac(meta.get("mac"), digest, actual):
+            return
+        why = (
+            "its SHA-256 differs from the one the compiled pipeline names"
+            if sha256 is not None
+            else "its sidecar carries no valid signature under this user's trust key"
+        )
+        raise UntrustedObjectError(
+            f"object {digest[:12]}… in {self.url} is a pickle and {why}; loading a pickle runs code, so it was "
+            "not loaded. If another machine or task wrote it, give every process that shares the store the same "
+            "MLPIPE_TRUST_KEY; otherwise re-run the step that produces it (see the trust model in docs/caching.md)",
+            digest=digest,
+        )
 
     def quarantine(self, digest: str) -> None:
         """Move a bad object aside so it is never served again."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,8 @@ os.environ.update(
         "AWS_DEFAULT_REGION": "us-east-1",
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
         "MLPIPE_RETRY_BACKOFF": "0.01",
+        # the trust key file (mlpipe.trust) of this test session, never the developer's ~/.config
+        "XDG_CONFIG_HOME": tempfile.mkdtemp(prefix="mlpipe-test-config-"),
     }
 )
 os.environ.pop("MLPIPE_PROFILE", None)

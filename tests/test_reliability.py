@@ -5,16 +5,26 @@ Every test here failed before its fix; each is bounded in time and stops what it
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+import pandas as pd
+import pytest
+
 import mlpipe as mp
+from mlpipe.errors import CorruptObjectError, UntrustedObjectError
 from mlpipe.gc import collect
-from mlpipe.store import open_store
+from mlpipe.hashing import digest_object
+from mlpipe.launch import new_run_id
+from mlpipe.local import StoreRepairWarning
+from mlpipe.runtime import write_ir
+from mlpipe.store import ArtifactStore, ObjectInfo, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 RESOURCES = ROOT / "tests" / "resources"
@@ -107,3 +117,113 @@ def test_gc_keep_runs_never_drops_a_run_that_is_still_running() -> None:
     collect(store, keep_runs=1, grace=0)
     assert not store.has(f"runs/{running.id}/run.json")
 
+
+
+# -- a store writer cannot make readers unpickle its bytes -------------------------------------------
+
+
+class _Payload:
+    """Unpickling this creates a file: the proof that a reader ran the attacker's code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def _plant(store: ArtifactStore, marker: Path, **sidecar: object) -> str:
+    """An attacker's pickle stored under its own valid address, with a sidecar naming cloudpickle."""
+    data = pickle.dumps(_Payload(marker))
+    digest = digest_object(data)
+    path = Path(store.url, store.object_path(digest))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    meta = {"digest": digest, "size": len(data), "materializer": "cloudpickle", "type": "builtins:object",
+            "python": f"{sys.version_info.major}.{sys.version_info.minor}", **sidecar}
+    Path(str(path) + ".meta.json").write_text(json.dumps(meta))
+    return digest
+
+
+def _point_cache_entry(store: ArtifactStore, run: mp.Run, step: str, digest: str, **ref: object) -> None:
+    key = store.get_json(f"runs/{run.id}/steps.json")[step]["key"]
+    rel = f"cache/{key[:2]}/{key}.json"
+    entry = store.get_json(rel)
+    entry["outputs"]["output"] = {**entry["outputs"]["output"], "digest": digest, **ref}
+    store.put_json(rel, entry)
+
+
+def test_a_planted_pickle_is_never_loaded_for_a_dataframe_input(tmp_path: Path) -> None:
+    store = open_store()
+    first = rp.frames.run()
+    marker = tmp_path / "pwned"
+    digest = _plant(store, marker)
+    _point_cache_entry(store, first, "frame", digest, materializer="cloudpickle", type="builtins:object")
+    with pytest.warns(StoreRepairWarning, match="recomputing step 'frame'"):
+        second = rp.frames.run()  # read as Parquet (the consumer's type), it is not Parquet: frame runs again
+    assert not marker.exists()
+    assert second.status == "succeeded" and second.output("width") == 10
+    with pytest.raises(CorruptObjectError, match=r"stored by 'cloudpickle'.*loads only with 'pandas\.parquet'"):
+        store.get_value(digest, pd.DataFrame, info=ObjectInfo(digest, 1, "cloudpickle", "builtins:object"))
+    assert not marker.exists()
+
+
+def test_a_planted_fallback_pickle_is_refused_and_the_producer_recomputed(tmp_path: Path) -> None:
+    store = open_store()
+    first = rp.frames.run()
+    marker = tmp_path / "pwned"
+    digest = _plant(store, marker, fallback_from="pandas.parquet")
+    _point_cache_entry(store, first, "frame", digest, materializer="cloudpickle", type="pandas.core.frame:DataFrame")
+    with pytest.warns(StoreRepairWarning, match="recomputing step 'frame'"):
+        second = rp.frames.run()
+    assert not marker.exists()
+    assert second.status == "succeeded" and second.output("width") == 10
+
+
+def test_get_run_output_refuses_a_planted_pickle(tmp_path: Path) -> None:
+    store = open_store()
+    run = rp.models.run()
+    assert run.output("fit").w == 6  # a pickle this user wrote loads (its sidecar is signed)
+    marker = tmp_path / "pwned"
+    digest = _plant(store, marker)
+    records = store.get_json(f"runs/{run.id}/steps.json")
+    records["fit"]["outputs"]["output"]["digest"] = digest
+    store.put_json(f"runs/{run.id}/steps.json", records)
+    with pytest.raises(UntrustedObjectError, match="is a pickle and its sidecar carries no valid signature"):
+        mp.get_run(run.id).output("fit")
+    forged = _plant(store, marker, sha256="0" * 64, mac="f" * 64)
+    records["fit"]["outputs"]["output"]["digest"] = forged
+    store.put_json(f"runs/{run.id}/steps.json", records)
+    with pytest.raises(UntrustedObjectError):
+        mp.get_run(run.id).output("fit")
+    assert not marker.exists()
+
+
+def test_a_pickle_signed_with_another_trust_key_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLPIPE_TRUST_KEY", "machine-a")
+    run = rp.models.run()
+    assert run.output("fit").w == 6
+    monkeypatch.setenv("MLPIPE_TRUST_KEY", "machine-b")
+    with pytest.raises(UntrustedObjectError, match="MLPIPE_TRUST_KEY"):
+        mp.get_run(run.id).output("fit")
+    again = rp.models.run()  # the hit's input is refused, so fit runs again and re-signs its output
+    assert again.status == "succeeded" and again.output("score") == 7
+
+
+def _runtime(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(RESOURCES)])}
+    return subprocess.run([sys.executable, "-m", "mlpipe.runtime", *args], capture_output=True, text=True,
+                          env=env, timeout=120, check=False)
+
+
+def test_the_runtime_refuses_an_ir_that_does_not_hash_to_its_digest(tmp_path: Path) -> None:
+    store = open_store()
+    digest = write_ir(store, rp.frames.ir)
+    ok = _runtime("--store", store.url, "--ir", digest, "--run-id", new_run_id(), "--step", "frame")
+    assert ok.returncode == 0, ok.stderr
+    rel = Path(store.url, "pipelines", f"{digest}.json")
+    rel.write_text(rel.read_text().replace('"qualname":"frame"', '"qualname":"width"'))
+    bad = _runtime("--store", store.url, "--ir", digest, "--run-id", new_run_id(), "--step", "frame")
+    assert bad.returncode == 1
+    assert f"pipelines/{digest}.json" in bad.stderr and "does not hash to its name" in bad.stderr
+    assert "Traceback" not in bad.stderr

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pandas as pd
+
 import mlpipe as mp
 
 
@@ -29,3 +31,38 @@ def chain(n: int = 200, salt: int = 0) -> int:
     for k in range(4):
         values = grow(values, k)
     return total(values)
+
+
+@mp.step
+def frame(n: int) -> pd.DataFrame:
+    return pd.DataFrame({"x": list(range(n))})
+
+
+@mp.step
+def width(df: pd.DataFrame) -> int:
+    return int(df["x"].sum())
+
+
+@mp.pipeline
+def frames(n: int = 5) -> int:
+    return width(frame(n))
+
+
+class Model:
+    def __init__(self, w: int) -> None:
+        self.w = w
+
+
+@mp.step
+def fit(n: int) -> Model:
+    return Model(n * 2)
+
+
+@mp.step
+def score(model: Model) -> int:
+    return model.w + 1
+
+
+@mp.pipeline
+def models(n: int = 3) -> int:
+    return score(fit(n))
