@@ -227,25 +227,35 @@ class _Driver:
 
     def _loop(self) -> None:
         self._submit_ready()
-        while self.running:
+        while any(self._watched(self.specs[name]) for name in self.running):
             wait = max(0.0, CANCEL_CHECK_SECONDS - (time.monotonic() - self._checked))
             try:
                 future: Future | None = self.done.get(timeout=wait)
             except queue.Empty:
                 future = None
-            if time.monotonic() - self._checked >= CANCEL_CHECK_SECONDS or (
-                future is not None and future.status == "cancelled"
-            ):
+            if time.monotonic() - self._checked >= CANCEL_CHECK_SECONDS:
                 self._checked = time.monotonic()
                 if self.store.has(cancel_marker(self.run_id)):
                     self.cancelled = True
                     return
-            if future is None:
-                continue
-            name = self.names[future.key]
-            if self.running.get(name) is future:
-                self._finished(name)
+            if future is not None:
+                self._collect()
                 self._submit_ready()
+        if self.running:  # the ancestors of finished steps: done, or about to be
+            from distributed import wait as wait_for
+
+            wait_for(list(self.running.values()))
+            self._collect()
+
+    def _watched(self, spec: StepSpec) -> bool:
+        """Whether this driver must hear at once that the step is done: it ends a branch, or feeds a fan-out.
+
+        Any other step is an ancestor of a watched one, so its outcome is
+        collected with it, in one gather (a chain of 100 steps costs this
+        driver one wake-up, not 100).
+        """
+        consumers = self.downstream[spec.name]
+        return not consumers or not all(self._chained(self.specs[c]) for c in consumers)
 
     def _chained(self, spec: StepSpec) -> bool:
         """Whether the step's task depends on its upstream tasks in Dask (else this driver submits it when ready).
@@ -292,22 +302,31 @@ class _Driver:
             self.running[name] = future
             submitted.append(future)
         for future in submitted:
-            future.add_done_callback(self.done.put)
+            if self._watched(self.specs[self.names[future.key]]):
+                future.add_done_callback(self.done.put)
 
-    def _finished(self, name: str) -> None:
-        future = self.running.pop(name)
-        spec = self.specs[name]
-        for up in spec.upstream:  # an upstream's fate first: an error of its task reaches this one too
-            if up in self.running and self.running[up].done():
-                self._finished(up)
-        try:
-            result: dict[str, Any] = future.result()
-        except Exception as exc:  # the task failed: a worker died too often, code that cannot unpickle
+    def _collect(self) -> None:
+        """Record the outcome of every finished task: one gather for all results, upstream steps first."""
+        finished = {name: f for name, f in self.running.items() if f.done()}
+        if not finished:
+            return
+        for name in finished:
+            del self.running[name]
+        ok = [name for name, f in finished.items() if f.status == "finished"]
+        results = dict(zip(ok, self.client.gather([finished[name] for name in ok]), strict=True)) if ok else {}
+        for spec in self.ir.steps:  # topological order: an upstream's fate is known before its consumers'
+            if spec.name in finished:
+                self._finished(spec, results.get(spec.name), finished[spec.name])
+
+    def _finished(self, spec: StepSpec, result: dict[str, Any] | None, future: Future) -> None:
+        name = spec.name
+        if result is None:  # the task failed: a worker died too often, code that cannot unpickle, or upstream
             blocked = [up for up in spec.upstream if self.states.get(up) not in (None, "succeeded")]
-            if blocked:
+            if blocked:  # Dask passes an upstream task's error on to its dependents
                 result = {"status": "skipped", "error": self._skip_reason(blocked[0]), "recorded": False}
             else:
-                result = {"status": "failed", "error": _task_error(name, exc), "recorded": False}
+                error = _task_error(name, future.exception()) if future.status == "error" else "task cancelled"
+                result = {"status": "failed", "error": error, "recorded": False}
         status = str(result["status"])
         now = time.time()
         outcome = StepOutcome(name, status, started=result.get("started", now), ended=now, error=result["error"])
