@@ -201,3 +201,40 @@ def test_local_cluster_when_no_address(tmp_path: Path) -> None:
         run = run_on(backend, basic, open_store(str(tmp_path / "store")), n=3)
         assert run.status == "succeeded" and run.backend == "dask"
     assert client.status == "closed"
+
+
+def test_cli_submit_returns_and_the_run_goes_on_without_it(cluster: DaskCluster, tmp_path: Path) -> None:
+    """`mlpipe submit` exits at once; the run's driver lives on the cluster; `mlpipe runs show` follows it."""
+    import re
+
+    from resources.dask_cluster import worker_env
+
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / "pipe.py").write_text("from resources.dask_pipelines import chain\n")
+    (work / "mlpipe.toml").write_text(
+        f'[profiles.cluster]\nbackend = "dask"\nstore = "{tmp_path / "store"}"\n'
+        f'options = {{ address = "{cluster.address}" }}\n'
+    )
+    env = worker_env()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "mlpipe", *args], cwd=work, env=env, capture_output=True,
+                              text=True, timeout=60, check=False)  # fmt: skip
+
+    start = time.monotonic()
+    submitted = cli("submit", "pipe.py:chain", "--profile", "cluster", "-p", "seconds=1.0")
+    assert submitted.returncode == 0, submitted.stderr
+    found = re.search(r"submitted run (\S+) to dask", submitted.stdout)
+    assert found, submitted.stdout
+    run_id = found.group(1)
+    shown = cli("runs", "show", run_id, "--profile", "cluster")
+    assert shown.returncode == 0, shown.stderr
+    if time.monotonic() - start < 3.0:  # three 1 s steps in a row: the CLI came back before the end
+        assert "status running" in shown.stdout, shown.stdout
+    deadline = time.monotonic() + 60
+    while "status succeeded" not in shown.stdout:
+        assert time.monotonic() < deadline, shown.stdout + shown.stderr
+        time.sleep(0.5)
+        shown = cli("runs", "show", run_id, "--profile", "cluster")
+    assert "pause_3" in shown.stdout

@@ -36,7 +36,7 @@ from mlpipe.extend import (
     write_ir,
 )
 from mlpipe_dask.options import DaskOptions
-from mlpipe_dask.tasks import cancel_marker, drive, driver_key, probe, task_resources
+from mlpipe_dask.tasks import cancel_marker, drive, driver_key, end_marker, probe, task_resources
 
 if TYPE_CHECKING:
     from distributed import Client, Future, LocalCluster
@@ -315,6 +315,8 @@ class DaskBackend(Backend):
             raise BackendError(f"dask: run {handle.run_id} has no record in {store.url}", backend=self.name)
         record = RunRecord.load(store, handle.run_id)
         doc = record.doc
+        if doc.get("status") not in TERMINAL and store.has(end_marker(handle.run_id)):
+            record.update(**store.get_json(end_marker(handle.run_id)))  # the driver's end, lost to a concurrent write
         future = self._drivers.get(handle.run_id)
         if doc.get("status") not in TERMINAL and future is not None and future.status in ("error", "cancelled"):
             reason = "cancelled by the scheduler" if future.status == "cancelled" else repr(future.exception())

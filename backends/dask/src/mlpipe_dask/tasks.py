@@ -34,6 +34,7 @@ from mlpipe.extend import (
     ArtifactStore,
     PipelineIR,
     RunRecord,
+    RunState,
     StepOutcome,
     StepSpec,
     execute_remote_step,
@@ -43,7 +44,6 @@ from mlpipe.extend import (
     open_store,
     run_path,
     skip_reason,
-    step_record,
     track_skipped,
 )
 
@@ -55,6 +55,7 @@ __all__ = [
     "cancel_marker",
     "drive",
     "driver_key",
+    "end_marker",
     "probe",
     "run_step",
     "step_key",
@@ -87,6 +88,11 @@ def driver_key(run_id: str) -> str:
 def cancel_marker(run_id: str) -> str:
     """Where a cancel request for a run is left in the store (any process can write it)."""
     return run_path(run_id, "dask-cancel.json")
+
+
+def end_marker(run_id: str) -> str:
+    """Where the driver leaves the run's end (status, end time, error), next to run.json."""
+    return run_path(run_id, "dask-end.json")
 
 
 def task_resources(spec: StepSpec) -> dict[str, float]:
@@ -152,8 +158,7 @@ def run_step(task: dict[str, Any], upstream: dict[str, dict[str, Any]] | None = 
             name, result = blocked[0]
             reason = result["error"] if result["status"] == "skipped" else skip_reason(ir.step(name), result["error"])
             outcome = StepOutcome(task["step"], "skipped", started=started, ended=time.time(), error=reason)
-            record = step_record(task["run_id"], ir.name, ir.step(task["step"]), outcome, None)
-            RunRecord.load(store, task["run_id"]).record_step(record)
+            RunRecord.load(store, task["run_id"]).record_outcome(ir.name, ir.step(task["step"]), outcome)
             return {"status": "skipped", "error": reason, "recorded": True, "started": started}
         outcome = execute_remote_step(
             store,
@@ -328,10 +333,10 @@ class _Driver:
                 error = _task_error(name, future.exception()) if future.status == "error" else "task cancelled"
                 result = {"status": "failed", "error": error, "recorded": False}
         status = str(result["status"])
-        now = time.time()
-        outcome = StepOutcome(name, status, started=result.get("started", now), ended=now, error=result["error"])
+        outcome = StepOutcome.ended_now(name, status, result["error"])
+        outcome.started = result.get("started", outcome.started)
         if not result.get("recorded"):
-            self.records.record_step(step_record(self.run_id, self.ir.name, spec, outcome, None))
+            self.records.record_outcome(self.ir.name, spec, outcome)
         if status == "skipped":
             self.skipped.append(outcome)
         self.states[name] = status
@@ -345,38 +350,29 @@ class _Driver:
 
     def _skip_after(self, failed: str) -> None:
         """Record every step downstream of ``failed`` as skipped, with the reason the local backend gives."""
-        reason = skip_reason(self.specs[failed], self.errors.get(failed))
-        stack = list(self.downstream[failed])
-        while stack:
-            name = stack.pop()
-            if name in self.states:
-                continue
-            now = time.time()
-            outcome = StepOutcome(name, "skipped", started=now, ended=now, error=reason)
-            self.records.record_step(step_record(self.run_id, self.ir.name, self.specs[name], outcome, None))
-            self.states[name] = "skipped"
+        for outcome in self.records.skip_dependents(self.ir, failed, self.errors.get(failed), done=self.states):
+            self.states[outcome.name] = "skipped"
+            self.errors[outcome.name] = outcome.error or ""
             self.skipped.append(outcome)
-            stack.extend(self.downstream[name])
 
     def _close(self) -> str:
-        now = time.time()
         if self.cancelled:
             for spec in self.ir.steps:
                 if spec.name not in self.states:
-                    outcome = StepOutcome(spec.name, "cancelled", started=now, ended=now, error="run cancelled")
-                    self.records.record_step(step_record(self.run_id, self.ir.name, spec, outcome, None))
+                    outcome = StepOutcome.ended_now(spec.name, "cancelled", "run cancelled")
+                    self.records.record_outcome(self.ir.name, spec, outcome)
                     self.states[spec.name] = "cancelled"
         track_skipped(self.store, self.run_id, self.ir, self.skipped)
-        failed = [name for name in self.specs if self.states.get(name) == "failed"]
+        status: RunState = "succeeded"
         if self.cancelled:
             status = "cancelled"
-        elif failed or any(self.states.get(name) != "succeeded" for name in self.specs):
+        elif any(self.states.get(name) != "succeeded" for name in self.specs):
             status = "failed"
-        else:
-            status = "succeeded"
         self.records.reload()
-        error = "; ".join(f"step {name!r} failed: {self.errors.get(name)}" for name in failed) or None
-        self.records.close(status, error=error)  # type: ignore[arg-type]
+        doc = self.records.close(status)
+        # Written once, never rewritten: the launcher saves the run's handle into run.json (another process,
+        # so RunRecord's lock cannot order the two) and its read-modify-write could put back "running".
+        self.store.put_json(end_marker(self.run_id), {k: doc.get(k) for k in ("status", "ended", "error")})
         return status
 
 
