@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 from mlpipe.cache import artifact_input, cache_key, components_for, lookup, param_input, write_entry
 from mlpipe.errors import (
     CorruptObjectError,
@@ -378,7 +380,9 @@ class StepExecutor:
                 if type(plain) is expected or (expected is float and type(plain) is int):
                     values[name] = value = plain
             try:
-                validate(expected, value, strict=True)
+                checked = validate(expected, value, strict=True)
+                if isinstance(checked, BaseModel) and not isinstance(value, BaseModel):
+                    values[name] = checked  # `-> Metrics` returning a dict: store (and pass on) the model
                 if expected is float and type(value) is int:
                     values[name] = float(value)  # `-> float` returning 3 stores 3.0, as declared
             except ValueError as exc:

@@ -123,7 +123,9 @@ class Materializer(ABC):
 
 class PandasMaterializer(Materializer):
     name = "pandas.parquet"
-    version = "2"  # 2: frames whose object columns Parquet would change are refused (the store pickles them)
+    # 2: frames whose object columns Parquet would change are refused (the store pickles them);
+    # 3: so are frames whose labels, index or dtypes would not come back as they are
+    version = "3"
     # pandas >= 3 reports DataFrame's module as "pandas", earlier versions as "pandas.core.frame".
     type_names = frozenset({"pandas.DataFrame", "pandas.core.frame.DataFrame"})
     # What an object column may hold (pandas' infer_dtype, nulls skipped) and still read back
@@ -132,6 +134,7 @@ class PandasMaterializer(Materializer):
 
     def save(self, value: Any, f: IO[bytes]) -> dict[str, Any]:
         self._refuse_lossy_columns(value)
+        self._refuse_lossy_schema(value)
         value.to_parquet(f, engine="pyarrow", compression="snappy")
         return {"rows": len(value), "columns": [str(c) for c in value.columns][:50]}
 
@@ -158,11 +161,69 @@ class PandasMaterializer(Materializer):
                         "which Parquet would not read back unchanged"
                     )
 
+    def _refuse_lossy_schema(self, value: Any) -> None:
+        """Raise ValueError when the frame's labels, index or dtypes would not come back as they are.
+
+        Parquet turns column labels of mixed types (``[0, 1, "Labels"]``) or
+        tuples into strings, and an index or dtype it cannot express into
+        another. The frame's zero-row slice is written and read back (about a
+        millisecond, whatever the size) and compared: column labels with their
+        types, the column index's kind and names, the index's kind, dtype and
+        names, and the dtype of every column that is not ``object`` (object
+        columns are checked by value above, and strings in them come back as
+        pandas' string dtype).
+        """
+        import warnings
+
+        import pandas as pd
+        from pandas.api.types import infer_dtype, is_object_dtype
+
+        for level in range(value.index.nlevels):
+            index = value.index.get_level_values(level)
+            if is_object_dtype(index.dtype):
+                kind = infer_dtype(index, skipna=True)
+                if kind not in self._FAITHFUL:
+                    raise ValueError(f"the index holds {kind} values, which Parquet would not read back unchanged")
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():  # pandas warns about mixed labels; the comparison below says it exactly
+            warnings.simplefilter("ignore")
+            value.iloc[:0].to_parquet(buffer, engine="pyarrow")
+        buffer.seek(0)
+        back = pd.read_parquet(buffer, engine="pyarrow")
+        labels = [(type(c).__name__, c) for c in value.columns]
+        if labels != [(type(c).__name__, c) for c in back.columns]:
+            raise ValueError(
+                f"column labels {list(value.columns)!r} would come back as {list(back.columns)!r} from Parquet"
+            )
+        if type(back.columns) is not type(value.columns) or list(back.columns.names) != list(value.columns.names):
+            raise ValueError(
+                f"the column index ({type(value.columns).__name__}, names {list(value.columns.names)}) would come "
+                f"back as {type(back.columns).__name__}, names {list(back.columns.names)} from Parquet"
+            )
+        if (
+            type(back.index) is not type(value.index)
+            or list(back.index.names) != list(value.index.names)
+            or [str(d) for d in _index_dtypes(back.index)] != [str(d) for d in _index_dtypes(value.index)]
+        ):
+            raise ValueError(
+                f"the index ({type(value.index).__name__} of {[str(d) for d in _index_dtypes(value.index)]}, "
+                f"names {list(value.index.names)}) would come back as {type(back.index).__name__} of "
+                f"{[str(d) for d in _index_dtypes(back.index)]}, names {list(back.index.names)} from Parquet"
+            )
+        for position, (label, dtype) in enumerate(value.dtypes.items()):
+            returned = back.dtypes.iloc[position]
+            if not is_object_dtype(dtype) and returned != dtype:
+                raise ValueError(f"column {label!r} of dtype {dtype!r} would come back as {returned!r} from Parquet")
+
     def load(self, data: bytes | bytearray | memoryview, annotation: Any, meta: dict[str, Any]) -> Any:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         return pq.read_table(pa.BufferReader(data)).to_pandas()
+
+
+def _index_dtypes(index: Any) -> list[Any]:
+    return [index.get_level_values(level).dtype for level in range(index.nlevels)]
 
 
 class NumpyMaterializer(Materializer):

@@ -432,3 +432,126 @@ def test_a_value_the_chosen_format_cannot_hold_falls_back_to_pickle_with_the_rea
     mixed = pd.DataFrame({"mixed": [1, "x"]})
     with pytest.raises(ValueError, match=r"column 'mixed' holds int/str values"):
         store.put_value(mixed, get_materializer("pandas.parquet"))
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (
+            pd.DataFrame([[1, 2, "a"]], columns=[0, 1, "Labels"]),
+            "column labels [0, 1, 'Labels'] would come back as ['0', '1', 'Labels'] from Parquet",
+        ),
+        (
+            pd.DataFrame([[1, 2]], columns=[("a", 1), ("b", 2)]),
+            "column labels [('a', 1), ('b', 2)] would come back as",
+        ),
+        (
+            pd.DataFrame({"x": [1, 2]}, index=pd.Index([5, 6], name=0)),
+            "the index (Index of ['int64'], names [0]) would come back as Index of ['int64'], names ['0']",
+        ),
+        (
+            pd.DataFrame({"x": [1, 2]}, index=pd.Index([pd.Timestamp("2020-01-01"), "a"], dtype=object)),
+            "the index holds mixed values",
+        ),
+        (pd.DataFrame({"c": pd.Categorical([1, 2])}), "column 'c' of dtype CategoricalDtype("),
+        (
+            pd.DataFrame({"s": pd.array(["a", "b"], dtype="string[python]")}),
+            "column 's' of dtype <StringDtype(storage='python'",
+        ),
+    ],
+    ids=["mixed labels", "tuple labels", "index name", "mixed index", "int categories", "python strings"],
+)
+def test_frames_whose_labels_index_or_dtypes_parquet_would_change_are_pickled(
+    store: ArtifactStore, frame: pd.DataFrame, reason: str
+) -> None:
+    info = store.put_value(frame)
+    meta = store.meta(info.digest)
+    assert (info.materializer, meta["fallback_from"]) == ("cloudpickle", "pandas.parquet")
+    assert reason in meta["fallback_reason"], meta["fallback_reason"]
+    back = ArtifactStore(store.url).get_value(info.digest)
+    pd.testing.assert_frame_equal(back, frame, check_exact=True)
+    assert [type(c) for c in back.columns] == [type(c) for c in frame.columns]
+
+
+@mp.step
+def labelled() -> pd.DataFrame:
+    return pd.DataFrame([[1, 2, "a"], [3, 4, "b"]], columns=[0, 1, "Labels"])
+
+
+@mp.step
+def first_column_total(df: pd.DataFrame) -> int:
+    return int(df[0].sum())  # KeyError: 0 if the labels came back as strings
+
+
+@mp.pipeline
+def mixed_labels() -> int:
+    return first_column_total(labelled())
+
+
+def test_mixed_type_column_labels_reach_the_consumer_unchanged() -> None:
+    run = mixed_labels.run()
+    assert run.status == "succeeded", run.steps["first_column_total"].error
+    assert run.output("first_column_total") == 4
+    assert list(run.output("labelled").columns) == [0, 1, "Labels"]
+    again = mixed_labels.run(cache=False)  # the consumer reads the pickled frame back from the store
+    assert again.output("first_column_total") == 4
+
+
+class Scored(pydantic.BaseModel):
+    accuracy: float
+    label: str = "ok"
+
+
+seen_by_consumer: list[Any] = []
+
+
+@mp.step
+def scored_as_dict() -> Scored:
+    return {"accuracy": 1, "label": "from a dict"}  # type: ignore[return-value]
+
+
+@mp.step
+def consume_scored(s: Scored) -> str:
+    seen_by_consumer.append(s)
+    return f"{type(s).__name__} {s.accuracy!r}"
+
+
+@mp.pipeline
+def scored_pipeline() -> str:
+    return consume_scored(scored_as_dict())
+
+
+def test_a_pydantic_step_returning_a_dict_stores_the_validated_model() -> None:
+    seen_by_consumer.clear()
+    run = scored_pipeline.run()
+    assert run.status == "succeeded", {n: s.error for n, s in run.steps.items()}
+    output = run.output("scored_as_dict")
+    assert output == Scored(accuracy=1.0, label="from a dict") and type(output) is Scored
+    assert run.output("consume_scored") == "Scored 1.0"
+    assert seen_by_consumer == [output]
+    info = run.steps["scored_as_dict"].outputs["output"]
+    assert info.materializer == "pydantic.json"
+    assert open_store_meta(info.digest)["type"].endswith("Scored")
+
+
+def open_store_meta(digest: str) -> dict[str, Any]:
+    from mlpipe.store import open_store
+
+    return open_store(".mlpipe").meta(digest)
+
+
+@mp.step
+def scored_wrong() -> Scored:
+    return {"accuracy": "high"}  # type: ignore[return-value]
+
+
+@mp.pipeline
+def scored_wrong_pipeline() -> Scored:
+    return scored_wrong()
+
+
+def test_a_dict_that_is_not_the_model_fails_the_step_and_stores_nothing() -> None:
+    run = scored_wrong_pipeline.run()
+    step = run.steps["scored_wrong"]
+    assert step.status == "failed" and not step.outputs
+    assert "output expected Scored" in (step.error or "") and "accuracy" in (step.error or "")
