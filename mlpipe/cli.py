@@ -542,6 +542,31 @@ def image(
     print(f"build it with: {files.build_command('IMAGE')}")
 
 
+@app.command()
+def verify(
+    profile: ProfileOpt = None,
+    no_objects: Annotated[
+        bool, typer.Option("--no-objects", help="Check that objects exist without re-hashing their bytes.")
+    ] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Check the run ledger: report every record or object changed after its run was sealed (exit 1 if any)."""
+    from mlpipe.ledger import verify as verify_ledger
+
+    try:
+        report = verify_ledger(_store(profile), objects=not no_objects)
+    except MlpipeError as exc:
+        _fail(exc)
+    if json_out:
+        import json
+
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.to_text())
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

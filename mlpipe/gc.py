@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from mlpipe.ledger import record_removal
 from mlpipe.metadata import open_index
 from mlpipe.records import load_step_records
 from mlpipe.store import ArtifactStore
@@ -95,6 +96,9 @@ def collect(
         report.items.append((store.object_path(digest), size))
     report.items.extend(store.walk_files("quarantine"))
     if not dry_run:
+        dropped_runs = [run_id for run_id in run_ids if run_id not in kept]
+        if dropped_runs:
+            record_removal(store, dropped_runs, f"cache gc --keep-runs {keep_runs}")
         removed = []
         for rel, size in report.items:
             if rel.startswith("objects/"):

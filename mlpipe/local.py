@@ -12,9 +12,7 @@ served from the cache, which is read back and verified before the run returns.
 
 from __future__ import annotations
 
-import os
 import queue
-import socket
 import threading
 import warnings
 from collections import deque
@@ -32,6 +30,7 @@ from mlpipe.fingerprint import fingerprint
 from mlpipe.ir import PipelineIR
 from mlpipe.metadata import open_index
 from mlpipe.progress import REPORTER, Reporter
+from mlpipe.provenance import provenance
 from mlpipe.records import RunRecord, RunState, StepOutcome
 from mlpipe.run import Run, StepRun
 from mlpipe.store import ArtifactStore, ObjectInfo
@@ -160,8 +159,7 @@ class _LocalRun:
             index=open_index(store),
             batched=True,
             cache=cache,
-            host=socket.gethostname(),
-            pid=os.getpid(),
+            **provenance(),
         )
         self.executor = StepExecutor(self.record, ir.name, use_cache=cache, hooks=tracking_for_run(run_id))
         self.specs = {s.name: s for s in ir.steps}

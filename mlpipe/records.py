@@ -571,6 +571,10 @@ class RunRecord:
         if self.index is not None:
             self.index.flush()
         self.write()
+        if status in RUN_TERMINAL:
+            from mlpipe.ledger import seal_run
+
+            seal_run(self.store, self.run_id)  # the tamper-evident chain of closed runs
         return self.doc
 
     def close_once(self, status: RunState, *, error: str | None = None) -> bool:
