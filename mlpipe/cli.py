@@ -543,6 +543,30 @@ def image(
 
 
 @app.command()
+def report(
+    run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
+    output: Annotated[str | None, typer.Option("-o", "--output", help="File to write (default: stdout).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="html (audit report) or markdown (model card).")] = "html",
+    profile: ProfileOpt = None,
+) -> None:
+    """The audit report of a run: model, data, code, parameters, metrics, quality, registry, integrity."""
+    from mlpipe.audit import collect, render_html, render_markdown
+
+    if fmt not in ("html", "markdown"):
+        _fail(DefinitionError(f"--format must be html or markdown, got {fmt!r}"), 2)
+    try:
+        audit = collect(_store(profile), run_id)
+    except MlpipeError as exc:
+        _fail(exc)
+    text = render_html(audit) if fmt == "html" else render_markdown(audit)
+    if output is None:
+        sys.stdout.write(text)
+        return
+    Path(output).write_text(text, encoding="utf-8")
+    print(f"wrote the {'audit report' if fmt == 'html' else 'model card'} of run {audit.run_id} to {output}")
+
+
+@app.command()
 def verify(
     profile: ProfileOpt = None,
     no_objects: Annotated[
@@ -551,7 +575,7 @@ def verify(
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Check the run ledger: report every record or object changed after its run was sealed (exit 1 if any)."""
-    from mlpipe.ledger import verify as verify_ledger
+    from mlpipe.integrity import verify as verify_ledger
 
     try:
         report = verify_ledger(_store(profile), objects=not no_objects)

@@ -574,7 +574,7 @@ class RunRecord:
         if status in RUN_TERMINAL:
             from mlpipe.ledger import seal_run
 
-            seal_run(self.store, self.run_id)  # the tamper-evident chain of closed runs
+            seal_run(self.store, self.run_id, self.doc, self.steps())  # the tamper-evident chain of closed runs
         return self.doc
 
     def close_once(self, status: RunState, *, error: str | None = None) -> bool:

@@ -32,6 +32,7 @@ LAYERS = {
         "mlpipe.config",
         "mlpipe.progress",
         "mlpipe.plugins",
+        "mlpipe.provenance",
     ],
     "definition": ["mlpipe.trace", "mlpipe.step", "mlpipe.fingerprint"],
     "compiler/storage": [
@@ -41,6 +42,7 @@ LAYERS = {
         "mlpipe.store",
         "mlpipe.metadata",
         "mlpipe.cache",
+        "mlpipe.ledger",
         "mlpipe.records",
     ],
     "execution": ["mlpipe.executor", "mlpipe.tracking", "mlpipe.run", "mlpipe.runtime"],

@@ -12,7 +12,7 @@ import pytest
 from resources import pipelines as rp
 from typer.testing import CliRunner
 
-from mlpipe import ledger
+from mlpipe import integrity, ledger
 from mlpipe.cli import app
 from mlpipe.gc import collect
 from mlpipe.store import open_store
@@ -38,7 +38,8 @@ def test_each_closed_run_is_chained_to_the_one_before() -> None:
     assert chain[0].doc["prev"] == ledger.GENESIS and chain[1].doc["prev"] == chain[0].digest
     assert set(chain[1].doc["steps"]) == {"numbers", "split", "halves", "total", "add", "add_2"}
     assert chain[1].doc["by"]["host"] and chain[1].doc["status"] == "succeeded"
-    assert ledger.seal_run(store, a) == chain[0]  # sealing again is a no-op
+    doc = json.loads(Path(f".mlpipe/runs/{a}/run.json").read_text())
+    assert ledger.seal_run(store, a, doc, {}) == chain[0]  # sealing again is a no-op
     code, out = _verify()
     assert code == 0, out
     assert "2 entries, 2 sealed runs" in out and "nothing changed since it was sealed" in out
@@ -139,7 +140,7 @@ def test_concurrent_sealers_get_consecutive_entries(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys
-        from mlpipe import ledger
+        from mlpipe import integrity, ledger
         from mlpipe.store import open_store
         store = open_store(sys.argv[1])
         for i in range(25):
@@ -157,17 +158,12 @@ def test_concurrent_sealers_get_consecutive_entries(tmp_path: Path) -> None:
     assert sorted((e.doc["writer"], e.doc["i"]) for e in chain) == sorted(
         (w, i) for w in "ab" for i in range(25)
     )
-    report = ledger.verify(open_store(str(store_dir)))
+    report = integrity.verify(open_store(str(store_dir)))
     assert report.ok, report.to_text()
 
 
 def test_only_a_closed_run_can_be_sealed() -> None:
     run = rp.arithmetic.run(n=4)
-    store = open_store(".mlpipe")
-    path = Path(f".mlpipe/runs/{run.id}/run.json")
-    doc = json.loads(path.read_text())
-    path.write_text(json.dumps({**doc, "id": "x", "status": "running"}))
-    Path(".mlpipe/runs/x").mkdir()
-    Path(".mlpipe/runs/x/run.json").write_text(json.dumps({**doc, "id": "x", "status": "running"}))
+    doc = {**json.loads(Path(f".mlpipe/runs/{run.id}/run.json").read_text()), "id": "x", "status": "running"}
     with pytest.raises(ValueError, match="run x is running; only a closed run can be sealed"):
-        ledger.seal_run(store, "x")
+        ledger.seal_run(open_store(".mlpipe"), "x", doc, {})
