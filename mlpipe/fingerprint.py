@@ -276,15 +276,59 @@ def settle() -> None:
 _PREVIEW_CHARS = 120
 
 
-def _preview(value: Any) -> str | None:
-    """A short, stable text of a constant's value, or None (too long, or its repr holds an address)."""
+# Names and contents that mark a constant as a credential: it is hashed into the fingerprint but
+# never previewed, so it stays out of cache entries, step records, the IR and the index.
+_SECRET_NAME = re.compile(
+    r"key|token|secret|passw|pwd|credential|creds|auth|cookie|session|private|signature|bearer|dsn|cert",
+    re.IGNORECASE,
+)
+_SECRET_TEXT = re.compile(
+    r"AKIA[0-9A-Z]{16}|ASIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY|\bBearer\s|\bBasic\s+[A-Za-z0-9+/=]{8}"
+    r"|\bgh[pousr]_[A-Za-z0-9]{20}|\bxox[abprs]-|\bsk-[A-Za-z0-9]{16}|\bdapi[0-9a-f]{16}|://[^/\s:@]+:[^/\s@]+@",
+)
+_ENV_MIN_CHARS = 6  # shorter environment values ("1", "true", "en_US") are too common to mean anything
+
+
+def _is_secret(name: str, value: Any) -> bool:
+    """Whether a constant must not be previewed: a credential-like name, or a value from the environment.
+
+    A value read with ``os.environ.get`` / ``os.getenv`` / ``os.environ[...]`` is
+    recognised by equality with (or containment of) a current environment
+    value, so a header dict built from a token is caught too.
+    """
+    if _SECRET_NAME.search(name):
+        return True
+    env_values = [v for v in os.environ.values() if len(v) >= _ENV_MIN_CHARS]
+    stack, seen = [value], 0
+    while stack and seen < 10_000:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, bytes):
+            item = item.decode("utf-8", "replace")
+        if isinstance(item, str):
+            if _SECRET_TEXT.search(item) or any(v in item for v in env_values):
+                return True
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if isinstance(k, str) and _SECRET_NAME.search(k):
+                    return True
+                stack.extend((k, v))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+    return False
+
+
+def _preview(value: Any, name: str = "") -> str | None:
+    """A short, stable text of a constant's value, or None (too long, its repr holds an address, or a secret)."""
     try:
         text = canonical_json(value)
     except (TypeError, ValueError):
         text = repr(value)
         if " at 0x" in text or text.startswith("<"):
             return None
-    return text if len(text) <= _PREVIEW_CHARS else None
+    if len(text) > _PREVIEW_CHARS or _is_secret(name, value) or _is_secret("", text):
+        return None
+    return text
 
 
 def clear_memo() -> None:
@@ -604,7 +648,7 @@ class _Walker:
         self.manifest[label] = self._value_hash(value)
         if not _immutable(value):
             self.bindings.constants.append((value, _constant_token(value)))
-        preview = _preview(value)
+        preview = _preview(value, label.rsplit(" ", 1)[-1].rsplit(".", 1)[-1])
         if preview is not None:
             self.previews[label] = preview
 

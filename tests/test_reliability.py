@@ -233,3 +233,68 @@ def test_the_runtime_refuses_an_ir_that_does_not_hash_to_its_digest(tmp_path: Pa
     assert bad.returncode == 1
     assert f"pipelines/{digest}.json" in bad.stderr and "does not hash to its name" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+# -- secrets never reach the store --------------------------------------------------------------------
+
+SECRET_PIPELINE = '''
+import json
+import os
+
+import mlpipe as mp
+
+AWS_SECRET = os.environ.get("AWS_SECRET_ACCESS_KEY")
+SERVICE = os.getenv("SERVICE_ENDPOINT", "none")
+TRACKING = os.environ["MLFLOW_TRACKING_TOKEN"]
+HEADERS = {"Authorization": "Bearer " + TRACKING, "Accept": "json"}
+with open(os.environ["GOOGLE_APPLICATION_CREDENTIALS"]) as f:
+    GCP = json.load(f)
+DB_PASSWORD = "hunter2-literal-in-code"
+PLAIN = "visible-constant"
+
+
+@mp.step
+def use(n: int) -> int:
+    return n + len(AWS_SECRET) + len(SERVICE) + len(HEADERS) + len(GCP["private_key"]) + len(DB_PASSWORD) + len(PLAIN)
+
+
+@mp.pipeline
+def secrets(n: int = 1) -> int:
+    return use(n)
+'''
+
+
+def _mlpipe(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("MLPIPE_", "MLFLOW_"))}
+    return subprocess.run([sys.executable, "-m", "mlpipe", *args], cwd=cwd, capture_output=True, text=True,
+                          env={**full, "PYTHONPATH": str(ROOT), **env}, timeout=120, check=False)
+
+
+def test_secrets_read_by_a_step_are_hashed_never_written_to_the_store(tmp_path: Path) -> None:
+    work = Path.cwd()
+    (work / "secret_pipe.py").write_text(SECRET_PIPELINE)
+    creds = tmp_path / "sa.json"
+    private_key = "-----BEGIN PRIVATE KEY-----\nMIIEvgIBADANBgkqhkiG9w0-gcp-private\n-----END PRIVATE KEY-----\n"
+    creds.write_text(json.dumps({"type": "service_account", "client_email": "ci@proj.iam.gserviceaccount.com",
+                                 "private_key_id": "0123456789abcdef", "private_key": private_key}))
+    env = {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-aws-secret-0001", "SERVICE_ENDPOINT": "https://svc-secret-host.internal",
+           "MLFLOW_TRACKING_TOKEN": "mlflow-token-secret-0002", "GOOGLE_APPLICATION_CREDENTIALS": str(creds)}
+    first = _mlpipe("run", "secret_pipe.py:secrets", cwd=work, env=env)
+    assert first.returncode == 0, first.stderr
+    rotated = {**env, "MLFLOW_TRACKING_TOKEN": "rotated-token-0003"}
+    second = _mlpipe("run", "secret_pipe.py:secrets", cwd=work, env=rotated)
+    assert second.returncode == 0, second.stderr
+    assert "cached" not in second.stderr  # the secret is still in the key: a new token re-runs the step
+    explain = _mlpipe("cache", "explain", _last_run(work), "use", cwd=work, env=env)
+    assert explain.returncode == 0, explain.stderr
+    assert _mlpipe("index", "--rebuild", cwd=work, env=env).returncode == 0
+    blobs = b"".join(p.read_bytes() for p in (work / ".mlpipe").rglob("*") if p.is_file())
+    assert b"visible-constant" in blobs  # ordinary constants are still previewed
+    for secret in ("wJalrXUtnFEMI-aws-secret-0001", "svc-secret-host", "mlflow-token-secret-0002",
+                   "rotated-token-0003", "gcp-private", "0123456789abcdef", "hunter2-literal-in-code"):
+        assert secret.encode() not in blobs, secret
+        assert secret not in explain.stdout + first.stdout + second.stdout
+
+
+def _last_run(work: Path) -> str:
+    return sorted(p.name for p in (work / ".mlpipe" / "runs").iterdir())[-1]
