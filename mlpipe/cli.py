@@ -453,7 +453,12 @@ def cache_explain(
 def cache_gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed, with sizes.")] = False,
     keep_runs: Annotated[
-        int | None, typer.Option("--keep-runs", help="Keep only the N most recent runs (and their cache entries).")
+        int | None,
+        typer.Option(
+            "--keep-runs",
+            help="Keep only the N most recent succeeded runs of each pipeline (and runs newer than those, "
+            "and running ones), with their cache entries.",
+        ),
     ] = None,
     grace: Annotated[
         str,
@@ -463,21 +468,55 @@ def cache_gc(
             "so pipelines running now never lose their outputs.",
         ),
     ] = "1h",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation on a terminal.")] = False,
     profile: ProfileOpt = None,
 ) -> None:
-    """Remove objects unreachable from kept runs and cache entries."""
-    from mlpipe.gc import collect
+    """Remove objects unreachable from kept runs and cache entries.
+
+    Shows what will go first; on a terminal it asks before removing anything (--yes skips the question).
+    """
+    from mlpipe.errors import ConfigError
+    from mlpipe.gc import GcReport, collect
     from mlpipe.step import parse_duration
 
+    if keep_runs is not None and keep_runs < 0:
+        _fail(ConfigError(f"--keep-runs must be 0 or more, got {keep_runs}"))
     try:
         grace_seconds = 0.0 if grace.strip() in ("0", "0s") else (parse_duration(grace) or 0.0)
-        report = collect(_store(profile), keep_runs=keep_runs, dry_run=dry_run, grace=grace_seconds)
+        store = _store(profile)
+        preview = collect(store, keep_runs=keep_runs, dry_run=True, grace=grace_seconds)
     except MlpipeError as exc:
         _fail(exc)
-    verb = "would remove" if dry_run else "removed"
-    for rel, size in report.items:
-        print(f"{verb} {rel} ({_fmt_size(size)})")
-    print(f"{verb} {len(report.items)} files, {_fmt_size(report.bytes)}; kept {report.kept_objects} objects")
+
+    def summary(report: GcReport, verb: str) -> str:
+        runs = f"{len(report.runs)} runs and {report.entries} cache entries, " if keep_runs is not None else ""
+        return f"{verb} {runs}{len(report.items)} files, {_fmt_size(report.bytes)}; kept {report.kept_objects} objects"
+
+    if not dry_run and not preview.items:
+        print(f"nothing to remove; kept {preview.kept_objects} objects")
+        return
+    if dry_run:
+        for run_id, pipeline, status in preview.runs:
+            print(f"would remove run {run_id} (pipeline {pipeline}, {status})")
+        for rel, size in preview.items:
+            print(f"would remove {rel} ({_fmt_size(size)})")
+        print(summary(preview, "would remove"))
+        return
+    for run_id, pipeline, status in preview.runs:
+        print(f"will remove run {run_id} (pipeline {pipeline}, {status})")
+    objects = [(rel, size) for rel, size in preview.items if not rel.startswith("runs/")]
+    for rel, size in objects:
+        print(f"will remove {rel} ({_fmt_size(size)})")
+    print(summary(preview, "will remove"))
+    ask = not yes and sys.stdin.isatty() and sys.stdout.isatty()  # scripts and CI are not asked
+    if ask and not typer.confirm("Remove them?", default=False):
+        print("nothing removed")
+        raise typer.Exit(1)
+    try:
+        report = collect(store, keep_runs=keep_runs, dry_run=False, grace=grace_seconds)
+    except MlpipeError as exc:
+        _fail(exc)
+    print(summary(report, "removed"))
 
 
 @artifacts_app.command("show")

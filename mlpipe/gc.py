@@ -1,7 +1,10 @@
 """Garbage collection of the store: remove what no kept run or cache entry reaches.
 
-Kept runs are all recorded runs, or the N most recent with ``keep_runs``;
-a run that is still running is always kept. Kept cache entries are all
+Kept runs are all recorded runs, or with ``keep_runs`` the N most recent
+*succeeded* runs of each pipeline, plus the runs of a pipeline newer than its
+newest succeeded one (the failure being looked at); a run that is still
+running is always kept. A failed run never counts towards N, so
+``--keep-runs 1`` after a failure keeps the last good results. Kept cache entries are all
 entries, or those written by kept runs. Reachable objects are the outputs of
 kept runs' steps, the outputs of kept entries, and pickled step code named by
 kept runs' pipelines. Everything else under ``objects/`` goes, with
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from mlpipe.ledger import record_removal
 from mlpipe.metadata import open_index
@@ -30,8 +34,19 @@ __all__ = ["GcReport", "collect"]
 
 @dataclass
 class GcReport:
+    """What gc removed (or, in a dry run, would remove).
+
+    Attributes:
+        items: Store paths with their sizes.
+        kept_objects: Objects left in place.
+        runs: The runs dropped (with ``keep_runs``): id, pipeline and status.
+        entries: How many cache entries were dropped with them.
+    """
+
     items: list[tuple[str, int]] = field(default_factory=list)
     kept_objects: int = 0
+    runs: list[tuple[str, str, str]] = field(default_factory=list)
+    entries: int = 0
 
     @property
     def bytes(self) -> int:
@@ -54,11 +69,19 @@ def collect(
     """
     report = GcReport()
     run_ids = sorted(store.listdir("runs"), reverse=True)  # ids sort by start time, to the second
-    if keep_runs is not None:  # runs started within the same second: order by the recorded start
-        run_ids.sort(key=lambda run_id: (_started(store, run_id), run_id), reverse=True)
-    kept = set(run_ids if keep_runs is None else run_ids[:keep_runs])
-    if keep_runs is not None:
+    if keep_runs is None:
+        kept = set(run_ids)
+    else:
+        docs = {run_id: _doc(store, run_id) for run_id in run_ids}
+        # runs started within the same second: order by the recorded start
+        run_ids.sort(key=lambda run_id: (float(docs[run_id].get("started") or 0.0), run_id), reverse=True)
+        kept = _kept_runs(run_ids, docs, keep_runs)
         kept.update(run_id for run_id in run_ids if _running(store, run_id))
+        report.runs = [
+            (run_id, str(docs[run_id].get("pipeline", "?")), str(docs[run_id].get("status", "unrecorded")))
+            for run_id in run_ids
+            if run_id not in kept
+        ]
     reachable: set[str] = set()
     irs: set[str] = set()
     for run_id in run_ids:
@@ -80,6 +103,7 @@ def collect(
         if keep_runs is not None and entry.get("run_id") not in kept:
             report.items.append((rel, size))
             dropped_entries.append(entry["key"])
+            report.entries += 1
             continue
         reachable.update(info["digest"] for info in entry.get("outputs", {}).values())
     for digest in irs:
@@ -132,8 +156,26 @@ def _running(store: ArtifactStore, run_id: str) -> bool:
     return observed_status(store.get_json(rel)) == "running"
 
 
-def _started(store: ArtifactStore, run_id: str) -> float:
+def _doc(store: ArtifactStore, run_id: str) -> dict[str, Any]:
     rel = f"runs/{run_id}/run.json"
-    if not store.has(rel):
-        return 0.0
-    return float(store.get_json(rel).get("started") or 0.0)
+    return store.get_json(rel) if store.has(rel) else {}
+
+
+def _kept_runs(run_ids: list[str], docs: dict[str, dict[str, Any]], keep: int) -> set[str]:
+    """Per pipeline: its ``keep`` newest succeeded runs, and every run newer than its newest succeeded one.
+
+    ``run_ids`` is newest first.
+    """
+    kept: set[str] = set()
+    succeeded: dict[str, int] = {}
+    for run_id in run_ids:
+        doc = docs[run_id]
+        pipeline = str(doc.get("pipeline", ""))
+        count = succeeded.get(pipeline, 0)
+        if doc.get("status") == "succeeded":
+            if count < keep:
+                kept.add(run_id)
+            succeeded[pipeline] = count + 1
+        elif count == 0 and keep > 0:  # newer than every succeeded run of its pipeline: the failure at hand
+            kept.add(run_id)
+    return kept
