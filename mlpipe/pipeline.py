@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from mlpipe.errors import DefinitionError, ParameterError
 from mlpipe.hashing import canonical_json
-from mlpipe.trace import Param, Trace, trace_function
+from mlpipe.trace import Param, Trace, current_trace, trace_function
 from mlpipe.typecheck import to_json_value, type_name, validate
 
 if TYPE_CHECKING:
@@ -70,6 +70,10 @@ class Pipeline:
         return f"<Pipeline {self.name!r}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Inside another pipeline: inline this one as a sub-graph (step names prefixed ``<name>-``)."""
+        trace = current_trace()
+        if trace is not None:
+            return trace.inline(self.name, self.fn, self.signature, self.params, args, kwargs)
         raise DefinitionError(
             f"pipeline {self.name!r} is not called directly: use {self.name}.run(...) to run it, or "
             f"{self.name}.compile(...) / .submit(...)",

@@ -121,6 +121,18 @@ def gated(limit: float = 1.0) -> None:
     summarize(values)
 
 
+@mp.pipeline
+def stats(n: int = 3, scale: float = 1.0) -> Stats:
+    return summarize(make_numbers(n, scale=scale))
+
+
+@mp.pipeline(name="conformance-nested")
+def nested(n: int = 3) -> dict[str, Any]:
+    total, count = stats(n=n, scale=2.0)  # a pipeline called in a pipeline is inlined: stats-make_numbers, ...
+    small_total, _ = stats(n=2)
+    return describe(total, count, label="nested", options={"small": 1}, flags=[1])
+
+
 def run_on(backend: Backend, pipeline: mp.Pipeline, store: ArtifactStore, *, cache: bool = True, **params: Any) -> Run:
     """Run ``pipeline`` on ``backend`` against ``store``, as ``Pipeline.run`` would with a profile."""
     values = pipeline.validate_params(params)
@@ -212,3 +224,18 @@ class BackendConformance:
             assert "quality gate 'check_limit' failed" in reason and "above the limit" in reason
         assert run.steps["summarize"].status == "succeeded"
         assert run_on(backend, gated, store, limit=100.0).status == "succeeded"
+
+    def test_nested_pipeline_is_inlined(self, backend: Backend, local: Backend, store: ArtifactStore) -> None:
+        run = run_on(backend, nested, store, n=4)
+        assert run.status == "succeeded", run.error
+        assert set(run.steps) == {
+            "stats-make_numbers",
+            "stats-summarize",
+            "stats_2-make_numbers",
+            "stats_2-summarize",
+            "describe",
+        }
+        assert run.output("stats-summarize", "total") == 12.0
+        assert run.output("describe")["mean"] == 3.0
+        again = run_on(local, nested, store, n=4)  # the same keys on every backend
+        assert all(s.cached for s in again.steps.values())

@@ -11,6 +11,7 @@ compile the IR. The user-facing :class:`~mlpipe.pipeline.Pipeline` lives in
 
 from __future__ import annotations
 
+import inspect
 import typing
 from collections.abc import Callable
 from contextvars import ContextVar
@@ -126,7 +127,10 @@ class Trace:
     calls: list[Call] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
     result: Any = None
+    prefix: str = ""
     _next_suffix: dict[str, int] = field(default_factory=dict, repr=False)
+    _prefixes: set[str] = field(default_factory=set, repr=False)
+    _inlining: list[str] = field(default_factory=list, repr=False)
 
     def unique_name(self, base: str) -> str:
         """``base``, or ``base_2``, ``base_3``... for repeated calls (constant time per call)."""
@@ -138,8 +142,77 @@ class Trace:
         self._next_suffix[base] = n + 1
         return f"{base}_{n}"
 
+    def inline(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        signature: inspect.Signature,
+        params: dict[str, Param],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Trace a nested pipeline's function into this trace; its steps are named ``<name>-<step>``.
+
+        The nested pipeline's parameters take the handles and constants it is
+        called with (checked against its annotations, defaults filled in);
+        what its function returns is returned, handles of this trace.
+        """
+        where = f"pipeline {self.pipeline!r}, nested pipeline {name!r}"
+        if name in self._inlining:
+            raise GraphError(f"{where} calls itself; pipelines cannot recurse", pipeline=self.pipeline)
+        try:
+            bound = signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise StepSignatureError(f"{where}: {exc}", pipeline=self.pipeline, step=name) from None
+        bound.apply_defaults()
+        for arg, value in bound.arguments.items():
+            self._check_nested_argument(where, value, params[arg].annotation, arg)
+        prefix = full = f"{self.prefix}{name}"
+        n = 2
+        while full in self._prefixes:
+            full = f"{prefix}_{n}"
+            n += 1
+        self._prefixes.add(full)
+        outer, self.prefix = self.prefix, f"{full}-"
+        self._inlining.append(name)
+        try:
+            return fn(**bound.arguments)
+        finally:
+            self.prefix = outer
+            self._inlining.pop()
+
+    def _check_nested_argument(self, where: str, value: Any, expected: Any, arg: str) -> None:
+        if isinstance(value, _Handle):
+            if value.trace is not self:
+                raise GraphError(
+                    f"{where}, argument {arg!r}: {value.describe()} belongs to pipeline {value.trace.pipeline!r}; "
+                    "handles cannot cross pipelines",
+                    pipeline=self.pipeline,
+                    argument=arg,
+                )
+            if not compatible(value.annotation, expected):
+                raise TypeMismatchError(
+                    f"{where}, argument {arg!r}: expected {type_name(expected)}, got {type_name(value.annotation)} "
+                    f"from {value.describe()}. Change one of the two annotations so they agree",
+                    pipeline=self.pipeline,
+                    argument=arg,
+                    expected=type_name(expected),
+                    actual=type_name(value.annotation),
+                )
+            return
+        try:
+            validate(expected, value)
+        except ValueError as exc:
+            raise TypeMismatchError(
+                f"{where}, argument {arg!r}: expected {type_name(expected)}, got {value!r}: {exc}",
+                pipeline=self.pipeline,
+                argument=arg,
+                expected=type_name(expected),
+                actual=type_name(type(value)),
+            ) from None
+
     def record_call(self, step: Step[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        name = self.unique_name(step.name)
+        name = self.unique_name(self.prefix + step.name)
         try:
             bound = step.bind(args, kwargs)
         except TypeError as exc:

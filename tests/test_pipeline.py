@@ -463,3 +463,55 @@ def test_path_and_date_parameters_travel_as_text() -> None:
     assert run.params == {"p": "data/x.csv", "when": "2024-01-02"}
     again = paths.run(p="data/x.csv", when="2024-01-02")  # the same values, given as text
     assert all(s.cached for s in again.steps.values())
+
+
+# -- nested pipelines --------------------------------------------------------------------------
+
+
+def test_a_pipeline_called_in_a_pipeline_is_inlined_with_prefixed_names() -> None:
+    from mlpipe.testing import nested
+
+    ir = nested.ir
+    assert [s.name for s in ir.steps] == [
+        "stats-make_numbers",
+        "stats-summarize",
+        "stats_2-make_numbers",
+        "stats_2-summarize",
+        "describe",
+    ]
+    assert ir.step("stats-summarize").upstream == ("stats-make_numbers",)
+    assert ir.step("describe").upstream == ("stats-summarize",)
+    consts = {i.name: i.value for i in ir.step("stats-make_numbers").inputs if i.source == "const"}
+    assert consts == {"scale": 2.0}
+    assert ir.step("stats-make_numbers").input("n").param == "n"  # the outer parameter flows in
+
+
+def test_nested_pipeline_arguments_are_checked() -> None:
+    @mp.step
+    def ident(x: int) -> int:
+        return x
+
+    @mp.pipeline
+    def inner(x: int):
+        return ident(x)
+
+    @mp.pipeline
+    def bad_type():
+        return inner(x="seven")
+
+    with pytest.raises(TypeMismatchError, match=r"nested pipeline 'inner', argument 'x': expected int, got 'seven'"):
+        _ = bad_type.ir
+
+    @mp.pipeline
+    def missing():
+        return inner()
+
+    with pytest.raises(StepSignatureError, match=r"nested pipeline 'inner': missing a required argument: 'x'"):
+        _ = missing.ir
+
+
+def test_a_pipeline_called_outside_a_pipeline_says_how_to_run_it() -> None:
+    from mlpipe.testing import stats
+
+    with pytest.raises(DefinitionError, match=r"use stats.run"):
+        stats(n=2)
