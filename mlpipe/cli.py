@@ -14,10 +14,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
+from mlpipe.cli_errors import _fail, _state
 from mlpipe.deploy_cli import deploy_app as _deploy_app
 from mlpipe.errors import DefinitionError, MlpipeError
 from mlpipe.pipeline import Pipeline
@@ -40,7 +41,6 @@ app.add_typer(artifacts_app, name="artifacts")
 app.command("serve")(_serve_command)
 app.add_typer(_deploy_app, name="deploy")
 
-_state = {"debug": False}
 
 ProfileOpt = Annotated[
     str | None,
@@ -60,14 +60,6 @@ def _console(stderr: bool = False) -> Any:
 
     tty = (sys.stderr if stderr else sys.stdout).isatty()
     return Console(stderr=stderr, highlight=False, width=None if tty else 200)
-
-
-def _fail(exc: BaseException, code: int | None = None) -> NoReturn:
-    if _state["debug"]:
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    message = str(exc) if isinstance(exc, MlpipeError) else f"{type(exc).__name__}: {exc}"
-    print(f"error: {message}", file=sys.stderr)
-    raise typer.Exit(code if code is not None else getattr(exc, "exit_code", 1))
 
 
 def load_pipeline(target: str) -> Pipeline:

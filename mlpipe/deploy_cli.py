@@ -18,7 +18,7 @@ ProfileOpt = Annotated[str | None, typer.Option("--profile", help="Profile whose
 
 
 def _fail(exc: BaseException) -> Any:
-    from mlpipe.cli import _fail as fail
+    from mlpipe.cli_errors import _fail as fail
 
     fail(exc)
 

@@ -35,7 +35,7 @@ def serve(
     profile: Annotated[str | None, typer.Option("--profile", help="Profile whose store receives the log.")] = None,
 ) -> None:
     """Serve a model over HTTP: POST /invocations (MLflow scoring protocol), GET /health."""
-    from mlpipe.cli import _fail
+    from mlpipe.cli_errors import _fail
     from mlpipe.config import load_profile
     from mlpipe.errors import MlpipeError
     from mlpipe.serving._server import ScoringServer

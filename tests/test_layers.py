@@ -33,6 +33,8 @@ LAYERS = {
         "mlpipe.progress",
         "mlpipe.plugins",
         "mlpipe.provenance",
+        "mlpipe.files",
+        "mlpipe.trust",
     ],
     "definition": ["mlpipe.trace", "mlpipe.step", "mlpipe.fingerprint"],
     "compiler/storage": [

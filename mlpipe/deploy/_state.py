@@ -127,7 +127,7 @@ class DeploymentState(BaseModel):
 
     def routing(self) -> Any:
         """The local server's :class:`~mlpipe.serving.Routing` for this state."""
-        from mlpipe.serving._server import Routing
+        from mlpipe.serving._routing import Routing
 
         return Routing(
             self.revision,

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +28,7 @@ from mlpipe.errors import MissingDependencyError, MlpipeError
 from mlpipe.serving._log import PredictionLog, as_store
 from mlpipe.serving._model import LoadedModel, load_served_model
 from mlpipe.serving._protocol import BadRequest, parse_request, predictions_json
+from mlpipe.serving._routing import Routing
 from mlpipe.store import ArtifactStore
 
 __all__ = ["PortInUseError", "Routing", "ScoringServer", "create_app"]
@@ -39,31 +40,6 @@ class PortInUseError(MlpipeError):
     """The server's address is taken (CLI exit 2)."""
 
     exit_code = 2
-
-
-@dataclass(frozen=True)
-class Routing:
-    """Which model answers how much of the traffic.
-
-    Attributes:
-        revision: Increases with every change of the split (counters restart with it).
-        models: Role (``champion``, ``challenger``, ``primary``) -> model reference.
-        weights: Role -> percent of requests it answers; they sum to 100.
-        shadow: A role that sees a copy of every request and answers none (its
-            predictions are logged and compared with the answering model's).
-    """
-
-    revision: int
-    models: Mapping[str, str]
-    weights: Mapping[str, int]
-    shadow: str | None = None
-
-    def __post_init__(self) -> None:
-        if sum(self.weights.values()) != 100:
-            raise ValueError(f"traffic weights must sum to 100, got {dict(self.weights)}")
-        unknown = (set(self.weights) | {self.shadow} - {None}) - set(self.models)
-        if unknown:
-            raise ValueError(f"traffic for roles without a model: {sorted(str(u) for u in unknown)}")
 
 
 @dataclass
