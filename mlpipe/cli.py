@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -544,6 +545,10 @@ def index(
         idx = open_index(store)
         if rebuild:
             runs_count, entries = idx.rebuild(store)
+            if idx.aside:
+                print(f"warning: the index was damaged; moved it to {idx.aside}", file=sys.stderr)
+            for problem in idx.skipped:
+                print(f"warning: skipped {problem}", file=sys.stderr)
             print(f"indexed {runs_count} runs and {entries} cache entries from {store.url}")
         else:
             added = idx.sync(store)
@@ -622,8 +627,16 @@ def verify(
         raise typer.Exit(1)
 
 
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
+) -> None:
+    """Warnings (a repaired store or index, a skipped damaged record) as one line on stderr."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main() -> None:
     """Console-script entry point."""
+    warnings.showwarning = _show_warning
     try:
         app()
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ working for code that does not know mlpipe::
     ├── MaterializerError (TypeError)      no materializer can store / load a value
     ├── StoreError (OSError)               the artifact store cannot do what is asked
     │   ├── ObjectNotFoundError (FileNotFoundError)
+    │   ├── DamagedFileError (ValueError)  a record, entry, sidecar or index is truncated or unreadable
     │   └── CorruptObjectError             an object's bytes no longer match its hash
     │       └── UntrustedObjectError       a pickle nothing trusted vouches for (never loaded)
     ├── ConfigError (ValueError)           mlpipe.toml / profile problems
@@ -39,6 +40,7 @@ __all__ = [
     "BackendNotFoundError",
     "ConfigError",
     "CorruptObjectError",
+    "DamagedFileError",
     "DefinitionError",
     "GraphError",
     "MaterializerError",
@@ -117,6 +119,10 @@ class StoreError(MlpipeError, OSError):
 
 class ObjectNotFoundError(StoreError, FileNotFoundError):
     """An object is not in the store."""
+
+
+class DamagedFileError(StoreError, ValueError):
+    """A JSON document of the store (record, cache entry, sidecar, IR) or the index cannot be read; names the file."""
 
 
 class CorruptObjectError(StoreError):

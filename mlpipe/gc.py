@@ -21,12 +21,14 @@ removed, as git does for loose objects.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from mlpipe.errors import DamagedFileError
 from mlpipe.ledger import record_removal
 from mlpipe.metadata import open_index
-from mlpipe.records import load_step_records
+from mlpipe.records import DamagedRecordWarning, load_step_records
 from mlpipe.store import ArtifactStore
 
 __all__ = ["GcReport", "collect"]
@@ -90,7 +92,12 @@ def collect(
                 report.items.append((rel, size))
             continue
         if store.has(f"runs/{run_id}/run.json"):
-            doc = store.get_json(f"runs/{run_id}/run.json")
+            try:
+                doc = store.get_json(f"runs/{run_id}/run.json")
+            except DamagedFileError as exc:  # its pipeline is unknown: keep the shipped code of every pipeline
+                warnings.warn(str(exc), DamagedRecordWarning, stacklevel=2)
+                irs.update(name.removesuffix(".json") for name in store.listdir("pipelines"))
+                doc = {}
             if doc.get("ir"):
                 irs.add(doc["ir"])
         for rec in load_step_records(store, run_id).values():
@@ -99,7 +106,11 @@ def collect(
     for rel, size in store.walk_files("cache"):
         if not rel.endswith(".json"):
             continue
-        entry = store.get_json(rel)
+        try:
+            entry = store.get_json(rel)
+        except DamagedFileError:  # unreadable, so never a hit: removed like an unreachable object
+            report.items.append((rel, size))
+            continue
         if keep_runs is not None and entry.get("run_id") not in kept:
             report.items.append((rel, size))
             dropped_entries.append(entry["key"])
@@ -109,7 +120,12 @@ def collect(
     for digest in irs:
         rel = f"pipelines/{digest}.json"
         if store.has(rel):
-            for step in store.get_json(rel).get("steps", []):
+            try:
+                steps = store.get_json(rel).get("steps", [])
+            except DamagedFileError as exc:
+                warnings.warn(str(exc), DamagedRecordWarning, stacklevel=2)
+                continue
+            for step in steps:
                 pickle = (step.get("code") or {}).get("pickle_digest")
                 if pickle:
                     reachable.add(pickle)
@@ -153,12 +169,21 @@ def _running(store: ArtifactStore, run_id: str) -> bool:
     rel = f"runs/{run_id}/run.json"
     if not store.has(rel):
         return False
-    return observed_status(store.get_json(rel)) == "running"
+    try:
+        return observed_status(store.get_json(rel)) == "running"
+    except (DamagedFileError, KeyError):
+        return True  # unknown: keep it
 
 
 def _doc(store: ArtifactStore, run_id: str) -> dict[str, Any]:
     rel = f"runs/{run_id}/run.json"
-    return store.get_json(rel) if store.has(rel) else {}
+    if not store.has(rel):
+        return {}
+    try:
+        doc = store.get_json(rel)
+    except DamagedFileError:
+        return {}  # its run is kept while it may be running (see _running), else collected with the rest
+    return doc if isinstance(doc, dict) else {}
 
 
 def _kept_runs(run_ids: list[str], docs: dict[str, dict[str, Any]], keep: int) -> set[str]:

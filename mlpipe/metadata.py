@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
+from mlpipe.errors import DamagedFileError, StoreError
 from mlpipe.store import ArtifactStore
 
-__all__ = ["Index", "open_index"]
+__all__ = ["Index", "IndexRepairWarning", "open_index"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -64,32 +67,142 @@ def index_path(store: ArtifactStore) -> str:
     return os.path.join(base, "mlpipe", "index", f"{tag}.db")
 
 
+class IndexRepairWarning(UserWarning):
+    """The index file was damaged: it was moved aside and rebuilt from the store."""
+
+
 def open_index(store: ArtifactStore) -> Index:
-    """The (process-wide, shared) index of ``store``."""
+    """The (process-wide, shared) index of ``store``.
+
+    A damaged ``metadata.db`` never blocks: it is moved aside (kept as
+    ``metadata.db.damaged-<time>``) and rebuilt from the store's records, with an
+    :class:`IndexRepairWarning`. A store the process cannot write (read-only
+    mount, another user's) gets an in-memory index, copied from the file when
+    there is one, else built from the records, so it can still be inspected.
+    """
     path = index_path(store)
     with _indexes_lock:
         index = _indexes.get(path)
-        if index is None or not os.path.exists(path):
-            index = _indexes[path] = Index(path)
+        if index is None or (index.path != ":memory:" and not os.path.exists(path)):
+            index = _indexes[path] = _open(store, path)
             atexit.register(index.flush)
         return index
+
+
+def _open(store: ArtifactStore, path: str) -> Index:
+    if not _writable(path):
+        return Index.read_only_copy(store, path)
+    try:
+        return Index(path)
+    except sqlite3.DatabaseError as exc:
+        if not _damaged(exc):
+            raise _translated(exc, path) from exc
+        aside = move_aside(path)
+        warnings.warn(
+            f"the index {path} was damaged ({exc}); it was moved to {aside} and is rebuilt from the store",
+            IndexRepairWarning,
+            stacklevel=3,
+        )
+        index = Index(path)
+        index.rebuild(store)
+        return index
+
+
+def _writable(path: str) -> bool:
+    directory = os.path.dirname(path) or "."
+    if os.path.exists(path):
+        return os.access(path, os.W_OK) and os.access(directory, os.W_OK)
+    parent = directory
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent) or "."
+    return os.access(parent, os.W_OK)
+
+
+def _damaged(exc: sqlite3.DatabaseError) -> bool:
+    text = str(exc).lower()
+    return "not a database" in text or "malformed" in text or "corrupt" in text
+
+
+def move_aside(path: str) -> str:
+    """Rename a damaged index (and its WAL files) out of the way; returns the new name of the database."""
+    aside = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path + suffix, aside + suffix)
+    return aside
+
+
+def _translated(exc: sqlite3.Error, path: str) -> StoreError:
+    """A SQLite failure as a StoreError (exit 1) that says what happened and what to do."""
+    text = str(exc)
+    if "full" in text.lower():
+        why = "the disk is full (SQLite: database or disk is full); free some space and run again"
+    elif isinstance(exc, sqlite3.DatabaseError) and _damaged(exc):
+        why = f"it is damaged ({text}); `mlpipe index --rebuild` moves it aside and rebuilds it from the store"
+    elif "readonly" in text.lower() or "read-only" in text.lower():
+        why = f"it is read-only ({text}); inspect the store from a process that may write it, or copy it"
+    else:
+        why = f"SQLite: {text}"
+    return StoreError(f"the metadata index {path} cannot be used: {why}. The store's records are intact", path=path)
+
+
+_R = TypeVar("_R")
+
+
+def _sqlite_errors(method: Callable[..., _R]) -> Callable[..., _R]:
+    @functools.wraps(method)
+    def wrapper(self: Index, *args: Any, **kwargs: Any) -> _R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _translated(exc, self.path) from exc
+
+    return wrapper
 
 
 class Index:
     """A thread-safe handle on one ``metadata.db``."""
 
     def __init__(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        if path != ":memory:":
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
         self._pending: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
         self._last_flush = time.monotonic()
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=30.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self.skipped: list[str] = []
+        self.aside: str | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
+        try:
+            if self.path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=30000")
+            with self._lock:
+                self._db.executescript(_SCHEMA)
+        except sqlite3.Error:
+            self._db.close()
+            raise
+
+    @classmethod
+    def read_only_copy(cls, store: ArtifactStore, path: str) -> Index:
+        """An in-memory index for a store this process cannot write: a copy of the file, or built from records."""
+        index = cls(":memory:")
+        if os.path.exists(path):
+            try:
+                source = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+                try:
+                    source.backup(index._db)
+                finally:
+                    source.close()
+                return index
+            except sqlite3.DatabaseError:
+                pass  # damaged too: build from the records instead
+        index.rebuild(store)
+        return index
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -98,7 +211,8 @@ class Index:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite already rolled back after SQLITE_FULL / IOERR
+                    self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
@@ -108,6 +222,7 @@ class Index:
             self._db.close()
 
     # -- writes ------------------------------------------------------------------
+    @_sqlite_errors
     def record_run(self, doc: dict[str, Any]) -> None:
         with self._tx() as db:
             db.execute(
@@ -123,6 +238,7 @@ class Index:
                 ),
             )
 
+    @_sqlite_errors
     def record_step(self, doc: dict[str, Any], entry: dict[str, Any] | None = None) -> None:
         """Index a step record, its artifacts and lineage edges, and its new cache entry.
 
@@ -137,6 +253,7 @@ class Index:
             if len(self._pending) >= 256 or time.monotonic() - self._last_flush > 1.0:
                 self.flush()
 
+    @_sqlite_errors
     def flush(self) -> None:
         """Commit buffered step records."""
         with self._lock:
@@ -186,11 +303,13 @@ class Index:
             (entry["key"], entry["pipeline"], entry["step"], entry["run_id"], entry["created"], json.dumps(entry)),
         )
 
+    @_sqlite_errors
     def forget_entries(self, keys: list[str]) -> None:
         with self._tx() as db:
             db.executemany("DELETE FROM cache_entries WHERE key = ?", [(k,) for k in keys])
 
     # -- reads -------------------------------------------------------------------
+    @_sqlite_errors
     def runs(self, limit: int = 50, pipeline: str | None = None) -> list[dict[str, Any]]:
         sql = "SELECT doc FROM runs"
         args: tuple[Any, ...] = ()
@@ -202,6 +321,7 @@ class Index:
         with self._lock:
             return [json.loads(r[0]) for r in self._db.execute(sql, (*args, limit))]
 
+    @_sqlite_errors
     def run(self, run_id: str) -> dict[str, Any] | None:
         self.flush()
         with self._lock:
@@ -212,6 +332,7 @@ class Index:
                 ).fetchone()
         return None if row is None else json.loads(row[0])
 
+    @_sqlite_errors
     def run_ids(self, prefix: str, limit: int = 6) -> list[str]:
         """Ids of recorded runs that start with ``prefix``, newest first."""
         self.flush()
@@ -221,12 +342,14 @@ class Index:
             ).fetchall()
         return [r[0] for r in rows]
 
+    @_sqlite_errors
     def steps(self, run_id: str) -> list[dict[str, Any]]:
         self.flush()
         with self._lock:
             rows = self._db.execute("SELECT doc FROM steps WHERE run_id = ? ORDER BY started", (run_id,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    @_sqlite_errors
     def entries_for(self, pipeline: str, step: str) -> list[dict[str, Any]]:
         self.flush()
         with self._lock:
@@ -236,6 +359,7 @@ class Index:
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    @_sqlite_errors
     def steps_with_key(self, key: str) -> list[dict[str, Any]]:
         """Step records (any run, oldest first) whose cache key is ``key``."""
         self.flush()
@@ -243,6 +367,7 @@ class Index:
             rows = self._db.execute("SELECT doc FROM steps WHERE key = ? ORDER BY started", (key,)).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    @_sqlite_errors
     def entry_keys(self) -> list[str]:
         self.flush()
         with self._lock:
@@ -254,6 +379,7 @@ class Index:
     def consumers(self, digest: str) -> list[dict[str, Any]]:
         return self._lineage(digest, "in")
 
+    @_sqlite_errors
     def _lineage(self, digest: str, direction: str) -> list[dict[str, Any]]:
         self.flush()
         with self._lock:
@@ -265,6 +391,7 @@ class Index:
             ).fetchall()
         return [{"run_id": r[0], "step": r[1], "name": r[2], "cached": bool(r[3]), "started": r[4]} for r in rows]
 
+    @_sqlite_errors
     def artifact(self, digest_prefix: str) -> dict[str, Any] | None:
         self.flush()
         with self._lock:
@@ -274,6 +401,7 @@ class Index:
         return None if row is None else {"digest": row[0], "size": row[1], "materializer": row[2], "type": row[3]}
 
     # -- rebuilding ----------------------------------------------------------------
+    @_sqlite_errors
     def sync_run(self, store: ArtifactStore, run_id: str) -> dict[str, Any] | None:
         """Index one run from the store's records (used for runs written elsewhere)."""
         from mlpipe.records import load_step_records, run_path
@@ -286,6 +414,7 @@ class Index:
             self.record_step(record)
         return doc
 
+    @_sqlite_errors
     def sync(self, store: ArtifactStore) -> int:
         """Index the runs the store has and the index lacks (and their cache entries). Returns runs added."""
         with self._lock:
@@ -293,28 +422,67 @@ class Index:
             known_entries = {r[0] for r in self._db.execute("SELECT key FROM cache_entries")}
         added = 0
         for run_id in store.listdir("runs"):
-            if run_id not in known and self.sync_run(store, run_id) is not None:
-                added += 1
+            try:
+                if run_id not in known and self.sync_run(store, run_id) is not None:
+                    added += 1
+            except (DamagedFileError, KeyError, TypeError) as exc:
+                warnings.warn(f"skipped run {run_id}: {exc}", IndexRepairWarning, stacklevel=2)
         for rel, _size in store.walk_files("cache"):
             key = rel.rsplit("/", 1)[-1].removesuffix(".json")
             if rel.endswith(".json") and key not in known_entries:
-                with self._tx() as db:
-                    self._insert_entry(db, store.get_json(rel))
+                try:
+                    entry = store.get_json(rel)
+                    with self._tx() as db:
+                        self._insert_entry(db, entry)
+                except (DamagedFileError, KeyError, TypeError) as exc:
+                    warnings.warn(f"skipped {rel}: {exc}", IndexRepairWarning, stacklevel=2)
         return added
 
     def rebuild(self, store: ArtifactStore) -> tuple[int, int]:
-        """Recreate the whole index from the store. Returns (runs, cache entries) indexed."""
-        with self._tx() as db:
-            for table in ("runs", "steps", "artifacts", "lineage", "cache_entries"):
-                db.execute(f"DELETE FROM {table}")
+        """Recreate the whole index from the store. Returns (runs, cache entries) indexed.
+
+        A damaged index file is moved aside and recreated first; damaged
+        records are skipped and listed in :attr:`skipped`.
+        """
+        self.skipped = []
+        with self._lock:
+            try:
+                self._pending = []
+                with self._tx() as db:
+                    for table in ("runs", "steps", "artifacts", "lineage", "cache_entries"):
+                        db.execute(f"DELETE FROM {table}")
+            except sqlite3.DatabaseError as exc:
+                if not _damaged(exc) or self.path == ":memory:":
+                    raise _translated(exc, self.path) from exc
+                self._db.close()
+                self.aside = move_aside(self.path)
+                self._connect()
+        return self._rebuild_rows(store)
+
+    @_sqlite_errors
+    def _rebuild_rows(self, store: ArtifactStore) -> tuple[int, int]:
         runs = 0
         for run_id in store.listdir("runs"):
-            if self.sync_run(store, run_id) is not None:
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    found = self.sync_run(store, run_id)
+                self.skipped.extend(str(w.message) for w in caught)
+            except (DamagedFileError, KeyError, TypeError) as exc:
+                self.skipped.append(str(exc))
+                continue
+            if found is not None:
                 runs += 1
         entries = 0
         for rel, _size in store.walk_files("cache"):
             if rel.endswith(".json"):
-                with self._tx() as db:
-                    self._insert_entry(db, store.get_json(rel))
+                try:
+                    entry = store.get_json(rel)
+                    with self._tx() as db:
+                        self._insert_entry(db, entry)
+                except (DamagedFileError, KeyError, TypeError) as exc:
+                    self.skipped.append(f"{rel}: {exc}" if not isinstance(exc, DamagedFileError) else str(exc))
+                    continue
                 entries += 1
+        self.flush()
         return runs, entries

@@ -35,12 +35,13 @@ import hashlib
 import re
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from mlpipe.errors import MlpipeError, ParameterError, RunNotFoundError, StoreError
+from mlpipe.errors import DamagedFileError, MlpipeError, ParameterError, RunNotFoundError, StoreError
 from mlpipe.ir import PipelineIR, StepSpec
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RUN_TERMINAL",
+    "DamagedRecordWarning",
     "RunRecord",
     "RunState",
     "StepOutcome",
@@ -231,16 +233,35 @@ def step_record(
     return doc
 
 
+class DamagedRecordWarning(UserWarning):
+    """A step record file is damaged and was skipped (its steps show as not recorded)."""
+
+
 def load_step_records(store: ArtifactStore, run_id: str) -> dict[str, dict[str, Any]]:
-    """Every step record of a run, from the batched file and the per-step files."""
+    """Every step record of a run, from the batched file and the per-step files.
+
+    A damaged file (truncated, not JSON) is skipped with a
+    :class:`DamagedRecordWarning` naming it, so one bad record never hides the
+    rest of the run from ``runs show``, ``index --rebuild`` or ``cache gc``.
+    """
     records: dict[str, dict[str, Any]] = {}
     batched = run_path(run_id, "steps.json")
     if store.has(batched):
-        records.update(store.get_json(batched))
+        try:
+            found = store.get_json(batched)
+            if not isinstance(found, dict):
+                raise DamagedFileError(f"{batched} in {store.url} is damaged (not a JSON object)", path=batched)
+            records.update({k: v for k, v in found.items() if isinstance(v, dict)})
+        except DamagedFileError as exc:
+            warnings.warn(str(exc), DamagedRecordWarning, stacklevel=2)
     for name in store.listdir(run_path(run_id, "steps")):
         if name.endswith(".json") and ".tmp-" not in name:
-            doc = store.get_json(run_path(run_id, "steps", name))
-            records[doc["step"]] = doc
+            rel = run_path(run_id, "steps", name)
+            try:
+                doc = store.get_json(rel)
+                records[doc["step"]] = doc
+            except (DamagedFileError, KeyError, TypeError) as exc:
+                warnings.warn(f"{rel}: {exc}", DamagedRecordWarning, stacklevel=2)
     return records
 
 

@@ -41,6 +41,7 @@ from typing import IO, Any, TypeVar
 
 from mlpipe.errors import (
     CorruptObjectError,
+    DamagedFileError,
     MaterializerError,
     MissingDependencyError,
     MlpipeError,
@@ -520,10 +521,24 @@ class ArtifactStore:
         cached = self._meta_cache.get(digest)
         if cached is not None:
             return cached
+        rel = self.object_path(digest) + ".meta.json"
         try:
-            meta: dict[str, Any] = json.loads(self._fs.read_bytes(self.object_path(digest) + ".meta.json"))
+            meta: dict[str, Any] = json.loads(self._fs.read_bytes(rel))
+            if not isinstance(meta, dict) or "materializer" not in meta:
+                raise ValueError("no materializer named")
         except ObjectNotFoundError:
             raise ObjectNotFoundError(f"object {digest[:12]}… has no sidecar in {self.url}", digest=digest) from None
+        except ValueError as exc:
+            # Moved aside, so the producer's next write (which skips an existing sidecar) puts a good one back.
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            with contextlib.suppress(OSError):
+                self._fs.move(rel, f"quarantine/{digest}.meta.json-{stamp}")
+            raise CorruptObjectError(
+                f"the sidecar {rel} in {self.url} is damaged ({exc}); it was moved to quarantine/ and the object "
+                "will be recomputed by the step that produced it",
+                digest=digest,
+                path=rel,
+            ) from None
         self._meta_cache[digest] = meta
         return meta
 
@@ -685,10 +700,25 @@ class ArtifactStore:
         self._fs.write_bytes(rel, canonical_json(document).encode())
 
     def get_json(self, rel: str) -> Any:
+        """A JSON document of the store.
+
+        Raises:
+            ObjectNotFoundError: it does not exist.
+            DamagedFileError: it is truncated or not JSON (a writer killed on a filesystem without atomic
+                rename, a full disk, a hand edit); the message names the file.
+        """
         try:
-            return json.loads(self._fs.read_bytes(rel))
+            data = self._fs.read_bytes(rel)
         except ObjectNotFoundError:
             raise ObjectNotFoundError(f"{rel} is not in the store {self.url}", path=rel) from None
+        try:
+            return json.loads(data)
+        except ValueError as exc:
+            raise DamagedFileError(
+                f"{rel} in the store {self.url} is damaged ({len(data)} bytes, not valid JSON: {exc}); "
+                "it is skipped where it can be, and `mlpipe index --rebuild` rebuilds the index without it",
+                path=rel,
+            ) from None
 
     def has(self, rel: str) -> bool:
         return self._fs.exists(rel)

@@ -298,3 +298,104 @@ def test_secrets_read_by_a_step_are_hashed_never_written_to_the_store(tmp_path: 
 
 def _last_run(work: Path) -> str:
     return sorted(p.name for p in (work / ".mlpipe" / "runs").iterdir())[-1]
+
+
+# -- damaged metadata never wedges the tool ---------------------------------------------------------
+
+PIPES = RESOURCES / "reliability_pipelines.py"
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return _mlpipe(*args, cwd=cwd, env={"PYTHONPATH": os.pathsep.join([str(ROOT), str(RESOURCES)])})
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_corrupt_metadata_db_blocks_nothing_and_rebuild_moves_it_aside() -> None:
+    work = Path.cwd()
+    assert _cli("run", f"{PIPES}:frames", cwd=work).returncode == 0
+    db = work / ".mlpipe" / "metadata.db"
+    for suffix in ("-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    db.write_bytes(b"this is not a database" * 100)
+    listed = _cli("runs", "list", cwd=work)
+    assert listed.returncode == 0, listed.stderr
+    assert "succeeded" in listed.stdout
+    assert "metadata.db was damaged" in listed.stderr and "moved to" in listed.stderr
+    db.write_bytes(b"\x00garbage" * 500)
+    rebuilt = _cli("index", "--rebuild", cwd=work)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "indexed 1 runs" in rebuilt.stdout
+    assert len(list((work / ".mlpipe").glob("metadata.db.damaged-*"))) >= 1
+    again = _cli("run", f"{PIPES}:frames", cwd=work)
+    assert again.returncode == 0 and again.stderr.count("cached ") == 2, again.stderr
+
+
+def test_damaged_records_are_named_and_skipped_by_runs_show_rebuild_and_gc() -> None:
+    work = Path.cwd()
+    ids = []
+    for n in (3, 4, 5):
+        result = _cli("run", f"{PIPES}:frames", "-p", f"n={n}", cwd=work)
+        assert result.returncode == 0, result.stderr
+        ids.append(sorted(p.name for p in (work / ".mlpipe" / "runs").iterdir())[-1])
+    store = work / ".mlpipe"
+    _truncate(store / "runs" / ids[0] / "run.json")
+    _truncate(store / "runs" / ids[1] / "steps.json")
+    entry = next((store / "cache").rglob("*.json"))
+    _truncate(entry)
+    show_bad = _cli("runs", "show", ids[0], cwd=work)
+    assert show_bad.returncode == 1
+    assert f"runs/{ids[0]}/run.json" in show_bad.stderr and "is damaged" in show_bad.stderr
+    assert "Traceback" not in show_bad.stderr
+    show_steps = _cli("runs", "show", ids[1], cwd=work)
+    assert show_steps.returncode == 0, show_steps.stderr
+    assert f"runs/{ids[1]}/steps.json" in show_steps.stderr
+    rebuilt = _cli("index", "--rebuild", cwd=work)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert f"runs/{ids[0]}/run.json" in rebuilt.stderr and entry.name in rebuilt.stderr
+    assert "indexed 2 runs" in rebuilt.stdout
+    gc = _cli("cache", "gc", "--grace", "0", cwd=work)
+    assert gc.returncode == 0, gc.stderr
+    assert f"removed {entry.relative_to(store).as_posix()}" in gc.stdout
+    rerun = _cli("run", f"{PIPES}:frames", "-p", "n=5", cwd=work)
+    assert rerun.returncode == 0, rerun.stderr
+    assert mp.get_run(ids[2], store=str(store)).output("width") == 10
+
+
+def test_a_truncated_sidecar_is_named_and_repaired_by_the_next_run() -> None:
+    first = rp.frames.run()
+    store = open_store()
+    digest = first.steps["frame"].outputs["output"].digest
+    _truncate(Path(store.url, store.object_path(digest) + ".meta.json"))
+    width_key = first.steps["width"].key
+    Path(store.url, "cache", width_key[:2], f"{width_key}.json").unlink()  # so width reads frame's output again
+    with pytest.warns(StoreRepairWarning, match=r"recomputing step 'frame'"):
+        again = rp.frames.run()  # reading it fails on the sidecar: frame runs again and writes a good one
+    assert again.status == "succeeded" and again.output("width") == 10
+    _truncate(Path(store.url, store.object_path(digest) + ".meta.json"))
+    with pytest.raises(CorruptObjectError, match=r"the sidecar objects/.*\.meta\.json .* is damaged"):
+        mp.get_run(first.id, store=open_store(store.url)).output("frame")
+    rp.frames.run(cache=False)
+    assert mp.get_run(first.id, store=open_store(store.url)).output("frame")["x"].sum() == 10
+
+
+def test_a_full_disk_in_sqlite_says_so_and_exits_1() -> None:
+    from mlpipe.errors import StoreError
+    from mlpipe.metadata import open_index
+
+    rp.frames.run()
+    store = open_store()
+    index = open_index(store)
+    pages = index._db.execute("PRAGMA page_count").fetchone()[0]
+    index._db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own SQLITE_FULL, as on a full disk
+    try:
+        with pytest.raises(StoreError, match="the disk is full") as info:
+            for i in range(200):
+                index.record_run({"id": f"x{i}", "pipeline": "p" * 5000, "status": "succeeded"})
+        assert info.value.exit_code == 1
+        assert "metadata.db" in str(info.value)
+    finally:
+        index._db.execute("PRAGMA max_page_count=1073741823")
