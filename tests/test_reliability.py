@@ -359,7 +359,7 @@ def test_damaged_records_are_named_and_skipped_by_runs_show_rebuild_and_gc() -> 
     assert "indexed 2 runs" in rebuilt.stdout
     gc = _cli("cache", "gc", "--grace", "0", cwd=work)
     assert gc.returncode == 0, gc.stderr
-    assert f"removed {entry.relative_to(store).as_posix()}" in gc.stdout
+    assert f"will remove {entry.relative_to(store).as_posix()}" in gc.stdout and "removed 1 files" in gc.stdout
     rerun = _cli("run", f"{PIPES}:frames", "-p", "n=5", cwd=work)
     assert rerun.returncode == 0, rerun.stderr
     assert mp.get_run(ids[2], store=str(store)).output("width") == 10
