@@ -14,7 +14,9 @@ may move. What is here is the plugin contract:
 - executing one step exactly as every backend does (:func:`execute_remote_step`,
   the body of ``python -m mlpipe.runtime``), and code shipping (:func:`ship`,
   :func:`resolve_code`);
-- materializers: :class:`Materializer`, :func:`register_materializer`.
+- materializers: :class:`Materializer`, :func:`register_materializer`;
+- deployment targets (entry point group ``mlpipe.deploy_targets``): :class:`DeployTarget`,
+  :class:`DeploymentState`, :class:`ModelRef`, :class:`DeploymentError`.
 
 Importing this module loads the execution machinery (but nothing heavy:
 no pandas, kfp, sagemaker or mlflow).
@@ -25,6 +27,7 @@ from __future__ import annotations
 from mlpipe.backend import TERMINAL, Backend, BackendOptions, Capabilities, RunHandle, RunStatus, get_backend
 from mlpipe.code import resolve as resolve_code
 from mlpipe.code import ship
+from mlpipe.deploy import DeploymentError, DeploymentState, DeployTarget, ModelRef
 from mlpipe.executor import StepExecutor, StepHooks, UpstreamCorrupted
 from mlpipe.ir import CodeRef, InputSpec, OutputRef, ParamSpec, PipelineIR, StepOutput, StepSpec
 from mlpipe.launch import new_run_id
@@ -57,8 +60,12 @@ __all__ = [
     "BackendOptions",
     "Capabilities",
     "CodeRef",
+    "DeployTarget",
+    "DeploymentError",
+    "DeploymentState",
     "InputSpec",
     "Materializer",
+    "ModelRef",
     "ObjectInfo",
     "OutputRef",
     "ParamSpec",

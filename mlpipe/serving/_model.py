@@ -75,7 +75,9 @@ def _mlflow() -> Any:
 
 def _client(tracking_uri: str | None) -> Any:
     mlflow = _mlflow()
-    return mlflow.MlflowClient(tracking_uri=tracking_uri or mlflow.get_tracking_uri())
+    if tracking_uri is None:
+        return mlflow.MlflowClient()
+    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def resolve_version(uri: str, tracking_uri: str | None = None) -> VersionInfo:
@@ -140,13 +142,8 @@ def load_served_model(reference: str, *, tracking_uri: str | None = None) -> Loa
             model=reference,
         )
     info = resolve_version(uri, tracking_uri)
-    previous = mlflow.get_tracking_uri()
     try:
-        if tracking_uri:
-            mlflow.set_tracking_uri(tracking_uri)
-        model = mlflow.pyfunc.load_model(uri)
-    except UnknownModelError:
-        raise
+        model = _load(mlflow, uri, tracking_uri)
     except Exception as exc:  # any failure of the model's own loader: report it with the model's name
         raise ModelLoadError(
             f"model {reference!r} cannot be loaded: {type(exc).__name__}: {str(exc)[:500]}; check that it was "
@@ -154,7 +151,29 @@ def load_served_model(reference: str, *, tracking_uri: str | None = None) -> Loa
             "here (its requirements.txt lists them)",
             model=reference,
         ) from exc
-    finally:
-        if tracking_uri:
-            mlflow.set_tracking_uri(previous)
     return LoadedModel(uri, info, model)
+
+
+def _load(mlflow: Any, uri: str, tracking_uri: str | None) -> Any:
+    """``mlflow.pyfunc.load_model`` with ``models:/`` resolved in ``tracking_uri``'s registry, not the global one."""
+    if tracking_uri and uri.startswith("models:/") and not uri.startswith("models:/m-"):
+        client = _client(tracking_uri)
+        rest = uri[len("models:/") :]
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = rest.partition("/")
+            mv = client.get_model_version(name, version)
+        uri = artifact_location(client, mv)
+    if tracking_uri and uri.startswith("models:/m-"):
+        uri = _client(tracking_uri).get_logged_model(uri[len("models:/") :]).artifact_location
+    return mlflow.pyfunc.load_model(uri)
+
+
+def artifact_location(client: Any, mv: Any) -> str:
+    """Where a registered version's model files are (its logged model's artifact location in MLflow 3)."""
+    model_id = getattr(mv, "model_id", None)
+    if model_id:
+        return str(client.get_logged_model(model_id).artifact_location)
+    return str(client.get_model_version_download_uri(mv.name, mv.version))

@@ -11,6 +11,7 @@ versions. Servers in these tests listen on 127.0.0.1, on free ports.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import urllib.error
 import urllib.request
@@ -46,9 +47,14 @@ def make_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     labels = (frame["x1"] + 0.5 * frame["x2"] > 0).astype(int)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        _register(mlflow, MlflowClient, LogisticRegression, uri, root, frame, labels, previous)
+    here = os.getcwd()
+    os.chdir(root)  # a session fixture runs before the per-test working directory: write nothing in the checkout
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _register(mlflow, MlflowClient, LogisticRegression, uri, root, frame, labels, previous)
+    finally:
+        os.chdir(here)
     return Registry(uri, frame, labels)
 
 
