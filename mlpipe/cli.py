@@ -15,7 +15,7 @@ import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -635,8 +635,67 @@ def _show_warning(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    ``mlpipe run`` executes steps in this process, where a step calling
+    ``os._exit()`` (or a crash in native code) would end the CLI with whatever
+    status it chose. On POSIX the command therefore runs in a forked child; the
+    parent reports a child that ended without finishing the command (exit 1,
+    the run shows as ``interrupted``) and otherwise passes its status on.
+    """
     warnings.showwarning = _show_warning
+    if _command(sys.argv[1:]) == "run" and hasattr(os, "fork") and not os.environ.get("MLPIPE_NO_FORK"):
+        _guarded(_cli_main)
+    else:
+        _cli_main()
+
+
+def _command(args: list[str]) -> str | None:
+    return next((a for a in args if not a.startswith("-")), None)
+
+
+def _guarded(body: Any) -> NoReturn:
+    """Run ``body`` in a forked child that must say it finished; see :func:`main`."""
+    import signal
+
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the child: the ordinary CLI
+        os.close(read_end)
+        code: Any = 0
+        try:
+            body()
+        except SystemExit as exc:
+            code = exc.code
+        finally:  # not reached when a step calls os._exit() or the process is killed
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.write(write_end, b"1")
+            os.close(write_end)
+        sys.exit(code)
+    os.close(write_end)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which reports it
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    finished = os.read(read_end, 1) == b"1"
+    os.close(read_end)
+    code = os.waitstatus_to_exitcode(status)
+    if finished:
+        sys.exit(code)
+    how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+    print(
+        f"error: the pipeline process {how} before the run finished: a step called os._exit() or the process "
+        "crashed or was killed. The run is left unfinished and shows as interrupted (`mlpipe runs list`)",
+        file=sys.stderr,
+    )
+    sys.exit(1)
+
+
+def _cli_main() -> None:
     try:
         app()
     except KeyboardInterrupt:

@@ -328,12 +328,12 @@ class StepExecutor:
 
     def _call_once(self, spec: StepSpec, fn: Callable[..., Any], values: dict[str, Any]) -> Any:
         if spec.timeout is None:
-            return fn(**values)
+            return _invoke(spec, fn, values)
         box: dict[str, Any] = {}
 
         def target() -> None:
             try:
-                box["result"] = fn(**values)
+                box["result"] = _invoke(spec, fn, values)
             except BaseException as exc:  # carried to the caller's thread
                 box["error"] = exc
 
@@ -481,3 +481,15 @@ def _preview(value: Any) -> str:
 
 
 InputRef = tuple[str, str]
+
+
+def _invoke(spec: StepSpec, fn: Callable[..., Any], values: dict[str, Any]) -> Any:
+    """Call a step's function; ``sys.exit()`` inside it is the step failing, never the process ending."""
+    try:
+        return fn(**values)
+    except SystemExit as exc:
+        raise StepFailedError(
+            f"step {spec.name!r} called sys.exit({exc.code!r}); a step ends by returning its outputs or raising "
+            "an exception, so it is recorded as failed",
+            step=spec.name,
+        ) from None

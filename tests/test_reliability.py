@@ -399,3 +399,28 @@ def test_a_full_disk_in_sqlite_says_so_and_exits_1() -> None:
         assert "metadata.db" in str(info.value)
     finally:
         index._db.execute("PRAGMA max_page_count=1073741823")
+
+
+# -- exit status tells the truth ---------------------------------------------------------------------
+
+
+def test_sys_exit_inside_a_step_fails_the_step_and_the_run() -> None:
+    work = Path.cwd()
+    result = _cli("run", f"{PIPES}:exits", cwd=work)
+    assert result.returncode == 1, result.stderr
+    assert "called sys.exit(0)" in result.stderr
+    run = mp.runs(store=str(work / ".mlpipe"))[0]
+    assert run.status == "failed"
+    assert run.steps["quits"].status == "failed" and run.steps["after_exit"].status == "skipped"
+
+
+def test_os_exit_inside_a_step_is_reported_and_exits_1() -> None:
+    work = Path.cwd()
+    result = _cli("run", f"{PIPES}:hard_exit", cwd=work)
+    assert result.returncode == 1, result.stderr
+    assert "exited with status 0 before the run finished" in result.stderr
+    assert "os._exit()" in result.stderr
+    listed = _cli("runs", "list", cwd=work)
+    assert "interrupted" in listed.stdout, listed.stdout
+    ok = _cli("run", f"{PIPES}:frames", cwd=work)
+    assert ok.returncode == 0 and "error" not in ok.stderr, ok.stderr

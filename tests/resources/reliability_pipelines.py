@@ -66,3 +66,32 @@ def score(model: Model) -> int:
 @mp.pipeline
 def models(n: int = 3) -> int:
     return score(fit(n))
+
+
+@mp.step
+def quits(n: int) -> int:
+    import sys
+
+    sys.exit(0)
+
+
+@mp.step
+def dies(n: int) -> int:
+    import os
+
+    os._exit(0)
+
+
+@mp.pipeline
+def exits(n: int = 1) -> int:
+    return after_exit(quits(n))
+
+
+@mp.step
+def after_exit(x: int) -> int:
+    return x
+
+
+@mp.pipeline
+def hard_exit(n: int = 1) -> int:
+    return dies(n)
