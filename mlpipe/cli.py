@@ -20,6 +20,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from mlpipe.cli_errors import _fail, _state
+from mlpipe.deploy_cli import ci_app as _ci_app
 from mlpipe.deploy_cli import deploy_app as _deploy_app
 from mlpipe.errors import DefinitionError, MlpipeError
 from mlpipe.pipeline import Pipeline
@@ -41,6 +42,7 @@ app.add_typer(cache_app, name="cache")
 app.add_typer(artifacts_app, name="artifacts")
 app.command("serve")(_serve_command)
 app.add_typer(_deploy_app, name="deploy")
+app.add_typer(_ci_app, name="ci")
 
 
 ProfileOpt = Annotated[

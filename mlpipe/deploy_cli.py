@@ -282,3 +282,50 @@ def targets_cmd() -> None:
     for name, source in available_targets().items():
         print(f"{name:<12} {source}")
     sys.stdout.flush()
+
+
+ci_app = typer.Typer(help="CI/CD recipes.", no_args_is_help=True)
+
+
+@ci_app.command("github")
+def ci_github(
+    pipeline: Annotated[str, typer.Option("--pipeline", help="FILE.py:PIPELINE to test, compile and submit.")],
+    profile: Annotated[str, typer.Option("--profile", help="Profile that submit (and deploy) use.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="Workflow file.")] = ".github/workflows/mlpipe.yml",
+    compile_backend: Annotated[
+        str | None, typer.Option("--compile-backend", help="Backend to compile for (default: the profile's).")
+    ] = None,
+    install: Annotated[str, typer.Option("--install", help="Install command.")] = "pip install -e '.[dev]'",
+    test: Annotated[str, typer.Option("--test", help="Test command.")] = "pytest -q",
+    branch: Annotated[str, typer.Option("--branch", help="Branch whose pushes submit.")] = "main",
+    deployment: Annotated[str | None, typer.Option("--deployment", help="Deployment to roll out.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="Registered model of the deployment.")] = None,
+    target: Annotated[str, typer.Option("--target", help="Deployment target.")] = "local",
+    option: Annotated[list[str] | None, typer.Option("--target-option", help="Target option KEY=VALUE.")] = None,
+    gate: Annotated[list[str] | None, typer.Option("--gate", help="Rollout gate (repeatable).")] = None,
+    secret: Annotated[
+        list[str] | None, typer.Option("--secret", help="Env var taken from repository secrets (repeatable).")
+    ] = None,
+) -> None:
+    """Write a GitHub Actions workflow: test, compile, plan, submit on push, gated deployment."""
+    from mlpipe.ci import GithubWorkflow, write_github_workflow
+    from mlpipe.deploy._state import DeploymentError
+
+    if (deployment is None) != (model is None):
+        _fail(DeploymentError("--deployment and --model go together"))
+    spec = GithubWorkflow(
+        pipeline=pipeline,
+        profile=profile,
+        compile_backend=compile_backend,
+        install=install,
+        test=test,
+        branch=branch,
+        deployment=deployment,
+        model=model,
+        target=target,
+        target_options=list(option or []),
+        gates=list(gate or []),
+        secrets=list(secret) if secret is not None else ["MLFLOW_TRACKING_URI"],
+    )
+    path = write_github_workflow(spec, output)
+    print(f"wrote {path}")
