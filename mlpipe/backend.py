@@ -196,6 +196,14 @@ class Backend(ABC):
                     backend=self.name,
                     step=spec.name,
                 )
+            if spec.when and not caps.conditions:
+                raise UnsupportedFeatureError(
+                    f"backend {self.name!r} cannot run step {spec.name!r} under `mp.when({spec.when[0].describe()})`: "
+                    "it has no 'conditions' capability, and running the step anyway would be wrong. Run this "
+                    "pipeline on a backend that has it (local does), or decide inside a step",
+                    backend=self.name,
+                    step=spec.name,
+                )
             if spec.gate and not caps.gates:
                 raise UnsupportedFeatureError(
                     f"backend {self.name!r} cannot run quality gate {spec.name!r}: it does not record the steps "

@@ -21,7 +21,7 @@ from mlpipe._version import __version__
 from mlpipe.code import register
 from mlpipe.errors import GraphError
 from mlpipe.fingerprint import fingerprint
-from mlpipe.ir import CodeRef, InputSpec, OutputRef, ParamSpec, PipelineIR, StepOutput, StepSpec
+from mlpipe.ir import CodeRef, ConditionSpec, InputSpec, OutputRef, ParamSpec, PipelineIR, StepOutput, StepSpec
 from mlpipe.materializers import for_annotation
 from mlpipe.trace import OutputHandle, ParamHandle, _Const
 from mlpipe.typecheck import to_json_value, type_name
@@ -102,6 +102,15 @@ def compile_trace(trace: Trace) -> PipelineIR:
                 inputs.append(
                     InputSpec.model_construct(name=arg, type=tname, source="const", value=_plain(value.value))
                 )
+        conditions = tuple(
+            ConditionSpec.model_construct(
+                step=c.source.step, output=c.source.output, path=c.path, op=c.op, value=c.value, negate=c.negate
+            )
+            for c in call.guard
+        )
+        for c in conditions:
+            if c.step not in upstream:
+                upstream.append(c.step)
         outputs = []
         for out in call.step.outputs:
             m = for_annotation(out.annotation)
@@ -132,6 +141,7 @@ def compile_trace(trace: Trace) -> PipelineIR:
                 env=call.step.env,
                 namedtuple=call.step.namedtuple_type is not None,
                 gate=call.step.gate,
+                when=conditions,
             )
         )
     ir = PipelineIR.model_construct(

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CodeRef", "InputSpec", "OutputRef", "ParamSpec", "PipelineIR", "StepOutput", "StepSpec"]
+__all__ = ["CodeRef", "ConditionSpec", "InputSpec", "OutputRef", "ParamSpec", "PipelineIR", "StepOutput", "StepSpec"]
 
 ParamKind = Literal["int", "float", "str", "bool", "list", "dict", "json"]
 
@@ -88,6 +88,42 @@ class CodeRef(_Frozen):
     pickle_sha256: str | None = None
 
 
+class ConditionSpec(_Frozen):
+    """A run-time test a step runs under (``with mp.when(...)``): an output of an upstream step, or a field of it.
+
+    ``op`` is ``gt``/``ge``/``lt``/``le`` against ``value``, or ``true`` for a boolean; ``negate`` inverts it.
+    """
+
+    step: str
+    output: str
+    path: tuple[str, ...] = ()
+    op: Literal["gt", "ge", "lt", "le", "true"]
+    value: Any = None
+    negate: bool = False
+
+    def describe(self) -> str:
+        target = ".".join((self.step, *self.path)) if self.path else f"{self.step}.{self.output}"
+        symbol = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}.get(self.op)
+        test = target if symbol is None else f"{target} {symbol} {self.value!r}"
+        return f"not ({test})" if self.negate else test
+
+    def holds(self, value: Any) -> bool:
+        """Whether the test holds for the upstream output ``value`` (a model, a dict or a plain value)."""
+        for name in self.path:
+            value = value[name] if isinstance(value, dict) else getattr(value, name)
+        if self.op == "true":
+            result = bool(value)
+        elif self.op == "gt":
+            result = value > self.value
+        elif self.op == "ge":
+            result = value >= self.value
+        elif self.op == "lt":
+            result = value < self.value
+        else:
+            result = value <= self.value
+        return result != self.negate
+
+
 class StepSpec(_Frozen):
     """One step call in the compiled pipeline."""
 
@@ -108,6 +144,13 @@ class StepSpec(_Frozen):
     env: dict[str, str] = Field(default_factory=dict)
     namedtuple: bool = False
     gate: bool = False
+    when: tuple[ConditionSpec, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        doc = super().to_dict()
+        if not self.when:  # the IR of a pipeline without conditions (and so its digest) is what it always was
+            del doc["when"]
+        return doc
 
     def input(self, name: str) -> InputSpec:
         for spec in self.inputs:

@@ -59,7 +59,7 @@ class LocalBackend(Backend):
     """Runs pipelines in this process. ``resources`` are accepted and recorded, not enforced."""
 
     name = "local"
-    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, gates=True)
+    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, gates=True, conditions=True)
     Options = LocalOptions
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
@@ -244,7 +244,10 @@ class _LocalRun:
         for up in set(self.specs[outcome.name].upstream):
             self.consumers[up] -= 1
         if outcome.status != "succeeded":
-            for skipped in self.record.skip_dependents(self.ir, outcome.name, outcome.error, done=self.outcomes):
+            dependents = self.record.skip_dependents(
+                self.ir, outcome.name, outcome.error, done=self.outcomes, branch=outcome.branch_not_taken
+            )
+            for skipped in dependents:
                 self.outcomes[skipped.name] = skipped
                 if self.executor.hooks is not None:  # a child run says the step was skipped, and why
                     self.executor.hooks.step_done(self.specs[skipped.name], skipped)
@@ -264,7 +267,30 @@ class _LocalRun:
             self.specs[name], self.fns[name], self.params, self.produced, self.memory, force, self.packages[name]
         )
 
+    def _branch_not_taken(self, name: str) -> StepOutcome | None:
+        """The skipped outcome of a step whose ``mp.when`` condition is false (recorded), or None."""
+        spec = self.specs[name]
+        for condition in spec.when:
+            info = self.produced[(condition.step, condition.output)]
+            value = (
+                self.memory[info.digest] if info.digest in self.memory else self.store.get_value(info.digest, info=info)
+            )
+            if not condition.holds(value):
+                outcome = StepOutcome.ended_now(
+                    name, "skipped", f"skipped: branch not taken (condition {condition.describe()} is false)"
+                )
+                outcome.branch_not_taken = True
+                self.record.record_outcome(self.ir.name, spec, outcome)
+                if self.executor.hooks is not None:
+                    self.executor.hooks.step_done(spec, outcome)
+                return outcome
+        return None
+
     def _run(self, name: str) -> StepOutcome:
+        if self.specs[name].when:
+            skipped = self._branch_not_taken(name)
+            if skipped is not None:
+                return skipped
         for _attempt in range(_MAX_REPAIRS + 1):
             try:
                 return self._execute_step(name)

@@ -60,6 +60,7 @@ __all__ = [
     "load_ir",
     "load_step_records",
     "run_path",
+    "settled_ok",
     "skip_reason",
     "step_record",
     "write_ir",
@@ -181,6 +182,7 @@ class StepOutcome:
     source_run: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
     reports: dict[str, str] = field(default_factory=dict)
+    branch_not_taken: bool = False  # skipped because a `mp.when` condition was false: not a failure
 
     @property
     def duration(self) -> float:
@@ -230,11 +232,22 @@ def step_record(
         doc["traceback"] = outcome.traceback
     if outcome.reports:
         doc["reports"] = outcome.reports
+    if outcome.branch_not_taken:
+        doc["branch"] = "not taken"
     return doc
 
 
 class DamagedRecordWarning(UserWarning):
     """A step record file is damaged and was skipped (its steps show as not recorded)."""
+
+
+def settled_ok(record: Mapping[str, Any] | None) -> bool:
+    """Whether a step's record lets its run succeed: it succeeded, or its branch was not taken."""
+    if not record:
+        return False
+    return record.get("status") == "succeeded" or (
+        record.get("status") == "skipped" and record.get("branch") == "not taken"
+    )
 
 
 def load_step_records(store: ArtifactStore, run_id: str) -> dict[str, dict[str, Any]]:
@@ -486,7 +499,7 @@ class RunRecord:
         return records
 
     def skip_dependents(
-        self, ir: PipelineIR, failed: str, error: str | None, *, done: Container[str] = ()
+        self, ir: PipelineIR, failed: str, error: str | None, *, done: Container[str] = (), branch: bool = False
     ) -> list[StepOutcome]:
         """Record every step downstream of the failed step ``failed`` as skipped, with the reason.
 
@@ -494,7 +507,7 @@ class RunRecord:
         are their descendants reached only through them. Returns the new
         outcomes, in the order they were recorded.
         """
-        reason = skip_reason(ir.step(failed), error)
+        reason = (error or "skipped: its branch was not taken") if branch else skip_reason(ir.step(failed), error)
         downstream = ir.downstream()
         skipped: list[StepOutcome] = []
         seen: set[str] = set()
@@ -505,6 +518,7 @@ class RunRecord:
                 continue
             seen.add(name)
             outcome = StepOutcome.ended_now(name, "skipped", reason)
+            outcome.branch_not_taken = branch
             self.record_outcome(ir.name, ir.step(name), outcome)
             skipped.append(outcome)
             stack.extend(downstream[name])
@@ -581,8 +595,7 @@ class RunRecord:
         records = self.steps()
         order = self.doc.get("order") or list(records)
         if status is None:
-            ok = all((records.get(name) or {}).get("status") == "succeeded" for name in order)
-            status = "succeeded" if ok else "failed"
+            status = "succeeded" if all(settled_ok(records.get(name)) for name in order) else "failed"
         failed = [n for n in order if (records.get(n) or {}).get("status") == "failed"]
         if error is None and failed:
             error = "; ".join(f"step {n!r} failed: {records[n].get('error')}" for n in failed)

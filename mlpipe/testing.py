@@ -133,6 +133,15 @@ def nested(n: int = 3) -> dict[str, Any]:
     return describe(total, count, label="nested", options={"small": 1}, flags=[1])
 
 
+@mp.pipeline(name="conformance-branch")
+def branching(n: int = 3) -> None:
+    total, count = summarize(make_numbers(n))
+    with mp.when(total > 10.0):
+        consume(total)
+    with mp.when(~(total > 10.0)):
+        describe(total, count, label="small", options={}, flags=[])
+
+
 def run_on(backend: Backend, pipeline: mp.Pipeline, store: ArtifactStore, *, cache: bool = True, **params: Any) -> Run:
     """Run ``pipeline`` on ``backend`` against ``store``, as ``Pipeline.run`` would with a profile."""
     values = pipeline.validate_params(params)
@@ -239,3 +248,18 @@ class BackendConformance:
         assert run.output("describe")["mean"] == 3.0
         again = run_on(local, nested, store, n=4)  # the same keys on every backend
         assert all(s.cached for s in again.steps.values())
+
+    def test_conditions_run_the_branch_taken_or_are_refused(self, backend: Backend, store: ArtifactStore) -> None:
+        if not backend.capabilities.conditions:
+            with pytest.raises(UnsupportedFeatureError, match=r"cannot run step 'consume' under `mp.when"):
+                backend.check(branching.ir)
+            return
+        big = run_on(backend, branching, store, n=6)  # total 15
+        assert big.status == "succeeded", big.error
+        assert big.output("consume") == 16.0
+        assert big.steps["describe"].status == "skipped"
+        assert "branch not taken" in (big.steps["describe"].error or "")
+        small = run_on(backend, branching, store, n=3)  # total 3
+        assert small.status == "succeeded"
+        assert small.steps["consume"].status == "skipped"
+        assert small.output("describe")["label"] == "small"

@@ -25,7 +25,18 @@ from mlpipe.typecheck import compatible, type_name, validate
 if TYPE_CHECKING:
     from mlpipe.step import Step
 
-__all__ = ["Call", "OutputHandle", "Param", "ParamHandle", "Trace", "current_trace", "trace_function"]
+__all__ = [
+    "Call",
+    "Condition",
+    "FieldHandle",
+    "OutputHandle",
+    "Param",
+    "ParamHandle",
+    "Trace",
+    "current_trace",
+    "trace_function",
+    "when",
+]
 
 _TRACE: ContextVar[Trace | None] = ContextVar("mlpipe_trace", default=None)
 
@@ -77,24 +88,152 @@ def _refuse_conversion(self: _Handle) -> typing.NoReturn:
     self._refuse("converted (int(), float(), round()...)")
 
 
-for _op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow", "lt", "le", "gt", "ge"):
+for _op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow"):
     setattr(_Handle, f"__{_op}__", _refuse_operator)
     setattr(_Handle, f"__r{_op}__", _refuse_operator)
+
+
+def _compare(op: str) -> Callable[[_Handle, Any], Condition]:
+    def compare(self: _Handle, other: Any) -> Condition:
+        return Condition.compare(self, op, other)
+
+    compare.__name__ = f"__{op}__"
+    return compare
+
+
+for _op in ("lt", "le", "gt", "ge"):
+    setattr(_Handle, f"__{_op}__", _compare(_op))
 for _conversion in ("int", "float", "complex", "index", "round", "neg", "abs"):
     setattr(_Handle, f"__{_conversion}__", _refuse_conversion)
 
 
 @dataclass(frozen=True, eq=False)
 class OutputHandle(_Handle):
-    """One output of a traced step call."""
+    """One output of a traced step call (``guard``: the conditions under which the step runs)."""
 
     trace: Trace = field(repr=False)
     step: str
     output: str
     annotation: Any = field(repr=False)
+    guard: tuple[Condition, ...] = field(default=(), repr=False)
 
     def describe(self) -> str:
         return f"the output {self.output!r} of step {self.step!r}"
+
+    def __getattr__(self, name: str) -> Any:
+        fields = getattr(self.annotation, "model_fields", None)
+        if name.startswith("__") or not isinstance(fields, dict):
+            return super().__getattr__(name)
+        if name not in fields:
+            self._refuse(f"asked for field {name!r}: {type_name(self.annotation)} has {sorted(fields)}")
+        return FieldHandle(self.trace, self, (name,), fields[name].annotation)
+
+
+@dataclass(frozen=True, eq=False)
+class FieldHandle(_Handle):
+    """A field of a step output that is a pydantic model: ``metrics.accuracy``; usable in conditions."""
+
+    trace: Trace = field(repr=False)
+    source: OutputHandle
+    path: tuple[str, ...]
+    annotation: Any = field(repr=False)
+
+    def describe(self) -> str:
+        return f"the field {'.'.join(self.path)!r} of {self.source.describe()}"
+
+
+_OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A test on a step output, decided when the pipeline runs: built by comparing a handle, used by :func:`when`.
+
+    ``op`` is ``gt``/``ge``/``lt``/``le`` against ``value``, or ``true`` for a
+    boolean output; ``negate`` is set by ``~condition``.
+    """
+
+    source: OutputHandle
+    path: tuple[str, ...]
+    op: str
+    value: Any = None
+    negate: bool = False
+
+    @classmethod
+    def compare(cls, handle: _Handle, op: str, value: Any) -> Condition:
+        source, path = _condition_source(handle)
+        if isinstance(value, _Handle):
+            handle._refuse("compared with another placeholder (compare with a constant, or compute it in a step)")
+        kind = typing.get_origin(handle.annotation) or handle.annotation
+        if kind not in (int, float, str) or isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise GraphError(
+                f"pipeline {handle.trace.pipeline!r}: {handle.describe()} ({type_name(handle.annotation)}) "
+                f"{_OPS[op]} {value!r}: conditions compare a number or a string with a constant of its kind",
+                pipeline=handle.trace.pipeline,
+            )
+        return cls(source, path, op, value)
+
+    @classmethod
+    def of(cls, value: Any) -> Condition:
+        """``value`` as a condition: a Condition, or a boolean step output or field."""
+        if isinstance(value, Condition):
+            return value
+        if isinstance(value, (OutputHandle, FieldHandle)):
+            if value.annotation is not bool:
+                raise GraphError(
+                    f"pipeline {value.trace.pipeline!r}: mp.when() needs a boolean or a comparison, got "
+                    f"{value.describe()} ({type_name(value.annotation)}); compare it, e.g. mp.when(x > 0.9)",
+                    pipeline=value.trace.pipeline,
+                )
+            source, path = _condition_source(value)
+            return cls(source, path, "true")
+        raise GraphError(
+            f"mp.when() needs a condition on a step output (a comparison such as metrics.accuracy > 0.9, or a "
+            f"boolean output), got {value!r}. A value known while the pipeline is built needs no condition: use if"
+        )
+
+    def __invert__(self) -> Condition:
+        return Condition(self.source, self.path, self.op, self.value, not self.negate)
+
+    def __bool__(self) -> bool:  # noqa: PLE0304
+        self.source._refuse("used in an if statement (use `with mp.when(condition):`)")
+
+    def describe(self) -> str:
+        target = ".".join((self.source.step, *self.path)) if self.path else f"{self.source.step}.{self.source.output}"
+        test = target if self.op == "true" else f"{target} {_OPS[self.op]} {self.value!r}"
+        return f"not ({test})" if self.negate else test
+
+
+def _condition_source(handle: _Handle) -> tuple[OutputHandle, tuple[str, ...]]:
+    if isinstance(handle, FieldHandle):
+        return handle.source, handle.path
+    if isinstance(handle, OutputHandle):
+        return handle, ()
+    handle._refuse("used in a condition (conditions are decided on step outputs; a parameter is known: use if)")
+
+
+class when:
+    """Run the steps called in the block only when ``condition`` holds at run time.
+
+    ``condition`` compares a step output (or a field of a pydantic output) with
+    a constant, ``metrics.accuracy > 0.9``, or is a boolean output; ``~cond`` is
+    its negation (the else branch). Steps in a branch not taken are recorded
+    ``skipped`` with the condition, and so are the steps that consume their
+    outputs; the run still succeeds. Blocks nest (both conditions must hold).
+    """
+
+    def __init__(self, condition: Any) -> None:
+        self.condition = Condition.of(condition)
+
+    def __enter__(self) -> Condition:
+        trace = self.condition.source.trace
+        if current_trace() is not trace:
+            raise GraphError("mp.when() is used inside the pipeline function that produced its condition")
+        trace.conditions.append(self.condition)
+        return self.condition
+
+    def __exit__(self, *exc: object) -> None:
+        self.condition.source.trace.conditions.pop()
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,11 +250,12 @@ class ParamHandle(_Handle):
 
 @dataclass
 class Call:
-    """One recorded step call: the step, its unique name, and each bound argument."""
+    """One recorded step call: the step, its unique name, each bound argument, and its conditions."""
 
     step: Step[Any, Any]
     name: str
     arguments: dict[str, Any]
+    guard: tuple[Condition, ...] = ()
 
 
 @dataclass(eq=False)
@@ -128,6 +268,7 @@ class Trace:
     names: set[str] = field(default_factory=set)
     result: Any = None
     prefix: str = ""
+    conditions: list[Condition] = field(default_factory=list)
     _next_suffix: dict[str, int] = field(default_factory=dict, repr=False)
     _prefixes: set[str] = field(default_factory=set, repr=False)
     _inlining: list[str] = field(default_factory=list, repr=False)
@@ -222,9 +363,23 @@ class Trace:
         arguments: dict[str, Any] = {}
         for arg, value in bound.items():
             arguments[arg] = self._check_argument(step, name, arg, value)
+        guard = tuple(self.conditions)
+        for arg, value in arguments.items():
+            missing = [c for c in value.guard if c not in guard] if isinstance(value, OutputHandle) else []
+            if missing:
+                raise GraphError(
+                    f"pipeline {self.pipeline!r}, step {name!r}, argument {arg!r}: {value.describe()} exists only "
+                    f"when {missing[0].describe()}; call {name!r} inside the same `with mp.when(...)` block",
+                    pipeline=self.pipeline,
+                    step=name,
+                    argument=arg,
+                )
+        for condition in guard:
+            if condition.source.trace is not self:
+                raise GraphError(f"pipeline {self.pipeline!r}: a condition of another pipeline is used here")
         self.names.add(name)
-        self.calls.append(Call(step, name, arguments))
-        outputs = [OutputHandle(self, name, o.name, o.annotation) for o in step.outputs]
+        self.calls.append(Call(step, name, arguments, guard))
+        outputs = [OutputHandle(self, name, o.name, o.annotation, guard) for o in step.outputs]
         if not outputs:
             return None
         nt = step.namedtuple_type
@@ -237,6 +392,14 @@ class Trace:
     def _check_argument(self, step: Step[Any, Any], name: str, arg: str, value: Any) -> Any:
         expected = step.input_annotation(arg)
         where = f"pipeline {self.pipeline!r}, step {name!r}, argument {arg!r}"
+        if isinstance(value, FieldHandle):
+            raise GraphError(
+                f"{where}: {value.describe()} can be used in a condition, not passed to a step; pass the whole "
+                f"output ({value.source.describe()}) and read the field inside the step",
+                pipeline=self.pipeline,
+                step=name,
+                argument=arg,
+            )
         if isinstance(value, _Handle):
             if value.trace is not self:
                 raise GraphError(
