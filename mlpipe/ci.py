@@ -19,7 +19,7 @@ Nothing here imports more than the standard library.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,7 +46,7 @@ class GithubWorkflow:
         stages: Challenger traffic per stage.
         schedule: Cron of the ``rollout`` job.
         secrets: Environment variables every job gets from repository secrets (``MLFLOW_TRACKING_URI``...).
-        plan: Include ``mlpipe plan`` (None: when this mlpipe has the command).
+        plan: Include ``mlpipe plan`` (the CLI sets it when it has the command).
     """
 
     pipeline: str
@@ -68,11 +68,9 @@ class GithubWorkflow:
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
-def has_plan_command() -> bool:
-    """Whether this mlpipe's CLI has ``mlpipe plan``."""
-    from mlpipe.cli import app
-
-    return any((c.name or getattr(c.callback, "__name__", "")) == "plan" for c in app.registered_commands)
+def has_plan_command(commands: Iterable[str]) -> bool:
+    """Whether the CLI whose command names are ``commands`` has ``mlpipe plan`` (the CLI passes its own)."""
+    return "plan" in set(commands)
 
 
 def _q(value: str) -> str:
@@ -90,7 +88,7 @@ def _run(command: str, indent: int = 6) -> str:
 
 def render_github_workflow(spec: GithubWorkflow) -> str:
     """The workflow's YAML text."""
-    plan = has_plan_command() if spec.plan is None else spec.plan
+    plan = bool(spec.plan)
     compile_target = (
         f"--backend {_q(spec.compile_backend)}" if spec.compile_backend else f"--profile {_q(spec.profile)}"
     )

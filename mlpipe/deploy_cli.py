@@ -289,6 +289,7 @@ ci_app = typer.Typer(help="CI/CD recipes.", no_args_is_help=True)
 
 @ci_app.command("github")
 def ci_github(
+    ctx: typer.Context,
     pipeline: Annotated[str, typer.Option("--pipeline", help="FILE.py:PIPELINE to test, compile and submit.")],
     profile: Annotated[str, typer.Option("--profile", help="Profile that submit (and deploy) use.")],
     output: Annotated[str, typer.Option("-o", "--output", help="Workflow file.")] = ".github/workflows/mlpipe.yml",
@@ -308,7 +309,7 @@ def ci_github(
     ] = None,
 ) -> None:
     """Write a GitHub Actions workflow: test, compile, plan, submit on push, gated deployment."""
-    from mlpipe.ci import GithubWorkflow, write_github_workflow
+    from mlpipe.ci import GithubWorkflow, has_plan_command, write_github_workflow
     from mlpipe.deploy._state import DeploymentError
 
     if (deployment is None) != (model is None):
@@ -326,6 +327,7 @@ def ci_github(
         target_options=list(option or []),
         gates=list(gate or []),
         secrets=list(secret) if secret is not None else ["MLFLOW_TRACKING_URI"],
+        plan=has_plan_command(getattr(ctx.find_root().command, "commands", {})),
     )
     path = write_github_workflow(spec, output)
     print(f"wrote {path}")
