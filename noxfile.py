@@ -57,7 +57,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    session.install("mkdocs>=1.6", "mkdocs-material>=9.5")
+    session.install("mkdocs>=1.6", "mkdocs-material>=9.5", "mkdocstrings[python]>=0.26")
     session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
 
 

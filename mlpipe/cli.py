@@ -264,15 +264,34 @@ def submit(
 
 @app.command()
 def graph(
-    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE")],
+    target: Annotated[str | None, typer.Argument(help="FILE.py:PIPELINE (optional with --run).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="mermaid, dot or html")] = "mermaid",
     output: Annotated[str | None, typer.Option("-o", "--output", help="Write to a file instead of stdout.")] = None,
+    run_id: Annotated[
+        str | None, typer.Option("--run", help="Colour the steps by this run's status and cache hits.")
+    ] = None,
+    profile: ProfileOpt = None,
 ) -> None:
     """Print the pipeline's graph as Mermaid, DOT or a self-contained HTML page."""
     from mlpipe.graph import render
 
     try:
-        text = render(load_pipeline(target).ir, fmt)
+        if target is None and run_id is None:
+            raise DefinitionError("graph needs FILE.py:PIPELINE, or --run RUN_ID to draw a recorded run")
+        states = None
+        ir = load_pipeline(target).ir if target is not None else None
+        if run_id is not None:
+            from mlpipe.graphview import StepState
+            from mlpipe.records import load_ir
+            from mlpipe.run import get_run
+
+            store = _store(profile)
+            run = get_run(run_id, store)
+            if ir is None:
+                ir = load_ir(store, run.doc["ir"])
+            states = {name: StepState.from_record(s.record or {"status": s.status}) for name, s in run.steps.items()}
+        assert ir is not None
+        text = render(ir, fmt, states=states)
     except MlpipeError as exc:
         _fail(exc)
     if output:

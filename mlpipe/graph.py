@@ -11,7 +11,6 @@ Renderers for Mermaid, DOT and a self-contained HTML page live here too.
 from __future__ import annotations
 
 import graphlib
-import html
 import json
 import sys
 import typing
@@ -27,8 +26,11 @@ from mlpipe.trace import OutputHandle, ParamHandle, _Const
 from mlpipe.typecheck import to_json_value, type_name
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import networkx
 
+    from mlpipe.graphview import StepState
     from mlpipe.trace import Trace
 
 __all__ = ["compile_trace", "param_kind", "render", "to_networkx", "topological_order"]
@@ -288,78 +290,45 @@ def _edges(ir: PipelineIR) -> list[tuple[str, str, str]]:
     return edges
 
 
-def render(ir: PipelineIR, fmt: str = "mermaid") -> str:
-    """The graph as Mermaid, Graphviz DOT, or a self-contained HTML page (inline SVG, no scripts)."""
+def render(ir: PipelineIR, fmt: str = "mermaid", *, states: Mapping[str, StepState] | None = None) -> str:
+    """The graph as Mermaid, Graphviz DOT, or a self-contained HTML page (inline SVG, no scripts).
+
+    Args:
+        ir: The compiled pipeline.
+        fmt: ``mermaid``, ``dot`` or ``html``.
+        states: A run's state of each step (:class:`mlpipe.graphview.StepState`): boxes are
+            coloured by status and cache hit.
+    """
+    from mlpipe.graphview import STATUS_STYLES, html_page
+
+    def colour(name: str) -> tuple[str, str] | None:
+        state = (states or {}).get(name)
+        if state is None:
+            return None
+        fill, stroke, _text = STATUS_STYLES.get(state.style, STATUS_STYLES["pending"])
+        return fill, stroke
+
     if fmt == "mermaid":
         lines = ["flowchart TD"]
         for spec in ir.steps:
             lines.append(f'    {spec.name}["{spec.name}"]')
         for src, dst, label in _edges(ir):
             lines.append(f"    {src} -->|{label}| {dst}")
+        for spec in ir.steps:
+            c = colour(spec.name)
+            if c:
+                lines.append(f"    style {spec.name} fill:{c[0]},stroke:{c[1]}")
         return "\n".join(lines) + "\n"
     if fmt == "dot":
         lines = [f'digraph "{ir.name}" {{', "    rankdir=TB;", "    node [shape=box, style=rounded];"]
         for spec in ir.steps:
-            lines.append(f'    "{spec.name}";')
+            c = colour(spec.name)
+            style = f' [style="rounded,filled", fillcolor="{c[0]}", color="{c[1]}"]' if c else ""
+            lines.append(f'    "{spec.name}"{style};')
         for src, dst, label in _edges(ir):
             lines.append(f'    "{src}" -> "{dst}" [label="{label}"];')
         lines.append("}")
         return "\n".join(lines) + "\n"
     if fmt == "html":
-        return _html(ir)
+        return html_page(ir, states)
     raise GraphError(f"unknown graph format {fmt!r}; use mermaid, dot or html")
-
-
-def _layers(ir: PipelineIR) -> dict[str, int]:
-    depth: dict[str, int] = {}
-    by_name = {s.name: s for s in ir.steps}
-    for name in topological_order(ir):
-        depth[name] = 1 + max((depth[u] for u in by_name[name].upstream), default=-1)
-    return depth
-
-
-def _html(ir: PipelineIR) -> str:
-    depth = _layers(ir)
-    rows: dict[int, list[str]] = {}
-    for name, d in depth.items():
-        rows.setdefault(d, []).append(name)
-    box_w, box_h, gap_x, gap_y = 180, 44, 40, 70
-    width = max((len(r) for r in rows.values()), default=1) * (box_w + gap_x) + gap_x
-    height = len(rows) * (box_h + gap_y) + gap_y
-    pos: dict[str, tuple[int, int]] = {}
-    for d, names in rows.items():
-        row_w = len(names) * (box_w + gap_x) - gap_x
-        x0 = (width - row_w) // 2
-        for i, name in enumerate(names):
-            pos[name] = (x0 + i * (box_w + gap_x), gap_y // 2 + d * (box_h + gap_y))
-    parts = []
-    for src, dst, label in _edges(ir):
-        x1, y1 = pos[src][0] + box_w // 2, pos[src][1] + box_h
-        x2, y2 = pos[dst][0] + box_w // 2, pos[dst][1]
-        parts.append(
-            f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="#667" marker-end="url(#arrow)"/>'
-            f'<text x="{(x1 + x2) // 2 + 4}" y="{(y1 + y2) // 2}" font-size="11" '
-            f'fill="#556">{html.escape(label)}</text>'
-        )
-    for name, (x, y) in pos.items():
-        spec = ir.step(name)
-        tip = html.escape(
-            f"{spec.code.module}.{spec.code.qualname} — outputs: {', '.join(o.name for o in spec.outputs)}"
-        )
-        parts.append(
-            f'<g><title>{tip}</title><rect x="{x}" y="{y}" width="{box_w}" height="{box_h}" rx="8" '
-            f'fill="#eef3fb" stroke="#3b5b92"/><text x="{x + box_w // 2}" y="{y + box_h // 2 + 5}" '
-            f'text-anchor="middle" font-size="14">{html.escape(name)}</text></g>'
-        )
-    # Inline SVG in HTML needs no xmlns (the HTML parser assigns it), so the page holds no URL at all.
-    svg = (
-        f'<svg width="{width}" height="{height}" '
-        f'font-family="sans-serif"><defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" '
-        f'markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#667"/></marker>'
-        f"</defs>{''.join(parts)}</svg>"
-    )
-    title = html.escape(ir.name)
-    return (
-        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>'
-        f'<body style="font-family:sans-serif"><h1>{title}</h1>{svg}</body></html>\n'
-    )

@@ -9,6 +9,7 @@ tracing machinery itself does not live here; nothing here imports a backend.
 
 from __future__ import annotations
 
+import html
 import inspect
 import typing
 from collections.abc import Callable, Mapping
@@ -135,6 +136,16 @@ class Pipeline:
                 return False
         return True
 
+    def _repr_html_(self) -> str:
+        """The graph, for notebooks (Jupyter calls this to display the pipeline)."""
+        from mlpipe.graphview import svg
+
+        params = ", ".join(self.params) or "no parameters"
+        return (
+            f'<div class="mlpipe-pipeline"><b>pipeline {html.escape(self.name)}</b> '
+            f'<span style="color:#57606a">({html.escape(params)})</span><br>{svg(self.ir)}</div>'
+        )
+
     @property
     def ir(self) -> PipelineIR:
         """The compiled, validated, backend-neutral IR of this pipeline.
@@ -231,14 +242,22 @@ class Pipeline:
 
         Returns:
             The finished :class:`~mlpipe.run.Run`, whatever its status.
+
+        In a Jupyter notebook, the run's progress shows as an output of the cell,
+        updated in place as steps finish.
         """
         from mlpipe.fingerprint import settle
         from mlpipe.launch import run_pipeline
+        from mlpipe.progress import REPORTER, default_reporter
 
         values = self.validate_params(params)
+        notebook = default_reporter() if REPORTER.get() is None else None
+        token = REPORTER.set(notebook) if notebook is not None else None
         try:
             return run_pipeline(self.ir, values, profile=profile, backend=backend, cache=cache)
         finally:
+            if token is not None:
+                REPORTER.reset(token)
             settle()  # what the steps changed in module state while running is not an edit of the code
 
     def compile(self, backend: str | Backend, path: str, *, profile: str | None = None) -> str:

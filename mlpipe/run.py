@@ -12,7 +12,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlpipe.errors import RunNotFoundError, StepFailedError
+from mlpipe.errors import MlpipeError, RunNotFoundError, StepFailedError
 from mlpipe.records import load_step_records, run_path
 from mlpipe.store import ArtifactStore, ObjectInfo, open_store
 
@@ -101,6 +101,27 @@ class Run:
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self.pipeline} {self.status}>"
+
+    def _repr_html_(self) -> str:
+        """The run for notebooks: status, duration, and the graph coloured by each step's status and cache hit."""
+        import html
+
+        from mlpipe.graphview import StepState, legend, svg
+        from mlpipe.records import load_ir
+
+        states = {n: StepState.from_record(s.record or {"status": s.status}) for n, s in self.steps.items()}
+        hits = sum(1 for s in self.steps.values() if s.cached)
+        head = (
+            f"<b>run {html.escape(self.id)}</b>: pipeline {html.escape(self.pipeline)}, "
+            f"<b>{html.escape(self.status)}</b>, {len(self.steps)} steps ({hits} cache hits), {self.duration:.2f} s"
+        )
+        if self.error:
+            head += f'<br><span style="color:#cf222e">{html.escape(self.error)}</span>'
+        try:
+            graph = svg(load_ir(self.store, self.doc["ir"]), states)
+        except (KeyError, MlpipeError):  # a run recorded without its IR (a remote backend that did not ship it)
+            graph = ""
+        return f'<div class="mlpipe-run">{head}{legend(states)}{graph}</div>'
 
     @property
     def duration(self) -> float:

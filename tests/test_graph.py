@@ -136,8 +136,8 @@ def test_render_mermaid_and_dot() -> None:
 def test_render_html_is_self_contained() -> None:
     page = render(res.fanout.ir, "html")
     assert page.startswith("<!DOCTYPE html>")
-    assert page.count("<rect") == 10
-    assert page.count("<line") == 16
+    assert page.count('<g class="step"') == 10
+    assert page.count('<path class="edge"') == 16
     assert "<script" not in page
     assert "http" not in page and "//" not in page
 

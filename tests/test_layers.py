@@ -35,9 +35,11 @@ LAYERS = {
         "mlpipe.provenance",
         "mlpipe.files",
         "mlpipe.trust",
+        "mlpipe.layout",
     ],
     "definition": ["mlpipe.trace", "mlpipe.step", "mlpipe.fingerprint"],
     "compiler/storage": [
+        "mlpipe.graphview",
         "mlpipe.graph",
         "mlpipe.code",
         "mlpipe.materializers",
