@@ -127,9 +127,9 @@ class NotebookReporter(Reporter):
 
     def __init__(self, display: Callable[..., Any] | None = None, *, interval: float = 0.25) -> None:
         if display is None:
-            from IPython.display import display as ipython_display
+            import IPython.display
 
-            display = ipython_display
+            display = IPython.display.display
         self._display = display
         self._handle: Any = None
         self._interval = interval
@@ -171,16 +171,18 @@ class NotebookReporter(Reporter):
         return f'<div class="mlpipe-progress" style="{style}">{head}{bar}{rows}</div>'
 
     def _show(self, force: bool = False) -> None:
-        from IPython.display import HTML
+        import IPython.display
 
         now = time.monotonic()
         if not force and now - self._last < self._interval:
             return
         self._last = now
+        html_type: Any = IPython.display.HTML  # untyped library
+        display: Any = self._display
         if self._handle is None:
-            self._handle = self._display(HTML(self.html()), display_id=True)
+            self._handle = display(html_type(self.html()), display_id=True)
         else:
-            self._handle.update(HTML(self.html()))
+            self._handle.update(html_type(self.html()))
 
     def run_started(self, run_id: str, pipeline: str, steps: int) -> None:
         self.run_id, self.pipeline, self.total = run_id, pipeline, steps
