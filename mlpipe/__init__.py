@@ -15,7 +15,7 @@ from mlpipe._version import __version__
 from mlpipe.errors import MlpipeError
 from mlpipe.pipeline import Pipeline, pipeline
 from mlpipe.step import Resources, Step, step
-from mlpipe.trace import when
+from mlpipe.trace import unmapped, when
 
 if TYPE_CHECKING:
     from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
@@ -54,6 +54,7 @@ __all__ = [
     "register_materializer",
     "runs",
     "step",
+    "unmapped",
     "when",
 ]
 

@@ -196,6 +196,14 @@ class Backend(ABC):
                     backend=self.name,
                     step=spec.name,
                 )
+            if spec.map_over and not caps.map:
+                raise UnsupportedFeatureError(
+                    f"backend {self.name!r} cannot run step {spec.name!r}, a fan-out ({spec.name}.map over "
+                    f"{', '.join(spec.map_over)}): it has no 'map' capability. Run this pipeline on a backend that "
+                    "has it (local does), or loop inside a step",
+                    backend=self.name,
+                    step=spec.name,
+                )
             if spec.when and not caps.conditions:
                 raise UnsupportedFeatureError(
                     f"backend {self.name!r} cannot run step {spec.name!r} under `mp.when({spec.when[0].describe()})`: "

@@ -144,6 +144,7 @@ def compile_trace(trace: Trace) -> PipelineIR:
                 namedtuple=call.step.namedtuple_type is not None,
                 gate=call.step.gate,
                 when=conditions,
+                map_over=call.map_over,
             )
         )
     ir = PipelineIR.model_construct(

@@ -145,11 +145,14 @@ class StepSpec(_Frozen):
     namedtuple: bool = False
     gate: bool = False
     when: tuple[ConditionSpec, ...] = ()
+    #: Inputs mapped over (``step.map``): one run per item, named ``<name>[i]``; the output is the list of items'.
+    map_over: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         doc = super().to_dict()
-        if not self.when:  # the IR of a pipeline without conditions (and so its digest) is what it always was
-            del doc["when"]
+        for key in ("when", "map_over"):  # a pipeline without them (and so its digest) is what it always was
+            if not doc[key]:
+                del doc[key]
         return doc
 
     def input(self, name: str) -> InputSpec:

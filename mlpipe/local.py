@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
+import typing
 import warnings
 from collections import deque
 from collections.abc import Mapping
@@ -27,7 +29,8 @@ from mlpipe.code import resolve as resolve_code
 from mlpipe.errors import BackendError, CorruptObjectError, MlpipeError, ObjectNotFoundError
 from mlpipe.executor import StepExecutor, UpstreamCorrupted
 from mlpipe.fingerprint import fingerprint
-from mlpipe.ir import PipelineIR
+from mlpipe.hashing import json_safe
+from mlpipe.ir import InputSpec, PipelineIR, StepSpec
 from mlpipe.metadata import open_index
 from mlpipe.progress import REPORTER, Reporter
 from mlpipe.provenance import provenance
@@ -59,7 +62,9 @@ class LocalBackend(Backend):
     """Runs pipelines in this process. ``resources`` are accepted and recorded, not enforced."""
 
     name = "local"
-    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, gates=True, conditions=True)
+    capabilities = Capabilities(
+        parallel=True, resources=True, retries=True, timeouts=True, gates=True, conditions=True, map=True
+    )
     Options = LocalOptions
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
@@ -173,6 +178,7 @@ class _LocalRun:
         self.outcomes: dict[str, StepOutcome] = {}
         self.repairs: dict[str, StepOutcome] = {}  # steps recomputed after their stored output went bad
         self.ready: deque[str] = deque(s.name for s in ir.steps if not s.upstream)
+        self.items: dict[str, list[str]] = {}  # mapped step -> the names of its items, in order
 
     def execute(self) -> Run:
         self.reporter.run_started(self.record.run_id, self.ir.name, len(self.ir.steps))
@@ -291,6 +297,8 @@ class _LocalRun:
             skipped = self._branch_not_taken(name)
             if skipped is not None:
                 return skipped
+        if self.specs[name].map_over:
+            return self._run_map(name)
         for _attempt in range(_MAX_REPAIRS + 1):
             try:
                 return self._execute_step(name)
@@ -304,6 +312,113 @@ class _LocalRun:
                 if repaired.status != "succeeded":
                     return repaired
         raise BackendError(f"step {name!r}: inputs stayed corrupted after {_MAX_REPAIRS} repairs", step=name)
+
+    def _item_specs(self, spec: StepSpec) -> list[StepSpec] | str:
+        """One spec per item of a mapped step (``name[i]``), or the reason there cannot be."""
+        lists: dict[str, list[Any]] = {}
+        producers: set[str] = set()
+        for inp in spec.inputs:
+            if inp.name not in spec.map_over:
+                continue
+            if inp.source == "param":
+                lists[inp.name] = list(self.params[inp.param or ""])
+            elif inp.source == "const":
+                lists[inp.name] = list(inp.value)
+            elif self.specs[inp.step or ""].map_over:  # item i of a mapped producer: its own stored object
+                lists[inp.name] = self.items[inp.step or ""]
+                producers.add(inp.name)
+            else:
+                info = self.produced[(inp.step or "", inp.output or "")]
+                value = (
+                    self.memory[info.digest]
+                    if info.digest in self.memory
+                    else self.store.get_value(info.digest, info=info)
+                )
+                lists[inp.name] = list(value)
+        lengths = {arg: len(items) for arg, items in lists.items()}
+        if len(set(lengths.values())) > 1:
+            sizes = ", ".join(f"{arg}: {n}" for arg, n in lengths.items())
+            return f"mismatched map lengths ({sizes}); mapped lists are zipped, so they need one length"
+        count = next(iter(lengths.values()))
+        items: list[StepSpec] = []
+        for i in range(count):
+            inputs: list[InputSpec] = []
+            upstream = [u for u in spec.upstream if not self.specs[u].map_over]
+            for inp in spec.inputs:
+                if inp.name in producers:
+                    item_step = lists[inp.name][i]
+                    inputs.append(inp.model_copy(update={"step": item_step}))
+                    upstream.append(item_step)
+                elif inp.name in lists:
+                    value = lists[inp.name][i]
+                    if not json_safe(value):
+                        return (
+                            f"item {i} of the mapped argument {inp.name!r} is not a JSON value "
+                            f"({type(value).__name__}); map over a step's mapped output instead"
+                        )
+                    inputs.append(inp.model_copy(update={"source": "const", "value": value, "param": None}))
+                else:
+                    inputs.append(inp)
+            items.append(
+                spec.model_copy(
+                    update={
+                        "name": f"{spec.name}[{i}]",
+                        "inputs": tuple(inputs),
+                        "map_over": (),
+                        "upstream": tuple(upstream),
+                    }
+                )
+            )
+        return items
+
+    def _run_map(self, name: str) -> StepOutcome:
+        """Run every item of a mapped step (in parallel, each cached by its own key) and collect their outputs."""
+        spec = self.specs[name]
+        started = time.time()
+        items = self._item_specs(spec)
+        if isinstance(items, str):
+            error = f"step {name!r}: {items}"
+            outcome = StepOutcome(name, "failed", started=started, ended=time.time(), error=error)
+            self.record.record_outcome(self.ir.name, spec, outcome)
+            return outcome
+        fn, packages = self.fns[name], self.packages[name]
+
+        def one(item: StepSpec) -> StepOutcome:
+            return self.executor.execute(item, fn, self.params, self.produced, self.memory, packages=packages)
+
+        if len(items) > 1:
+            with ThreadPoolExecutor(
+                min(self.backend.max_workers, len(items)), thread_name_prefix="mlpipe-item"
+            ) as pool:
+                outcomes = list(pool.map(one, items))
+        else:
+            outcomes = [one(item) for item in items]
+        self.items[name] = [o.name for o in outcomes]
+        for o in outcomes:
+            for out_name, info in o.outputs.items():
+                self.produced[(o.name, out_name)] = info
+        failed = [o for o in outcomes if o.status != "succeeded"]
+        if failed:
+            error = f"{len(failed)} of {len(outcomes)} items failed; {failed[0].name}: {failed[0].error}"
+            outcome = StepOutcome(name, "failed", started=started, ended=time.time(), error=error)
+        else:
+            returns = typing.get_type_hints(fn).get("return", Any)
+            values = [
+                o.values[o.outputs["output"].digest]
+                if o.outputs["output"].digest in o.values
+                else self.store.get_value(o.outputs["output"].digest, returns, info=o.outputs["output"])
+                for o in outcomes
+            ]
+            outcome = StepOutcome(
+                name,
+                "succeeded",
+                cached=bool(outcomes) and all(o.cached for o in outcomes),
+                outputs={"output": self.store.put_value(values)},
+                started=started,
+                ended=time.time(),
+            )
+        self.record.record_outcome(self.ir.name, spec, outcome, {"map": {"items": [o.name for o in outcomes]}})
+        return outcome
 
     def _run_forced(self, name: str) -> StepOutcome:
         try:
@@ -358,6 +473,9 @@ class _LocalRun:
             if name not in outcomes:
                 outcomes[name] = StepOutcome.ended_now(name, "cancelled", "run cancelled")
                 self.record.record_outcome(self.ir.name, spec, outcomes[name])
+        if self.items:  # items are listed after their mapped step
+            order = self.record.doc.get("order") or []
+            self.record.doc["order"] = [n for name in order for n in (name, *self.items.get(name, ()))]
         status: RunState | None = "cancelled" if self.cancel.is_set() else None
         doc = self.record.close(status)
         self.reporter.run_finished(self.record.run_id, doc["status"], doc["ended"] - doc["started"])
@@ -367,4 +485,11 @@ class _LocalRun:
             else StepRun(name=name, status=outcomes[name].status, error=outcomes[name].error)
             for name in self.specs
         }
+        if self.items:  # mapped items, from their records, after their step
+            records = self.record.steps()
+            steps = {
+                n: steps[n] if n in steps else StepRun.from_record(records[n])
+                for n in doc["order"]
+                if n in steps or n in records
+            }
         return Run(doc, steps, self.store)

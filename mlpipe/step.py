@@ -266,6 +266,21 @@ class Step(Generic[P, R]):
             return self.fn(*args, **kwargs)
         return typing.cast(R, trace.record_call(self, args, kwargs))
 
+    def map(self, **kwargs: Any) -> Any:
+        """Inside a pipeline: one run of this step per item of the list arguments, collected into a list.
+
+        Every keyword argument is mapped over (lists of one length, zipped)
+        except those wrapped in :func:`mlpipe.unmapped`, which each item
+        receives whole. Each item is cached by its own key; the result is a
+        handle of ``list[R]`` that a step taking a list receives (fan-in).
+        """
+        trace = current_trace()
+        if trace is None:
+            raise DefinitionError(
+                f"{self.name}.map() builds a fan-out inside a pipeline; outside one, call {self.name}() in a loop"
+            )
+        return trace.record_map(self, kwargs)
+
     def __repr__(self) -> str:
         return f"<Step {self.name!r} of {self.fn.__module__}.{self.fn.__qualname__}>"
 

@@ -142,6 +142,11 @@ def branching(n: int = 3) -> None:
         describe(total, count, label="small", options={}, flags=[])
 
 
+@mp.pipeline(name="conformance-map")
+def fanned(n: int = 3) -> Stats:
+    return summarize(consume.map(x=make_numbers(n)))  # consume[0], consume[1], ... then fan-in
+
+
 def run_on(backend: Backend, pipeline: mp.Pipeline, store: ArtifactStore, *, cache: bool = True, **params: Any) -> Run:
     """Run ``pipeline`` on ``backend`` against ``store``, as ``Pipeline.run`` would with a profile."""
     values = pipeline.validate_params(params)
@@ -263,3 +268,15 @@ class BackendConformance:
         assert small.status == "succeeded"
         assert small.steps["consume"].status == "skipped"
         assert small.output("describe")["label"] == "small"
+
+    def test_map_fans_out_per_item_or_is_refused(self, backend: Backend, store: ArtifactStore) -> None:
+        if not backend.capabilities.map:
+            with pytest.raises(UnsupportedFeatureError, match=r"cannot run step 'consume', a fan-out"):
+                backend.check(fanned.ir)
+            return
+        run = run_on(backend, fanned, store, n=3)
+        assert run.status == "succeeded", run.error
+        assert run.output("consume") == [1.0, 2.0, 3.0]
+        assert run.output("summarize", "total") == 6.0
+        more = run_on(backend, fanned, store, n=4)
+        assert [more.steps[f"consume[{i}]"].cached for i in range(4)] == [True, True, True, False]

@@ -34,7 +34,9 @@ __all__ = [
     "ParamHandle",
     "Trace",
     "current_trace",
+    "Unmapped",
     "trace_function",
+    "unmapped",
     "when",
 ]
 
@@ -256,6 +258,19 @@ class Call:
     name: str
     arguments: dict[str, Any]
     guard: tuple[Condition, ...] = ()
+    map_over: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Unmapped:
+    """An argument of ``step.map(...)`` that every item receives whole: ``mp.unmapped(df)``."""
+
+    value: Any
+
+
+def unmapped(value: Any) -> Unmapped:
+    """Pass ``value`` to every item of ``step.map(...)`` instead of mapping over it."""
+    return Unmapped(value)
 
 
 @dataclass(eq=False)
@@ -388,6 +403,105 @@ class Trace:
         if len(outputs) == 1 and outputs[0].output == "output":
             return outputs[0]
         return tuple(outputs)
+
+    def record_map(self, step: Step[Any, Any], kwargs: dict[str, Any]) -> OutputHandle:
+        """Record ``step.map(**kwargs)``: one step run per item of the mapped lists, collected into a list."""
+        name = self.unique_name(self.prefix + step.name)
+        where = f"pipeline {self.pipeline!r}, step {name!r}"
+        if len(step.outputs) != 1 or step.namedtuple_type is not None:
+            raise GraphError(f"{where}: map() needs a step with one output", pipeline=self.pipeline, step=name)
+        mapped = {k: v for k, v in kwargs.items() if not isinstance(v, Unmapped)}
+        whole = {k: v.value for k, v in kwargs.items() if isinstance(v, Unmapped)}
+        if not mapped:
+            raise GraphError(
+                f"{where}: map() got no argument to map over (every one is wrapped in mp.unmapped)",
+                pipeline=self.pipeline,
+                step=name,
+            )
+        try:
+            bound = step.bind((), {**whole, **dict.fromkeys(mapped)})
+        except TypeError as exc:
+            raise StepSignatureError(f"{where}: {exc}", pipeline=self.pipeline, step=name) from None
+        arguments: dict[str, Any] = {}
+        lengths: dict[str, int] = {}
+        for arg, value in mapped.items():
+            arguments[arg] = self._check_mapped(step, name, arg, value, lengths)
+        if len(set(lengths.values())) > 1:
+            sizes = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+            raise GraphError(
+                f"{where}: mismatched map lengths ({sizes}); mapped lists are zipped, so they need one length",
+                pipeline=self.pipeline,
+                step=name,
+            )
+        for arg, value in bound.items():  # the unmapped arguments, defaults included
+            if arg not in mapped:
+                arguments[arg] = self._check_argument(step, name, arg, value)
+        guard = tuple(self.conditions)
+        self.names.add(name)
+        self.calls.append(Call(step, name, arguments, guard, tuple(mapped)))
+        annotation: Any = list.__class_getitem__(step.outputs[0].annotation)  # list[R], R known at run time
+        return OutputHandle(self, name, "output", annotation, guard)
+
+    def _check_mapped(self, step: Step[Any, Any], name: str, arg: str, value: Any, lengths: dict[str, int]) -> Any:
+        expected = step.input_annotation(arg)
+        where = f"pipeline {self.pipeline!r}, step {name!r}, mapped argument {arg!r}"
+        if isinstance(value, (OutputHandle, ParamHandle)):
+            if value.trace is not self:
+                raise GraphError(f"{where}: {value.describe()} belongs to another pipeline", pipeline=self.pipeline)
+            origin = typing.get_origin(value.annotation) or value.annotation
+            if origin not in (list, tuple):
+                raise GraphError(
+                    f"{where}: {value.describe()} is a {type_name(value.annotation)}, and only lists can be mapped "
+                    "over; wrap it in mp.unmapped(...) to give every item the whole value",
+                    pipeline=self.pipeline,
+                    step=name,
+                    argument=arg,
+                )
+            items = typing.get_args(value.annotation)
+            element = items[0] if items else Any
+            if not compatible(element, expected):
+                raise TypeMismatchError(
+                    f"{where}: expected items of type {type_name(expected)}, got {type_name(value.annotation)} from "
+                    f"{value.describe()}",
+                    pipeline=self.pipeline,
+                    step=name,
+                    argument=arg,
+                    expected=type_name(expected),
+                    actual=type_name(value.annotation),
+                )
+            return value
+        if not isinstance(value, (list, tuple)):
+            raise GraphError(
+                f"{where}: got {value!r} ({type_name(type(value))}); only lists can be mapped over. Wrap it in "
+                "mp.unmapped(...) to give every item the whole value",
+                pipeline=self.pipeline,
+                step=name,
+                argument=arg,
+            )
+        if _contains_handle(value):
+            raise GraphError(
+                f"{where}: a list of handles cannot be mapped over; map over the step output that is a list",
+                pipeline=self.pipeline,
+                step=name,
+                argument=arg,
+            )
+        checked = []
+        for i, item in enumerate(value):
+            try:
+                checked.append(validate(expected, item))
+            except ValueError as exc:
+                raise TypeMismatchError(
+                    f"{where}: item {i} {item!r} is not a {type_name(expected)}: {exc}",
+                    pipeline=self.pipeline,
+                    step=name,
+                    argument=arg,
+                    expected=type_name(expected),
+                    actual=type_name(type(item)),
+                ) from None
+        if not json_safe(_jsonable(checked)):
+            raise GraphError(f"{where}: mapped constants must be JSON values", pipeline=self.pipeline, step=name)
+        lengths[arg] = len(checked)
+        return _Const(checked)
 
     def _check_argument(self, step: Step[Any, Any], name: str, arg: str, value: Any) -> Any:
         expected = step.input_annotation(arg)
