@@ -275,9 +275,13 @@ class DaskBackend(Backend):
             params=params,
             ir_digest=digest,
             cache=cache,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            dask={"scheduler": address, "driver": driver_key(run_id)},
+            # Not the top-level host/pid: those name a run's owning process, whose death shows the run as
+            # interrupted, and a Dask run lives on in its driver task after the launcher exits.
+            dask={
+                "scheduler": address,
+                "driver": driver_key(run_id),
+                "launcher": {"host": socket.gethostname(), "pid": os.getpid()},
+            },
         )
         ref = {
             "store": url,
