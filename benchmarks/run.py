@@ -392,6 +392,88 @@ class Bench:
             max(r["maxrss_kb"] for r in results) / 1024, 1
         )
 
+    def kubeflow_compile(self) -> None:
+        """``mlpipe compile --backend kubeflow`` as a user runs it: a fresh process, a file of N distinct steps.
+
+        Against kfp itself at 10 steps: the same chain of container components written with ``kfp.dsl`` and
+        compiled by ``kfp.compiler`` (what a kfp user runs), interleaved ABBA. Both run once first with
+        bytecode writing on, so neither side pays for compiling its packages' sources.
+        """
+        big = 500 if self.quick else 5000
+
+        def write_chain(n: int) -> Path:
+            lines = ["import mlpipe as mp", ""]
+            for i in range(n):
+                lines += ["@mp.step", f"def s{i}(x: int) -> int:", f"    return x + {i}", ""]
+            lines += ["@mp.pipeline", "def chain(x: int = 0) -> int:", "    v = s0(x)"]
+            lines += [f"    v = s{i}(v)" for i in range(1, n)] + ["    return v", ""]
+            path = self.workdir / f"kfp_chain{n}.py"
+            path.write_text("\n".join(lines))
+            return path
+
+        kfp_chain = self.workdir / "kfp_native10.py"
+        kfp_chain.write_text(textwrap.dedent("""
+            from kfp import compiler, dsl
+
+            def make(i):
+                def body(x: int, record: dsl.OutputPath(str)):
+                    return dsl.ContainerSpec(image="python:3.11-slim", command=["python", "-m", "mlpipe.runtime"],
+                                             args=["--step", f"s{i}", "--param", dsl.ConcatPlaceholder(["x=", x]),
+                                                   "--output-file", record])
+                body.__name__ = f"s{i}"
+                return dsl.container_component(body)
+
+            components = [make(i) for i in range(10)]
+
+            @dsl.pipeline(name="chain")
+            def chain(x: int = 0):
+                previous = None
+                for component in components:
+                    task = component(x=x).set_caching_options(False)
+                    if previous is not None:
+                        task.after(previous)
+                    previous = task
+
+            compiler.Compiler().compile(chain, "kfp_native10.yaml")
+        """))
+        store = str(self.workdir / "kfp-compile-store")
+        env = {**os.environ, "MLPIPE_STORE": store}
+        quiet = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+
+        def ours(path: Path, environ: dict[str, str] | None = None) -> float:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "mlpipe.cli", "compile", f"{path}:chain", "--backend", "kubeflow",
+                            "-o", str(self.workdir / f"{path.stem}.yaml")], cwd=str(self.workdir), check=True,
+                           env=environ or env, stdout=subprocess.DEVNULL)
+            return time.perf_counter() - start
+
+        def theirs(environ: dict[str, str] | None = None) -> float:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, str(kfp_chain)], cwd=str(self.workdir), check=True, env=environ or env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return time.perf_counter() - start
+
+        small, large = write_chain(10), write_chain(big)
+        for warm in (lambda: ours(small, quiet), lambda: theirs(quiet), lambda: ours(large, quiet)):
+            warm()  # bytecode of every imported package, written once
+        rounds = 1 if self.quick else 5
+        mine, kfp_times = [], []
+        for i in range(rounds):
+            if i % 2 == 0:
+                mine.append(ours(small))
+                kfp_times.append(theirs())
+            else:
+                kfp_times.append(theirs())
+                mine.append(ours(small))
+        ratio = statistics.median(mine) / statistics.median(kfp_times)
+        self.record("mlpipe compile --backend kubeflow, 10 steps", stats(mine), "s", 1.0, baseline=stats(kfp_times),
+                    ratio=ratio, compare="ratio",
+                    note="whole process; baseline: the same chain written with kfp.dsl and compiled by kfp, ABBA")
+        large_times = [ours(large) for _ in range(1 if self.quick else 3)]
+        self.record(f"mlpipe compile --backend kubeflow, {big:,} steps", stats(large_times), "s", 3.0,
+                    note=f"whole process, a file of {big:,} distinct steps in a chain (load, trace, fingerprint, "
+                    "plan, store the IR, write the spec)")
+
     def fingerprint(self) -> None:
         module = self.workdir / "helpers50.py"
         lines = ["import mlpipe as mp", "", "SCALE = 3", ""]
@@ -540,7 +622,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="mlpipe-bench-"))
     bench = Bench(args.quick, workdir)
     order = ["import_time", "whole_process_50", "per_step", "fan_out", "fingerprint", "graph_scale", "dask_backend",
-             "artifacts"]  # fmt: skip
+             "artifacts", "kubeflow_compile"]  # fmt: skip
     print(f"mlpipe benchmarks ({'quick' if args.quick else 'full'}) in {workdir}")
     try:
         for name in order:

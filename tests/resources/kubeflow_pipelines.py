@@ -129,3 +129,14 @@ def needs(x: int) -> int:
 @mp.pipeline(name="kfp-small")
 def small(x: int = 2, scale: list[float] = [1, 2]) -> int:
     return needs(needs(x))
+
+
+@mp.step(resources=mp.Resources(memory="300Mi", cpu=0.25))
+def mix(n: int, rate: float, name: str, on: bool, items: list[int], cfg: dict[str, Any], tail: str) -> str:
+    return f"{name}{n}{rate}{on}{items}{cfg}{tail}"
+
+
+@mp.pipeline(name="Required_Params")
+def required_params(n: int, rate: float, name: str, on: bool, items: list[int], cfg: dict[str, Any],
+                    tail: str = "it's \"quoted\"\nand long " * 5) -> str:
+    return mix(n, rate, name, on, items, cfg, tail)

@@ -37,15 +37,14 @@ def submit(backend: DaskBackend, pipeline: Any, store: Any, **params: Any) -> An
 def test_independent_steps_run_at_once_on_different_workers(
     dask_backend: DaskBackend, cluster: DaskCluster, tmp_path: Path
 ) -> None:
-    from mlpipe.extend import load_step_records
-
     store = open_store(str(tmp_path / "store"))
+    start = time.monotonic()
     run = run_on(dask_backend, dp.pair, store, seconds=1.5)
+    elapsed = time.monotonic() - start
     assert run.status == "succeeded" and run.output("add") == 3
     pids = {markers(store, run.id, name)[0]["pid"] for name in ("pause", "pause_b")}
     assert pids == {w.pid for w in cluster.workers}  # one step on each worker
-    a, b = (load_step_records(store, run.id)[name] for name in ("pause", "pause_b"))
-    assert max(a["started"], b["started"]) < min(a["ended"], b["ended"])  # side by side, not one after the other
+    assert elapsed < 2 * 1.5  # side by side, not one after the other
 
 
 def test_resources_map_to_worker_resources(dask_backend: DaskBackend, cluster: DaskCluster, tmp_path: Path) -> None:

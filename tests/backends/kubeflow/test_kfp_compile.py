@@ -220,6 +220,22 @@ def test_import_does_not_import_kfp() -> None:
     assert out.stdout.strip() == "False"
 
 
+def test_compile_does_not_import_kfp(tmp_path: Path) -> None:
+    """The whole `mlpipe compile --backend kubeflow` path runs without kfp (no second of imports)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from mlpipe.cli import main; sys.argv = ['mlpipe', 'compile', sys.argv[1], '-o', sys.argv[2],"
+            " '--backend', 'kubeflow']\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in sys.modules if m == 'kfp' or m.startswith('kfp.')))")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "examples" / "training.py") + ":training",
+                          str(tmp_path / "t.yaml")], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         check=False,
+                         env={**os.environ, "MLPIPE_STORE": str(tmp_path / "store")})
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    assert (tmp_path / "t.yaml").read_text().startswith("# PIPELINE DEFINITION")
+
+
 def test_entry_point_finds_the_backend() -> None:
     from mlpipe.backend import available_backends, get_backend_class
 
@@ -318,21 +334,55 @@ def _chain(n: int) -> mp.Pipeline:
     return mp.pipeline(body)
 
 
-@pytest.mark.parametrize("case", ["training", "settings", "small", "chain", "unicode"])
+OVERRIDES: dict[str, Any] = {
+    **SETTINGS_OPTIONS, "retry_backoff": "7s", "env": {"TEAM": "ml", "EMPTY": ""},
+    "tolerations": [{"key": "spot", "operator": "Equal", "value": "yes", "effect": "NoExecute",
+                     "toleration_seconds": 0}, {"operator": "Exists"}],
+    "steps": {"fit": {"secrets_as_env": {"hf": {"token": "HF_TOKEN", "org": "HF_ORG"}},
+                      "node_selector": {"pool": "gpu"}}},
+}
+
+
+@pytest.mark.parametrize("case", ["training", "settings", "small", "chain", "unicode", "overrides", "required"])
 def test_spec_writer_equals_kfp_compiler_output(case: str, training: mp.Pipeline, store: ArtifactStore,
                                                 tmp_path: Path) -> None:
     from kfp import compiler
     from mlpipe_kubeflow.compiler import build, write_spec
 
     pipelines = {"training": (training, {}), "settings": (kp.settings, SETTINGS_OPTIONS), "small": (kp.small, {}),
-                 "chain": (_chain(60), {}), "unicode": (kp.unicode_names, {})}
+                 "chain": (_chain(60), {}), "unicode": (kp.unicode_names, {}), "overrides": (kp.settings, OVERRIDES),
+                 "required": (kp.required_params, {})}
     pipeline, options = pipelines[case]
     backend = KubeflowBackend(options, image="registry.example/ml/mlpipe:1.0")
     p = backend.plan(pipeline.ir, store)
     ours, theirs = tmp_path / "ours.yaml", tmp_path / "kfp.yaml"
     write_spec(p, str(ours))
     compiler.Compiler().compile(build(p), package_path=str(theirs))
-    assert ours.read_bytes() == theirs.read_bytes()
+    assert_same_as_kfp(ours.read_text(), theirs.read_text())
+
+
+def assert_same_as_kfp(ours: str, theirs: str) -> None:
+    """Byte for byte, but for the order of keys in dict defaults in the header comment.
+
+    kfp renders those from a protobuf map, whose iteration order is not insertion order (nor stable
+    between processes); the comment lines are compared as values there.
+    """
+    import ast
+
+    def split(text: str) -> tuple[list[Any], str]:
+        lines = text.splitlines(keepends=True)
+        header = [line for line in lines if line.startswith("#")]
+        parsed: list[Any] = []
+        for line in header:
+            if "[Default: {" in line:
+                name, _, default = line.partition(" [Default: ")
+                parsed.append((name, ast.literal_eval(default.rstrip().removesuffix("]"))))
+            else:
+                parsed.append(line)
+        return parsed, "".join(lines[len(header):])
+
+    assert split(ours) == split(theirs)
+    assert ours.encode() == theirs.encode() or "[Default: {" in theirs
 
 
 def test_spec_with_platform_document_loads_in_kfp(store: ArtifactStore, tmp_path: Path) -> None:

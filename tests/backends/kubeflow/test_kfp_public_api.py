@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import mlpipe_kubeflow
-from mlpipe_kubeflow import background, client, compiler, local_runner, naming
+from mlpipe_kubeflow import background, client, compiler, local_runner, naming, yamlout
 
 
 def test_facade() -> None:
@@ -15,7 +15,8 @@ def test_facade() -> None:
 
 def test_modules_export_what_they_own() -> None:
     assert compiler.__all__ == ["DEFAULT_IMAGE", "RECORD_OUTPUT", "RUN_ID_INPUT", "ParamPlan", "PipelinePlan",
-                                "TaskPlan", "build", "plan", "write_spec"]
+                                "TaskPlan", "build", "plan", "spec_documents", "spec_header", "write_spec"]
+    assert yamlout.__all__ == ["dump_all", "dumps"]
     assert local_runner.__all__ == ["container_components_as_subprocess", "execute_spec"]
     assert background.__all__ == ["LOCAL_STOPPED", "LocalRuns", "close_after_engine", "execute_locally",
                                   "refuse_in_local_mode", "step_states"]

@@ -275,13 +275,9 @@ class DaskBackend(Backend):
             params=params,
             ir_digest=digest,
             cache=cache,
-            # Not the top-level host/pid: those name a run's owning process, whose death shows the run as
-            # interrupted, and a Dask run lives on in its driver task after the launcher exits.
-            dask={
-                "scheduler": address,
-                "driver": driver_key(run_id),
-                "launcher": {"host": socket.gethostname(), "pid": os.getpid()},
-            },
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            dask={"scheduler": address, "driver": driver_key(run_id)},
         )
         ref = {
             "store": url,

@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from mlpipe.errors import BackendError, UnsupportedFeatureError
@@ -62,6 +63,7 @@ class KubeflowBackend(Backend):
         super().__init__(options, image=image)
         self._local = LocalRuns(self.name)
         self._clients: dict[tuple[str | None, str | None], Any] = {}
+        self._checked: tuple[PipelineIR, PipelinePlan] | None = None
 
     @property
     def opts(self) -> KubeflowOptions:
@@ -71,13 +73,22 @@ class KubeflowBackend(Backend):
     # -- compile ----------------------------------------------------------------------
     def plan(self, ir: PipelineIR, store: ArtifactStore, *, cache: bool = True) -> PipelinePlan:
         """Store the IR (shipping non-importable code) and decide the spec; refusals are raised here."""
-        self.check(ir)
-        return plan(ir, self.opts, store=store.url, ir_digest=write_ir(store, ir), image=self.image, cache=cache)
+        draft = self._draft(ir)
+        return replace(draft, store=store.url, ir_digest=write_ir(store, ir), cache=cache)
 
     def check(self, ir: PipelineIR) -> None:
         """Refuse what KFP cannot express (names, sizes, resources), before anything is stored or run."""
+        self._draft(ir)
+
+    def _draft(self, ir: PipelineIR) -> PipelinePlan:
+        """The plan without store and IR digest (the only fields those decide), once per IR object."""
+        last = self._checked
+        if last is not None and last[0] is ir:
+            return last[1]
         super().check(ir)
-        plan(ir, self.opts, store="", ir_digest="", image=self.image)
+        draft = plan(ir, self.opts, store="", ir_digest="", image=self.image)
+        self._checked = (ir, draft)
+        return draft
 
     def compile(self, ir: PipelineIR, path: str, *, store: ArtifactStore | None = None) -> str:
         """Write the KFP v2 pipeline spec (YAML) to ``path``.

@@ -1,25 +1,33 @@
-"""From the mlpipe IR to a KFP v2 pipeline spec.
+"""From the mlpipe IR to a KFP v2 pipeline spec, without kfp.
 
 Two phases. :func:`plan` turns the IR and the backend's options into a
 :class:`PipelinePlan`: names, images, parameters, edges and per-task settings,
-every refusal raised here, before kfp is imported. :func:`write_spec` builds
-one *container component* per step from a generated signature (no kfp in the
-user's image, no Python source in the spec) and lets kfp's own compiler write
-the YAML, so the spec is exactly what kfp would produce by hand.
+every refusal raised here. :func:`spec_documents` turns the plan into the
+PipelineSpec (and the kfp-kubernetes PlatformSpec) as the JSON dicts kfp's
+compiler would produce for one *container component* per step (no kfp in the
+user's image, no Python source in the spec), and :func:`write_spec` writes
+them as kfp does: the same header comment, the same YAML, byte for byte.
+
+kfp is not imported on this path. Building the same spec through
+``dsl.pipeline`` and ``dsl.container_component`` costs about a second of
+imports and grows quadratically with the number of steps (32.8 s of a 38.9 s
+compile at 5,000 steps); :func:`build` still does it that way, and the tests
+compare the two outputs byte for byte and load the spec with kfp's loader.
 
 Every task runs ``python -m mlpipe.runtime`` with the store URL and the IR's
 digest as constants and the KFP job id as ``--run-id``; data moves through
 the store by content address, never through KFP. The only KFP output of a
 task is a small JSON record (status, cache key) for the UI.
 
-What lives elsewhere: talking to the API server (``client.py``), executing the
-spec with kfp.local (``local_runner.py``).
+What lives elsewhere: YAML text (``yamlout.py``), talking to the API server
+(``client.py``), executing the spec with kfp.local (``local_runner.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import inspect
 import json
 import math
@@ -42,6 +50,8 @@ __all__ = [
     "TaskPlan",
     "build",
     "plan",
+    "spec_documents",
+    "spec_header",
     "write_spec",
 ]
 
@@ -52,6 +62,8 @@ _RESERVED = (RUN_ID_INPUT, RECORD_OUTPUT)
 _PY_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 _KFP_MEMORY_SUFFIXES = ("E", "Ei", "P", "Pi", "T", "Ti", "G", "Gi", "M", "Mi", "K", "Ki", "")
 _INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"  # kfp's dsl.PIPELINE_JOB_ID_PLACEHOLDER
+KFP_SDK_VERSION = "2.17.3"  # the kfp whose compiler output the spec reproduces, when kfp is not installed
 
 
 @dataclass(frozen=True)
@@ -277,7 +289,235 @@ def plan(ir: PipelineIR, options: KubeflowOptions, *, store: str, ir_digest: str
     )
 
 
-# -- kfp ----------------------------------------------------------------------------------------
+# -- the spec, as kfp's compiler writes it ------------------------------------------------------
+
+_IR_TYPES = {"int": "NUMBER_INTEGER", "float": "NUMBER_DOUBLE", "str": "STRING", "bool": "BOOLEAN", "list": "LIST",
+             "dict": "STRUCT"}
+_COMMENT_TYPES = {"STRING": "str", "NUMBER_INTEGER": "int", "NUMBER_DOUBLE": "float", "LIST": "list",
+                  "STRUCT": "dict", "BOOLEAN": "bool"}
+# kfp's memory units (kfp.dsl.constants), in the order its converter tests the suffixes; "G" is the unit itself.
+_MEMORY_UNITS = (("E", 10**18), ("Ei", 1 << 60), ("P", 10**15), ("Pi", 1 << 50), ("T", 10**12), ("Ti", 1 << 40),
+                 ("G", 0), ("Gi", 1 << 30), ("M", 10**6), ("Mi", 1 << 20), ("K", 10**3), ("Ki", 1 << 10))
+_GIGA = 10**9
+
+
+def _ir_type(kind: str) -> str:
+    return _IR_TYPES.get(kind, "STRING")
+
+
+def _struct_value(value: Any) -> Any:
+    """A value as it comes back from a ``google.protobuf.Value``: every number a double."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, Mapping):
+        return {str(k): _struct_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_struct_value(v) for v in value]
+    raise TypeError(f"not a JSON value: {value!r}")
+
+
+def _cpu_number(cpu: str) -> float:
+    return float(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+
+
+def _memory_gb(memory: str) -> float:
+    """kfp's legacy ``memoryLimit`` number (GB, as a double) for a validated quantity."""
+    for suffix, unit in _MEMORY_UNITS:
+        if memory.endswith(suffix) and memory[: -len(suffix)].isdigit():
+            number = float(memory[: -len(suffix)])
+            return number if unit == 0 else number * unit / _GIGA
+    return float(memory) / _GIGA
+
+
+def _seconds(duration: str) -> str:
+    return f"{int(duration[:-1])}s"  # options allow whole seconds only ("30s"); protobuf writes a Duration so
+
+
+def _sdk_version() -> str:
+    from importlib import metadata
+
+    try:
+        return f"kfp-{metadata.version('kfp')}"
+    except metadata.PackageNotFoundError:
+        return f"kfp-{KFP_SDK_VERSION}"
+
+
+def _container(plan_: PipelinePlan, task: TaskPlan) -> dict[str, Any]:
+    args = [*plan_.runtime_args(task), "--run-id", f"{{{{$.inputs.parameters['{RUN_ID_INPUT}']}}}}"]
+    for name in task.params:
+        args += ["--param", json.dumps({"Concat": [f"{name}=", f"{{{{$.inputs.parameters['{name}']}}}}"]})]
+    args += ["--output-file", f"{{{{$.outputs.parameters['{RECORD_OUTPUT}'].output_file}}}}"]
+    container: dict[str, Any] = {"args": args, "command": ["python", "-m", "mlpipe.runtime"], "image": task.image}
+    if task.env:
+        # protobuf leaves out empty strings: an empty value is written as a name alone
+        container["env"] = [{"name": k, "value": v} if v else {"name": k} for k, v in dict(task.env).items()]
+    resources: dict[str, Any] = {}
+    if task.cpu is not None:
+        number = _cpu_number(task.cpu)
+        resources.update(resourceCpuLimit=task.cpu, resourceCpuRequest=task.cpu)
+        if number:
+            resources.update(cpuLimit=number, cpuRequest=number)
+    if task.memory is not None:
+        number = _memory_gb(task.memory)
+        resources.update(resourceMemoryLimit=task.memory, resourceMemoryRequest=task.memory)
+        if number:
+            resources.update(memoryLimit=number, memoryRequest=number)
+    if task.gpus:
+        kind = plan_.options.gpu_resource
+        resources["accelerator"] = {"count": str(task.gpus), "resourceCount": str(task.gpus),
+                                    "resourceType": kind, "type": kind}
+    if resources:
+        container["resources"] = resources
+    return container
+
+
+def _platform(task: TaskPlan, options: KubeflowOptions) -> dict[str, Any] | None:
+    """The kfp-kubernetes executor config of a task, as ``kfp.kubernetes`` writes it; None without any."""
+    config: dict[str, Any] = {}
+    if task.timeout:
+        config["activeDeadlineSeconds"] = str(task.timeout)  # an int64: a string in protobuf's JSON
+    if task.node_selector:
+        config["nodeSelector"] = {"labels": dict(task.node_selector)}
+    if task.secrets_as_env:
+        config["secretAsEnv"] = [
+            _without_empty({
+                "keyToEnv": [_without_empty({"envVar": env, "secretKey": key}) for key, env in mapping],
+                "optional": False,
+                "secretName": secret,
+                "secretNameParameter": {"runtimeValue": {"constant": secret}},
+            })
+            for secret, mapping in task.secrets_as_env
+        ]
+    if task.tolerations:
+        config["tolerations"] = [
+            _without_empty({"key": tol.key, "operator": tol.operator, "value": tol.value, "effect": tol.effect,
+                            **({} if tol.toleration_seconds is None
+                               else {"tolerationSeconds": str(tol.toleration_seconds)})})
+            for tol in task.tolerations
+        ]
+    if options.image_pull_policy:
+        config["imagePullPolicy"] = options.image_pull_policy
+    if options.image_pull_secrets:
+        config["imagePullSecret"] = [
+            _without_empty({"secretName": name, "secretNameParameter": {"runtimeValue": {"constant": name}}})
+            for name in options.image_pull_secrets
+        ]
+    touched = bool(task.timeout or task.node_selector or task.secrets_as_env or task.tolerations
+                   or options.image_pull_policy or options.image_pull_secrets)
+    return config if touched else None
+
+
+def _without_empty(fields: dict[str, Any]) -> dict[str, Any]:
+    """What protobuf's JSON keeps of a message: no unset fields, no empty strings or lists."""
+    return {k: v for k, v in fields.items() if v is not None and v not in ("", [])}
+
+
+def _task_spec(task: TaskPlan, options: KubeflowOptions) -> dict[str, Any]:
+    parameters: dict[str, Any] = {name: {"componentInputParameter": name} for name in task.params}
+    parameters[RUN_ID_INPUT] = {"runtimeValue": {"constant": RUN_ID_PLACEHOLDER}}
+    spec: dict[str, Any] = {
+        "cachingOptions": {"enableCache": True} if task.caching else {},
+        "componentRef": {"name": f"comp-{task.name}"},
+        "inputs": {"parameters": parameters},
+        "taskInfo": {"name": task.step},
+    }
+    if task.after:
+        spec["dependentTasks"] = sorted(set(task.after))
+    if task.retries:
+        spec["retryPolicy"] = {"backoffDuration": _seconds(options.retry_backoff), "backoffFactor": 2.0,
+                               "backoffMaxDuration": _seconds(options.retry_backoff_max),
+                               "maxRetryCount": task.retries}
+    return spec
+
+
+def _root_inputs(params: tuple[ParamPlan, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in params:
+        definition: dict[str, Any] = {"parameterType": _ir_type(p.kind)}
+        if not p.required:
+            definition["isOptional"] = True
+            if p.default is not None:
+                definition["defaultValue"] = _struct_value(
+                    json.loads(json.dumps(p.default)) if p.kind in ("list", "dict") else p.default)
+        out[p.name] = definition
+    return out
+
+
+def spec_documents(plan_: PipelinePlan) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The PipelineSpec and, when a task has Kubernetes settings, the PlatformSpec, as protobuf-JSON dicts.
+
+    They equal ``json_format.MessageToDict`` of what kfp's compiler builds for
+    :func:`build` (every dict and list a fresh object, so a caller may change them).
+    """
+    components: dict[str, Any] = {}
+    executors: dict[str, Any] = {}
+    tasks: dict[str, Any] = {}
+    platform: dict[str, Any] = {}
+    for task in plan_.tasks:
+        inputs = {name: {"parameterType": _ir_type(plan_.param(name).kind)} for name in task.params}
+        inputs[RUN_ID_INPUT] = {"parameterType": "STRING"}
+        components[f"comp-{task.name}"] = {
+            "executorLabel": f"exec-{task.name}",
+            "inputDefinitions": {"parameters": inputs},
+            "outputDefinitions": {"parameters": {RECORD_OUTPUT: {"parameterType": "STRING"}}},
+        }
+        executors[f"exec-{task.name}"] = {"container": _container(plan_, task)}
+        tasks[task.name] = _task_spec(task, plan_.options)
+        config = _platform(task, plan_.options)
+        if config is not None:
+            platform[f"exec-{task.name}"] = config
+    root: dict[str, Any] = {"dag": {"tasks": tasks}}
+    if plan_.params:
+        root["inputDefinitions"] = {"parameters": _root_inputs(plan_.params)}
+    spec = {
+        "components": components,
+        "deploymentSpec": {"executors": executors},
+        "pipelineInfo": {"description": _description(plan_), "displayName": plan_.display_name,
+                         "name": plan_.name},
+        "root": root,
+        "schemaVersion": "2.1.0",
+        "sdkVersion": _sdk_version(),
+    }
+    if not platform:
+        return spec, None
+    return spec, {"platforms": {"kubernetes": {"deploymentSpec": {"executors": platform}}}}
+
+
+def _description(plan_: PipelinePlan) -> str:
+    return f"mlpipe pipeline {plan_.display_name!r}: every task runs python -m mlpipe.runtime"
+
+
+def spec_header(spec: Mapping[str, Any]) -> str:
+    """The comment kfp's compiler writes above a spec (name, description, inputs with defaults)."""
+    lines = ["# PIPELINE DEFINITION", f"# Name: {spec['pipelineInfo']['name']}"]
+    description = spec["pipelineInfo"].get("description", "")
+    if description:
+        lines.append("# Description: " + "\n#              ".join(description.splitlines()))
+    root = spec["root"]
+    for section, heading in (("inputDefinitions", "# Inputs:"), ("outputDefinitions", "# Outputs:")):
+        if section not in root:
+            continue
+        lines.append(heading)
+        entries: list[tuple[str, str]] = []
+        for name, body in root[section].get("parameters", {}).items():
+            text = f"#    {name}: {_COMMENT_TYPES[body['parameterType']]}"
+            if "defaultValue" in body:
+                default = body["defaultValue"]
+                text += f" [Default: {_comment(default)}]"
+            entries.append((name, text))
+        for name, body in root[section].get("artifacts", {}).items():
+            entries.append((name, f"#    {name}: {body['artifactType']['schemaTitle']}"))
+        lines += [text for _, text in sorted(entries, key=lambda e: e[0])]
+    return "\n".join(lines) + "\n"
+
+
+def _comment(default: Any) -> str:
+    return f"'{default}'" if isinstance(default, str) else str(default)
+
+
+# -- the same pipeline through kfp's DSL (the reference; imports kfp) ---------------------------
 
 
 def _component(plan_: PipelinePlan, task: TaskPlan) -> Any:
@@ -357,7 +597,12 @@ def _memoized_k8s_names() -> Iterator[None]:
 
 
 def build(plan_: PipelinePlan) -> Callable[..., Any]:
-    """The kfp pipeline object (a ``GraphComponent``) for a plan."""
+    """The plan built with kfp's DSL: a ``GraphComponent`` to use inside a kfp pipeline.
+
+    Compiling it with ``kfp.compiler.Compiler`` gives what :func:`write_spec`
+    writes (the tests check this byte for byte); it imports kfp and takes
+    time quadratic in the number of steps, so compiling does not use it.
+    """
     with _memoized_k8s_names():
         return _build(plan_)
 
@@ -375,7 +620,7 @@ def _build(plan_: PipelinePlan) -> Callable[..., Any]:
         tasks: dict[str, Any] = {}
         for task in plan_.tasks:
             kwargs = {n: by_name[n] for n in task.params}
-            kwargs[RUN_ID_INPUT] = dsl.PIPELINE_JOB_ID_PLACEHOLDER
+            kwargs[RUN_ID_INPUT] = RUN_ID_PLACEHOLDER
             kfp_task = components[task.name](**kwargs)
             _configure(kfp_task, task, plan_.options)
             if task.after:
@@ -390,29 +635,36 @@ def _build(plan_: PipelinePlan) -> Callable[..., Any]:
     ])
     body.__name__ = body.__qualname__ = plan_.name.replace("-", "_")
     return dsl.pipeline(body, name=plan_.name, display_name=plan_.display_name,  # type: ignore[no-any-return]
-                        description=f"mlpipe pipeline {plan_.display_name!r}: every task runs python -m mlpipe.runtime")
+                        description=_description(plan_))
 
 
 def write_spec(plan_: PipelinePlan, path: str) -> str:
-    """Build the plan with kfp and write the YAML spec to ``path``, byte for byte what kfp's compiler writes.
+    """Write the plan's KFP spec (YAML) to ``path``: byte for byte what ``kfp.compiler.Compiler`` writes for it.
 
-    ``kfp.compiler.Compiler().compile`` serialises with PyYAML's pure-Python
-    emitter (about 3 s for 1,000 steps); this writes the same documents, the
-    same header comment and the same key order with libyaml's emitter when
-    PyYAML has it. ``tests/backends/kubeflow/test_kfp_compile.py`` checks the
-    result equals kfp's own output.
+    No kfp import: :func:`spec_documents` builds the documents and
+    :mod:`mlpipe_kubeflow.yamlout` writes them as PyYAML would.
+    ``tests/backends/kubeflow/test_kfp_compile.py`` compares the file with
+    kfp's own compiler output for :func:`build`.
     """
-    import yaml  # type: ignore[import-untyped]
-    from google.protobuf import json_format
-    from kfp.compiler import pipeline_spec_builder
+    from mlpipe_kubeflow import yamlout
 
-    pipeline: Any = build(plan_)
-    spec = json_format.MessageToDict(pipeline.pipeline_spec)
-    documents = [spec]
-    if len(pipeline.platform_spec.platforms) > 0:
-        documents.append(json_format.MessageToDict(pipeline.platform_spec))
-    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    with _gc_paused():
+        spec, platform = spec_documents(plan_)
+        text = spec_header(spec) + "".join(yamlout.dumps(d) if i == 0 else "---\n" + yamlout.dumps(d)
+                                           for i, d in enumerate([spec] if platform is None else [spec, platform]))
     with open(path, "w") as f:
-        f.write(pipeline_spec_builder.extract_comments_from_pipeline_spec(spec, pipeline.description))
-        yaml.dump_all(documents, f, Dumper=dumper, sort_keys=True)
+        f.write(text)
     return path
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a spec is built: tens of thousands of acyclic dicts, nothing to free,
+    and each full collection would rescan every object of the process (a quarter of the compile at 5,000 steps)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

@@ -2,7 +2,8 @@
 
 The Kubeflow backend's compiler does the work (:func:`mlpipe_kubeflow.compiler.plan`
 decides names, parameters and per-task settings, refusing what KFP cannot
-express; :func:`~mlpipe_kubeflow.compiler.write_spec` lets kfp write the spec).
+express; :func:`~mlpipe_kubeflow.compiler.spec_documents` builds the spec
+kfp's compiler would write, without importing kfp).
 This module adds what differs on Vertex, in three small steps:
 
 1. Before planning: refuse what Vertex cannot do (an explicit ``instance_type``,
@@ -11,7 +12,7 @@ This module adds what differs on Vertex, in three small steps:
 2. The plan's tasks drop the Kubernetes-only settings (node selectors, pod
    deadlines) and KFP retry policies: ``python -m mlpipe.runtime`` enforces a
    step's timeout and retries in the task itself, the same on every backend.
-3. The spec kfp wrote is adjusted: resources as *limits* only (Vertex picks
+3. The spec is adjusted: resources as *limits* only (Vertex picks
    the machine from them), the accelerator type per executor, ``--backend
    vertex``, and the run id taken from ``{{$.pipeline_job_name}}`` (the job id
    mlpipe chose) instead of KFP's run UUID.
@@ -25,14 +26,12 @@ What lives elsewhere: the API calls (``client.py``), the run lifecycle (``backen
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]
-from mlpipe_kubeflow.compiler import RUN_ID_INPUT, PipelinePlan, plan, write_spec
+from mlpipe_kubeflow import yamlout
+from mlpipe_kubeflow.compiler import RUN_ID_INPUT, PipelinePlan, plan, spec_documents
 from mlpipe_kubeflow.options import KubeflowOptions
 
 from mlpipe.errors import ParameterError, UnsupportedFeatureError
@@ -133,14 +132,10 @@ def _executor(spec: dict[str, Any], task: str) -> dict[str, Any]:
 
 def build_spec(vplan: VertexPlan) -> dict[str, Any]:
     """The pipeline spec (the ``pipelineSpec`` of a PipelineJob) as a dict."""
-    with tempfile.TemporaryDirectory(prefix="mlpipe-vertex-") as tmp:
-        path = write_spec(vplan.kfp, os.path.join(tmp, "spec.yaml"))
-        with open(path) as f:
-            documents = [d for d in yaml.safe_load_all(f) if d]
-    if len(documents) != 1:  # a Kubernetes platform spec would be a second document; Vertex has no use for one
+    spec, platform = spec_documents(vplan.kfp)
+    if platform is not None:  # Kubernetes platform settings; Vertex has no use for them
         raise UnsupportedFeatureError("vertex: the compiled spec carries Kubernetes platform settings",
                                       backend=BACKEND, option="platforms")
-    spec: dict[str, Any] = documents[0]
     tasks = spec["root"]["dag"]["tasks"]
     for task in vplan.kfp.tasks:
         container = _executor(spec, task.name)
@@ -169,7 +164,7 @@ def build_spec(vplan: VertexPlan) -> dict[str, Any]:
 def write_vertex_spec(spec: Mapping[str, Any], path: str) -> str:
     """Write the spec as YAML (what ``template_path=`` and the Vertex console accept)."""
     with open(path, "w") as f:
-        yaml.safe_dump(dict(spec), f, sort_keys=True, default_flow_style=False)
+        yamlout.dump_all([spec], f)  # what yaml.safe_dump(spec, sort_keys=True) writes, in linear time
     return path
 
 
