@@ -9,6 +9,7 @@ could not do from Python.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 import time
@@ -30,9 +31,10 @@ app = typer.Typer(
     name="mlpipe",
     help="Typed Python functions as ML pipelines: run locally, compile to Kubeflow, Vertex AI and SageMaker.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish and PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 runs_app = typer.Typer(help="Inspect recorded runs.", no_args_is_help=True)
 cache_app = typer.Typer(help="Explain and clean the cache.", no_args_is_help=True)
@@ -49,6 +51,7 @@ ProfileOpt = Annotated[
     str | None,
     typer.Option("--profile", help="Profile from mlpipe.toml (default: MLPIPE_PROFILE or the file's default)."),
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 ParamOpt = Annotated[
     list[str] | None, typer.Option("-p", "--param", help="Pipeline parameter as key=value (repeatable).")
 ]
@@ -135,11 +138,18 @@ def parse_params(pipe: Pipeline, items: list[str] | None) -> dict[str, Any]:
     from mlpipe.typecheck import parse_cli_value
 
     out: dict[str, Any] = {}
+    out_raw: dict[str, str] = {}
     for item in items or []:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
             raise ParameterError(f"-p expects key=value, got {item!r}")
+        if key in out:
+            raise ParameterError(
+                f"parameter {key!r} is given twice with -p ({key}={out_raw[key]!r} and {item!r}); give it once",
+                pipeline=pipe.name,
+                argument=key,
+            )
         if key not in pipe.params:
             raise ParameterError(
                 f"pipeline {pipe.name!r} has no parameter {key!r}; "
@@ -148,11 +158,28 @@ def parse_params(pipe: Pipeline, items: list[str] | None) -> dict[str, Any]:
                 argument=key,
             )
         out[key] = parse_cli_value(pipe.params[key].annotation, raw)
+        out_raw[key] = raw
     return out
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from mlpipe._version import __version__
+
+        print(f"mlpipe {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False) -> None:
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", help="Print mlpipe's version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
     _state["debug"] = debug or bool(os.environ.get("MLPIPE_DEBUG"))
 
 
@@ -338,6 +365,7 @@ def runs_list(
     profile: ProfileOpt = None,
     limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
     pipeline: Annotated[str | None, typer.Option("--pipeline")] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Recent runs, newest first."""
     from rich.table import Table
@@ -348,6 +376,23 @@ def runs_list(
         found = list_runs(_store(profile), limit=limit, pipeline=pipeline)
     except MlpipeError as exc:
         _fail(exc)
+    if json_out:
+        rows = [
+            {
+                "id": r.id,
+                "pipeline": r.pipeline,
+                "status": r.status,
+                "backend": r.backend,
+                "steps": len(r.steps),
+                "cached": sum(1 for s in r.steps.values() if s.cached),
+                "started": r.started,
+                "ended": r.ended,
+                "duration": r.duration if r.ended else None,
+            }
+            for r in found
+        ]
+        print(json.dumps(rows, indent=2))
+        return
     table = Table("run", "pipeline", "status", "steps", "cached", "started", "duration", box=None)
     for r in found:
         cached = sum(1 for s in r.steps.values() if s.cached)
@@ -365,9 +410,11 @@ def runs_list(
 
 @runs_app.command("show")
 def runs_show(
-    run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")], profile: ProfileOpt = None
+    run_id: Annotated[str, typer.Argument(help="Run id (a unique prefix is enough).")],
+    profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """A run's steps: status, cache hits, durations, artifact addresses and sizes."""
+    """A run's steps: status, cache hits, attempts, durations, artifact addresses and sizes, metric values."""
     from rich.table import Table
 
     from mlpipe.run import get_run
@@ -379,6 +426,15 @@ def runs_show(
         r = get_run(r.id, store)
     except MlpipeError as exc:
         _fail(exc)
+    metrics = _metric_values(store, r)
+    if json_out:
+        doc = {
+            "run": {**r.doc, "status": r.status},
+            "steps": {name: s.record or {"step": name, "status": s.status} for name, s in r.steps.items()},
+            "metrics": metrics,
+        }
+        print(json.dumps(doc, indent=2, default=str))
+        return
     console = _console()
     console.print(f"run {r.id}  pipeline {r.pipeline}  backend {r.backend}  status {r.status}")
     console.print(f"started {_fmt_time(r.started)}  duration {r.duration:.2f} s  params {r.params}")
@@ -392,14 +448,16 @@ def runs_show(
     link = tracking_link(store, r.id)
     if link:
         console.print(link, soft_wrap=True)
-    table = Table("step", "status", "cached", "duration", "output", "address", "size", "type", box=None)
+    table = Table("step", "status", "cached", "attempts", "duration", "output", "address", "size", "type", box=None)
     for s in r.steps.values():
         first = True
+        attempts = str(s.attempts or s.record.get("attempts") or "-")
         for name, info in (s.outputs or {}).items():
             table.add_row(
                 s.name if first else "",
                 s.status if first else "",
                 ("yes" if s.cached else "no") if first else "",
+                attempts if first else "",
                 f"{s.duration * 1000:.0f} ms" if first else "",
                 name,
                 info.digest[:16],
@@ -412,6 +470,7 @@ def runs_show(
                 s.name,
                 s.status,
                 "yes" if s.cached else "no",
+                attempts,
                 f"{s.duration * 1000:.0f} ms",
                 "-",
                 "-",
@@ -419,9 +478,35 @@ def runs_show(
                 (s.error or "")[:60],
             )
     console.print(table)
+    for label, values in metrics.items():
+        shown = "  ".join(f"{k}={v:.6g}" for k, v in values.items())
+        console.print(f"metrics {label}: {shown}", soft_wrap=True)
     for s in r.steps.values():
         for key, value in (s.record.get("reports") or {}).items():
             console.print(f"report {s.name}.{key}: {value}")
+
+
+def _metric_values(store: Any, run: Any) -> dict[str, dict[str, float]]:
+    """Numbers among a run's small JSON outputs: a metrics model or dict, or a single number, by ``step.output``."""
+    found: dict[str, dict[str, float]] = {}
+    for s in run.steps.values():
+        if s.status != "succeeded":
+            continue
+        for name, info in (s.outputs or {}).items():
+            if info.materializer not in ("json", "pydantic.json") or (info.size or 0) > 65536:
+                continue
+            try:
+                value = json.loads(bytes(store.read_verified(info.digest)))
+            except (MlpipeError, ValueError):
+                continue  # gone or corrupted: `runs show` lists the address, `mlpipe verify` says what happened
+            numbers = {"value": value} if isinstance(value, int | float) else value
+            if (
+                isinstance(numbers, dict)
+                and numbers
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers.values())
+            ):
+                found[f"{s.name}.{name}"] = {k: float(v) for k, v in numbers.items()}
+    return found
 
 
 def _refresh_remote(store: Any, run: Any) -> None:

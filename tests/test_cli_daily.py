@@ -1,0 +1,86 @@
+"""The CLI as a new user meets it: --version, -h, completion, repeated -p, runs list/show --json, attempts, metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import mlpipe as mp
+from mlpipe._version import __version__
+from mlpipe.cli import app
+
+PIPES = Path(__file__).resolve().parent / "resources" / "cli_pipelines.py"
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_version_and_short_help() -> None:
+    assert _cli("--version") == (0, f"mlpipe {__version__}\n")
+    assert _cli("-V") == (0, f"mlpipe {__version__}\n")
+    code, out = _cli("-h")
+    assert code == 0 and "Usage: mlpipe [OPTIONS] COMMAND" in out and "report" in out and "verify" in out
+    code, out = _cli("runs", "show", "-h")
+    assert code == 0 and "--json" in out
+
+
+def test_shell_completion_script() -> None:
+    code, out = _cli("--show-completion", "bash")
+    assert code == 0 and "_mlpipe_completion" in out and "complete" in out
+
+
+def test_a_parameter_given_twice_is_an_error() -> None:
+    code, out = _cli("run", f"{PIPES}:ok", "-p", "n=3", "-p", "n=4")
+    assert code == 2
+    assert "parameter 'n' is given twice with -p (n='3' and 'n=4'); give it once" in out
+    assert not Path(".mlpipe/runs").exists()  # nothing ran
+
+
+@mp.step(retries=2)
+def flaky(n: int) -> int:
+    marker = Path("flaky-attempts")
+    seen = int(marker.read_text()) if marker.exists() else 0
+    marker.write_text(str(seen + 1))
+    if seen < 2:
+        raise RuntimeError("not yet")
+    return n
+
+
+@mp.step
+def scores(n: int) -> dict[str, float]:
+    return {"accuracy": 0.5 + n / 100, "loss": 0.25}
+
+
+@mp.pipeline
+def retried(n: int = 3) -> dict[str, float]:
+    return scores(flaky(n))
+
+
+def test_runs_show_prints_attempts_and_metric_values_and_json() -> None:
+    run = retried.run()
+    assert run.status == "succeeded", run.error
+    code, out = _cli("runs", "show", run.id)
+    assert code == 0, out
+    line = next(row for row in out.splitlines() if row.strip().startswith("flaky"))
+    assert line.split()[:4] == ["flaky", "succeeded", "no", "3"]  # three attempts
+    assert "metrics scores.output: accuracy=0.53  loss=0.25" in out
+    code, out = _cli("runs", "show", run.id[:12], "--json")
+    doc = json.loads(out)
+    assert doc["run"]["id"] == run.id and doc["run"]["status"] == "succeeded"
+    assert doc["steps"]["flaky"]["attempts"] == 3
+    assert doc["metrics"] == {"flaky.output": {"value": 3.0}, "scores.output": {"accuracy": 0.53, "loss": 0.25}}
+    code, out = _cli("runs", "list", "--json")
+    rows = json.loads(out)
+    assert code == 0 and rows[0]["id"] == run.id and rows[0]["steps"] == 2 and rows[0]["status"] == "succeeded"
+
+
+@pytest.mark.parametrize("args", [("runs", "list", "--json"), ("verify", "--json")])
+def test_json_output_on_an_empty_store(args: tuple[str, ...]) -> None:
+    code, out = _cli(*args)
+    assert code == 0
+    json.loads(out)
