@@ -509,6 +509,38 @@ def _metric_values(store: Any, run: Any) -> dict[str, dict[str, float]]:
     return found
 
 
+@runs_app.command("delete")
+def runs_delete(
+    run_ids: Annotated[list[str], typer.Argument(help="Run ids (unique prefixes are enough).")],
+    profile: ProfileOpt = None,
+) -> None:
+    """Delete runs' records from the store and the index (their cache entries and objects stay until cache gc)."""
+    from mlpipe.ledger import record_removal
+    from mlpipe.metadata import open_index
+    from mlpipe.run import get_run
+
+    try:
+        store = _store(profile)
+        runs = [get_run(run_id, store) for run_id in run_ids]
+        active = [r for r in runs if r.status in ("running", "pending")]
+        if active:
+            raise DefinitionError(
+                f"run {active[0].id} is {active[0].status}; wait for it to end (or cancel it) before deleting it"
+            )
+        removed = {}
+        for r in runs:
+            files = [rel for rel, _size in store.walk_files(f"runs/{r.id}")]
+            for rel in files:
+                store.delete(rel)
+            removed[r.id] = len(files)
+        record_removal(store, list(removed), "runs delete")
+        open_index(store).rebuild(store)
+    except MlpipeError as exc:
+        _fail(exc)
+    for run_id, count in removed.items():
+        print(f"deleted run {run_id} ({count} files); its cache entries and objects stay until `mlpipe cache gc`")
+
+
 def _refresh_remote(store: Any, run: Any) -> None:
     """For a run submitted to a remote backend, ask the backend for its state and sync its records."""
     handle = run.doc.get("handle")

@@ -84,3 +84,21 @@ def test_json_output_on_an_empty_store(args: tuple[str, ...]) -> None:
     code, out = _cli(*args)
     assert code == 0
     json.loads(out)
+
+
+def test_runs_delete_removes_the_records_keeps_the_cache_and_the_ledger_agrees() -> None:
+    first = retried.run(n=5)
+    Path("flaky-attempts").unlink()
+    second = retried.run(n=6)
+    code, out = _cli("runs", "delete", first.id[:15])
+    assert code == 0, out
+    assert out.startswith(f"deleted run {first.id} (")
+    assert not Path(f".mlpipe/runs/{first.id}/run.json").exists()
+    code, out = _cli("runs", "list", "--json")
+    assert [r["id"] for r in json.loads(out)] == [second.id]  # the index forgot it too
+    code, out = _cli("verify")
+    assert code == 0, out  # a deliberate deletion is recorded in the ledger, not reported as tampering
+    again = retried.run(n=5)
+    assert all(s.cached for s in again.steps.values())  # the deleted run's results still serve the cache
+    code, out = _cli("runs", "delete", "nope")
+    assert code == 2 and "nope" in out
