@@ -137,10 +137,40 @@ def write_entry(
     run_id: str,
     outputs: dict[str, dict[str, Any]],
     components: dict[str, Any],
-) -> CacheEntry:
+) -> CacheEntry | None:
+    """Write the entry for ``key``, or return None when the store already holds the same one.
+
+    The same entry is the same key, pipeline, step, outputs and components,
+    whichever run wrote it: a re-run with ``cache=False`` or ``--no-cache``
+    whose steps produce the same bytes, or a step recomputed after its objects
+    were lost. Such an entry is left as it is (it keeps naming the run that
+    first produced it) rather than renamed over, which costs about 1 ms per
+    file on ext4 (3.5x a fresh step's whole overhead). An entry that cannot be
+    read, or that differs in anything but its run and time, is rewritten.
+    """
     entry = CacheEntry(key, pipeline, step, run_id, time.time(), outputs, components)
-    store.put_json(entry_path(key), entry.to_dict())
+    path = entry_path(key)
+    doc = entry.to_dict()
+    try:
+        old = store.get_json(path)
+    except (FileNotFoundError, ValueError):  # no entry yet, or an unreadable one: write it
+        old = None
+    if isinstance(old, dict) and _same_entry(old, doc):
+        return None
+    store.put_json(path, doc)
     return entry
+
+
+def _same_entry(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Whether two entry documents differ in nothing but the run that wrote them and when."""
+    if not isinstance(old.get("run_id"), str) or not isinstance(old.get("created"), (int, float)):
+        return False
+    if set(old) != set(new):
+        return False
+    a = {k: v for k, v in old.items() if k not in ("run_id", "created")}
+    b = {k: v for k, v in new.items() if k not in ("run_id", "created")}
+    # Plain equality decides almost always; the JSON text settles tuples against the lists they became.
+    return a == b or canonical_json(a) == canonical_json(b)
 
 
 @dataclass(frozen=True)

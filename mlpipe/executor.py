@@ -288,7 +288,7 @@ class StepExecutor:
         entry = write_entry(
             self.store, outcome.key or "", self.pipeline, spec.name, self.run_id, outputs, call.components
         )
-        self._record(call, new_entry=entry.to_dict())
+        self._record(call, new_entry=None if entry is None else entry.to_dict())
         return outcome
 
     def _store_output(self, spec: StepSpec, name: str, value: Any) -> ObjectInfo:

@@ -5,7 +5,9 @@ Kept runs are all recorded runs, or with ``keep_runs`` the N most recent
 newest succeeded one (the failure being looked at); a run that is still
 running is always kept. A failed run never counts towards N, so
 ``--keep-runs 1`` after a failure keeps the last good results. Kept cache entries are all
-entries, or those written by kept runs. Reachable objects are the outputs of
+entries, or those written by kept runs (a run that recomputes a step into an
+identical entry leaves the entry as it was, naming the earlier run: it is
+kept too). Reachable objects are the outputs of
 kept runs' steps, the outputs of kept entries, and pickled step code named by
 kept runs' pipelines. Everything else under ``objects/`` goes, with
 ``quarantine/`` and temporaries left by killed writers (older than an hour,
@@ -86,6 +88,7 @@ def collect(
         ]
     reachable: set[str] = set()
     irs: set[str] = set()
+    produced: set[str] = set()  # keys whose entry a kept run wrote, or found already written
     for run_id in run_ids:
         if run_id not in kept:
             for rel, size in store.walk_files(f"runs/{run_id}"):
@@ -102,6 +105,8 @@ def collect(
                 irs.add(doc["ir"])
         for rec in load_step_records(store, run_id).values():
             reachable.update(info["digest"] for info in (rec.get("outputs") or {}).values())
+            if rec.get("status") == "succeeded" and not rec.get("cached") and rec.get("key"):
+                produced.add(rec["key"])
     dropped_entries = []
     for rel, size in store.walk_files("cache"):
         if not rel.endswith(".json"):
@@ -111,7 +116,7 @@ def collect(
         except DamagedFileError:  # unreadable, so never a hit: removed like an unreachable object
             report.items.append((rel, size))
             continue
-        if keep_runs is not None and entry.get("run_id") not in kept:
+        if keep_runs is not None and entry.get("run_id") not in kept and entry.get("key") not in produced:
             report.items.append((rel, size))
             dropped_entries.append(entry["key"])
             report.entries += 1

@@ -184,6 +184,53 @@ class _LocalFS:
                     yield os.path.relpath(full, self.root).replace(os.sep, "/"), os.path.getsize(full)
 
 
+class _Spool:
+    """Where a serialiser writes an object of the local store: memory first, a temporary file past 1 MiB.
+
+    Most step outputs are small, and a re-run (``cache=False``, or a step whose
+    inputs changed but whose result did not) produces objects the store
+    already has: held in memory until the digest is known, such an object
+    costs no file at all, where a temporary file created and deleted costs
+    more than the step. Past the limit the bytes go to a temporary file in
+    ``objects/tmp/`` (made by ``make_tmp``), as large objects always did.
+    """
+
+    limit = 1 << 20
+
+    def __init__(self, make_tmp: Callable[[], str]) -> None:
+        self._make_tmp = make_tmp
+        self._buffer = bytearray()
+        self._file: IO[bytes] | None = None
+        self.path: str | None = None
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data)
+        if self._file is None and len(self._buffer) + view.nbytes <= self.limit:
+            self._buffer += view
+            return view.nbytes
+        if self._file is None:
+            self.spill()
+        assert self._file is not None
+        return self._file.write(view)
+
+    def spill(self) -> None:
+        """Move the bytes held so far into a new temporary file; later writes go there."""
+        self.path = self._make_tmp()
+        self._file = open(self.path, "wb")  # noqa: SIM115  (closed by close())
+        self._file.write(self._buffer)
+        self._buffer = bytearray()
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self.closed = True
+
+
 _T = TypeVar("_T")
 
 
@@ -410,19 +457,26 @@ class ArtifactStore:
         prepared = m.buffers(value)
         if prepared is not None:
             return self._put_buffers(value, m, *prepared)
-        tmp = self._local_tmp()
+        spool = _Spool(self._local_tmp)
         try:
-            with open(tmp, "wb") as raw:
-                writer = HashingWriter(raw)
-                try:
-                    extra = m.save(value, writer)  # type: ignore[arg-type]
-                finally:
-                    writer.finish()
+            writer = HashingWriter(spool)  # type: ignore[arg-type]
+            try:
+                extra = m.save(value, writer)  # type: ignore[arg-type]
+            finally:
+                writer.finish()
+                spool.close()
             digest = writer.hexdigest()
-            self._publish_local(tmp, digest)
+            if spool.path is None:  # small and still in memory: a file only if the store lacks the object
+                if self._freshen_local(digest):
+                    return digest, writer.size, extra
+                spool.spill()
+                spool.close()
+            assert spool.path is not None
+            self._publish_local(spool.path, digest)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            if spool.path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(spool.path)
             raise
         return digest, writer.size, extra
 
@@ -479,18 +533,27 @@ class ArtifactStore:
         """Rename a written temporary file into place, or drop it when the object already exists."""
         fs = self._fs
         assert isinstance(fs, _LocalFS)
-        final = fs.path(self.object_path(digest))
-        try:
-            # An existing object is freshened, as git does, so a concurrent ``cache gc`` sees it as new
-            # (grace period) and never removes what this writer is about to reference.
-            os.utime(final)
-        except FileNotFoundError:
-            fs._ensure_dir(os.path.dirname(final))
-            os.replace(tmp, final)
-        except PermissionError:  # another user's object in a shared store: present, just not ours to touch
+        if self._freshen_local(digest):
             os.unlink(tmp)
         else:
-            os.unlink(tmp)
+            final = fs.path(self.object_path(digest))
+            fs._ensure_dir(os.path.dirname(final))
+            os.replace(tmp, final)
+
+    def _freshen_local(self, digest: str) -> bool:
+        """Touch the object if the local store has it; whether it has it.
+
+        An existing object is freshened, as git does, so a concurrent ``cache gc``
+        sees it as new (grace period) and never removes what this writer is about
+        to reference.
+        """
+        try:
+            os.utime(self._fs.path(self.object_path(digest)))
+        except FileNotFoundError:
+            return False
+        except PermissionError:  # another user's object in a shared store: present, just not ours to touch
+            return True
+        return True
 
     def _put_remote(self, value: Any, m: Materializer) -> tuple[str, int, dict[str, Any]]:
         fs = self._fs

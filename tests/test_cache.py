@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 import mlpipe as mp
-from mlpipe.cache import cache_key, components_for, diff_components, lookup
+from mlpipe.cache import cache_key, components_for, diff_components, entry_path, lookup
 from mlpipe.errors import RunNotFoundError
 from mlpipe.explain import describe_artifact, explain, explain_step
 from mlpipe.gc import collect
@@ -364,6 +365,60 @@ def test_gc_keep_runs_drops_older_runs_and_their_entries() -> None:
     assert [r.id for r in mp.runs()] == [new.id]
     rerun = chain.run(n=7)
     assert not rerun.steps["numbers"].cached
+
+
+def _entry_files(run: mp.Run) -> dict[str, tuple[int, int]]:
+    store = open_store()
+    out = {}
+    for name, step in run.steps.items():
+        path = Path(store.url, entry_path(step.record["key"]))
+        out[name] = (path.stat().st_ino, path.stat().st_mtime_ns)
+    return out
+
+
+def test_a_rerun_with_cache_off_leaves_identical_entries_alone() -> None:
+    first = chain.run(n=5)
+    before = _entry_files(first)
+    calls.clear()
+    second = chain.run(n=5, cache=False)
+    assert sorted(calls) == ["biased", "describe", "numbers", "parity"]  # every step ran again
+    assert not any(_statuses(second).values())
+    assert _entry_files(second) == before  # same keys, same outputs: no entry renamed over
+    store = open_store()
+    for name, step in second.steps.items():
+        entry = lookup(store, step.record["key"])
+        assert entry is not None and entry.run_id == first.id  # still names the run that produced it
+        assert step.outputs == first.steps[name].outputs
+    assert {e["run_id"] for e in open_index(store).entries_for("chain", "numbers")} == {first.id}
+    third = chain.run(n=5)
+    assert all(_statuses(third).values())
+    assert {s.source_run for s in third.steps.values()} == {first.id}
+
+
+def test_an_unreadable_or_different_entry_is_rewritten() -> None:
+    first = chain.run(n=6)
+    store = open_store()
+    broken = Path(store.url, entry_path(first.steps["numbers"].record["key"]))
+    broken.write_text("{not json")
+    changed = Path(store.url, entry_path(first.steps["parity"].record["key"]))
+    doc = json.loads(changed.read_text())
+    doc["pipeline"] = "another"  # anything but the run and the time differs: rewritten
+    changed.write_text(json.dumps(doc))
+    kept = _entry_files(first)["describe"]
+    second = chain.run(n=6, cache=False)
+    assert lookup(store, second.steps["numbers"].record["key"]).run_id == second.id  # type: ignore[union-attr]
+    assert lookup(store, second.steps["parity"].record["key"]).pipeline == "chain"  # type: ignore[union-attr]
+    assert _entry_files(second)["describe"] == kept
+    assert all(_statuses(chain.run(n=6)).values())
+
+
+def test_gc_keep_runs_keeps_the_entries_a_kept_run_reproduced() -> None:
+    chain.run(n=8)
+    chain.run(n=8, cache=False)  # leaves the first run's entries in place
+    collect(open_store(), keep_runs=1)
+    calls.clear()
+    again = chain.run(n=8)
+    assert all(_statuses(again).values()) and calls == []
 
 
 def test_gc_removes_quarantine_and_stale_temporaries() -> None:

@@ -173,7 +173,8 @@ def test_unpicklable_value_names_the_type_and_the_fix(store: ArtifactStore) -> N
     assert caught.value.exit_code == 1
     # nothing half-written is left behind
     assert list(store.iter_objects()) == []
-    assert not any(Path(store.url, "objects", "tmp").iterdir())
+    tmp = Path(store.url, "objects", "tmp")  # small values are serialised in memory: often no temporary at all
+    assert not tmp.exists() or not any(tmp.iterdir())
 
 
 def test_register_materializer_wins_over_builtins(store: ArtifactStore, registry: None) -> None:
