@@ -6,9 +6,11 @@ Prints, per size: building the mlpipe IR, importing kfp (first size only),
 planning (names, refusals, storing the IR), kfp's pipeline build (dsl.pipeline
 over generated container components, with the backend's memoized name
 sanitiser), kfp's own ``Compiler().compile`` of that pipeline (for comparison),
-the backend's ``compile`` end to end (plan + build + its libyaml writer,
-which produces the same bytes as kfp's compiler), and for comparison the plan
-built and written by kfp unaided (no memoized sanitiser, kfp's own writer).
+the backend's ``compile`` end to end (plan + the spec emitted without kfp,
+the same bytes as kfp's compiler), and for comparison the plan built and
+written by kfp unaided (no memoized sanitiser, kfp's own writer). The
+whole-process figures the targets check are in ``benchmarks/run.py``
+(``kubeflow_compile``).
 """
 
 from __future__ import annotations
