@@ -236,8 +236,19 @@ def compile_cmd(
         str | None, typer.Option("--backend", help="Backend name (kubeflow, vertex, sagemaker).")
     ] = None,
     profile: ProfileOpt = None,
+    upload: Annotated[
+        bool, typer.Option("--upload", help="Also put what the tasks load (IR, shipped code) into the store.")
+    ] = False,
 ) -> None:
-    """Compile a pipeline for a backend and write it to a file."""
+    """Compile a pipeline for a backend and write it to a file.
+
+    Offline: no store I/O and no credentials. The spec's tasks load the IR by
+    its digest from the profile's store; `mlpipe submit` puts it there, or
+    pass --upload to do it now (to run the file from a UI or with the
+    engine's own client).
+    """
+    from mlpipe.launch import compile_spec
+
     try:
         pipe = load_pipeline(target)
         if backend is None and profile is None:
@@ -246,10 +257,21 @@ def compile_cmd(
             from mlpipe.config import load_profile
 
             backend = load_profile(profile).backend
-        path = pipe.compile(backend, output, profile=profile)
+        spec = compile_spec(pipe.ir, backend, output, profile=profile, upload=upload)
     except MlpipeError as exc:
         _fail(exc)
-    print(f"wrote {path}")
+    for message in spec.warnings:
+        print(f"warning: {message}", file=sys.stderr)
+    print(f"wrote {spec.path}")
+    if not spec.ir_digest:
+        return
+    if spec.uploaded is not None:
+        print(f"uploaded the IR {spec.ir_digest[:12]}… the tasks load ({spec.uploaded} new documents in the store)")
+    else:
+        print(
+            f"the tasks load the IR {spec.ir_digest[:12]}… from the store: `mlpipe submit` uploads it; to start "
+            "this file from a UI or the engine's client, compile again with --upload"
+        )
 
 
 @app.command()
@@ -702,17 +724,32 @@ def image(
     base: Annotated[str | None, typer.Option("--base", help="Base image (default: python:<version>-slim).")] = None,
     requirements: Annotated[str | None, typer.Option("--requirements", help="The project's requirements.")] = None,
     context: Annotated[str | None, typer.Option("--context", help="Build context (default: this directory).")] = None,
+    profile: ProfileOpt = None,
 ) -> None:
-    """Write a Dockerfile and requirements for the runtime image remote backends run (Docker is not invoked)."""
+    """Write a Dockerfile, requirements and wheels for the runtime image remote backends run (Docker is not invoked).
+
+    mlpipe and the profile's backend plugin are installed in the image from
+    wheels built from this checkout; the profile's store scheme adds its
+    filesystem package (s3fs, gcsfs).
+    """
+    from mlpipe.config import load_profile
     from mlpipe.image import write_image_files
 
     try:
+        prof = load_profile(profile)
         files = write_image_files(
-            load_pipeline(target), output, context=context, base_image=base, requirements=requirements
+            load_pipeline(target),
+            output,
+            context=context,
+            base_image=base,
+            requirements=requirements,
+            store=prof.store,
+            backend=prof.backend,
         )
     except MlpipeError as exc:
         _fail(exc)
-    print(f"wrote {files.dockerfile}, {files.requirements} and {files.dockerignore}")
+    wheels = ", ".join(w.name for w in files.wheels)
+    print(f"wrote {files.dockerfile}, {files.requirements}, {files.dockerignore} and wheels ({wheels})")
     print(f"build it with: {files.build_command('IMAGE')}")
 
 

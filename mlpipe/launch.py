@@ -13,6 +13,7 @@ import os
 import secrets
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from mlpipe.backend import Backend, RunHandle, get_backend
@@ -25,7 +26,16 @@ if TYPE_CHECKING:
     from mlpipe.ir import PipelineIR
     from mlpipe.run import Run
 
-__all__ = ["compile_pipeline", "new_run_id", "resolve", "run_pipeline", "save_handle", "submit_pipeline"]
+__all__ = [
+    "CompiledSpec",
+    "compile_pipeline",
+    "compile_spec",
+    "new_run_id",
+    "resolve",
+    "run_pipeline",
+    "save_handle",
+    "submit_pipeline",
+]
 
 
 def new_run_id() -> str:
@@ -87,18 +97,60 @@ def submit_pipeline(
     return handle
 
 
-def compile_pipeline(ir: PipelineIR, backend: str | Backend, path: str, *, profile: str | None = None) -> str:
-    """Write ``backend``'s compiled form of ``ir`` to ``path`` (options and image from ``profile``)."""
-    if isinstance(backend, str) and profile is not None:
-        prof = load_profile(profile)
-        instance = get_backend(backend, prof.options if backend == prof.backend else {}, image=prof.image)
-        store = open_store(prof.store, prof.storage_options)
+@dataclass(frozen=True)
+class CompiledSpec:
+    """What :func:`compile_spec` wrote: the file, the digest of the IR its tasks load, why a cluster could not run it.
+
+    Attributes:
+        path: The spec file.
+        ir_digest: The IR digest the spec's tasks pass as ``--ir`` (with shipped code, as submit stores it).
+        warnings: One sentence per reason the spec cannot run on a cluster (a local store, a placeholder image).
+        uploaded: How many documents ``upload`` added to the store (0 when not asked or all were there).
+    """
+
+    path: str
+    ir_digest: str
+    warnings: tuple[str, ...]
+    uploaded: int | None
+
+
+def compile_spec(
+    ir: PipelineIR, backend: str | Backend, path: str, *, profile: str | None = None, upload: bool = False
+) -> CompiledSpec:
+    """Write ``backend``'s compiled form of ``ir`` to ``path`` (options and image from ``profile``).
+
+    A pure function of the pipeline and the profile: the store is not opened
+    and no credentials are needed. What the tasks load from the store (the IR
+    by its digest, shipped code) is staged in memory and uploaded only with
+    ``upload`` (``mlpipe compile --upload``); ``submit`` uploads it too.
+    """
+    from mlpipe.staging import StagedStore, portability_warnings
+
+    prof = load_profile(profile)
+    if isinstance(backend, Backend):
+        instance = backend
     else:
-        prof, instance, store = resolve(profile, backend)
+        instance = get_backend(backend, prof.options if backend == prof.backend else {}, image=prof.image)
     instance.check(ir)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    return instance.compile(ir, path, store=store)
+    staged = StagedStore(prof.store, prof.storage_options)
+    try:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        written = instance.compile(ir, path, store=staged)
+        digests = [rel[len("pipelines/") : -len(".json")] for rel in staged.staged() if rel.startswith("pipelines/")]
+        uploaded = staged.upload() if upload else None
+    finally:
+        staged.discard()
+    images = {s.name: s.image or instance.image for s in ir.steps}
+    warnings = portability_warnings(staged.url, staged.is_local, images, instance.name)
+    return CompiledSpec(written, digests[0] if len(digests) == 1 else "", tuple(warnings), uploaded)
+
+
+def compile_pipeline(
+    ir: PipelineIR, backend: str | Backend, path: str, *, profile: str | None = None, upload: bool = False
+) -> str:
+    """:func:`compile_spec`, returning the path written."""
+    return compile_spec(ir, backend, path, profile=profile, upload=upload).path
 
 
 def save_handle(store: ArtifactStore, handle: RunHandle) -> None:

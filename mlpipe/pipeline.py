@@ -260,11 +260,16 @@ class Pipeline:
                 REPORTER.reset(token)
             settle()  # what the steps changed in module state while running is not an edit of the code
 
-    def compile(self, backend: str | Backend, path: str, *, profile: str | None = None) -> str:
-        """Write the backend's compiled form of this pipeline to ``path`` and return the path."""
+    def compile(self, backend: str | Backend, path: str, *, profile: str | None = None, upload: bool = False) -> str:
+        """Write the backend's compiled form of this pipeline to ``path`` and return the path.
+
+        Compiling opens no store and needs no credentials; ``upload=True`` also
+        puts what the tasks load (the IR, shipped code) into the profile's
+        store, as :meth:`submit` does.
+        """
         from mlpipe.launch import compile_pipeline
 
-        return compile_pipeline(self.ir, backend, path, profile=profile)
+        return compile_pipeline(self.ir, backend, path, profile=profile, upload=upload)
 
     def submit(
         self,

@@ -148,8 +148,9 @@ def load_ir(store: ArtifactStore, digest: str) -> PipelineIR:
     rel = f"pipelines/{digest}.json"
     if not store.has(rel):
         raise MlpipeError(
-            f"the compiled pipeline {digest[:12]}… is not in the store {store.url}; compile or submit again with "
-            "the profile whose store this task uses",
+            f"the compiled pipeline {digest[:12]}… is not in the store {store.url}: `mlpipe compile` writes no "
+            "store, so upload it with `mlpipe compile FILE:PIPELINE --profile P --upload -o SPEC` (the profile "
+            "whose store this task uses) or start the run with `mlpipe submit FILE:PIPELINE --profile P`",
         )
     data = store.get_bytes(rel)
     if hashlib.sha256(data).hexdigest() != digest:
