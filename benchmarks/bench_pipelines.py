@@ -1,8 +1,9 @@
-"""Pipelines the benchmarks run: generated linear chains and a 1 → 16 → 1 fan-out."""
+"""Pipelines the benchmarks run: generated chains and fans of distinct steps, and a 1 → 16 → 1 fan-out."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import mlpipe as mp
 
@@ -63,3 +64,25 @@ def fan_pipeline(seconds: float) -> mp.Pipeline:
         return gather(*outs)
 
     return mp.pipeline(name=f"fan-{int(seconds * 1000)}ms")(fan)
+
+
+def write_steps_module(directory: Path, n: int, name: str) -> Path:
+    """Write ``<name>.py``: ``n`` distinct step functions and a chain and a 1 → n → 1 fan over them.
+
+    Every step has its own code, so its own fingerprint: a benchmark over these
+    pays for fingerprinting, validating and recording ``n`` functions, where
+    one function called ``n`` times would be fingerprinted once.
+    """
+    lines = ["import mlpipe as mp", ""]
+    for i in range(n):
+        lines += ["@mp.step", f"def s{i}(x: int) -> int:", f"    return x + {i}", ""]
+    lines += ["@mp.step", "def source(seed: int) -> int:", "    return seed", ""]
+    args = ", ".join(f"a{i}: int" for i in range(n))
+    lines += ["@mp.step", f"def gather({args}) -> int:", f"    return {' + '.join(f'a{i}' for i in range(n))}", ""]
+    lines += ["@mp.pipeline", "def chain(x: int = 0) -> int:", "    v = x"]
+    lines += [f"    v = s{i}(v)" for i in range(n)]
+    lines += ["    return v", "", "", "@mp.pipeline", "def fan(seed: int = 0) -> int:", "    s = source(seed)"]
+    lines += ["    return gather(" + ", ".join(f"s{i}(s)" for i in range(n)) + ")", ""]
+    path = directory / f"{name}.py"
+    path.write_text("\n".join(lines))
+    return path
