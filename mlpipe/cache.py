@@ -19,6 +19,7 @@ when every object it names still exists.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +36,26 @@ def entry_path(key: str) -> str:
     return f"cache/{key[:2]}/{key}.json"
 
 
+#: A parameter whose canonical JSON is longer is kept in cache keys and step records as its SHA-256 only;
+#: the run record (``run.json``) holds the one copy of the value. Longer than any path (mp.File inputs).
+LARGE_PARAM_BYTES = 8192
+
+
 def param_input(value: Any) -> dict[str, Any]:
-    return {"kind": "value", "value": value}
+    return {"kind": "value", "value": summarize_large(value)}
+
+
+def summarize_large(value: Any) -> Any:
+    """``value``, or for a large one a short text naming its size and SHA-256 (equal exactly when the values are)."""
+    if isinstance(value, (bool, int, float)) or value is None:
+        return value
+    try:
+        text = canonical_json(value)
+    except (TypeError, ValueError):
+        return value
+    if len(text) <= LARGE_PARAM_BYTES:
+        return value
+    return f"<{len(text)} bytes of JSON, sha256 {hashlib.sha256(text.encode()).hexdigest()}>"
 
 
 def artifact_input(digest: str, step: str, output: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ could not do from Python.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -25,6 +26,7 @@ from mlpipe.deploy_cli import ci_app as _ci_app
 from mlpipe.deploy_cli import deploy_app as _deploy_app
 from mlpipe.errors import DefinitionError, MlpipeError
 from mlpipe.pipeline import Pipeline
+from mlpipe.progress import printable
 from mlpipe.serve_cli import serve as _serve_command
 
 app = typer.Typer(
@@ -65,7 +67,8 @@ def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
     tty = (sys.stderr if stderr else sys.stdout).isatty()
-    return Console(stderr=stderr, highlight=False, width=None if tty else 200)
+    # markup off: record text such as "[red]" is shown as written (control characters: see printable)
+    return Console(stderr=stderr, highlight=False, markup=False, width=None if tty else 200)
 
 
 def load_pipeline(target: str) -> Pipeline:
@@ -213,8 +216,8 @@ def run(
     if result.status != "succeeded":
         for step in result.steps.values():
             if step.status == "failed":
-                print(f"\nstep {step.name!r} failed:", file=sys.stderr)
-                print((step.traceback or step.error or "").rstrip(), file=sys.stderr)
+                print(f"\nstep {printable(repr(step.name))} failed:", file=sys.stderr)
+                print(printable((step.traceback or step.error or "").rstrip()), file=sys.stderr)
         skipped = [s.name for s in result.steps.values() if s.status == "skipped"]
         if skipped:
             print(f"skipped because of the failure: {', '.join(skipped)}", file=sys.stderr)
@@ -225,7 +228,7 @@ def run(
         except MlpipeError as exc:
             _fail(exc)
         text = repr(value)
-        print(f"{step_name}.{output} = {text if len(text) < 400 else text[:397] + '...'}")
+        print(printable(f"{step_name}.{output} = {text if len(text) < 400 else text[:397] + '...'}"))
 
 
 @app.command("compile")
@@ -419,9 +422,9 @@ def runs_list(
     for r in found:
         cached = sum(1 for s in r.steps.values() if s.cached)
         table.add_row(
-            r.id,
-            r.pipeline,
-            r.status,
+            printable(r.id),
+            printable(r.pipeline),
+            printable(r.status),
             str(len(r.steps)),
             str(cached),
             _fmt_time(r.started),
@@ -458,54 +461,56 @@ def runs_show(
         print(json.dumps(doc, indent=2, default=str))
         return
     console = _console()
-    console.print(f"run {r.id}  pipeline {r.pipeline}  backend {r.backend}  status {r.status}")
-    console.print(f"started {_fmt_time(r.started)}  duration {r.duration:.2f} s  params {r.params}")
+    console.print(printable(f"run {r.id}  pipeline {r.pipeline}  backend {r.backend}  status {r.status}"))
+    console.print(printable(f"started {_fmt_time(r.started)}  duration {r.duration:.2f} s  params {r.params}"))
     handle = r.doc.get("handle")
     if handle and handle.get("external_id"):
         console.print(
-            f"{handle['backend']} id {handle['external_id']}" + (f"  {handle['url']}" if handle.get("url") else "")
+            printable(
+                f"{handle['backend']} id {handle['external_id']}" + (f"  {handle['url']}" if handle.get("url") else "")
+            )
         )
     from mlpipe.tracking import tracking_link
 
     link = tracking_link(store, r.id)
     if link:
-        console.print(link, soft_wrap=True)
+        console.print(printable(link), soft_wrap=True)
     table = Table("step", "status", "cached", "attempts", "duration", "output", "address", "size", "type", box=None)
     for s in r.steps.values():
         first = True
         attempts = str(s.attempts or s.record.get("attempts") or "-")
         for name, info in (s.outputs or {}).items():
             table.add_row(
-                s.name if first else "",
-                s.status if first else "",
+                printable(s.name) if first else "",
+                printable(s.status) if first else "",
                 ("yes" if s.cached else "no") if first else "",
                 attempts if first else "",
                 f"{s.duration * 1000:.0f} ms" if first else "",
-                name,
-                info.digest[:16],
+                printable(name),
+                printable(info.digest[:16]),
                 _fmt_size(info.size),
-                info.type.split(":")[-1],
+                printable(info.type.split(":")[-1]),
             )
             first = False
         if first:
             table.add_row(
-                s.name,
-                s.status,
+                printable(s.name),
+                printable(s.status),
                 "yes" if s.cached else "no",
                 attempts,
                 f"{s.duration * 1000:.0f} ms",
                 "-",
                 "-",
                 "-",
-                (s.error or "")[:60],
+                printable((s.error or "")[:60]),
             )
     console.print(table)
     for label, values in metrics.items():
         shown = "  ".join(f"{k}={v:.6g}" for k, v in values.items())
-        console.print(f"metrics {label}: {shown}", soft_wrap=True)
+        console.print(printable(f"metrics {label}: {shown}"), soft_wrap=True)
     for s in r.steps.values():
         for key, value in (s.record.get("reports") or {}).items():
-            console.print(f"report {s.name}.{key}: {value}")
+            console.print(printable(f"report {s.name}.{key}: {value}"))
 
 
 def _metric_values(store: Any, run: Any) -> dict[str, dict[str, float]]:
@@ -599,7 +604,7 @@ def cache_explain(
         text = explain(_store(profile), run_id, step)
     except MlpipeError as exc:
         _fail(exc)
-    print(text)
+    print(printable(text))
 
 
 @cache_app.command("gc")
@@ -684,7 +689,7 @@ def artifacts_show(
         text = describe_artifact(_store(profile), address)
     except MlpipeError as exc:
         _fail(exc)
-    print(text)
+    print(printable(text))
 
 
 @app.command()
@@ -806,7 +811,7 @@ def _show_warning(
     message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None
 ) -> None:
     """Warnings (a repaired store or index, a skipped damaged record) as one line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {printable(message)}", file=sys.stderr)
 
 
 def main() -> None:
@@ -838,6 +843,9 @@ def _guarded(body: Any) -> NoReturn:
     sys.stderr.flush()
     pid = os.fork()
     if pid == 0:  # the child: the ordinary CLI
+        # Its own process group, so a terminal's Ctrl-C reaches it once, forwarded by the parent.
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
         os.close(read_end)
         code: Any = 0
         try:
@@ -851,15 +859,26 @@ def _guarded(body: Any) -> NoReturn:
             os.close(write_end)
         sys.exit(code)
     os.close(write_end)
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which reports it
+
+    def forward(signum: int, _frame: Any) -> None:  # Ctrl-C, a kill: the child handles and reports it
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _, status = os.waitpid(pid, 0)
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries waitpid itself
+                continue
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     finished = os.read(read_end, 1) == b"1"
     os.close(read_end)
     code = os.waitstatus_to_exitcode(status)
-    if finished:
+    if finished or code == 130:  # 130: the child's own Ctrl-C exit, already reported by it
         sys.exit(code)
     how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
     print(
@@ -867,7 +886,7 @@ def _guarded(body: Any) -> NoReturn:
         "crashed or was killed. The run is left unfinished and shows as interrupted (`mlpipe runs list`)",
         file=sys.stderr,
     )
-    sys.exit(1)
+    sys.exit(code if code > 0 else 1)
 
 
 def _cli_main() -> None:

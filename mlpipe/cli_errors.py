@@ -24,5 +24,7 @@ def _fail(exc: BaseException, code: int | None = None) -> NoReturn:
     if _state["debug"]:
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     message = str(exc) if isinstance(exc, MlpipeError) else f"{type(exc).__name__}: {exc}"
-    print(f"error: {message}", file=sys.stderr)
+    from mlpipe.progress import printable
+
+    print(f"error: {printable(message)}", file=sys.stderr)
     raise typer.Exit(code if code is not None else getattr(exc, "exit_code", 1))

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from mlpipe.errors import ConfigError
 
@@ -44,6 +44,13 @@ class Profile(BaseModel):
     tracking_uri: str | None = None
     experiment: str | None = None
     source: str | None = None
+
+    @field_validator("store")
+    @classmethod
+    def _store_given(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty: give a directory such as '.mlpipe' or a URL such as 's3://bucket/x'")
+        return value
 
 
 class _File(BaseModel):

@@ -31,6 +31,7 @@ from mlpipe.errors import DamagedFileError
 from mlpipe.ledger import record_removal
 from mlpipe.metadata import open_index
 from mlpipe.records import DamagedRecordWarning, load_step_records
+from mlpipe.records import run_ids as _run_ids
 from mlpipe.store import ArtifactStore
 
 __all__ = ["GcReport", "collect"]
@@ -72,7 +73,7 @@ def collect(
         grace: Objects younger than this many seconds are kept (0 in tests that check removal).
     """
     report = GcReport()
-    run_ids = sorted(store.listdir("runs"), reverse=True)  # ids sort by start time, to the second
+    run_ids = sorted(_run_ids(store), reverse=True)  # ids sort by start time, to the second
     if keep_runs is None:
         kept = set(run_ids)
     else:

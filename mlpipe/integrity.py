@@ -16,6 +16,7 @@ from typing import Any
 from mlpipe.hashing import digest_object
 from mlpipe.ledger import GENESIS, TERMINAL, LedgerEntry, entries, evidence, sealed_run_ids
 from mlpipe.records import load_step_records
+from mlpipe.records import run_ids as _run_ids
 from mlpipe.store import ArtifactStore
 
 __all__ = ["Finding", "VerifyReport", "verify"]
@@ -145,7 +146,7 @@ def verify(store: ArtifactStore, *, objects: bool = True, runs: Collection[str] 
         _check_run(store, entry, report, checked_objects, objects)
     report.objects = len(checked_objects)
     sealed = sealed_run_ids(found)
-    for run_id in sorted(store.listdir("runs")) if runs is None else sorted(set(runs) - sealed):
+    for run_id in sorted(_run_ids(store)) if runs is None else sorted(set(runs) - sealed):
         if run_id in sealed or not store.has(f"runs/{run_id}/run.json"):
             continue
         with contextlib.suppress(ValueError, OSError):

@@ -132,6 +132,12 @@ def move_aside(path: str) -> str:
     return aside
 
 
+def _run_ids(store: ArtifactStore) -> list[str]:
+    from mlpipe.records import run_ids
+
+    return run_ids(store)
+
+
 def _translated(exc: sqlite3.Error, path: str) -> StoreError:
     """A SQLite failure as a StoreError (exit 1) that says what happened and what to do."""
     text = str(exc)
@@ -144,6 +150,11 @@ def _translated(exc: sqlite3.Error, path: str) -> StoreError:
     else:
         why = f"SQLite: {text}"
     return StoreError(f"the metadata index {path} cannot be used: {why}. The store's records are intact", path=path)
+
+
+def _like_prefix(prefix: str) -> str:
+    """A LIKE pattern matching ids that start with ``prefix`` literally (``%`` and ``_`` are no wildcards)."""
+    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 _R = TypeVar("_R")
@@ -224,6 +235,11 @@ class Index:
     # -- writes ------------------------------------------------------------------
     @_sqlite_errors
     def record_run(self, doc: dict[str, Any]) -> None:
+        params = doc.get("params")
+        if isinstance(params, dict):  # run.json keeps large values; the index keeps their size and hash
+            from mlpipe.cache import summarize_large
+
+            doc = {**doc, "params": {k: summarize_large(v) for k, v in params.items()}}
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?)",
@@ -328,7 +344,7 @@ class Index:
             row = self._db.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 row = self._db.execute(
-                    "SELECT doc FROM runs WHERE id LIKE ? ORDER BY started DESC", (run_id + "%",)
+                    "SELECT doc FROM runs WHERE id LIKE ? ESCAPE '\\' ORDER BY started DESC", (_like_prefix(run_id),)
                 ).fetchone()
         return None if row is None else json.loads(row[0])
 
@@ -338,7 +354,8 @@ class Index:
         self.flush()
         with self._lock:
             rows = self._db.execute(
-                "SELECT id FROM runs WHERE id LIKE ? ORDER BY started DESC LIMIT ?", (prefix + "%", limit)
+                "SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\' ORDER BY started DESC LIMIT ?",
+                (_like_prefix(prefix), limit),
             ).fetchall()
         return [r[0] for r in rows]
 
@@ -396,7 +413,8 @@ class Index:
         self.flush()
         with self._lock:
             row = self._db.execute(
-                "SELECT digest, size, materializer, type FROM artifacts WHERE digest LIKE ?", (digest_prefix + "%",)
+                "SELECT digest, size, materializer, type FROM artifacts WHERE digest LIKE ? ESCAPE '\\'",
+                (_like_prefix(digest_prefix),),
             ).fetchone()
         return None if row is None else {"digest": row[0], "size": row[1], "materializer": row[2], "type": row[3]}
 
@@ -421,7 +439,7 @@ class Index:
             known = {r[0] for r in self._db.execute("SELECT id FROM runs")}
             known_entries = {r[0] for r in self._db.execute("SELECT key FROM cache_entries")}
         added = 0
-        for run_id in store.listdir("runs"):
+        for run_id in _run_ids(store):
             try:
                 if run_id not in known and self.sync_run(store, run_id) is not None:
                     added += 1
@@ -462,7 +480,7 @@ class Index:
     @_sqlite_errors
     def _rebuild_rows(self, store: ArtifactStore) -> tuple[int, int]:
         runs = 0
-        for run_id in store.listdir("runs"):
+        for run_id in _run_ids(store):
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")

@@ -11,13 +11,33 @@ kernel, ``pipeline.run()`` installs :class:`NotebookReporter` (see
 from __future__ import annotations
 
 import html
+import re
 import sys
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from typing import IO, Any, ClassVar
 
-__all__ = ["REPORTER", "NotebookReporter", "PlainReporter", "Reporter", "RichReporter", "default_reporter"]
+__all__ = [
+    "REPORTER",
+    "NotebookReporter",
+    "PlainReporter",
+    "Reporter",
+    "RichReporter",
+    "default_reporter",
+    "printable",
+]
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: object) -> str:
+    """``text`` with terminal control characters (ESC sequences, bells, C1 codes) shown escaped, never raw.
+
+    Records come from a store anyone with access can write; printing one must
+    not let it move the cursor, rename the terminal or hide other output.
+    """
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 class Reporter:
@@ -50,7 +70,7 @@ class PlainReporter(Reporter):
         self.stream = stream or sys.stderr
 
     def _line(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        print(printable(text), file=self.stream, flush=True)
 
     def run_started(self, run_id: str, pipeline: str, steps: int) -> None:
         self._line(f"run {run_id}: pipeline {pipeline}, {steps} steps")
@@ -96,8 +116,11 @@ class RichReporter(Reporter):
     def step_finished(self, name: str, status: str, cached: bool, duration: float, error: str | None) -> None:
         label = _label(status, cached)
         style = self._STYLE.get(label, "white")
-        tail = f" [dim]{error.splitlines()[0]}[/]" if error and status != "succeeded" else ""
-        self.progress.console.print(f"  [{style}]{label:<9}[/] {name} [dim]{duration * 1000:.0f} ms[/]{tail}")
+        from rich.markup import escape
+
+        tail = f" [dim]{escape(printable(error.splitlines()[0]))}[/]" if error and status != "succeeded" else ""
+        shown = escape(printable(name))
+        self.progress.console.print(f"  [{style}]{label:<9}[/] {shown} [dim]{duration * 1000:.0f} ms[/]{tail}")
         if self.task is not None:
             self.progress.advance(self.task)
 

@@ -56,9 +56,11 @@ __all__ = [
     "StepOutcome",
     "StepStatus",
     "canonical_ir",
+    "check_run_id",
     "ir_digest",
     "load_ir",
     "load_step_records",
+    "run_ids",
     "run_path",
     "settled_ok",
     "skip_reason",
@@ -75,9 +77,31 @@ RUN_TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 FLUSH_SECONDS = 2.0
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_run_id(run_id: str, *, what: str = "run id") -> str:
+    """``run_id`` if it is a valid run id (letters, digits, ``.``, ``_``, ``-``; no path), else ParameterError.
+
+    Run ids become store paths, so one such as ``../../x`` must never reach the filesystem.
+    """
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ParameterError(
+            f"{what} {run_id!r} is not a run id: use letters, digits, '.', '_' and '-' (no '/' or '..'), "
+            "such as 20261126-104526-143-cfd88c",
+            argument="run_id",
+        )
+    return run_id
+
+
+def run_ids(store: ArtifactStore) -> list[str]:
+    """The ids of the runs recorded in ``store`` (sorted), ignoring entries of ``runs/`` that are no run id."""
+    return [name for name in store.listdir("runs") if _RUN_ID.fullmatch(name) and ".." not in name]
+
+
 def run_path(run_id: str, *parts: str) -> str:
     """The store path of a run's file: ``run_path(id, "steps", "a.json")`` → ``runs/<id>/steps/a.json``."""
-    return "/".join(("runs", run_id, *parts))
+    return "/".join(("runs", check_run_id(run_id), *parts))
 
 
 # -- the compiled pipeline ----------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import Any
 
 from mlpipe.errors import MlpipeError, ParameterError, StepFailedError
 from mlpipe.ir import ParamSpec, PipelineIR, StepSpec
-from mlpipe.records import RunRecord, load_ir, run_path, write_ir
+from mlpipe.records import RunRecord, check_run_id, load_ir, run_path, write_ir
 from mlpipe.store import ArtifactStore, ObjectInfo, open_store
 
 __all__ = ["StoreAttempts", "decode_param", "execute_remote_step", "load_ir", "main", "write_ir"]
@@ -149,6 +149,12 @@ def execute_remote_step(
     from mlpipe.fingerprint import fingerprint
     from mlpipe.tracking import join_run
 
+    check_run_id(run_id, what="--run-id")
+    if step not in {s.name for s in ir.steps}:
+        raise ParameterError(
+            f"--step {step!r}: pipeline {ir.name!r} has no step {step!r}; its steps: {[s.name for s in ir.steps]}",
+            argument="step",
+        )
     spec = ir.step(step)
     declared = {p.name: p for p in ir.params}
     unknown = sorted(set(raw_params) - set(declared))

@@ -424,3 +424,77 @@ def test_os_exit_inside_a_step_is_reported_and_exits_1() -> None:
     assert "interrupted" in listed.stdout, listed.stdout
     ok = _cli("run", f"{PIPES}:frames", cwd=work)
     assert ok.returncode == 0 and "error" not in ok.stderr, ok.stderr
+
+
+# -- the runtime and the CLI check their arguments ----------------------------------------------------
+
+
+def test_the_runtime_refuses_ids_that_leave_the_store_and_unknown_steps() -> None:
+    store = open_store()
+    digest = write_ir(store, rp.frames.ir)
+    work = Path.cwd()
+    escape = _runtime("--store", store.url, "--ir", digest, "--run-id", "../../x", "--step", "frame")
+    assert escape.returncode == 2, escape.stderr
+    assert "--run-id '../../x' is not a run id" in escape.stderr
+    assert not (work.parent / "x").exists() and not (work / "x").exists()
+    outside = _runtime("--store", store.url, "--ir", "../outside", "--run-id", new_run_id(), "--step", "frame")
+    assert outside.returncode == 2 and "--ir '../outside' is not a compiled pipeline digest" in outside.stderr
+    unknown = _runtime("--store", store.url, "--ir", digest, "--run-id", new_run_id(), "--step", "nope")
+    assert unknown.returncode == 2, unknown.stderr
+    assert "--step 'nope': pipeline 'frames' has no step 'nope'" in unknown.stderr
+    for result in (escape, outside, unknown):
+        assert "Traceback" not in result.stderr
+
+
+def test_runs_show_stays_inside_the_store_and_is_no_sql_wildcard() -> None:
+    work = Path.cwd()
+    assert _cli("run", f"{PIPES}:frames", cwd=work).returncode == 0
+    run_id = _last_run(work)
+    outside = work / "outside"
+    outside.mkdir()
+    (outside / "run.json").write_text((work / ".mlpipe" / "runs" / run_id / "run.json").read_text())
+    escape = _cli("runs", "show", "../../outside", cwd=work)
+    assert escape.returncode == 2 and "is not a run id" in escape.stderr, escape.stderr
+    percent = _cli("runs", "show", "%", cwd=work)
+    assert percent.returncode == 2 and "'%' is not a run id" in percent.stderr, percent.stderr
+    for pattern in (run_id[:7] + "_", "2" + "_" * 7):  # '_' is allowed in ids, and matched literally
+        wild = _cli("runs", "show", pattern, cwd=work)
+        assert wild.returncode == 2 and f"no run {pattern!r}" in wild.stderr, wild.stderr
+    assert _cli("runs", "show", run_id[:8], cwd=work).returncode == 0
+
+
+def test_an_empty_store_in_a_profile_is_a_config_error() -> None:
+    work = Path.cwd()
+    (work / "mlpipe.toml").write_text('[profiles.default]\nstore = ""\n')
+    result = _cli("runs", "list", cwd=work)
+    assert result.returncode == 2, result.stderr
+    assert "store" in result.stderr and "must not be empty" in result.stderr
+
+
+def test_terminal_escape_codes_in_records_are_never_printed_raw() -> None:
+    work = Path.cwd()
+    failed = _cli("run", f"{PIPES}:texts", "-p", "text=fail\x1b[31mred", cwd=work)
+    assert failed.returncode == 1
+    shown = _cli("runs", "show", _last_run(work), cwd=work)
+    listed = _cli("runs", "list", cwd=work)
+    for result in (failed, shown, listed):
+        assert "\x1b" not in result.stdout + result.stderr
+        assert "\x07" not in result.stdout + result.stderr
+    assert "\\x1b]0;pwned\\x07" in failed.stderr
+    assert "\\x1b[31mred" in shown.stdout
+
+
+def test_a_large_parameter_is_stored_once() -> None:
+    text = "".join(f"{i:07d}" for i in range(30_000))  # 210 kB
+    run = rp.texts.run(text=text)
+    assert run.status == "succeeded" and run.output("shout") == len(text)
+    store = Path(open_store().url)
+    mp.runs()  # the index holds the run too
+    needle = text[100_000:101_000].encode()
+    copies = {str(p.relative_to(store)): p.read_bytes().count(needle) for p in store.rglob("*") if p.is_file()}
+    assert sum(copies.values()) == 1, {k: v for k, v in copies.items() if v}
+    assert copies[f"runs/{run.id}/run.json"] == 1
+    assert mp.get_run(run.id).params["text"] == text
+    changed = rp.texts.run(text=text[:-1] + "x")  # still in the cache key, by its hash
+    assert not changed.steps["shout"].cached
+    assert rp.texts.run(text=text).steps["shout"].cached

@@ -95,3 +95,15 @@ def after_exit(x: int) -> int:
 @mp.pipeline
 def hard_exit(n: int = 1) -> int:
     return dies(n)
+
+
+@mp.step
+def shout(text: str) -> int:
+    if text.startswith("fail"):
+        raise ValueError("bad input \x1b]0;pwned\x07\x1b[2J" + text)
+    return len(text)
+
+
+@mp.pipeline
+def texts(text: str = "ok") -> int:
+    return shout(text)
