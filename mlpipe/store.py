@@ -83,13 +83,24 @@ class _LocalFS:
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
         self._made: set[str] = set()
+        # Durability: a document's contents, then its directory entry, reach the disk before the rename
+        # that publishes it, so a power loss never leaves a named-but-empty record, cache entry or sidecar.
+        # Objects are verified on every read (a torn one is quarantined and recomputed), so their fsync
+        # is opt-in: MLPIPE_FSYNC=all. MLPIPE_FSYNC=0 turns every fsync off (scratch stores).
+        mode = os.environ.get("MLPIPE_FSYNC", "1").strip().lower()
+        self.fsync = mode != "0"
+        self.fsync_objects = mode == "all"
 
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
 
     def _ensure_dir(self, directory: str) -> None:
         if directory not in self._made:
-            os.makedirs(directory, exist_ok=True)
+            if self.fsync and not os.path.isdir(directory):
+                os.makedirs(directory, exist_ok=True)
+                sync_dir(os.path.dirname(directory))  # the new directory's own entry
+            else:
+                os.makedirs(directory, exist_ok=True)
             self._made.add(directory)
 
     def exists(self, rel: str) -> bool:
@@ -147,7 +158,12 @@ class _LocalFS:
         try:
             with open(tmp, "wb") as f:
                 yield f
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.replace(tmp, final)
+            if self.fsync:
+                sync_dir(directory)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -538,7 +554,11 @@ class ArtifactStore:
         else:
             final = fs.path(self.object_path(digest))
             fs._ensure_dir(os.path.dirname(final))
+            if fs.fsync_objects:
+                sync_file(tmp)
             os.replace(tmp, final)
+            if fs.fsync_objects:
+                sync_dir(os.path.dirname(final))
 
     def _freshen_local(self, digest: str) -> bool:
         """Touch the object if the local store has it; whether it has it.
@@ -826,6 +846,29 @@ class ArtifactStore:
         else:
             with contextlib.suppress(FileNotFoundError):
                 self._fs.fs.rm(self._fs.root, recursive=True)
+
+
+def sync_file(path: str) -> None:
+    """Flush a written file's contents to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_dir(path: str) -> None:
+    """Flush a directory's entries (a rename or a new file in it) to the disk, where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
 
 
 def _is_young(mtime: float | None, grace: float) -> bool:

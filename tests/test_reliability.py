@@ -498,3 +498,52 @@ def test_a_large_parameter_is_stored_once() -> None:
     changed = rp.texts.run(text=text[:-1] + "x")  # still in the cache key, by its hash
     assert not changed.steps["shout"].cached
     assert rp.texts.run(text=text).steps["shout"].cached
+
+
+# -- durability ---------------------------------------------------------------------------------------
+
+
+def test_objects_and_records_are_fsynced_with_their_directories_before_they_are_published(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src: str, dst: str) -> None:
+        events.append(("rename", os.fspath(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setenv("MLPIPE_FSYNC", "all")  # objects too (by default: documents and sidecars only)
+    store = open_store()
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    info = store.put_value(list(range(1000)))
+    store.put_json("runs/r1/run.json", {"id": "r1"})
+    monkeypatch.undo()
+    obj = os.path.join(store.url, store.object_path(info.digest))
+    record = os.path.join(store.url, "runs", "r1", "run.json")
+    for final in (obj, record):
+        published = events.index(("rename", final))
+        synced = [i for i, (kind, path) in enumerate(events)
+                  if kind == "fsync" and (".tmp-" in path or "/objects/tmp/" in path)]
+        assert any(i < published for i in synced), events  # the temporary's bytes, before the rename
+        assert ("fsync", os.path.dirname(final)) in events[published:], events  # then the directory entry
+    sidecar = obj + ".meta.json"
+    assert ("fsync", os.path.dirname(sidecar)) in events[events.index(("rename", sidecar)):]
+
+
+def test_by_default_documents_are_fsynced_and_objects_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.delenv("MLPIPE_FSYNC", raising=False)
+    store = open_store()
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    info = store.put_value(list(range(1000)))
+    monkeypatch.undo()
+    assert any(p.endswith(".meta.json") or ".meta.json.tmp-" in p for p in synced), synced
+    assert not any("/objects/tmp/" in p for p in synced), synced  # verified on read instead
+    assert store.get_value(info.digest) == list(range(1000))
