@@ -25,6 +25,7 @@ class Request:
     path: str
     query: dict[str, list[str]]
     body: Any
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -85,7 +86,7 @@ def _handler(fake: FakeKFP) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw and "json" in self.headers.get("Content-Type", "") else None
             url = urlsplit(self.path)
-            fake.requests.append(Request(self.command, url.path, parse_qs(url.query), body))
+            fake.requests.append(Request(self.command, url.path, parse_qs(url.query), body, dict(self.headers)))
             code, reply = fake.answer(self.command, url.path, body)
             data = json.dumps(reply).encode()
             self.send_response(code)

@@ -212,3 +212,27 @@ def test_single_value_over_the_argv_limit_is_refused_even_with_a_raised_budget(k
         backend.submit(kp.small.ir, store, params={"x": 1, "scale": [0.5] * 30_000}, run_id="r1")
     assert info.value.argument == "scale"  # type: ignore[attr-defined]
     assert kfp.requests == []
+
+
+def test_protected_deployment_token_and_cookies(kfp: FakeKFP, monkeypatch: pytest.MonkeyPatch) -> None:
+    """existing_token_env / cookies reach the API server as kfp.Client sends them (Authorization, Cookie)."""
+    monkeypatch.setenv("KFP_TEST_TOKEN", "tok-123")
+    write_profile(kfp, existing_token_env="KFP_TEST_TOKEN", cookies="authservice_session=abc")
+    kp.small.submit(profile="kfp", x=5)
+    (run_request,) = kfp.posted("/runs")
+    headers = {k.lower(): v for k, v in run_request.headers.items()}
+    assert headers.get("authorization") == "Bearer tok-123"
+    assert headers.get("cookie") == "authservice_session=abc"
+
+
+def test_protected_deployment_bad_settings_are_refused(kfp: FakeKFP, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KFP_TEST_TOKEN", raising=False)
+    write_profile(kfp, existing_token_env="KFP_TEST_TOKEN")
+    result = CliRunner().invoke(app, ["submit", f"{kp.__file__}:small", "--profile", "kfp", "-p", "x=5"])
+    assert result.exit_code == 2, result.output
+    assert "existing_token_env names KFP_TEST_TOKEN, which is not set" in result.output
+    write_profile(kfp, ssl_ca_cert="no-such-ca.pem")
+    result = CliRunner().invoke(app, ["submit", f"{kp.__file__}:small", "--profile", "kfp", "-p", "x=5"])
+    assert result.exit_code == 2, result.output
+    assert "ssl_ca_cert 'no-such-ca.pem' is not a file" in result.output
+    assert not kfp.posted("/runs")

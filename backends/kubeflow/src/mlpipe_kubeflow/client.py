@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlpipe.errors import BackendError
+from mlpipe.errors import BackendError, ConfigError
 from mlpipe_kubeflow.options import KubeflowOptions
 
 __all__ = [
@@ -73,14 +74,46 @@ def _translated(options: KubeflowOptions, what: str) -> Iterator[None]:
                            backend="kubeflow", host=options.host) from exc
 
 
+def auth_arguments(options: KubeflowOptions) -> dict[str, Any]:
+    """``kfp.Client`` keyword arguments for a protected multi-user deployment (token, cookies, CA bundle).
+
+    Raises:
+        ConfigError: ``existing_token_env`` names an unset variable, or ``ssl_ca_cert`` is not a file.
+    """
+    token = options.existing_token
+    if options.existing_token_env:
+        token = os.environ.get(options.existing_token_env) or None
+        if token is None:
+            raise ConfigError(
+                f"kubeflow: options.existing_token_env names {options.existing_token_env}, which is not set; "
+                "export it with the deployment's bearer token (for example an OIDC id token)",
+                backend="kubeflow",
+            )
+    if options.ssl_ca_cert and not os.path.isfile(options.ssl_ca_cert):
+        raise ConfigError(
+            f"kubeflow: options.ssl_ca_cert {options.ssl_ca_cert!r} is not a file; give the path of the CA bundle "
+            "that signed the API server's certificate",
+            backend="kubeflow",
+        )
+    out: dict[str, Any] = {}
+    if token:
+        out["existing_token"] = token
+    if options.cookies:
+        out["cookies"] = options.cookies
+    if options.ssl_ca_cert:
+        out["ssl_ca_cert"] = options.ssl_ca_cert
+    return out
+
+
 def connect(options: KubeflowOptions) -> Any:
-    """A ``kfp.Client`` for the profile's host and namespace."""
+    """A ``kfp.Client`` for the profile's host and namespace, with its token, cookies and CA bundle."""
     from kfp import Client
 
+    auth = auth_arguments(options)
     with _translated(options, "connecting"), warnings.catch_warnings():
         # "This client only works with Kubeflow Pipeline v2.0.0-beta.2 and later versions": noise for every user.
         warnings.filterwarnings("ignore", category=FutureWarning, message="This client only works")
-        return Client(host=options.host, namespace=options.namespace)
+        return Client(host=options.host, namespace=options.namespace, **auth)
 
 
 def _run_url(options: KubeflowOptions, run_id: str, kind: str = "runs") -> str | None:

@@ -93,6 +93,11 @@ class KubeflowOptions(BackendOptions):
         host: KFP API endpoint, e.g. ``"https://kfp.example.com/pipeline"``.
             ``None`` lets ``kfp.Client`` find it (``KF_PIPELINES_ENDPOINT``, in-cluster config).
         namespace: Kubernetes namespace of a multi-user deployment.
+        existing_token: Bearer token for a protected deployment (``kfp.Client(existing_token=...)``), e.g. an
+            OIDC id token behind Istio/Dex. Prefer ``existing_token_env`` to keep it out of mlpipe.toml.
+        existing_token_env: Name of an environment variable holding that token (read when submitting).
+        cookies: Cookie header sent with every request (``"authservice_session=..."``), for Dex session auth.
+        ssl_ca_cert: Path of a CA bundle for an ``https://`` host signed by a private CA.
         experiment: Experiment the runs are filed under (created when missing).
         run_name: Display name of submitted runs; ``{pipeline}`` and ``{run_id}``
             are filled in.
@@ -132,6 +137,10 @@ class KubeflowOptions(BackendOptions):
     mode: Literal["cluster", "local"] = "cluster"
     host: str | None = None
     namespace: str | None = None
+    existing_token: str | None = Field(default=None, repr=False)
+    existing_token_env: str | None = None
+    cookies: str | None = Field(default=None, repr=False)
+    ssl_ca_cert: str | None = None
     experiment: str = "mlpipe"
     run_name: str = "{pipeline}-{run_id}"
     service_account: str | None = None
