@@ -547,3 +547,28 @@ def test_by_default_documents_are_fsynced_and_objects_are_not(monkeypatch: pytes
     assert any(p.endswith(".meta.json") or ".meta.json.tmp-" in p for p in synced), synced
     assert not any("/objects/tmp/" in p for p in synced), synced  # verified on read instead
     assert store.get_value(info.digest) == list(range(1000))
+
+
+def test_a_store_this_process_cannot_write_can_still_be_inspected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As root, file modes do not stop writes, so the index's writability check is what is patched here."""
+    from mlpipe import metadata
+    from mlpipe.explain import describe_artifact, explain
+
+    run = rp.frames.run()
+    store = open_store()
+    db = Path(store.url, "metadata.db")
+    metadata.open_index(store).close()
+    monkeypatch.setattr(metadata, "_indexes", {})
+    monkeypatch.setattr(metadata, "_writable", lambda path: False)
+    before = db.read_bytes()
+    assert [r.id for r in mp.runs()] == [run.id]  # an in-memory copy of the file
+    assert mp.get_run(run.id[:10]).output("width") == 10
+    assert "MISS — computed" in explain(store, run.id, "width")
+    assert run.steps["width"].outputs["output"].digest[:12] in describe_artifact(
+        store, run.steps["width"].outputs["output"].digest[:12]
+    )
+    assert db.read_bytes() == before
+    db.unlink()
+    monkeypatch.setattr(metadata, "_indexes", {})
+    assert [r.id for r in mp.runs()] == [run.id]  # no file at all: built from the records, in memory
+    assert not db.exists()
