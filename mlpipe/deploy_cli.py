@@ -82,7 +82,7 @@ def _show(state: Any) -> None:
 def start_cmd(
     name: Annotated[str, typer.Argument(help="Deployment name (lowercase, digits, dashes).")],
     model: Annotated[str, typer.Option("--model", help="Registered model name.")],
-    target: Annotated[str, typer.Option("--target", help="local, kserve, sagemaker or vertex.")] = "local",
+    target: Annotated[str, typer.Option("--target", help="local, kserve or sagemaker.")] = "local",
     option: Annotated[list[str] | None, typer.Option("-o", "--option", help="Target option KEY=VALUE.")] = None,
     champion: Annotated[str, typer.Option("--champion", help="Alias of the champion.")] = "champion",
     challenger: Annotated[str, typer.Option("--challenger", help="Alias of the challenger.")] = "challenger",

@@ -4,8 +4,8 @@
 stages (10 % → 50 % → 100 % by default, or in shadow first); ``advance``
 checks the gates on the live metrics of the current stage and moves on,
 waits, or rolls back; ``promote`` and ``rollback`` end a rollout by hand.
-Targets: the local scoring server, KServe manifests, and (plugins)
-SageMaker endpoints and Vertex AI endpoints. Every change is recorded in the
+Targets: the local scoring server, KServe manifests, and (plugin)
+SageMaker endpoints. Every change is recorded in the
 store under ``deployments/<name>/`` (``history``). See docs/deployment.md.
 """
 

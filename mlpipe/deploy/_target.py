@@ -5,7 +5,7 @@ A target makes a platform match a :class:`~mlpipe.deploy.DeploymentState`
 live metrics per role. Built in: ``local`` (``mlpipe serve --deployment``)
 and ``kserve`` (an ``InferenceService`` manifest). Plugins add kinds through
 the entry point group ``mlpipe.deploy_targets`` (``mlpipe-sagemaker`` adds
-``sagemaker``, ``mlpipe-vertex`` adds ``vertex``).
+``sagemaker``).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def get_target(spec: TargetSpec) -> DeployTarget:
     if cls is None:
         raise DeploymentError(
             f"unknown deployment target {spec.kind!r}; installed: {', '.join(sorted(available_targets()))} "
-            "(install mlpipe-sagemaker or mlpipe-vertex for those)",
+            "(install mlpipe-sagemaker for sagemaker)",
             target=spec.kind,
         )
     if not (isinstance(cls, type) and issubclass(cls, DeployTarget)):
