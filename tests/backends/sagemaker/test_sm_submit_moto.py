@@ -223,3 +223,23 @@ def test_schedule_needs_required_parameters_and_a_valid_expression(s3_url: str) 
         backend.schedule(sm_pipelines.required.ir, open_store(s3_url), cron="rate(1 day)")
     with pytest.raises(UnsupportedFeatureError, match="not an EventBridge Scheduler expression"):
         backend.schedule(sm_pipelines.required.ir, open_store(s3_url), cron="0 3 * * *", params={"x": 1})
+
+
+def test_execution_is_pinned_to_the_version_the_update_wrote(s3_url: str) -> None:
+    """An update's PipelineVersionId is passed to StartPipelineExecution (moto returns no version: Stubber, which
+    also checks the request against botocore's SageMaker model)."""
+    store = open_store(s3_url)
+    backend = SageMakerBackend({**OPTIONS, "pipeline_name": "sm-pinned"}, image=IMAGE)
+    sm = backend._client("sagemaker")
+    arn = "arn:aws:sagemaker:us-east-1:123456789012:pipeline/sm-pinned"
+    with Stubber(sm) as stub:
+        stub.add_client_error("create_pipeline", "ValidationException", "Pipeline names must be unique within an AWS "
+                              "account and region. Pipeline with name (sm-pinned) already exists.")
+        stub.add_response("update_pipeline", {"PipelineArn": arn, "PipelineVersionId": 7})
+        stub.add_response("start_pipeline_execution", {"PipelineExecutionArn": f"{arn}/execution/abc123"},
+                          {"PipelineName": "sm-pinned", "PipelineParameters": ANY, "PipelineExecutionDescription": ANY,
+                           "ClientRequestToken": ANY, "PipelineExecutionDisplayName": "pin-1",
+                           "PipelineVersionId": 7})
+        handle = backend.submit(sm_pipelines.required.ir, store, params={"x": 1}, run_id="pin-1")
+        stub.assert_no_pending_responses()
+    assert handle.run_id == "abc123"

@@ -229,9 +229,10 @@ class SageMakerBackend(Backend):
         """Create the SageMaker pipeline, or update it if it exists; return its ARN."""
         self._require_s3(store)
         definition, _digest = self.definition(ir, store)
-        return self._upsert(ir, definition)
+        return self._upsert(ir, definition)[0]
 
-    def _upsert(self, ir: PipelineIR, definition: Mapping[str, Any]) -> str:
+    def _upsert(self, ir: PipelineIR, definition: Mapping[str, Any]) -> tuple[str, int | None]:
+        """Create or update the pipeline; its ARN and the version the update made (None when created)."""
         from botocore.exceptions import ClientError
 
         sm = self._client("sagemaker")
@@ -252,14 +253,15 @@ class SageMakerBackend(Backend):
                     **common, ClientRequestToken=uuid.uuid4().hex,  # botocore's retries resend the same one
                     **({"Tags": tags} if tags else {}),
                 )
-                return str(created["PipelineArn"])
+                return str(created["PipelineArn"]), None
             except ClientError as exc:
                 message = str(exc.response.get("Error", {}).get("Message", "")).lower()
                 if "exist" not in message and "unique" not in message:
                     raise
         with _aws("UpdatePipeline", pipeline=ir.name):
             updated = sm.update_pipeline(**common)
-            return str(updated["PipelineArn"])
+            version = updated.get("PipelineVersionId")
+            return str(updated["PipelineArn"]), int(version) if version is not None else None
 
     def _parameter_values(self, ir: PipelineIR, params: Mapping[str, Any], cache: bool) -> list[dict[str, str]]:
         out: list[dict[str, str]] = []
@@ -302,7 +304,7 @@ class SageMakerBackend(Backend):
         self.check(ir)
         shipped = ship(ir, store)
         definition, digest = self.definition(shipped, store)
-        pipeline_arn = self._upsert(ir, definition)
+        pipeline_arn, version = self._upsert(ir, definition)
         name = sagemaker_pipeline_name(ir, self.opts)
         sm = self._client("sagemaker")
         request: dict[str, Any] = {
@@ -315,6 +317,10 @@ class SageMakerBackend(Backend):
             request["PipelineExecutionDisplayName"] = run_id
         if self.opts.max_parallel_steps:
             request["ParallelismConfiguration"] = {"MaxParallelExecutionSteps": self.opts.max_parallel_steps}
+        if version is not None:
+            # Pin the execution to the definition this submit wrote: a concurrent submit of another
+            # checkout updating the same pipeline in between must not change what this run executes.
+            request["PipelineVersionId"] = version
         with _aws("StartPipelineExecution", pipeline=ir.name):
             started = sm.start_pipeline_execution(**request)
         execution_arn = str(started["PipelineExecutionArn"])
