@@ -78,7 +78,8 @@ def write_steps_module(directory: Path, n: int, name: str) -> Path:
         lines += ["@mp.step", f"def s{i}(x: int) -> int:", f"    return x + {i}", ""]
     lines += ["@mp.step", "def source(seed: int) -> int:", "    return seed", ""]
     args = ", ".join(f"a{i}: int" for i in range(n))
-    lines += ["@mp.step", f"def gather({args}) -> int:", f"    return {' + '.join(f'a{i}' for i in range(n))}", ""]
+    names = ", ".join(f"a{i}" for i in range(n))
+    lines += ["@mp.step", f"def gather({args}) -> int:", f"    return sum(({names},))", ""]
     lines += ["@mp.pipeline", "def chain(x: int = 0) -> int:", "    v = x"]
     lines += [f"    v = s{i}(v)" for i in range(n)]
     lines += ["    return v", "", "", "@mp.pipeline", "def fan(seed: int = 0) -> int:", "    s = source(seed)"]

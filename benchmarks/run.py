@@ -511,7 +511,9 @@ class Bench:
             shutil.rmtree(self.workdir / ".mlpipe", ignore_errors=True)
             try:
                 table.setdefault("mlpipe compile --backend kubeflow, linear", {})[str(n)] = self._compile(n)
-            except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+            except subprocess.CalledProcessError as exc:
+                print(f"  kubeflow compile failed at {n} steps: {exc.stderr.decode(errors='replace').strip()}")
+            except FileNotFoundError as exc:  # mlpipe-kubeflow not installed beside this python
                 print(f"  kubeflow compile skipped: {exc}")
         a, b = sizes
         load = os.getloadavg()
