@@ -25,11 +25,12 @@ from typing import Any
 from pydantic import Field
 
 from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
+from mlpipe.cache import lookup, write_entry
 from mlpipe.code import resolve as resolve_code
 from mlpipe.errors import BackendError, CorruptObjectError, MlpipeError, ObjectNotFoundError
 from mlpipe.executor import StepExecutor, UpstreamCorrupted
 from mlpipe.fingerprint import fingerprint
-from mlpipe.hashing import json_safe
+from mlpipe.hashing import digest_json, json_safe
 from mlpipe.ir import InputSpec, PipelineIR, StepSpec
 from mlpipe.metadata import open_index
 from mlpipe.progress import REPORTER, Reporter
@@ -386,13 +387,15 @@ class _LocalRun:
         def one(item: StepSpec) -> StepOutcome:
             return self.executor.execute(item, fn, self.params, self.produced, self.memory, packages=packages)
 
-        if len(items) > 1:
-            with ThreadPoolExecutor(
-                min(self.backend.max_workers, len(items)), thread_name_prefix="mlpipe-item"
-            ) as pool:
-                outcomes = list(pool.map(one, items))
-        else:
-            outcomes = [one(item) for item in items]
+        outcomes: list[StepOutcome] = []
+        for item in items:  # cache hits inline (a thread hand-off costs more than a hit) until one computes
+            outcomes.append(one(item))
+            if not outcomes[-1].cached:
+                break
+        rest = items[len(outcomes) :]
+        if rest:
+            with ThreadPoolExecutor(min(self.backend.max_workers, len(rest)), thread_name_prefix="mlpipe-item") as pool:
+                outcomes.extend(pool.map(one, rest))
         self.items[name] = [o.name for o in outcomes]
         for o in outcomes:
             for out_name, info in o.outputs.items():
@@ -402,23 +405,34 @@ class _LocalRun:
             error = f"{len(failed)} of {len(outcomes)} items failed; {failed[0].name}: {failed[0].error}"
             outcome = StepOutcome(name, "failed", started=started, ended=time.time(), error=error)
         else:
-            returns = typing.get_type_hints(fn).get("return", Any)
+            outcome = self._collect(name, spec, outcomes, started)
+        self.record.record_outcome(self.ir.name, spec, outcome, {"map": {"items": [o.name for o in outcomes]}})
+        return outcome
+
+    def _collect(self, name: str, spec: StepSpec, outcomes: list[StepOutcome], started: float) -> StepOutcome:
+        """The mapped step's output: the list of its items' outputs, stored once per distinct list of items."""
+        key = digest_json(["mlpipe.map", spec.name, [o.outputs["output"].digest for o in outcomes]])
+        entry = lookup(self.store, key)
+        if entry is not None:  # the same items as before: the stored list, without loading every item
+            collected = ObjectInfo(**entry.outputs["output"])
+        else:
+            returns = typing.get_type_hints(self.fns[name]).get("return", Any)
             values = [
                 o.values[o.outputs["output"].digest]
                 if o.outputs["output"].digest in o.values
                 else self.store.get_value(o.outputs["output"].digest, returns, info=o.outputs["output"])
                 for o in outcomes
             ]
-            outcome = StepOutcome(
-                name,
-                "succeeded",
-                cached=bool(outcomes) and all(o.cached for o in outcomes),
-                outputs={"output": self.store.put_value(values)},
-                started=started,
-                ended=time.time(),
-            )
-        self.record.record_outcome(self.ir.name, spec, outcome, {"map": {"items": [o.name for o in outcomes]}})
-        return outcome
+            collected = self.store.put_value(values)
+            write_entry(self.store, key, self.ir.name, name, self.record.run_id, {"output": collected.to_dict()}, {})
+        return StepOutcome(
+            name,
+            "succeeded",
+            cached=bool(outcomes) and all(o.cached for o in outcomes),
+            outputs={"output": collected},
+            started=started,
+            ended=time.time(),
+        )
 
     def _run_forced(self, name: str) -> StepOutcome:
         try:

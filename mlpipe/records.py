@@ -275,7 +275,7 @@ def settled_ok(record: Mapping[str, Any] | None) -> bool:
     )
 
 
-def load_step_records(store: ArtifactStore, run_id: str) -> dict[str, dict[str, Any]]:
+def load_step_records(store: ArtifactStore, run_id: str, *, batched: bool = True) -> dict[str, dict[str, Any]]:
     """Every step record of a run, from the batched file and the per-step files.
 
     A damaged file (truncated, not JSON) is skipped with a
@@ -283,12 +283,14 @@ def load_step_records(store: ArtifactStore, run_id: str) -> dict[str, dict[str, 
     rest of the run from ``runs show``, ``index --rebuild`` or ``cache gc``.
     """
     records: dict[str, dict[str, Any]] = {}
-    batched = run_path(run_id, "steps.json")
-    if store.has(batched):
+    batched_file = run_path(run_id, "steps.json")
+    if batched and store.has(batched_file):
         try:
-            found = store.get_json(batched)
+            found = store.get_json(batched_file)
             if not isinstance(found, dict):
-                raise DamagedFileError(f"{batched} in {store.url} is damaged (not a JSON object)", path=batched)
+                raise DamagedFileError(
+                    f"{batched_file} in {store.url} is damaged (not a JSON object)", path=batched_file
+                )
             records.update({k: v for k, v in found.items() if isinstance(v, dict)})
         except DamagedFileError as exc:
             warnings.warn(str(exc), DamagedRecordWarning, stacklevel=2)
@@ -518,7 +520,8 @@ class RunRecord:
 
     def steps(self) -> dict[str, dict[str, Any]]:
         """Every step record of the run written so far (store and buffer)."""
-        records = load_step_records(self.store, self.run_id)
+        # A batched record's buffer holds everything its steps.json does: read only the per-step files.
+        records = load_step_records(self.store, self.run_id, batched=not self.batched)
         with self._lock:
             records.update(self._buffer)
         return records

@@ -45,7 +45,9 @@ def make_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     rng = np.random.default_rng(0)
     frame = pd.DataFrame({"x1": rng.normal(size=300), "x2": rng.normal(size=300)})
     labels = (frame["x1"] + 0.5 * frame["x2"] > 0).astype(int)
-    previous = mlflow.get_tracking_uri()
+    # What was set, not get_tracking_uri()'s default: restoring that would set MLFLOW_TRACKING_URI to
+    # sqlite:///<cwd>/mlflow.db for every later test of the session.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     here = os.getcwd()
     os.chdir(root)  # a session fixture runs before the per-test working directory: write nothing in the checkout
@@ -59,7 +61,14 @@ def make_registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 
 
 def _register(
-    mlflow: Any, MlflowClient: Any, LogisticRegression: Any, uri: str, root: Any, frame: Any, labels: Any, previous: str
+    mlflow: Any,
+    MlflowClient: Any,
+    LogisticRegression: Any,
+    uri: str,
+    root: Any,
+    frame: Any,
+    labels: Any,
+    previous: str | None,
 ) -> None:
     try:
         exp = MlflowClient(uri).create_experiment("serving-tests", artifact_location=str(root / "artifacts"))
