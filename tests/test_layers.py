@@ -48,6 +48,7 @@ LAYERS = {
         "mlpipe.cache",
         "mlpipe.ledger",
         "mlpipe.records",
+        "mlpipe.staging",
     ],
     "execution": ["mlpipe.executor", "mlpipe.tracking", "mlpipe.run", "mlpipe.runtime"],
     "contract": ["mlpipe.backend"],
