@@ -46,7 +46,7 @@ def tests(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", "mlpipe")
+    session.run("ruff", "format", "--check", "mlpipe", "backends")
 
 
 @nox.session

@@ -104,8 +104,9 @@ class KubeflowBackend(Backend):
         return path
 
     # -- submit / run -----------------------------------------------------------------
-    def submit(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
-               cache: bool = True) -> RunHandle:
+    def submit(
+        self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str, cache: bool = True
+    ) -> RunHandle:
         """Start a run and return its handle.
 
         In cluster mode the handle's ``run_id`` is the KFP run id, because the
@@ -123,8 +124,9 @@ class KubeflowBackend(Backend):
             return self._submit_local(ir, store, params, run_id, cache)
         return self._submit_cluster(ir, store, params, run_id, cache)
 
-    def run(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
-            cache: bool = True) -> Run:
+    def run(
+        self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str, cache: bool = True
+    ) -> Run:
         """Submit, wait, and return the finished run as recorded in the store."""
         if self.opts.mode == "local":
             return self._execute_local(ir, store, params, run_id, cache, threading.Event())
@@ -135,8 +137,14 @@ class KubeflowBackend(Backend):
             record.close_once("succeeded")
         else:
             ended = f"the KFP run ended {status.state}"
-            close_after_engine(store, ir, record, engine_error=status.message or ended,
-                               cancelled=status.state == "cancelled", not_run=f"not run: {ended}")
+            close_after_engine(
+                store,
+                ir,
+                record,
+                engine_error=status.message or ended,
+                cancelled=status.state == "cancelled",
+                not_run=f"not run: {ended}",
+            )
         return Run.load(store, handle.run_id)
 
     def _arguments(self, ir: PipelineIR, plan_: PipelinePlan, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -144,8 +152,9 @@ class KubeflowBackend(Backend):
         check_parameter_budget(ir.name, arguments, self.opts.max_parameter_bytes, "run parameters")
         return arguments
 
-    def _submit_cluster(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
-                        cache: bool) -> RunHandle:
+    def _submit_cluster(
+        self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str, cache: bool
+    ) -> RunHandle:
         from mlpipe_kubeflow import client as kfp_client
 
         opts = self.opts
@@ -153,8 +162,9 @@ class KubeflowBackend(Backend):
             raise UnsupportedFeatureError(
                 f"kubeflow: the store {store.url} is on this machine, so the cluster's pods cannot reach it; "
                 "use a bucket the cluster can read and write (s3://, gs://) as the profile's store, "
-                "mode = \"local\" to run here, or shared_filesystem = true if the pods mount it at the same path",
-                backend=self.name, option="store",
+                'mode = "local" to run here, or shared_filesystem = true if the pods mount it at the same path',
+                backend=self.name,
+                option="store",
             )
         plan_ = self.plan(ir, store, cache=cache)
         unset = [t.step for t in plan_.tasks if t.image == DEFAULT_IMAGE and self.image is None]
@@ -162,7 +172,9 @@ class KubeflowBackend(Backend):
             raise UnsupportedFeatureError(
                 f"kubeflow: no container image for step(s) {unset}; set image in the profile or "
                 "@mp.step(image=...). `mlpipe image FILE:PIPELINE` writes a Dockerfile for one",
-                backend=self.name, step=unset[0], option="image",
+                backend=self.name,
+                step=unset[0],
+                option="image",
             )
         arguments = self._arguments(ir, plan_, params)
         run_name = opts.run_name.format(pipeline=ir.name, run_id=run_id)
@@ -173,37 +185,81 @@ class KubeflowBackend(Backend):
                 sub = kfp_client.create_recurring_run(client, opts, spec, arguments, run_name)
             else:
                 sub = kfp_client.create_run(client, opts, spec, arguments, run_name)
-        data: dict[str, Any] = {"mode": "cluster", "host": opts.host, "namespace": opts.namespace,
-                                "experiment": opts.experiment, "requested_run_id": run_id}
+        data: dict[str, Any] = {
+            "mode": "cluster",
+            "host": opts.host,
+            "namespace": opts.namespace,
+            "experiment": opts.experiment,
+            "requested_run_id": run_id,
+        }
         status: RunState = "running"
         record_id = sub.external_id
         if sub.recurring:
             data.update(kind="recurring", schedule=opts.kfp_cron, experiment_id=sub.experiment_id)
             record_id, status = run_id, "succeeded"
-        record = RunRecord.open(store, ir, record_id, backend=self.name, params=params, status=status,
-                                ir_digest=plan_.ir_digest, cache=cache, kfp=data)
+        record = RunRecord.open(
+            store,
+            ir,
+            record_id,
+            backend=self.name,
+            params=params,
+            status=status,
+            ir_digest=plan_.ir_digest,
+            cache=cache,
+            kfp=data,
+        )
         if sub.recurring:
             record.update(ended=time.time())
-        return RunHandle(backend=self.name, run_id=record_id, pipeline=ir.name, store=store.url,
-                         external_id=sub.external_id, url=sub.url, data=data)
+        return RunHandle(
+            backend=self.name,
+            run_id=record_id,
+            pipeline=ir.name,
+            store=store.url,
+            external_id=sub.external_id,
+            url=sub.url,
+            data=data,
+        )
 
-    def _submit_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
-                      cache: bool) -> RunHandle:
-        return self._local.start(ir, store, run_id,
-                                 lambda cancel: self._execute_local(ir, store, params, run_id, cache, cancel))
+    def _submit_local(
+        self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str, cache: bool
+    ) -> RunHandle:
+        return self._local.start(
+            ir, store, run_id, lambda cancel: self._execute_local(ir, store, params, run_id, cache, cancel)
+        )
 
-    def _execute_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
-                       cache: bool, cancel: threading.Event) -> Run:
-        refuse_in_local_mode(self.name, store, schedule=self.opts.schedule,
-                             schedule_message="schedule needs a cluster; kfp.local runs once (mode = \"local\")",
-                             store_hint="use a directory or a bucket")
+    def _execute_local(
+        self,
+        ir: PipelineIR,
+        store: ArtifactStore,
+        params: Mapping[str, Any],
+        run_id: str,
+        cache: bool,
+        cancel: threading.Event,
+    ) -> Run:
+        refuse_in_local_mode(
+            self.name,
+            store,
+            schedule=self.opts.schedule,
+            schedule_message='schedule needs a cluster; kfp.local runs once (mode = "local")',
+            store_hint="use a directory or a bucket",
+        )
         plan_ = self.plan(ir, store, cache=cache)
         arguments = self._arguments(ir, plan_, params)
-        record = RunRecord.open(store, ir, run_id, backend=self.name, params=params, ir_digest=plan_.ir_digest,
-                                index=open_index(store), cache=cache, kfp={"mode": "local"})
+        record = RunRecord.open(
+            store,
+            ir,
+            run_id,
+            backend=self.name,
+            params=params,
+            ir_digest=plan_.ir_digest,
+            index=open_index(store),
+            cache=cache,
+            kfp={"mode": "local"},
+        )
         spec_file = f"{plan_.name}.yaml"
-        return execute_locally(store, ir, record, lambda tmp: write_spec(plan_, os.path.join(tmp, spec_file)),
-                               arguments, cancel)
+        return execute_locally(
+            store, ir, record, lambda tmp: write_spec(plan_, os.path.join(tmp, spec_file)), arguments, cancel
+        )
 
     # -- status / cancel --------------------------------------------------------------
     def _client(self, opts: KubeflowOptions) -> Any:
@@ -217,8 +273,12 @@ class KubeflowBackend(Backend):
 
     def _options_for(self, handle: RunHandle) -> KubeflowOptions:
         data = handle.data
-        return self.opts.model_copy(update={"host": data.get("host") or self.opts.host,
-                                            "namespace": data.get("namespace") or self.opts.namespace})
+        return self.opts.model_copy(
+            update={
+                "host": data.get("host") or self.opts.host,
+                "namespace": data.get("namespace") or self.opts.namespace,
+            }
+        )
 
     def status(self, handle: RunHandle) -> RunStatus:
         """The run's state: from this process for local runs, from the API server for cluster runs."""
@@ -229,8 +289,11 @@ class KubeflowBackend(Backend):
             return local
         steps = step_states(handle)
         if handle.data.get("kind") == "recurring":
-            return RunStatus(state="succeeded", message=f"recurring run {handle.external_id} scheduled "
-                             f"({handle.data.get('schedule')}); each scheduled run is recorded under its KFP run id")
+            return RunStatus(
+                state="succeeded",
+                message=f"recurring run {handle.external_id} scheduled "
+                f"({handle.data.get('schedule')}); each scheduled run is recorded under its KFP run id",
+            )
         if not handle.external_id:
             raise BackendError(f"kubeflow: handle of run {handle.run_id} has no KFP run id", backend=self.name)
         opts = self._options_for(handle)
@@ -252,5 +315,3 @@ class KubeflowBackend(Backend):
         if state in ("succeeded", "failed", "cancelled"):
             return
         kfp_client.terminate(client, opts, handle.external_id)
-
-

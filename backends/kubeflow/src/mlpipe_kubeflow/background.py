@@ -45,8 +45,7 @@ class LocalRuns:
         thread = threading.Thread(target=target, name=f"mlpipe-{self.backend}-local-{run_id}", daemon=True)
         self._runs[run_id] = (thread, cancel, state)
         thread.start()
-        return RunHandle(backend=self.backend, run_id=run_id, pipeline=ir.name, store=store.url,
-                         data={"mode": "local"})
+        return RunHandle(backend=self.backend, run_id=run_id, pipeline=ir.name, store=store.url, data={"mode": "local"})
 
     def status(self, handle: RunHandle) -> RunStatus | None:
         """The state of a local run: from this process when it started here, else from the store.
@@ -61,8 +60,9 @@ class LocalRuns:
         try:
             return RunStatus(state=Run.load(handle.store, handle.run_id).status, steps=step_states(handle))
         except MlpipeError as exc:
-            raise BackendError(f"{self.backend}: local run {handle.run_id} is unknown here: {exc}",
-                               backend=self.backend) from exc
+            raise BackendError(
+                f"{self.backend}: local run {handle.run_id} is unknown here: {exc}", backend=self.backend
+            ) from exc
 
     def cancel(self, handle: RunHandle) -> bool:
         """Ask a local run to stop. True when the handle is a local run (nothing else to do)."""
@@ -73,15 +73,19 @@ class LocalRuns:
         return handle.data.get("mode") == "local"
 
 
-def refuse_in_local_mode(backend: str, store: ArtifactStore, *, schedule: str | None, schedule_message: str,
-                         store_hint: str) -> None:
+def refuse_in_local_mode(
+    backend: str, store: ArtifactStore, *, schedule: str | None, schedule_message: str, store_hint: str
+) -> None:
     """What ``mode = "local"`` cannot do: a schedule, and an in-memory store the task processes cannot see."""
     if schedule:
         raise UnsupportedFeatureError(f"{backend}: {schedule_message}", backend=backend, option="schedule")
     if store.url.startswith("memory://"):
         raise UnsupportedFeatureError(
-            f"{backend}: mode = \"local\" runs each step in its own process, which cannot see the in-memory "
-            f"store {store.url}; {store_hint}", backend=backend, option="store")
+            f'{backend}: mode = "local" runs each step in its own process, which cannot see the in-memory '
+            f"store {store.url}; {store_hint}",
+            backend=backend,
+            option="store",
+        )
 
 
 def execute_locally(

@@ -70,8 +70,9 @@ def _translated(options: KubeflowOptions, what: str) -> Iterator[None]:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     except _foreign() as exc:
-        raise BackendError(f"kubeflow: {what} at {where} failed: {type(exc).__name__}: {exc}",
-                           backend="kubeflow", host=options.host) from exc
+        raise BackendError(
+            f"kubeflow: {what} at {where} failed: {type(exc).__name__}: {exc}", backend="kubeflow", host=options.host
+        ) from exc
 
 
 def auth_arguments(options: KubeflowOptions) -> dict[str, Any]:
@@ -122,8 +123,9 @@ def _run_url(options: KubeflowOptions, run_id: str, kind: str = "runs") -> str |
     return f"{options.host.rstrip('/')}/#/{kind}/details/{run_id}"
 
 
-def create_run(client: Any, options: KubeflowOptions, spec_path: str, arguments: Mapping[str, Any],
-               run_name: str) -> Submitted:
+def create_run(
+    client: Any, options: KubeflowOptions, spec_path: str, arguments: Mapping[str, Any], run_name: str
+) -> Submitted:
     """One run of the compiled spec, filed under the profile's experiment."""
     with _translated(options, "creating a run"):
         result = client.create_run_from_pipeline_package(
@@ -137,13 +139,15 @@ def create_run(client: Any, options: KubeflowOptions, spec_path: str, arguments:
         )
     run_id = getattr(result, "run_id", None)
     if not run_id:
-        raise BackendError(f"kubeflow: the API server at {options.host} accepted the run but returned no run id",
-                           backend="kubeflow")
+        raise BackendError(
+            f"kubeflow: the API server at {options.host} accepted the run but returned no run id", backend="kubeflow"
+        )
     return Submitted(external_id=run_id, url=_run_url(options, run_id))
 
 
-def create_recurring_run(client: Any, options: KubeflowOptions, spec_path: str, arguments: Mapping[str, Any],
-                         run_name: str) -> Submitted:
+def create_recurring_run(
+    client: Any, options: KubeflowOptions, spec_path: str, arguments: Mapping[str, Any], run_name: str
+) -> Submitted:
     """A recurring run of the compiled spec on the profile's cron schedule."""
     with _translated(options, "creating a recurring run"):
         experiment = client.create_experiment(options.experiment, namespace=options.namespace)
@@ -160,10 +164,15 @@ def create_recurring_run(client: Any, options: KubeflowOptions, spec_path: str, 
         )
     rid = getattr(result, "recurring_run_id", None)
     if not rid:
-        raise BackendError(f"kubeflow: the API server at {options.host} returned no recurring run id",
-                           backend="kubeflow")
-    return Submitted(external_id=rid, url=_run_url(options, rid, "recurringrun"),
-                     experiment_id=experiment.experiment_id, recurring=True)
+        raise BackendError(
+            f"kubeflow: the API server at {options.host} returned no recurring run id", backend="kubeflow"
+        )
+    return Submitted(
+        external_id=rid,
+        url=_run_url(options, rid, "recurringrun"),
+        experiment_id=experiment.experiment_id,
+        recurring=True,
+    )
 
 
 def run_state(client: Any, options: KubeflowOptions, run_id: str) -> tuple[str, str | None]:

@@ -149,7 +149,7 @@ def _cpu(step: str, cpu: float) -> str:
 def _memory(step: str, memory: str) -> str:
     text = memory.strip()
     number = text.rstrip("EPTGMKi")
-    suffix = text[len(number):]
+    suffix = text[len(number) :]
     if number.isdigit() and suffix in _KFP_MEMORY_SUFFIXES:
         return text
     # KFP accepts whole numbers with a suffix only ("1.5Gi" is refused); bytes express anything.
@@ -173,8 +173,12 @@ def _node_selector(spec: StepSpec, options: KubeflowOptions, extra: StepOverride
         wanted.append((_INSTANCE_TYPE_LABEL, str(spec.resources["instance_type"]), "resources.instance_type"))
     for key, value, option in wanted:
         if key in selector and selector[key] != value:
-            raise _refuse(spec.name, option, f"{option}={value!r} needs the node label {key}={value}, but the "
-                          f"profile's node_selector asks for {key}={selector[key]}; drop one of them")
+            raise _refuse(
+                spec.name,
+                option,
+                f"{option}={value!r} needs the node label {key}={value}, but the "
+                f"profile's node_selector asks for {key}={selector[key]}; drop one of them",
+            )
         selector[key] = value
     return tuple(sorted(selector.items()))
 
@@ -186,8 +190,9 @@ def _secrets(options: KubeflowOptions, extra: StepOverrides) -> dict[str, dict[s
     return merged
 
 
-def _env(spec: StepSpec, options: KubeflowOptions, extra: StepOverrides,
-         secrets: dict[str, dict[str, str]]) -> tuple[tuple[str, str], ...]:
+def _env(
+    spec: StepSpec, options: KubeflowOptions, extra: StepOverrides, secrets: dict[str, dict[str, str]]
+) -> tuple[tuple[str, str], ...]:
     bad = [k for k in spec.env if not ENV_NAME.match(k)]
     if bad:
         raise _refuse(spec.name, "env", f"environment variable name(s) {bad} are not valid in Kubernetes")
@@ -195,13 +200,15 @@ def _env(spec: StepSpec, options: KubeflowOptions, extra: StepOverrides,
     from_secrets = {var for mapping in secrets.values() for var in mapping.values()}
     clash = sorted(from_secrets & set(env))
     if clash:
-        raise _refuse(spec.name, "env", f"{clash} would be set both as plain env and from a secret "
-                      "(profile option secrets_as_env); keep one")
+        raise _refuse(
+            spec.name,
+            "env",
+            f"{clash} would be set both as plain env and from a secret (profile option secrets_as_env); keep one",
+        )
     return tuple(env.items())
 
 
-def _task(spec: StepSpec, name: str, names: Mapping[str, str], image: str | None,
-          options: KubeflowOptions) -> TaskPlan:
+def _task(spec: StepSpec, name: str, names: Mapping[str, str], image: str | None, options: KubeflowOptions) -> TaskPlan:
     resources = spec.resources
     cpu = _cpu(spec.name, float(resources["cpu"])) if resources.get("cpu") is not None else None
     memory = _memory(spec.name, str(resources["memory"])) if resources.get("memory") else None
@@ -245,8 +252,15 @@ def _param(spec: ParamSpec) -> ParamPlan:
     return ParamPlan(name=spec.name, kind=spec.kind, required=spec.required, default=default)
 
 
-def plan(ir: PipelineIR, options: KubeflowOptions, *, store: str, ir_digest: str, image: str | None = None,
-         cache: bool = True) -> PipelinePlan:
+def plan(
+    ir: PipelineIR,
+    options: KubeflowOptions,
+    *,
+    store: str,
+    ir_digest: str,
+    image: str | None = None,
+    cache: bool = True,
+) -> PipelinePlan:
     """Decide and check everything the KFP spec will say.
 
     Raises:
@@ -257,17 +271,26 @@ def plan(ir: PipelineIR, options: KubeflowOptions, *, store: str, ir_digest: str
         if p.name in _RESERVED:
             raise UnsupportedFeatureError(
                 f"pipeline {ir.name!r}: the parameter name {p.name!r} is used by mlpipe's KFP tasks; rename it",
-                backend=BACKEND, pipeline=ir.name, argument=p.name, option="params",
+                backend=BACKEND,
+                pipeline=ir.name,
+                argument=p.name,
+                option="params",
             )
-    check_parameter_budget(ir.name, {p.name: p.default for p in ir.params if not p.required},
-                           options.max_parameter_bytes, "parameter defaults")
+    check_parameter_budget(
+        ir.name,
+        {p.name: p.default for p in ir.params if not p.required},
+        options.max_parameter_bytes,
+        "parameter defaults",
+    )
     names = task_names(s.name for s in ir.steps)
     unknown = sorted(set(options.steps) - set(names))
     if unknown:
         raise UnsupportedFeatureError(
             f"pipeline {ir.name!r}: the profile option steps names {unknown}, which are not steps of it; "
             f"its steps are {list(names)}",
-            backend=BACKEND, pipeline=ir.name, option="steps",
+            backend=BACKEND,
+            pipeline=ir.name,
+            option="steps",
         )
     tasks = tuple(_task(s, names[s.name], names, image, options) for s in ir.steps)
     # The first task to run writes the run's record, parameters included (the run may have been started from the
@@ -291,13 +314,37 @@ def plan(ir: PipelineIR, options: KubeflowOptions, *, store: str, ir_digest: str
 
 # -- the spec, as kfp's compiler writes it ------------------------------------------------------
 
-_IR_TYPES = {"int": "NUMBER_INTEGER", "float": "NUMBER_DOUBLE", "str": "STRING", "bool": "BOOLEAN", "list": "LIST",
-             "dict": "STRUCT"}
-_COMMENT_TYPES = {"STRING": "str", "NUMBER_INTEGER": "int", "NUMBER_DOUBLE": "float", "LIST": "list",
-                  "STRUCT": "dict", "BOOLEAN": "bool"}
+_IR_TYPES = {
+    "int": "NUMBER_INTEGER",
+    "float": "NUMBER_DOUBLE",
+    "str": "STRING",
+    "bool": "BOOLEAN",
+    "list": "LIST",
+    "dict": "STRUCT",
+}
+_COMMENT_TYPES = {
+    "STRING": "str",
+    "NUMBER_INTEGER": "int",
+    "NUMBER_DOUBLE": "float",
+    "LIST": "list",
+    "STRUCT": "dict",
+    "BOOLEAN": "bool",
+}
 # kfp's memory units (kfp.dsl.constants), in the order its converter tests the suffixes; "G" is the unit itself.
-_MEMORY_UNITS = (("E", 10**18), ("Ei", 1 << 60), ("P", 10**15), ("Pi", 1 << 50), ("T", 10**12), ("Ti", 1 << 40),
-                 ("G", 0), ("Gi", 1 << 30), ("M", 10**6), ("Mi", 1 << 20), ("K", 10**3), ("Ki", 1 << 10))
+_MEMORY_UNITS = (
+    ("E", 10**18),
+    ("Ei", 1 << 60),
+    ("P", 10**15),
+    ("Pi", 1 << 50),
+    ("T", 10**12),
+    ("Ti", 1 << 40),
+    ("G", 0),
+    ("Gi", 1 << 30),
+    ("M", 10**6),
+    ("Mi", 1 << 20),
+    ("K", 10**3),
+    ("Ki", 1 << 10),
+)
 _GIGA = 10**9
 
 
@@ -366,8 +413,12 @@ def _container(plan_: PipelinePlan, task: TaskPlan) -> dict[str, Any]:
             resources.update(memoryLimit=number, memoryRequest=number)
     if task.gpus:
         kind = plan_.options.gpu_resource
-        resources["accelerator"] = {"count": str(task.gpus), "resourceCount": str(task.gpus),
-                                    "resourceType": kind, "type": kind}
+        resources["accelerator"] = {
+            "count": str(task.gpus),
+            "resourceCount": str(task.gpus),
+            "resourceType": kind,
+            "type": kind,
+        }
     if resources:
         container["resources"] = resources
     return container
@@ -382,19 +433,27 @@ def _platform(task: TaskPlan, options: KubeflowOptions) -> dict[str, Any] | None
         config["nodeSelector"] = {"labels": dict(task.node_selector)}
     if task.secrets_as_env:
         config["secretAsEnv"] = [
-            _without_empty({
-                "keyToEnv": [_without_empty({"envVar": env, "secretKey": key}) for key, env in mapping],
-                "optional": False,
-                "secretName": secret,
-                "secretNameParameter": {"runtimeValue": {"constant": secret}},
-            })
+            _without_empty(
+                {
+                    "keyToEnv": [_without_empty({"envVar": env, "secretKey": key}) for key, env in mapping],
+                    "optional": False,
+                    "secretName": secret,
+                    "secretNameParameter": {"runtimeValue": {"constant": secret}},
+                }
+            )
             for secret, mapping in task.secrets_as_env
         ]
     if task.tolerations:
         config["tolerations"] = [
-            _without_empty({"key": tol.key, "operator": tol.operator, "value": tol.value, "effect": tol.effect,
-                            **({} if tol.toleration_seconds is None
-                               else {"tolerationSeconds": str(tol.toleration_seconds)})})
+            _without_empty(
+                {
+                    "key": tol.key,
+                    "operator": tol.operator,
+                    "value": tol.value,
+                    "effect": tol.effect,
+                    **({} if tol.toleration_seconds is None else {"tolerationSeconds": str(tol.toleration_seconds)}),
+                }
+            )
             for tol in task.tolerations
         ]
     if options.image_pull_policy:
@@ -404,8 +463,14 @@ def _platform(task: TaskPlan, options: KubeflowOptions) -> dict[str, Any] | None
             _without_empty({"secretName": name, "secretNameParameter": {"runtimeValue": {"constant": name}}})
             for name in options.image_pull_secrets
         ]
-    touched = bool(task.timeout or task.node_selector or task.secrets_as_env or task.tolerations
-                   or options.image_pull_policy or options.image_pull_secrets)
+    touched = bool(
+        task.timeout
+        or task.node_selector
+        or task.secrets_as_env
+        or task.tolerations
+        or options.image_pull_policy
+        or options.image_pull_secrets
+    )
     return config if touched else None
 
 
@@ -426,9 +491,12 @@ def _task_spec(task: TaskPlan, options: KubeflowOptions) -> dict[str, Any]:
     if task.after:
         spec["dependentTasks"] = sorted(set(task.after))
     if task.retries:
-        spec["retryPolicy"] = {"backoffDuration": _seconds(options.retry_backoff), "backoffFactor": 2.0,
-                               "backoffMaxDuration": _seconds(options.retry_backoff_max),
-                               "maxRetryCount": task.retries}
+        spec["retryPolicy"] = {
+            "backoffDuration": _seconds(options.retry_backoff),
+            "backoffFactor": 2.0,
+            "backoffMaxDuration": _seconds(options.retry_backoff_max),
+            "maxRetryCount": task.retries,
+        }
     return spec
 
 
@@ -440,7 +508,8 @@ def _root_inputs(params: tuple[ParamPlan, ...]) -> dict[str, Any]:
             definition["isOptional"] = True
             if p.default is not None:
                 definition["defaultValue"] = _struct_value(
-                    json.loads(json.dumps(p.default)) if p.kind in ("list", "dict") else p.default)
+                    json.loads(json.dumps(p.default)) if p.kind in ("list", "dict") else p.default
+                )
         out[p.name] = definition
     return out
 
@@ -474,8 +543,7 @@ def spec_documents(plan_: PipelinePlan) -> tuple[dict[str, Any], dict[str, Any] 
     spec = {
         "components": components,
         "deploymentSpec": {"executors": executors},
-        "pipelineInfo": {"description": _description(plan_), "displayName": plan_.display_name,
-                         "name": plan_.name},
+        "pipelineInfo": {"description": _description(plan_), "displayName": plan_.display_name, "name": plan_.name},
         "root": root,
         "schemaVersion": "2.1.0",
         "sdkVersion": _sdk_version(),
@@ -559,8 +627,12 @@ def _configure(kfp_task: Any, task: TaskPlan, options: KubeflowOptions) -> None:
     if task.gpus:
         kfp_task.set_accelerator_type(options.gpu_resource).set_accelerator_limit(task.gpus)
     if task.retries:
-        kfp_task.set_retry(num_retries=task.retries, backoff_duration=options.retry_backoff, backoff_factor=2.0,
-                           backoff_max_duration=options.retry_backoff_max)
+        kfp_task.set_retry(
+            num_retries=task.retries,
+            backoff_duration=options.retry_backoff,
+            backoff_factor=2.0,
+            backoff_max_duration=options.retry_backoff_max,
+        )
     if task.timeout is not None:
         kubernetes.set_timeout(kfp_task, task.timeout)
     for key, value in task.node_selector:
@@ -568,8 +640,14 @@ def _configure(kfp_task: Any, task: TaskPlan, options: KubeflowOptions) -> None:
     for secret, mapping in task.secrets_as_env:
         kubernetes.use_secret_as_env(kfp_task, secret_name=secret, secret_key_to_env=dict(mapping))
     for tol in task.tolerations:
-        kubernetes.add_toleration(kfp_task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect,
-                                  toleration_seconds=tol.toleration_seconds)
+        kubernetes.add_toleration(
+            kfp_task,
+            key=tol.key,
+            operator=tol.operator,
+            value=tol.value,
+            effect=tol.effect,
+            toleration_seconds=tol.toleration_seconds,
+        )
     if options.image_pull_policy:
         kubernetes.set_image_pull_policy(kfp_task, options.image_pull_policy)
     if options.image_pull_secrets:
@@ -628,14 +706,19 @@ def _build(plan_: PipelinePlan) -> Callable[..., Any]:
             tasks[task.name] = kfp_task
 
     P = inspect.Parameter
-    body.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
-        P(p.name, P.POSITIONAL_OR_KEYWORD, annotation=p.py_type,
-          **({} if p.required else {"default": p.default}))
-        for p in ordered
-    ])
+    body.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [
+            P(p.name, P.POSITIONAL_OR_KEYWORD, annotation=p.py_type, **({} if p.required else {"default": p.default}))
+            for p in ordered
+        ]
+    )
     body.__name__ = body.__qualname__ = plan_.name.replace("-", "_")
-    return dsl.pipeline(body, name=plan_.name, display_name=plan_.display_name,  # type: ignore[no-any-return]
-                        description=_description(plan_))
+    return dsl.pipeline(  # type: ignore[no-any-return]
+        body,
+        name=plan_.name,
+        display_name=plan_.display_name,
+        description=_description(plan_),
+    )
 
 
 def write_spec(plan_: PipelinePlan, path: str) -> str:
@@ -650,8 +733,10 @@ def write_spec(plan_: PipelinePlan, path: str) -> str:
 
     with _gc_paused():
         spec, platform = spec_documents(plan_)
-        text = spec_header(spec) + "".join(yamlout.dumps(d) if i == 0 else "---\n" + yamlout.dumps(d)
-                                           for i, d in enumerate([spec] if platform is None else [spec, platform]))
+        text = spec_header(spec) + "".join(
+            yamlout.dumps(d) if i == 0 else "---\n" + yamlout.dumps(d)
+            for i, d in enumerate([spec] if platform is None else [spec, platform])
+        )
     with open(path, "w") as f:
         f.write(text)
     return path

@@ -120,8 +120,14 @@ def _unambiguous_spec(spec_path: str) -> str:
     return str(yaml.safe_dump_all(documents, sort_keys=False))
 
 
-def execute_spec(spec_path: str, arguments: Mapping[str, Any], run_id: str, *, pipeline_root: str | None = None,
-                 cancel: threading.Event | None = None) -> str | None:
+def execute_spec(
+    spec_path: str,
+    arguments: Mapping[str, Any],
+    run_id: str,
+    *,
+    pipeline_root: str | None = None,
+    cancel: threading.Event | None = None,
+) -> str | None:
     """Run the compiled spec at ``spec_path`` with kfp.local; None on success, else kfp's failure message.
 
     The tasks write mlpipe's records into the store named in the spec; close
@@ -136,8 +142,12 @@ def execute_spec(spec_path: str, arguments: Mapping[str, Any], run_id: str, *, p
         with container_components_as_subprocess(run_id, cancel):
             previous = config.LocalExecutionConfig.instance
             try:
-                local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root,
-                           workspace_root=os.path.join(scratch, "workspace"), raise_on_error=True)
+                local.init(
+                    runner=local.SubprocessRunner(use_venv=False),
+                    pipeline_root=root,
+                    workspace_root=os.path.join(scratch, "workspace"),
+                    raise_on_error=True,
+                )
                 with warnings.catch_warnings():
                     # kfp.local says that resources, accelerators and display names have no effect locally:
                     # expected, and said once in the docs instead of once per task.

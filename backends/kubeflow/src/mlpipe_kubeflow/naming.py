@@ -43,19 +43,25 @@ def task_names(steps: Iterable[str]) -> dict[str, str]:
             raise UnsupportedFeatureError(
                 f"step {step!r}: its name has no letters or digits KFP can use in a task name; "
                 "rename it with step.with_options(name=...)",
-                backend=BACKEND, step=step, option="name",
+                backend=BACKEND,
+                step=step,
+                option="name",
             )
         if len(name) > MAX_NAME:
             raise UnsupportedFeatureError(
                 f"step {step!r}: its KFP task name {name!r} has {len(name)} characters, more than the "
                 f"{MAX_NAME} of a Kubernetes label; give it a shorter name with step.with_options(name=...)",
-                backend=BACKEND, step=step, option="name",
+                backend=BACKEND,
+                step=step,
+                option="name",
             )
         if name in owner:
             raise UnsupportedFeatureError(
                 f"steps {owner[name]!r} and {step!r} both become the KFP task {name!r} (KFP names are lower-case "
                 "letters, digits and '-'); rename one with step.with_options(name=...)",
-                backend=BACKEND, step=step, option="name",
+                backend=BACKEND,
+                step=step,
+                option="name",
             )
         owner[name] = step
         out[step] = name
@@ -73,7 +79,9 @@ def pipeline_name(name: str) -> str:
         raise UnsupportedFeatureError(
             f"pipeline {name!r}: KFP needs a pipeline name of 1 to 128 lower-case letters, digits and '-' "
             f"(got {sanitised!r} after sanitising); name it with @mp.pipeline(name=...)",
-            backend=BACKEND, pipeline=name, option="name",
+            backend=BACKEND,
+            pipeline=name,
+            option="name",
         )
     return sanitised
 
@@ -95,7 +103,10 @@ def check_parameter_budget(pipeline: str, values: Mapping[str, Any], budget: int
                 f"pipeline {pipeline!r}: parameter {name!r} takes {size:,} bytes as a task argument; each "
                 f"parameter reaches its task as one command-line argument, which Linux limits to "
                 f"{ARG_MAX_BYTES:,} bytes. Pass large data as a step output instead (a step that loads or builds it)",
-                backend=BACKEND, pipeline=pipeline, option="max_parameter_bytes", argument=name,
+                backend=BACKEND,
+                pipeline=pipeline,
+                option="max_parameter_bytes",
+                argument=name,
             )
     total = len(json.dumps(dict(values), separators=(",", ":")))
     if total <= budget:
@@ -106,5 +117,8 @@ def check_parameter_budget(pipeline: str, values: Mapping[str, Any], budget: int
         f"{budget:,} bytes (the largest is {largest!r} with {sizes[largest]:,}). KFP passes parameters through its "
         "API server and Kubernetes objects; pass large data as a step output instead (a step that loads or builds "
         "it), or raise max_parameter_bytes in the profile if your server's MAX_PARAMETER_BYTES allows more",
-        backend=BACKEND, pipeline=pipeline, option="max_parameter_bytes", argument=largest,
+        backend=BACKEND,
+        pipeline=pipeline,
+        option="max_parameter_bytes",
+        argument=largest,
     )

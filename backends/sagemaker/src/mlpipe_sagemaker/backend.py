@@ -93,17 +93,24 @@ def _aws(operation: str, **context: Any) -> Iterator[None]:
         hint = ""
         if code in ("AccessDeniedException", "AccessDenied", "UnrecognizedClientException"):
             hint = f"; the caller's credentials need the permission for {operation} (see docs/backends/sagemaker.md)"
-        raise BackendError(f"SageMaker {operation} failed: {code}: {message}{hint}", backend="sagemaker",
-                           **context) from exc
+        raise BackendError(
+            f"SageMaker {operation} failed: {code}: {message}{hint}", backend="sagemaker", **context
+        ) from exc
     except NoRegionError as exc:
-        raise BackendError(f"SageMaker {operation}: no AWS region; set options.region in the profile or "
-                           "AWS_DEFAULT_REGION", backend="sagemaker", **context) from exc
+        raise BackendError(
+            f"SageMaker {operation}: no AWS region; set options.region in the profile or AWS_DEFAULT_REGION",
+            backend="sagemaker",
+            **context,
+        ) from exc
     except NoCredentialsError as exc:
-        raise BackendError(f"SageMaker {operation}: no AWS credentials found; configure them (aws configure, "
-                           "AWS_PROFILE, or an instance role)", backend="sagemaker", **context) from exc
+        raise BackendError(
+            f"SageMaker {operation}: no AWS credentials found; configure them (aws configure, "
+            "AWS_PROFILE, or an instance role)",
+            backend="sagemaker",
+            **context,
+        ) from exc
     except EndpointConnectionError as exc:
-        raise BackendError(f"SageMaker {operation}: cannot reach AWS: {exc}", backend="sagemaker",
-                           **context) from exc
+        raise BackendError(f"SageMaker {operation}: cannot reach AWS: {exc}", backend="sagemaker", **context) from exc
     except BotoCoreError as exc:
         raise BackendError(f"SageMaker {operation} failed: {exc}", backend="sagemaker", **context) from exc
 
@@ -123,9 +130,7 @@ class SageMakerBackend(Backend):
     """
 
     name = "sagemaker"
-    capabilities = Capabilities(
-        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, gates=True
-    )
+    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, schedules=True, gates=True)
     Options = SageMakerOptions
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
@@ -152,7 +157,11 @@ class SageMakerBackend(Backend):
         """Refuse, before anything is stored or sent, what SageMaker would reject (names the step)."""
         super().check(ir)
         definition = build_definition(
-            ir, store_url=_PLACEHOLDER_STORE, ir_digest=_PLACEHOLDER_DIGEST, role=self._role(), image=self.image,
+            ir,
+            store_url=_PLACEHOLDER_STORE,
+            ir_digest=_PLACEHOLDER_DIGEST,
+            role=self._role(),
+            image=self.image,
             options=self.opts,
         )
         validate_definition(definition, pipeline_name=sagemaker_pipeline_name(ir, self.opts))
@@ -179,8 +188,9 @@ class SageMakerBackend(Backend):
         :meth:`submit` needs an ``s3://`` store.
         """
         if store is None:
-            raise BackendError("compiling for sagemaker needs the profile's store (it holds the compiled IR)",
-                               backend=self.name)
+            raise BackendError(
+                "compiling for sagemaker needs the profile's store (it holds the compiled IR)", backend=self.name
+            )
         definition, _digest = self.definition(ir, store)
         with open(path, "w", encoding="utf-8") as f:
             f.write(dumps(definition))
@@ -195,8 +205,10 @@ class SageMakerBackend(Backend):
 
         found = boto3.session.Session().region_name
         if not found:
-            raise ConfigError("no AWS region for sagemaker: set options.region in the profile or AWS_DEFAULT_REGION",
-                              backend=self.name)
+            raise ConfigError(
+                "no AWS region for sagemaker: set options.region in the profile or AWS_DEFAULT_REGION",
+                backend=self.name,
+            )
         return str(found)
 
     def _client(self, service: str, region: str | None = None, endpoint_url: str | None = None) -> Any:
@@ -221,7 +233,7 @@ class SageMakerBackend(Backend):
         if not store.url.startswith("s3://"):
             raise ConfigError(
                 f"the sagemaker backend needs an s3:// store that the Processing jobs can reach, but the profile's "
-                f"store is {store.url!r}; set store = \"s3://my-bucket/mlpipe\" in the profile",
+                f'store is {store.url!r}; set store = "s3://my-bucket/mlpipe" in the profile',
                 backend=self.name,
             )
 
@@ -250,7 +262,8 @@ class SageMakerBackend(Backend):
         with _aws("CreatePipeline", pipeline=ir.name):
             try:
                 created = sm.create_pipeline(
-                    **common, ClientRequestToken=uuid.uuid4().hex,  # botocore's retries resend the same one
+                    **common,
+                    ClientRequestToken=uuid.uuid4().hex,  # botocore's retries resend the same one
                     **({"Tags": tags} if tags else {}),
                 )
                 return str(created["PipelineArn"]), None
@@ -274,7 +287,8 @@ class SageMakerBackend(Backend):
                     f"SageMaker pipeline: parameter {spec.name!r} is {len(value)} characters as text; it travels as "
                     f"the container argument '{spec.name}=…', which SageMaker limits to {LIMITS['argument_chars']} "
                     "characters. Pass large values through the store (a step output), not as a parameter",
-                    backend=self.name, argument=spec.name,
+                    backend=self.name,
+                    argument=spec.name,
                 )
             out.append({"Name": spec.name, "Value": value})
         out.append({"Name": CACHE_PARAMETER, "Value": "true" if cache else "false"})
@@ -325,15 +339,33 @@ class SageMakerBackend(Backend):
             started = sm.start_pipeline_execution(**request)
         execution_arn = str(started["PipelineExecutionArn"])
         execution_id = execution_arn.rsplit("/", 1)[-1]
-        RunRecord.open(store, shipped, execution_id, backend=self.name, params=params, ir_digest=digest, cache=cache,
-                       sagemaker={"execution_arn": execution_arn, "pipeline_arn": pipeline_arn, "submitted_as": run_id})
+        RunRecord.open(
+            store,
+            shipped,
+            execution_id,
+            backend=self.name,
+            params=params,
+            ir_digest=digest,
+            cache=cache,
+            sagemaker={"execution_arn": execution_arn, "pipeline_arn": pipeline_arn, "submitted_as": run_id},
+        )
         self._stores[execution_id] = store
-        data: dict[str, Any] = {"region": self._region(), "pipeline_name": name, "pipeline_arn": pipeline_arn,
-                                "submitted_as": run_id}
+        data: dict[str, Any] = {
+            "region": self._region(),
+            "pipeline_name": name,
+            "pipeline_arn": pipeline_arn,
+            "submitted_as": run_id,
+        }
         if self.opts.endpoint_url:
             data["endpoint_url"] = self.opts.endpoint_url
-        return RunHandle(backend=self.name, run_id=execution_id, pipeline=ir.name, store=store.url,
-                         external_id=execution_arn, data=data)
+        return RunHandle(
+            backend=self.name,
+            run_id=execution_id,
+            pipeline=ir.name,
+            store=store.url,
+            external_id=execution_arn,
+            data=data,
+        )
 
     # -- following -------------------------------------------------------------------------
     def _store_for(self, handle: RunHandle) -> ArtifactStore:
@@ -345,12 +377,11 @@ class SageMakerBackend(Backend):
     def _execution_state(self, handle: RunHandle) -> tuple[str, str | None]:
         """SageMaker's view of the execution: (mlpipe state, failure reason)."""
         if not handle.external_id:
-            raise BackendError(f"run {handle.run_id}: the handle has no execution ARN", backend=self.name,
-                               run_id=handle.run_id)
-        with _aws("DescribePipelineExecution", run_id=handle.run_id):
-            described = self._handle_client(handle).describe_pipeline_execution(
-                PipelineExecutionArn=handle.external_id
+            raise BackendError(
+                f"run {handle.run_id}: the handle has no execution ARN", backend=self.name, run_id=handle.run_id
             )
+        with _aws("DescribePipelineExecution", run_id=handle.run_id):
+            described = self._handle_client(handle).describe_pipeline_execution(PipelineExecutionArn=handle.external_id)
         raw = str(described.get("PipelineExecutionStatus", ""))
         state = _STATES.get(raw)
         if state is None:
@@ -395,16 +426,21 @@ class SageMakerBackend(Backend):
         if RunRecord.exists(store, handle.run_id):
             record = RunRecord.load(store, handle.run_id)
         else:  # started from a schedule or the console: no launcher opened it
-            record = RunRecord(store, {"id": handle.run_id, "pipeline": handle.pipeline, "backend": self.name,
-                                       "started": None, "params": {}})
+            record = RunRecord(
+                store,
+                {"id": handle.run_id, "pipeline": handle.pipeline, "backend": self.name, "started": None, "params": {}},
+            )
         if record.status in TERMINAL:
             return
         record.doc.setdefault("handle", handle.model_dump(mode="json"))
         error = message or "stopped" if state == "cancelled" else None
         if state == "failed":
             self._record_skipped(store, record, self._step_failures(handle))
-            error = None if any(r.get("status") == "failed" for r in record.steps().values()) else (
-                message or "the SageMaker execution failed")
+            error = (
+                None
+                if any(r.get("status") == "failed" for r in record.steps().values())
+                else (message or "the SageMaker execution failed")
+            )
         record.close(state, error=error)  # type: ignore[arg-type]
         open_index(store).sync_run(store, handle.run_id)
 
@@ -487,8 +523,9 @@ class SageMakerBackend(Backend):
         expression = _schedule_expression(cron)
         schedule_name = name or sagemaker_pipeline_name(ir, self.opts)[:64]
         if not _SCHEDULE_NAME_RE.match(schedule_name):
-            raise ConfigError(f"schedule name {schedule_name!r} must be 1-64 of letters, digits, '-', '_' or '.'",
-                              backend=self.name)
+            raise ConfigError(
+                f"schedule name {schedule_name!r} must be 1-64 of letters, digits, '-', '_' or '.'", backend=self.name
+            )
         values = self._parameter_values(ir, params, True)
         pipeline_arn = self.deploy(ir, store)
         request: dict[str, Any] = {
@@ -559,7 +596,7 @@ def schedule_pipeline(
     values = pipeline.validate_params(params)
     _prof, backend, store = resolve_profile(profile, None)
     if not isinstance(backend, SageMakerBackend):
-        raise ConfigError(f"profile {_prof.name!r} uses the {backend.name!r} backend, not sagemaker",
-                          profile=_prof.name)
-    return backend.schedule(pipeline.ir, store, cron=cron, params=values, name=name, timezone=timezone,
-                            enabled=enabled)
+        raise ConfigError(
+            f"profile {_prof.name!r} uses the {backend.name!r} backend, not sagemaker", profile=_prof.name
+        )
+    return backend.schedule(pipeline.ir, store, cron=cron, params=values, name=name, timezone=timezone, enabled=enabled)

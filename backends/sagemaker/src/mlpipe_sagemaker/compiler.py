@@ -218,7 +218,9 @@ def build_step(
     arguments: dict[str, Any] = {
         "ProcessingResources": {
             "ClusterConfig": {
-                "InstanceType": instance_type, "InstanceCount": 1, "VolumeSizeInGB": options.volume_size_gb
+                "InstanceType": instance_type,
+                "InstanceCount": 1,
+                "VolumeSizeInGB": options.volume_size_gb,
             }
         },
         "AppSpecification": {

@@ -33,7 +33,10 @@ PARAMETER_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 PIPELINE_NAME_RE = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,255}$")
 ENV_KEY_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]{0,255}$")
 PARAMETER_TYPES: dict[str, type | tuple[type, ...]] = {
-    "String": str, "Integer": int, "Float": (int, float), "Boolean": bool
+    "String": str,
+    "Integer": int,
+    "Float": (int, float),
+    "Boolean": bool,
 }
 RETRY_EXCEPTIONS = {
     "Step.SERVICE_FAULT",
@@ -71,8 +74,9 @@ class DefinitionValidationError(UnsupportedFeatureError):
 
 def _fail(message: str, *, step: str | None = None, field: str | None = None) -> DefinitionValidationError:
     where = f"step {step!r}: " if step else ""
-    return DefinitionValidationError(f"SageMaker pipeline: {where}{message}", backend="sagemaker", step=step,
-                                     field=field)
+    return DefinitionValidationError(
+        f"SageMaker pipeline: {where}{message}", backend="sagemaker", step=step, field=field
+    )
 
 
 def _walk_gets(value: Any) -> list[str]:
@@ -123,23 +127,31 @@ def _check_parameters(definition: Mapping[str, Any]) -> dict[str, dict[str, Any]
     for param in definition.get("Parameters") or []:
         name = param.get("Name", "")
         if not PARAMETER_NAME_RE.match(name):
-            raise _fail(f"parameter name {name!r} must match {PARAMETER_NAME_RE.pattern} (1-64 letters, digits, "
-                        "'-' or '_')", field="Parameters")
+            raise _fail(
+                f"parameter name {name!r} must match {PARAMETER_NAME_RE.pattern} (1-64 letters, digits, '-' or '_')",
+                field="Parameters",
+            )
         if name in declared:
             raise _fail(f"parameter {name!r} is declared twice", field="Parameters")
         kind = param.get("Type")
         if kind not in PARAMETER_TYPES:
-            raise _fail(f"parameter {name!r} has type {kind!r}; SageMaker has {', '.join(PARAMETER_TYPES)}",
-                        field="Parameters")
+            raise _fail(
+                f"parameter {name!r} has type {kind!r}; SageMaker has {', '.join(PARAMETER_TYPES)}", field="Parameters"
+            )
         if "DefaultValue" in param:
             default: Any = param["DefaultValue"]
             expected = PARAMETER_TYPES[kind]
             if not isinstance(default, expected) or (kind != "Boolean" and isinstance(default, bool)):
-                raise _fail(f"parameter {name!r} of type {kind} has the default {default!r} "
-                            f"({type(default).__name__})", field="Parameters")
+                raise _fail(
+                    f"parameter {name!r} of type {kind} has the default {default!r} ({type(default).__name__})",
+                    field="Parameters",
+                )
             if kind == "String" and len(str(default)) > LIMITS["string_default_chars"]:
-                raise _fail(f"parameter {name!r}: its default is {len(str(default))} characters, more than SageMaker's "
-                            f"{LIMITS['string_default_chars']}", field="Parameters")
+                raise _fail(
+                    f"parameter {name!r}: its default is {len(str(default))} characters, more than SageMaker's "
+                    f"{LIMITS['string_default_chars']}",
+                    field="Parameters",
+                )
         declared[name] = param
     return declared
 
@@ -149,8 +161,12 @@ def _check_references(step: str, value: Any, declared: Mapping[str, Any], steps:
         if ref.startswith("Parameters."):
             name = ref.split(".", 1)[1]
             if name not in declared:
-                raise _fail(f"{field} uses the parameter {name!r}, which the pipeline does not declare "
-                            f"(declared: {', '.join(declared) or 'none'})", step=step, field=field)
+                raise _fail(
+                    f"{field} uses the parameter {name!r}, which the pipeline does not declare "
+                    f"(declared: {', '.join(declared) or 'none'})",
+                    step=step,
+                    field=field,
+                )
         elif ref.startswith("Steps."):
             target = ref.split(".", 2)[1]
             if target not in steps:
@@ -171,32 +187,46 @@ def _check_text_limit(step: str, value: Any, defaults: Mapping[str, Any], limit:
         return  # a step property or a function only known at run time: nothing to measure here
     if len(text) > limit:
         shown = text if len(text) <= 80 else text[:77] + "..."
-        raise _fail(f"{field} {shown!r} is {len(text)} characters (with the parameters' defaults); SageMaker allows "
-                    f"{limit}. Pass large values through the store (a step output), not as a parameter",
-                    step=step, field=field)
+        raise _fail(
+            f"{field} {shown!r} is {len(text)} characters (with the parameters' defaults); SageMaker allows "
+            f"{limit}. Pass large values through the store (a step output), not as a parameter",
+            step=step,
+            field=field,
+        )
 
 
 def _check_environment(step: str, env: Any, declared: Mapping[str, Mapping[str, Any]]) -> None:
     if not isinstance(env, dict):
         raise _fail("Environment must be a mapping of names to strings", step=step, field="Environment")
     if len(env) > LIMITS["environment_entries"]:
-        raise _fail(f"Environment has {len(env)} variables; SageMaker allows {LIMITS['environment_entries']}",
-                    step=step, field="Environment")
+        raise _fail(
+            f"Environment has {len(env)} variables; SageMaker allows {LIMITS['environment_entries']}",
+            step=step,
+            field="Environment",
+        )
     defaults = _defaults(declared)
     for key, value in env.items():
         if not ENV_KEY_RE.match(key):
-            raise _fail(f"environment variable name {key!r} is not valid ({ENV_KEY_RE.pattern})", step=step,
-                        field="Environment")
+            raise _fail(
+                f"environment variable name {key!r} is not valid ({ENV_KEY_RE.pattern})", step=step, field="Environment"
+            )
         if isinstance(value, dict) and set(value) == {"Get"} and str(value["Get"]).startswith("Parameters."):
             name = value["Get"].split(".", 1)[1]
             kind = declared.get(name, {}).get("Type")
             if kind != "String":
-                raise _fail(f"environment variable {key!r} is the {kind} parameter {name!r}; environment values "
-                            "must be strings, so wrap it in Std:Join (the SDK's .to_string())", step=step,
-                            field="Environment")
+                raise _fail(
+                    f"environment variable {key!r} is the {kind} parameter {name!r}; environment values "
+                    "must be strings, so wrap it in Std:Join (the SDK's .to_string())",
+                    step=step,
+                    field="Environment",
+                )
         elif not isinstance(value, str | dict):
-            raise _fail(f"environment variable {key!r} is {value!r} ({type(value).__name__}); environment values "
-                        "must be strings", step=step, field="Environment")
+            raise _fail(
+                f"environment variable {key!r} is {value!r} ({type(value).__name__}); environment values "
+                "must be strings",
+                step=step,
+                field="Environment",
+            )
         _check_text_limit(step, value, defaults, LIMITS["environment_value_chars"], f"environment variable {key}")
 
 
@@ -208,32 +238,45 @@ def _check_step(step: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any
     cluster = (args.get("ProcessingResources") or {}).get("ClusterConfig") or {}
     itype = cluster.get("InstanceType")
     if not isinstance(itype, str) or not INSTANCE_TYPE_RE.match(itype):
-        raise _fail(f"instance type {itype!r} is not a SageMaker instance type (e.g. 'ml.m5.xlarge')", step=name,
-                    field="InstanceType")
+        raise _fail(
+            f"instance type {itype!r} is not a SageMaker instance type (e.g. 'ml.m5.xlarge')",
+            step=name,
+            field="InstanceType",
+        )
     count = cluster.get("InstanceCount")
     if not isinstance(count, int) or not 1 <= count <= LIMITS["instance_count"]:
-        raise _fail(f"instance count {count!r} must be 1..{LIMITS['instance_count']}", step=name,
-                    field="InstanceCount")
+        raise _fail(f"instance count {count!r} must be 1..{LIMITS['instance_count']}", step=name, field="InstanceCount")
     volume = cluster.get("VolumeSizeInGB")
     if not isinstance(volume, int) or not 1 <= volume <= LIMITS["volume_size_gb"]:
-        raise _fail(f"volume size {volume!r} GB must be 1..{LIMITS['volume_size_gb']}", step=name,
-                    field="VolumeSizeInGB")
+        raise _fail(
+            f"volume size {volume!r} GB must be 1..{LIMITS['volume_size_gb']}", step=name, field="VolumeSizeInGB"
+        )
     app = args.get("AppSpecification") or {}
     image = app.get("ImageUri")
     if not isinstance(image, str) or not image or len(image) > LIMITS["image_uri_chars"]:
-        raise _fail(f"image URI {image!r} must be a non-empty string of at most {LIMITS['image_uri_chars']} "
-                    "characters", step=name, field="ImageUri")
+        raise _fail(
+            f"image URI {image!r} must be a non-empty string of at most {LIMITS['image_uri_chars']} characters",
+            step=name,
+            field="ImageUri",
+        )
     role = args.get("RoleArn")
     if not isinstance(role, str) or not ROLE_ARN_RE.match(role):
         raise _fail(f"role {role!r} is not an IAM role ARN", step=name, field="RoleArn")
     entrypoint = app.get("ContainerEntrypoint") or []
     if len(entrypoint) > LIMITS["entrypoint_items"]:
-        raise _fail(f"the entrypoint has {len(entrypoint)} items; SageMaker allows {LIMITS['entrypoint_items']}",
-                    step=name, field="ContainerEntrypoint")
+        raise _fail(
+            f"the entrypoint has {len(entrypoint)} items; SageMaker allows {LIMITS['entrypoint_items']}",
+            step=name,
+            field="ContainerEntrypoint",
+        )
     arguments = app.get("ContainerArguments") or []
     if len(arguments) > LIMITS["arguments"]:
-        raise _fail(f"the container has {len(arguments)} arguments; SageMaker allows {LIMITS['arguments']} "
-                    "(too many pipeline parameters?)", step=name, field="ContainerArguments")
+        raise _fail(
+            f"the container has {len(arguments)} arguments; SageMaker allows {LIMITS['arguments']} "
+            "(too many pipeline parameters?)",
+            step=name,
+            field="ContainerArguments",
+        )
     defaults = _defaults(declared)
     for field, items in (("ContainerEntrypoint", entrypoint), ("ContainerArguments", arguments)):
         for item in items:
@@ -245,17 +288,27 @@ def _check_step(step: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any
     if stop is not None:
         seconds = stop.get("MaxRuntimeInSeconds")
         if not isinstance(seconds, int) or not 1 <= seconds <= LIMITS["max_runtime_seconds"]:
-            raise _fail(f"MaxRuntimeInSeconds {seconds!r} must be 1..{LIMITS['max_runtime_seconds']}", step=name,
-                        field="StoppingCondition")
+            raise _fail(
+                f"MaxRuntimeInSeconds {seconds!r} must be 1..{LIMITS['max_runtime_seconds']}",
+                step=name,
+                field="StoppingCondition",
+            )
     for policy in step.get("RetryPolicies") or []:
         attempts = policy.get("MaxAttempts")
         if not isinstance(attempts, int) or not 1 <= attempts <= LIMITS["retry_attempts"]:
-            raise _fail(f"retry MaxAttempts {attempts!r} must be 1..{LIMITS['retry_attempts']}", step=name,
-                        field="RetryPolicies")
+            raise _fail(
+                f"retry MaxAttempts {attempts!r} must be 1..{LIMITS['retry_attempts']}",
+                step=name,
+                field="RetryPolicies",
+            )
         unknown = sorted(set(policy.get("ExceptionType") or []) - RETRY_EXCEPTIONS)
         if unknown or not policy.get("ExceptionType"):
-            raise _fail(f"retry policy exception types {unknown or '(none)'} are not SageMaker's "
-                        f"({', '.join(sorted(RETRY_EXCEPTIONS))})", step=name, field="RetryPolicies")
+            raise _fail(
+                f"retry policy exception types {unknown or '(none)'} are not SageMaker's "
+                f"({', '.join(sorted(RETRY_EXCEPTIONS))})",
+                step=name,
+                field="RetryPolicies",
+            )
 
 
 def validate_definition(definition: Mapping[str, Any], *, pipeline_name: str | None = None) -> None:
@@ -272,11 +325,17 @@ def validate_definition(definition: Mapping[str, Any], *, pipeline_name: str | N
     """
     if pipeline_name is not None:
         if not PIPELINE_NAME_RE.match(pipeline_name):
-            raise _fail(f"pipeline name {pipeline_name!r} must be letters, digits and single '-' between them, "
-                        "starting and ending with a letter or digit; set options.pipeline_name", field="PipelineName")
+            raise _fail(
+                f"pipeline name {pipeline_name!r} must be letters, digits and single '-' between them, "
+                "starting and ending with a letter or digit; set options.pipeline_name",
+                field="PipelineName",
+            )
         if len(pipeline_name) > LIMITS["pipeline_name_safe"]:
-            raise _fail(f"pipeline name {pipeline_name!r} is {len(pipeline_name)} characters; CreatePipeline rejects "
-                        f"more than {LIMITS['pipeline_name_safe']}; set options.pipeline_name", field="PipelineName")
+            raise _fail(
+                f"pipeline name {pipeline_name!r} is {len(pipeline_name)} characters; CreatePipeline rejects "
+                f"more than {LIMITS['pipeline_name_safe']}; set options.pipeline_name",
+                field="PipelineName",
+            )
     declared = _check_parameters(definition)
     steps: Sequence[Mapping[str, Any]] = definition.get("Steps") or []
     if not steps:
@@ -285,9 +344,12 @@ def validate_definition(definition: Mapping[str, Any], *, pipeline_name: str | N
     for step in steps:
         name = step.get("Name")
         if not isinstance(name, str) or not STEP_NAME_RE.match(name):
-            raise _fail(f"step name {name!r} must match {STEP_NAME_RE.pattern} (1-64 letters, digits, '-' or '_'); "
-                        "rename it with step.with_options(name=...)", step=name if isinstance(name, str) else None,
-                        field="Name")
+            raise _fail(
+                f"step name {name!r} must match {STEP_NAME_RE.pattern} (1-64 letters, digits, '-' or '_'); "
+                "rename it with step.with_options(name=...)",
+                step=name if isinstance(name, str) else None,
+                field="Name",
+            )
         if name in names:
             raise _fail("the step name is used twice", step=name, field="Name")
         names.add(name)
@@ -306,9 +368,13 @@ def validate_definition(definition: Mapping[str, Any], *, pipeline_name: str | N
         graphlib.TopologicalSorter(graph).prepare()
     except graphlib.CycleError as exc:
         cycle = list(exc.args[1])
-        raise _fail(f"the steps form a cycle: {' -> '.join(reversed(cycle))}", step=cycle[0],
-                    field="DependsOn") from None
+        raise _fail(
+            f"the steps form a cycle: {' -> '.join(reversed(cycle))}", step=cycle[0], field="DependsOn"
+        ) from None
     size = len(json.dumps(definition).encode())
     if size > LIMITS["definition_bytes"]:
-        raise _fail(f"the definition is {size} bytes; CreatePipeline takes at most {LIMITS['definition_bytes']} "
-                    "inline (fewer parameters or steps)", field="PipelineDefinition")
+        raise _fail(
+            f"the definition is {size} bytes; CreatePipeline takes at most {LIMITS['definition_bytes']} "
+            "inline (fewer parameters or steps)",
+            field="PipelineDefinition",
+        )

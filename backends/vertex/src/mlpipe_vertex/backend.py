@@ -114,8 +114,7 @@ class VertexBackend(Backend):
     def plan(self, ir: PipelineIR, store: ArtifactStore, *, cache: bool = True) -> VertexPlan:
         """Store the IR (shipping non-importable code) and decide the spec."""
         self.check(ir)
-        return vertex_plan(ir, self.opts, store=store.url, ir_digest=write_ir(store, ir), image=self.image,
-                           cache=cache)
+        return vertex_plan(ir, self.opts, store=store.url, ir_digest=write_ir(store, ir), image=self.image, cache=cache)
 
     def compile(self, ir: PipelineIR, path: str, *, store: ArtifactStore | None = None) -> str:
         """Write the pipeline spec Vertex runs (KFP v2 YAML) to ``path``.
@@ -136,9 +135,10 @@ class VertexBackend(Backend):
         if not url.startswith(_GCS):
             raise UnsupportedFeatureError(
                 f"vertex: the store {url} is not on Google Cloud Storage, so Vertex tasks cannot read or write it; "
-                "use a gs://bucket/prefix store in the profile (in the job's region), or mode = \"local\" to run "
+                'use a gs://bucket/prefix store in the profile (in the job\'s region), or mode = "local" to run '
                 "the compiled spec on this machine",
-                backend=self.name, option="store",
+                backend=self.name,
+                option="store",
             )
 
     def pipeline_root(self, store: ArtifactStore) -> str:
@@ -157,14 +157,17 @@ class VertexBackend(Backend):
             raise UnsupportedFeatureError(f"vertex: {exc}", backend=self.name, option="labels") from None
         return labels
 
-    def _validate(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
-                  cache: bool) -> tuple[str, VertexPlan]:
+    def _validate(
+        self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str, cache: bool
+    ) -> tuple[str, VertexPlan]:
         """Every check that needs no request and no store write; the job id."""
         opts = self.opts
         if opts.project is None:
             raise UnsupportedFeatureError(
                 "vertex: no project; set options.project in the profile (the Google Cloud project id)",
-                backend=self.name, option="project")
+                backend=self.name,
+                option="project",
+            )
         self._require_gcs(store.url)
         self._require_gcs(self.pipeline_root(store))
         jid = job_id(ir.name, run_id)
@@ -174,7 +177,10 @@ class VertexBackend(Backend):
             raise UnsupportedFeatureError(
                 f"vertex: no container image for step(s) {unset}; set image in the profile (an Artifact Registry "
                 "image with mlpipe, mlpipe-vertex's runtime dependencies and your code) or @mp.step(image=...)",
-                backend=self.name, step=unset[0], option="image")
+                backend=self.name,
+                step=unset[0],
+                option="image",
+            )
         arguments = draft.kfp.arguments(params)
         check_parameter_budget(ir.name, arguments, opts.max_parameter_bytes, "run parameters")
         spec = build_spec(draft)
@@ -185,17 +191,27 @@ class VertexBackend(Backend):
             raise UnsupportedFeatureError(
                 f"vertex: the PipelineJob request is {size:,} bytes, over the 10 MiB Google APIs accept; "
                 "pass large values as step outputs, not parameters, or split the pipeline",
-                backend=self.name, option="size")
+                backend=self.name,
+                option="size",
+            )
         return jid, draft
 
-    def _body(self, ir: PipelineIR, store: ArtifactStore, spec: dict[str, Any], arguments: Mapping[str, Any],
-              jid: str) -> dict[str, Any]:
+    def _body(
+        self, ir: PipelineIR, store: ArtifactStore, spec: dict[str, Any], arguments: Mapping[str, Any], jid: str
+    ) -> dict[str, Any]:
         opts = self.opts
-        return job_request(spec, opts, display_name=opts.display_name.format(pipeline=ir.name, run_id=jid),
-                           pipeline_root=self.pipeline_root(store), arguments=arguments, labels=self._labels(ir, jid))
+        return job_request(
+            spec,
+            opts,
+            display_name=opts.display_name.format(pipeline=ir.name, run_id=jid),
+            pipeline_root=self.pipeline_root(store),
+            arguments=arguments,
+            labels=self._labels(ir, jid),
+        )
 
-    def request(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
-                cache: bool = True) -> JobRequest:
+    def request(
+        self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str, cache: bool = True
+    ) -> JobRequest:
         """The PipelineJob a submission would create, fully validated; stores the IR, sends nothing to Vertex.
 
         Raises:
@@ -206,12 +222,18 @@ class VertexBackend(Backend):
         jid, _draft = self._validate(ir, store, params, run_id, cache)
         vplan = self.plan(ir, store, cache=cache)
         body = self._body(ir, store, build_spec(vplan), vplan.kfp.arguments(params), jid)
-        return JobRequest(parent=f"projects/{opts.project}/locations/{opts.location}", job_id=jid, body=body,
-                          ir_digest=vplan.kfp.ir_digest, pipeline_root=self.pipeline_root(store))
+        return JobRequest(
+            parent=f"projects/{opts.project}/locations/{opts.location}",
+            job_id=jid,
+            body=body,
+            ir_digest=vplan.kfp.ir_digest,
+            pipeline_root=self.pipeline_root(store),
+        )
 
     # -- submit / run -----------------------------------------------------------------
-    def submit(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
-               cache: bool = True) -> RunHandle:
+    def submit(
+        self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str, cache: bool = True
+    ) -> RunHandle:
         """Create the PipelineJob (or the schedule) and return its handle.
 
         The handle's ``run_id`` is the job id (``<pipeline>-<run_id>``, valid
@@ -231,32 +253,70 @@ class VertexBackend(Backend):
 
         opts = self.opts
         req = self.request(ir, store, params=params, run_id=run_id, cache=cache)
-        data: dict[str, Any] = {"mode": "vertex", "project": opts.project, "location": opts.location,
-                                "api_endpoint": opts.api_endpoint, "transport": opts.transport,
-                                "credentials": opts.credentials, "requested_run_id": run_id,
-                                "pipeline_root": req.pipeline_root}
+        data: dict[str, Any] = {
+            "mode": "vertex",
+            "project": opts.project,
+            "location": opts.location,
+            "api_endpoint": opts.api_endpoint,
+            "transport": opts.transport,
+            "credentials": opts.credentials,
+            "requested_run_id": run_id,
+            "pipeline_root": req.pipeline_root,
+        }
         if opts.schedule:
             display = req.body["displayName"]
             name = client.create_schedule(opts, req.parent, req.body, display)
             data.update(kind="schedule", schedule=opts.cron)
-            record = RunRecord.open(store, ir, run_id, backend=BACKEND, params=params, status="succeeded",
-                                    ir_digest=req.ir_digest, cache=cache, vertex={**data, "schedule_name": name})
+            record = RunRecord.open(
+                store,
+                ir,
+                run_id,
+                backend=BACKEND,
+                params=params,
+                status="succeeded",
+                ir_digest=req.ir_digest,
+                cache=cache,
+                vertex={**data, "schedule_name": name},
+            )
             record.update(ended=time.time())
-            return RunHandle(backend=self.name, run_id=run_id, pipeline=ir.name, store=store.url, external_id=name,
-                             url=f"https://console.cloud.google.com/vertex-ai/pipelines/schedules?project={opts.project}",
-                             data=data)
+            return RunHandle(
+                backend=self.name,
+                run_id=run_id,
+                pipeline=ir.name,
+                store=store.url,
+                external_id=name,
+                url=f"https://console.cloud.google.com/vertex-ai/pipelines/schedules?project={opts.project}",
+                data=data,
+            )
         name, state = client.create_job(opts, req.parent, req.body, req.job_id)
         data["kind"] = "job"
-        RunRecord.open(store, ir, req.job_id, backend=BACKEND, params=params,
-                       status="running" if state == "running" else "pending", ir_digest=req.ir_digest, cache=cache,
-                       vertex={**data, "job": name})
-        return RunHandle(backend=self.name, run_id=req.job_id, pipeline=ir.name, store=store.url, external_id=name,
-                         url=(f"https://console.cloud.google.com/vertex-ai/locations/{opts.location}/pipelines/runs/"
-                              f"{req.job_id}?project={opts.project}"),
-                         data=data)
+        RunRecord.open(
+            store,
+            ir,
+            req.job_id,
+            backend=BACKEND,
+            params=params,
+            status="running" if state == "running" else "pending",
+            ir_digest=req.ir_digest,
+            cache=cache,
+            vertex={**data, "job": name},
+        )
+        return RunHandle(
+            backend=self.name,
+            run_id=req.job_id,
+            pipeline=ir.name,
+            store=store.url,
+            external_id=name,
+            url=(
+                f"https://console.cloud.google.com/vertex-ai/locations/{opts.location}/pipelines/runs/"
+                f"{req.job_id}?project={opts.project}"
+            ),
+            data=data,
+        )
 
-    def run(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
-            cache: bool = True) -> Run:
+    def run(
+        self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str, cache: bool = True
+    ) -> Run:
         """Submit, wait for the job's end, and return the run as recorded in the store."""
         if self.opts.mode == "local":
             return self._execute_local(ir, store, params, run_id, cache, threading.Event())
@@ -264,38 +324,72 @@ class VertexBackend(Backend):
         status = self.wait(handle, timeout=self.opts.wait_timeout, poll=self.opts.poll_interval)
         if handle.data.get("kind") == "job":
             # Steps Vertex never started (downstream of a failure) get a `skipped` record saying why.
-            close_after_engine(store, ir, RunRecord.load(store, handle.run_id),
-                               engine_error=status.message if status.state == "failed" else None,
-                               cancelled=status.state == "cancelled")
+            close_after_engine(
+                store,
+                ir,
+                RunRecord.load(store, handle.run_id),
+                engine_error=status.message if status.state == "failed" else None,
+                cancelled=status.state == "cancelled",
+            )
         return Run.load(store, handle.run_id)
 
-    def _submit_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
-                      cache: bool) -> RunHandle:
-        return self._local.start(ir, store, run_id,
-                                 lambda cancel: self._execute_local(ir, store, params, run_id, cache, cancel))
+    def _submit_local(
+        self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str, cache: bool
+    ) -> RunHandle:
+        return self._local.start(
+            ir, store, run_id, lambda cancel: self._execute_local(ir, store, params, run_id, cache, cancel)
+        )
 
-    def _execute_local(self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str,
-                       cache: bool, cancel: threading.Event) -> Run:
-        refuse_in_local_mode(self.name, store, schedule=self.opts.schedule,
-                             schedule_message="schedule needs Vertex; mode = \"local\" runs the spec once",
-                             store_hint="use a gs:// bucket (or a directory)")
+    def _execute_local(
+        self,
+        ir: PipelineIR,
+        store: ArtifactStore,
+        params: Mapping[str, Any],
+        run_id: str,
+        cache: bool,
+        cancel: threading.Event,
+    ) -> Run:
+        refuse_in_local_mode(
+            self.name,
+            store,
+            schedule=self.opts.schedule,
+            schedule_message='schedule needs Vertex; mode = "local" runs the spec once',
+            store_hint="use a gs:// bucket (or a directory)",
+        )
         vplan = self.plan(ir, store, cache=cache)
         spec = build_spec(vplan)
         arguments = vplan.kfp.arguments(params)
         check_parameter_budget(ir.name, arguments, self.opts.max_parameter_bytes, "run parameters")
         check_arguments(ir.name, spec, arguments)
-        record = RunRecord.open(store, ir, run_id, backend=BACKEND, params=params, ir_digest=vplan.kfp.ir_digest,
-                                index=open_index(store), cache=cache, vertex={"mode": "local"})
+        record = RunRecord.open(
+            store,
+            ir,
+            run_id,
+            backend=BACKEND,
+            params=params,
+            ir_digest=vplan.kfp.ir_digest,
+            index=open_index(store),
+            cache=cache,
+            vertex={"mode": "local"},
+        )
         return execute_locally(
-            store, ir, record, lambda tmp: write_vertex_spec(spec, os.path.join(tmp, f"{vplan.kfp.name}.yaml")),
-            arguments, cancel)
+            store,
+            ir,
+            record,
+            lambda tmp: write_vertex_spec(spec, os.path.join(tmp, f"{vplan.kfp.name}.yaml")),
+            arguments,
+            cancel,
+        )
 
     # -- status / cancel --------------------------------------------------------------
     def _options_for(self, handle: RunHandle) -> VertexOptions:
         """The options a handle was submitted with (a later process may have another profile, or none)."""
         data = handle.data
-        update = {key: data[key] for key in ("project", "location", "api_endpoint", "transport", "credentials")
-                  if data.get(key) is not None}
+        update = {
+            key: data[key]
+            for key in ("project", "location", "api_endpoint", "transport", "credentials")
+            if data.get(key) is not None
+        }
         return self.opts.model_copy(update=update)
 
     def status(self, handle: RunHandle) -> RunStatus:
@@ -310,8 +404,11 @@ class VertexBackend(Backend):
             return local
         steps = step_states(handle)
         if handle.data.get("kind") == "schedule":
-            return RunStatus(state="succeeded", message=f"schedule {handle.external_id} created "
-                             f"({handle.data.get('schedule')}); each job it starts is recorded under its own job id")
+            return RunStatus(
+                state="succeeded",
+                message=f"schedule {handle.external_id} created "
+                f"({handle.data.get('schedule')}); each job it starts is recorded under its own job id",
+            )
         if not handle.external_id:
             raise BackendError(f"vertex: handle of run {handle.run_id} has no job name", backend=self.name)
         state, message = client.job_state(self._options_for(handle), handle.external_id)

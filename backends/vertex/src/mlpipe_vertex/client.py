@@ -50,13 +50,13 @@ STATES = {
 
 _HINTS = {
     "PermissionDenied": "the caller needs roles/aiplatform.user on the project and roles/iam.serviceAccountUser "
-                        "on the job's service account (see docs/backends/vertex.md)",
+    "on the job's service account (see docs/backends/vertex.md)",
     "Unauthenticated": "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS",
     "DefaultCredentialsError": "run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS",
     "FailedPrecondition": "a common cause is a pipeline-root bucket outside the job's region; Vertex needs a "
-                          "regional bucket in the same region",
+    "regional bucket in the same region",
     "ResourceExhausted": "the project's Vertex quota (60 job submissions or 600 requests a minute per region) "
-                         "is used up; wait and retry",
+    "is used up; wait and retry",
 }
 
 
@@ -78,15 +78,20 @@ def translated(options: VertexOptions, what: str, **context: Any) -> Iterator[No
         hint = _HINTS.get(kind)
         raise BackendError(
             f"vertex: {what} at {options.endpoint} failed: {kind}: {exc}" + (f". Fix: {hint}" if hint else ""),
-            backend=BACKEND, endpoint=options.endpoint, reason=kind, **context,
+            backend=BACKEND,
+            endpoint=options.endpoint,
+            reason=kind,
+            **context,
         ) from exc
 
 
 def _client_kwargs(options: VertexOptions) -> dict[str, Any]:
     from google.api_core.client_options import ClientOptions
 
-    kwargs: dict[str, Any] = {"client_options": ClientOptions(api_endpoint=options.endpoint),
-                              "transport": options.transport}
+    kwargs: dict[str, Any] = {
+        "client_options": ClientOptions(api_endpoint=options.endpoint),
+        "transport": options.transport,
+    }
     if options.credentials == "anonymous":
         from google.auth.credentials import AnonymousCredentials
 

@@ -47,8 +47,15 @@ from mlpipe_vertex.naming import (
 )
 from mlpipe_vertex.options import VertexOptions
 
-__all__ = ["RUN_ID_PLACEHOLDER", "VertexPlan", "build_spec", "check_arguments", "job_request", "vertex_plan",
-           "write_vertex_spec"]
+__all__ = [
+    "RUN_ID_PLACEHOLDER",
+    "VertexPlan",
+    "build_spec",
+    "check_arguments",
+    "job_request",
+    "vertex_plan",
+    "write_vertex_spec",
+]
 
 RUN_ID_PLACEHOLDER = "{{$.pipeline_job_name}}"
 KFP_RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"
@@ -77,39 +84,49 @@ def _check_resources(ir: PipelineIR) -> dict[str, tuple[str, int]]:
     for spec in ir.steps:
         res = spec.resources
         if res.get("instance_type"):
-            raise _refuse(spec.name, "resources.instance_type",
-                          f"instance_type={res['instance_type']!r}: Vertex Pipelines chooses the machine type from "
-                          "the cpu, memory and accelerator limits of a task, so give those instead (a fixed machine "
-                          "type needs a custom training job, which mlpipe-vertex does not emit)")
+            raise _refuse(
+                spec.name,
+                "resources.instance_type",
+                f"instance_type={res['instance_type']!r}: Vertex Pipelines chooses the machine type from "
+                "the cpu, memory and accelerator limits of a task, so give those instead (a fixed machine "
+                "type needs a custom training job, which mlpipe-vertex does not emit)",
+            )
         if res.get("cpu") is not None and float(res["cpu"]) > MAX_CPU:
-            raise _refuse(spec.name, "resources.cpu",
-                          f"cpu={res['cpu']:g} is more than the {MAX_CPU:g} vCPUs of the largest machine "
-                          "Vertex Pipelines runs a task on")
+            raise _refuse(
+                spec.name,
+                "resources.cpu",
+                f"cpu={res['cpu']:g} is more than the {MAX_CPU:g} vCPUs of the largest machine "
+                "Vertex Pipelines runs a task on",
+            )
         if res.get("memory"):
             size = memory_bytes(str(res["memory"]))
             if size > MAX_MEMORY_BYTES:
-                raise _refuse(spec.name, "resources.memory",
-                              f"memory={res['memory']!r} ({size / 1e9:.0f} GB) is more than the "
-                              f"{MAX_MEMORY_BYTES // 10**9} GB of the largest machine Vertex Pipelines runs a task on")
+                raise _refuse(
+                    spec.name,
+                    "resources.memory",
+                    f"memory={res['memory']!r} ({size / 1e9:.0f} GB) is more than the "
+                    f"{MAX_MEMORY_BYTES // 10**9} GB of the largest machine Vertex Pipelines runs a task on",
+                )
         if res.get("gpu"):
             kind = accelerator_type(spec.name, res.get("accelerator"), DEFAULT_ACCELERATOR)
             count = int(res["gpu"])
             most = MAX_ACCELERATORS.get(kind, DEFAULT_MAX_ACCELERATORS)
             if count > most:
-                raise _refuse(spec.name, "resources.gpu",
-                              f"gpu={count}: no Vertex machine has more than {most} {kind}")
+                raise _refuse(spec.name, "resources.gpu", f"gpu={count}: no Vertex machine has more than {most} {kind}")
             out[spec.name] = (kind, count)
     return out
 
 
 def kubeflow_options(options: VertexOptions) -> KubeflowOptions:
     """The Kubeflow options the shared compiler needs: per-task caching, env, the parameter budget."""
-    return KubeflowOptions(caching=options.caching, env=dict(options.env),
-                           max_parameter_bytes=options.max_parameter_bytes)
+    return KubeflowOptions(
+        caching=options.caching, env=dict(options.env), max_parameter_bytes=options.max_parameter_bytes
+    )
 
 
-def vertex_plan(ir: PipelineIR, options: VertexOptions, *, store: str, ir_digest: str, image: str | None = None,
-                cache: bool = True) -> VertexPlan:
+def vertex_plan(
+    ir: PipelineIR, options: VertexOptions, *, store: str, ir_digest: str, image: str | None = None, cache: bool = True
+) -> VertexPlan:
     """Decide and check everything the Vertex spec will say.
 
     Raises:
@@ -134,8 +151,9 @@ def build_spec(vplan: VertexPlan) -> dict[str, Any]:
     """The pipeline spec (the ``pipelineSpec`` of a PipelineJob) as a dict."""
     spec, platform = spec_documents(vplan.kfp)
     if platform is not None:  # Kubernetes platform settings; Vertex has no use for them
-        raise UnsupportedFeatureError("vertex: the compiled spec carries Kubernetes platform settings",
-                                      backend=BACKEND, option="platforms")
+        raise UnsupportedFeatureError(
+            "vertex: the compiled spec carries Kubernetes platform settings", backend=BACKEND, option="platforms"
+        )
     tasks = spec["root"]["dag"]["tasks"]
     for task in vplan.kfp.tasks:
         container = _executor(spec, task.name)
@@ -149,15 +167,21 @@ def build_spec(vplan: VertexPlan) -> dict[str, Any]:
                 resources.pop(key, None)
             if task.name in vplan.accelerators:
                 kind, count = vplan.accelerators[task.name]
-                resources["accelerator"] = {"count": str(count), "resourceCount": str(count),
-                                            "resourceType": kind, "type": kind}
+                resources["accelerator"] = {
+                    "count": str(count),
+                    "resourceCount": str(count),
+                    "resourceType": kind,
+                    "type": kind,
+                }
         run_id = tasks[task.name]["inputs"]["parameters"][RUN_ID_INPUT]["runtimeValue"]
         if run_id.get("constant") != KFP_RUN_ID_PLACEHOLDER:  # the Kubeflow compiler changed its wiring
-            raise UnsupportedFeatureError(f"vertex: unexpected run id input {run_id!r} in task {task.name!r}",
-                                          backend=BACKEND, option="run_id")
+            raise UnsupportedFeatureError(
+                f"vertex: unexpected run id input {run_id!r} in task {task.name!r}", backend=BACKEND, option="run_id"
+            )
         run_id["constant"] = RUN_ID_PLACEHOLDER
     spec["pipelineInfo"]["description"] = (
-        f"mlpipe pipeline {vplan.kfp.display_name!r} for Vertex AI: every task runs python -m mlpipe.runtime")
+        f"mlpipe pipeline {vplan.kfp.display_name!r} for Vertex AI: every task runs python -m mlpipe.runtime"
+    )
     return spec
 
 
@@ -205,24 +229,34 @@ def check_arguments(pipeline: str, spec: Mapping[str, Any], arguments: Mapping[s
     declared: dict[str, Any] = spec["root"].get("inputDefinitions", {}).get("parameters", {})
     unknown = sorted(set(arguments) - set(declared))
     if unknown:
-        raise ParameterError(f"pipeline {pipeline!r}: parameter(s) {unknown} are not inputs of the Vertex spec "
-                             f"(inputs: {sorted(declared)})", pipeline=pipeline, argument=unknown[0])
+        raise ParameterError(
+            f"pipeline {pipeline!r}: parameter(s) {unknown} are not inputs of the Vertex spec "
+            f"(inputs: {sorted(declared)})",
+            pipeline=pipeline,
+            argument=unknown[0],
+        )
     for name, definition in declared.items():
         if name not in arguments:
             if not definition.get("isOptional"):
-                raise ParameterError(f"pipeline {pipeline!r}: parameter {name!r} is required",
-                                     pipeline=pipeline, argument=name)
+                raise ParameterError(
+                    f"pipeline {pipeline!r}: parameter {name!r} is required", pipeline=pipeline, argument=name
+                )
             continue
         kind, value = definition.get("parameterType", ""), arguments[name]
         if not _kind_ok(kind, value):
             raise ParameterError(
                 f"pipeline {pipeline!r}: parameter {name!r} is declared {kind} in the Vertex spec, "
-                f"got {type(value).__name__} {value!r}", pipeline=pipeline, argument=name)
+                f"got {type(value).__name__} {value!r}",
+                pipeline=pipeline,
+                argument=name,
+            )
         if _inexact_ints(value):
             raise ParameterError(
                 f"pipeline {pipeline!r}: parameter {name!r} holds an integer beyond ±2**53; Vertex passes "
                 "parameters as doubles and would change it. Pass it as a string",
-                pipeline=pipeline, argument=name)
+                pipeline=pipeline,
+                argument=name,
+            )
 
 
 def job_request(

@@ -36,23 +36,76 @@ _JOB_ID = re.compile(r"^[a-z][-a-z0-9]{0,127}$")
 
 # google-cloud-aiplatform 2.7.0, google/cloud/aiplatform/constants/base.py SUPPORTED_REGIONS, without "global"
 # (a pipeline job runs in one region).
-REGIONS = frozenset({
-    "africa-south1", "asia-east1", "asia-east2", "asia-northeast1", "asia-northeast2", "asia-northeast3",
-    "asia-south1", "asia-south2", "asia-southeast1", "asia-southeast2", "australia-southeast1",
-    "australia-southeast2", "europe-central2", "europe-north1", "europe-north2", "europe-southwest1",
-    "europe-west1", "europe-west2", "europe-west3", "europe-west4", "europe-west6", "europe-west8",
-    "europe-west9", "europe-west12", "me-central1", "me-central2", "me-west1", "northamerica-northeast1",
-    "northamerica-northeast2", "southamerica-east1", "southamerica-west1", "us-central1", "us-east1",
-    "us-east4", "us-east5", "us-east7", "us-south1", "us-west1", "us-west2", "us-west3", "us-west4", "us-west8",
-})
+REGIONS = frozenset(
+    {
+        "africa-south1",
+        "asia-east1",
+        "asia-east2",
+        "asia-northeast1",
+        "asia-northeast2",
+        "asia-northeast3",
+        "asia-south1",
+        "asia-south2",
+        "asia-southeast1",
+        "asia-southeast2",
+        "australia-southeast1",
+        "australia-southeast2",
+        "europe-central2",
+        "europe-north1",
+        "europe-north2",
+        "europe-southwest1",
+        "europe-west1",
+        "europe-west2",
+        "europe-west3",
+        "europe-west4",
+        "europe-west6",
+        "europe-west8",
+        "europe-west9",
+        "europe-west12",
+        "me-central1",
+        "me-central2",
+        "me-west1",
+        "northamerica-northeast1",
+        "northamerica-northeast2",
+        "southamerica-east1",
+        "southamerica-west1",
+        "us-central1",
+        "us-east1",
+        "us-east4",
+        "us-east5",
+        "us-east7",
+        "us-south1",
+        "us-west1",
+        "us-west2",
+        "us-west3",
+        "us-west4",
+        "us-west8",
+    }
+)
 
 # google.cloud.aiplatform_v1.AcceleratorType (2.7.0), without UNSPECIFIED.
-ACCELERATORS = frozenset({
-    "NVIDIA_TESLA_K80", "NVIDIA_TESLA_P100", "NVIDIA_TESLA_V100", "NVIDIA_TESLA_P4", "NVIDIA_TESLA_T4",
-    "NVIDIA_TESLA_A100", "NVIDIA_A100_80GB", "NVIDIA_L4", "NVIDIA_H100_80GB", "NVIDIA_H100_MEGA_80GB",
-    "NVIDIA_H200_141GB", "NVIDIA_B200", "NVIDIA_GB200", "NVIDIA_RTX_PRO_6000",
-    "TPU_V2", "TPU_V3", "TPU_V4_POD", "TPU_V5_LITEPOD",
-})
+ACCELERATORS = frozenset(
+    {
+        "NVIDIA_TESLA_K80",
+        "NVIDIA_TESLA_P100",
+        "NVIDIA_TESLA_V100",
+        "NVIDIA_TESLA_P4",
+        "NVIDIA_TESLA_T4",
+        "NVIDIA_TESLA_A100",
+        "NVIDIA_A100_80GB",
+        "NVIDIA_L4",
+        "NVIDIA_H100_80GB",
+        "NVIDIA_H100_MEGA_80GB",
+        "NVIDIA_H200_141GB",
+        "NVIDIA_B200",
+        "NVIDIA_GB200",
+        "NVIDIA_RTX_PRO_6000",
+        "TPU_V2",
+        "TPU_V3",
+        "TPU_V4_POD",
+        "TPU_V5_LITEPOD",
+    }
+)
 # The largest machines Vertex Pipelines picks from for a container task
 # (cloud.google.com/vertex-ai/docs/pipelines/machine-types): 96 vCPUs, 624 GB;
 # A2 machines carry up to 16 A100s, the other GPU machine families up to 8.
@@ -75,8 +128,10 @@ def check_region(location: str) -> None:
         return
     close = sorted(r for r in REGIONS if r.split("-")[0] == location.split("-", maxsplit=1)[0])[:6]
     hint = f"; {location.split('-', maxsplit=1)[0]}-* regions: {', '.join(close)}" if close else ""
-    raise ValueError(f"{location!r} is not a Vertex AI Pipelines region (a region such as 'us-central1' or "
-                     f"'europe-west4', not a zone or multi-region){hint}")
+    raise ValueError(
+        f"{location!r} is not a Vertex AI Pipelines region (a region such as 'us-central1' or "
+        f"'europe-west4', not a zone or multi-region){hint}"
+    )
 
 
 def _label_chars_ok(text: str) -> bool:
@@ -128,13 +183,15 @@ def job_id(pipeline: str, run_id: str) -> str:
     if not base[:1].isalpha():
         base = f"mlpipe-{base}".rstrip("-")
     room = MAX_JOB_ID - len(run) - 1
-    base = base[:max(room, 0)].rstrip("-")
+    base = base[: max(room, 0)].rstrip("-")
     candidate = f"{base}-{run}" if base else run
     if not _JOB_ID.match(candidate):
         raise UnsupportedFeatureError(
             f"pipeline {pipeline!r}: run id {run_id!r} gives the job id {candidate!r}, which Vertex refuses "
             f"(lower-case letters, digits and '-', starting with a letter, at most {MAX_JOB_ID})",
-            backend=BACKEND, pipeline=pipeline, option="run_id",
+            backend=BACKEND,
+            pipeline=pipeline,
+            option="run_id",
         )
     return candidate
 
@@ -150,7 +207,8 @@ def accelerator_type(step: str, accelerator: str | None, default: str) -> str:
         raise UnsupportedFeatureError(
             f"step {step!r}: accelerator {accelerator or default!r} is not a Vertex accelerator type; "
             f"use one of {', '.join(sorted(ACCELERATORS))} (case and '-'/'_' do not matter)",
-            backend=BACKEND, step=step, option="resources.accelerator",
+            backend=BACKEND,
+            step=step,
+            option="resources.accelerator",
         )
     return name
-

@@ -99,8 +99,10 @@ class VertexOptions(BackendOptions):
     @classmethod
     def _project(cls, value: str | None) -> str | None:
         if value is not None and not _PROJECT.match(value):
-            raise ValueError(f"{value!r} is not a Google Cloud project id (6 to 30 lower-case letters, digits and "
-                             "'-', starting with a letter); use the id, not the display name or number")
+            raise ValueError(
+                f"{value!r} is not a Google Cloud project id (6 to 30 lower-case letters, digits and "
+                "'-', starting with a letter); use the id, not the display name or number"
+            )
         return value
 
     @field_validator("location")
@@ -175,13 +177,17 @@ class VertexOptions(BackendOptions):
         if key is not None:
             match = _KMS_KEY.match(key)
             if not match:
-                raise ValueError(f"encryption_spec_key_name {key!r}: expected "
-                                 "projects/<p>/locations/<l>/keyRings/<ring>/cryptoKeys/<key>")
+                raise ValueError(
+                    f"encryption_spec_key_name {key!r}: expected "
+                    "projects/<p>/locations/<l>/keyRings/<ring>/cryptoKeys/<key>"
+                )
             if match.group(1) != self.location:
-                raise ValueError(f"encryption_spec_key_name is in {match.group(1)!r}, but the jobs run in "
-                                 f"{self.location!r}; Vertex needs the key in the job's region")
+                raise ValueError(
+                    f"encryption_spec_key_name is in {match.group(1)!r}, but the jobs run in "
+                    f"{self.location!r}; Vertex needs the key in the job's region"
+                )
         if self.api_endpoint is not None and self.api_endpoint.startswith("http://") and self.transport != "rest":
-            raise ValueError("an http:// api_endpoint needs transport = \"rest\"")
+            raise ValueError('an http:// api_endpoint needs transport = "rest"')
         return self
 
     @property
