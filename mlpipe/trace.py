@@ -337,24 +337,28 @@ class Trace:
             self.prefix = outer
             self._inlining.pop()
 
+    def _check_handle(self, where: str, value: _Handle, expected: Any, **context: Any) -> None:
+        """A handle passed where ``expected`` is declared: it must be of this pipeline and of a compatible type."""
+        if value.trace is not self:
+            raise GraphError(
+                f"{where}: {value.describe()} belongs to pipeline {value.trace.pipeline!r}; handles cannot "
+                "cross pipelines. Pass the data through a parameter or recompute it in this pipeline",
+                pipeline=self.pipeline,
+                **context,
+            )
+        if not compatible(value.annotation, expected):
+            raise TypeMismatchError(
+                f"{where}: expected {type_name(expected)}, got {type_name(value.annotation)} from "
+                f"{value.describe()}. Change one of the two annotations so they agree",
+                pipeline=self.pipeline,
+                expected=type_name(expected),
+                actual=type_name(value.annotation),
+                **context,
+            )
+
     def _check_nested_argument(self, where: str, value: Any, expected: Any, arg: str) -> None:
         if isinstance(value, _Handle):
-            if value.trace is not self:
-                raise GraphError(
-                    f"{where}, argument {arg!r}: {value.describe()} belongs to pipeline {value.trace.pipeline!r}; "
-                    "handles cannot cross pipelines",
-                    pipeline=self.pipeline,
-                    argument=arg,
-                )
-            if not compatible(value.annotation, expected):
-                raise TypeMismatchError(
-                    f"{where}, argument {arg!r}: expected {type_name(expected)}, got {type_name(value.annotation)} "
-                    f"from {value.describe()}. Change one of the two annotations so they agree",
-                    pipeline=self.pipeline,
-                    argument=arg,
-                    expected=type_name(expected),
-                    actual=type_name(value.annotation),
-                )
+            self._check_handle(f"{where}, argument {arg!r}", value, expected, argument=arg)
             return
         try:
             validate(expected, value)
@@ -515,24 +519,7 @@ class Trace:
                 argument=arg,
             )
         if isinstance(value, _Handle):
-            if value.trace is not self:
-                raise GraphError(
-                    f"{where}: {value.describe()} belongs to pipeline {value.trace.pipeline!r}; handles cannot "
-                    "cross pipelines. Pass the data through a parameter or recompute it in this pipeline",
-                    pipeline=self.pipeline,
-                    step=name,
-                    argument=arg,
-                )
-            if not compatible(value.annotation, expected):
-                raise TypeMismatchError(
-                    f"{where}: expected {type_name(expected)}, got {type_name(value.annotation)} from "
-                    f"{value.describe()}. Change one of the two annotations so they agree",
-                    pipeline=self.pipeline,
-                    step=name,
-                    argument=arg,
-                    expected=type_name(expected),
-                    actual=type_name(value.annotation),
-                )
+            self._check_handle(where, value, expected, step=name, argument=arg)
             return value
         if isinstance(value, tuple) and value and all(isinstance(v, OutputHandle) for v in value):
             raise GraphError(
