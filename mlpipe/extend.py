@@ -11,6 +11,8 @@ may move. What is here is the plugin contract:
 - the store: :class:`ArtifactStore`, :class:`ObjectInfo`, :func:`open_store`;
 - the run record and its lifecycle: :class:`RunRecord` and friends (open a run,
   record a step, skip what a failure blocks, close the run, load it back);
+- fan-out and conditions at run time (:func:`item_specs`, :func:`collect_items`,
+  :func:`items_failed`, :func:`branch_not_taken`), the same on every backend;
 - executing one step exactly as every backend does (:func:`execute_remote_step`,
   the body of ``python -m mlpipe.runtime``), and code shipping (:func:`ship`,
   :func:`resolve_code`);
@@ -32,6 +34,7 @@ from mlpipe.executor import StepExecutor, StepHooks, UpstreamCorrupted
 from mlpipe.ir import CodeRef, InputSpec, OutputRef, ParamSpec, PipelineIR, StepOutput, StepSpec
 from mlpipe.launch import new_run_id
 from mlpipe.launch import resolve as resolve_profile
+from mlpipe.mapping import branch_not_taken, collect_items, item_specs, items_failed
 from mlpipe.materializers import Materializer, register_materializer
 from mlpipe.metadata import open_index
 from mlpipe.records import (
@@ -86,10 +89,14 @@ __all__ = [
     "StoreAttempts",
     "TERMINAL",
     "UpstreamCorrupted",
+    "branch_not_taken",
+    "collect_items",
     "decode_param",
     "execute_remote_step",
     "get_backend",
     "ir_digest",
+    "item_specs",
+    "items_failed",
     "join_run",
     "load_ir",
     "load_step_records",

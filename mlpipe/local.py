@@ -25,13 +25,12 @@ from typing import Any
 from pydantic import Field
 
 from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
-from mlpipe.cache import lookup, write_entry
 from mlpipe.code import resolve as resolve_code
 from mlpipe.errors import BackendError, CorruptObjectError, MlpipeError, ObjectNotFoundError
 from mlpipe.executor import StepExecutor, UpstreamCorrupted
 from mlpipe.fingerprint import fingerprint
-from mlpipe.hashing import digest_json, json_safe
-from mlpipe.ir import InputSpec, PipelineIR, StepSpec
+from mlpipe.ir import PipelineIR, StepSpec
+from mlpipe.mapping import branch_not_taken, collect_items, item_specs, items_failed
 from mlpipe.metadata import open_index
 from mlpipe.progress import REPORTER, Reporter
 from mlpipe.provenance import provenance
@@ -274,24 +273,22 @@ class _LocalRun:
             self.specs[name], self.fns[name], self.params, self.produced, self.memory, force, self.packages[name]
         )
 
+    def _value(self, step: str, output: str) -> Any:
+        info = self.produced[(step, output)]
+        return self.memory[info.digest] if info.digest in self.memory else self.store.get_value(info.digest, info=info)
+
     def _branch_not_taken(self, name: str) -> StepOutcome | None:
         """The skipped outcome of a step whose ``mp.when`` condition is false (recorded), or None."""
         spec = self.specs[name]
-        for condition in spec.when:
-            info = self.produced[(condition.step, condition.output)]
-            value = (
-                self.memory[info.digest] if info.digest in self.memory else self.store.get_value(info.digest, info=info)
-            )
-            if not condition.holds(value):
-                outcome = StepOutcome.ended_now(
-                    name, "skipped", f"skipped: branch not taken (condition {condition.describe()} is false)"
-                )
-                outcome.branch_not_taken = True
-                self.record.record_outcome(self.ir.name, spec, outcome)
-                if self.executor.hooks is not None:
-                    self.executor.hooks.step_done(spec, outcome)
-                return outcome
-        return None
+        reason = branch_not_taken(spec, self._value)
+        if reason is None:
+            return None
+        outcome = StepOutcome.ended_now(name, "skipped", reason)
+        outcome.branch_not_taken = True
+        self.record.record_outcome(self.ir.name, spec, outcome)
+        if self.executor.hooks is not None:
+            self.executor.hooks.step_done(spec, outcome)
+        return outcome
 
     def _run(self, name: str) -> StepOutcome:
         if self.specs[name].when:
@@ -314,69 +311,11 @@ class _LocalRun:
                     return repaired
         raise BackendError(f"step {name!r}: inputs stayed corrupted after {_MAX_REPAIRS} repairs", step=name)
 
-    def _item_specs(self, spec: StepSpec) -> list[StepSpec] | str:
-        """One spec per item of a mapped step (``name[i]``), or the reason there cannot be."""
-        lists: dict[str, list[Any]] = {}
-        producers: set[str] = set()
-        for inp in spec.inputs:
-            if inp.name not in spec.map_over:
-                continue
-            if inp.source == "param":
-                lists[inp.name] = list(self.params[inp.param or ""])
-            elif inp.source == "const":
-                lists[inp.name] = list(inp.value)
-            elif self.specs[inp.step or ""].map_over:  # item i of a mapped producer: its own stored object
-                lists[inp.name] = self.items[inp.step or ""]
-                producers.add(inp.name)
-            else:
-                info = self.produced[(inp.step or "", inp.output or "")]
-                value = (
-                    self.memory[info.digest]
-                    if info.digest in self.memory
-                    else self.store.get_value(info.digest, info=info)
-                )
-                lists[inp.name] = list(value)
-        lengths = {arg: len(items) for arg, items in lists.items()}
-        if len(set(lengths.values())) > 1:
-            sizes = ", ".join(f"{arg}: {n}" for arg, n in lengths.items())
-            return f"mismatched map lengths ({sizes}); mapped lists are zipped, so they need one length"
-        count = next(iter(lengths.values()))
-        items: list[StepSpec] = []
-        for i in range(count):
-            inputs: list[InputSpec] = []
-            upstream = [u for u in spec.upstream if not self.specs[u].map_over]
-            for inp in spec.inputs:
-                if inp.name in producers:
-                    item_step = lists[inp.name][i]
-                    inputs.append(inp.model_copy(update={"step": item_step}))
-                    upstream.append(item_step)
-                elif inp.name in lists:
-                    value = lists[inp.name][i]
-                    if not json_safe(value):
-                        return (
-                            f"item {i} of the mapped argument {inp.name!r} is not a JSON value "
-                            f"({type(value).__name__}); map over a step's mapped output instead"
-                        )
-                    inputs.append(inp.model_copy(update={"source": "const", "value": value, "param": None}))
-                else:
-                    inputs.append(inp)
-            items.append(
-                spec.model_copy(
-                    update={
-                        "name": f"{spec.name}[{i}]",
-                        "inputs": tuple(inputs),
-                        "map_over": (),
-                        "upstream": tuple(upstream),
-                    }
-                )
-            )
-        return items
-
     def _run_map(self, name: str) -> StepOutcome:
         """Run every item of a mapped step (in parallel, each cached by its own key) and collect their outputs."""
         spec = self.specs[name]
         started = time.time()
-        items = self._item_specs(spec)
+        items = item_specs(spec, self.specs, self.params, self._value, self.items)
         if isinstance(items, str):
             error = f"step {name!r}: {items}"
             outcome = StepOutcome(name, "failed", started=started, ended=time.time(), error=error)
@@ -402,7 +341,7 @@ class _LocalRun:
                 self.produced[(o.name, out_name)] = info
         failed = [o for o in outcomes if o.status != "succeeded"]
         if failed:
-            error = f"{len(failed)} of {len(outcomes)} items failed; {failed[0].name}: {failed[0].error}"
+            error = items_failed([(o.name, o.error) for o in failed], len(outcomes))
             outcome = StepOutcome(name, "failed", started=started, ended=time.time(), error=error)
         else:
             outcome = self._collect(name, spec, outcomes, started)
@@ -411,20 +350,16 @@ class _LocalRun:
 
     def _collect(self, name: str, spec: StepSpec, outcomes: list[StepOutcome], started: float) -> StepOutcome:
         """The mapped step's output: the list of its items' outputs, stored once per distinct list of items."""
-        key = digest_json(["mlpipe.map", spec.name, [o.outputs["output"].digest for o in outcomes]])
-        entry = lookup(self.store, key)
-        if entry is not None:  # the same items as before: the stored list, without loading every item
-            collected = ObjectInfo(**entry.outputs["output"])
-        else:
-            returns = typing.get_type_hints(self.fns[name]).get("return", Any)
-            values = [
-                o.values[o.outputs["output"].digest]
-                if o.outputs["output"].digest in o.values
-                else self.store.get_value(o.outputs["output"].digest, returns, info=o.outputs["output"])
-                for o in outcomes
-            ]
-            collected = self.store.put_value(values)
-            write_entry(self.store, key, self.ir.name, name, self.record.run_id, {"output": collected.to_dict()}, {})
+        returns = typing.get_type_hints(self.fns[name]).get("return", Any)
+        values = {d: v for o in outcomes for d, v in o.values.items()}
+
+        def read(info: ObjectInfo) -> Any:
+            if info.digest in values:
+                return values[info.digest]
+            return self.store.get_value(info.digest, returns, info=info)
+
+        outputs = [o.outputs["output"] for o in outcomes]
+        collected = collect_items(self.store, self.ir.name, spec, self.record.run_id, outputs, read)
         return StepOutcome(
             name,
             "succeeded",

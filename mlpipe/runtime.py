@@ -142,8 +142,13 @@ def execute_remote_step(
     *,
     backend: str = "remote",
     cache: bool = True,
+    item: StepSpec | None = None,
 ) -> Any:
-    """Run one step of a run as a remote task does. Returns the :class:`StepOutcome`."""
+    """Run one step of a run as a remote task does. Returns the :class:`StepOutcome`.
+
+    ``item``: one item of the mapped step ``step`` (``<step>[i]``, from
+    :func:`mlpipe.mapping.item_specs`), run and recorded under its own name.
+    """
     from mlpipe.code import resolve, verify
     from mlpipe.executor import StepExecutor, UpstreamCorrupted
     from mlpipe.fingerprint import fingerprint
@@ -156,6 +161,8 @@ def execute_remote_step(
             argument="step",
         )
     spec = ir.step(step)
+    if item is not None and (not spec.map_over or not item.name.startswith(f"{step}[")):
+        raise ParameterError(f"{item.name!r} is not an item of the mapped step {step!r}", argument="step")
     declared = {p.name: p for p in ir.params}
     unknown = sorted(set(raw_params) - set(declared))
     if unknown:
@@ -174,7 +181,7 @@ def execute_remote_step(
         record,
         ir.name,
         use_cache=cache,
-        attempts=StoreAttempts(store, run_id, step),
+        attempts=StoreAttempts(store, run_id, item.name if item is not None else step),
         hooks=join_run(store, run_id, ir),  # the run's parent run in the tracking server, if any
     )
 
@@ -194,7 +201,7 @@ def execute_remote_step(
                 raise StepFailedError(f"repairing step {bad.step!r} failed: {repaired.error}", step=bad.step) from None
             return run(target, force, depth + 1)
 
-    return run(spec, False)
+    return run(item if item is not None else spec, False)
 
 
 def _as_declared(spec: StepSpec, fn: Any, params: dict[str, Any]) -> dict[str, Any]:

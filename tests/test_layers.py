@@ -50,7 +50,7 @@ LAYERS = {
         "mlpipe.records",
         "mlpipe.staging",
     ],
-    "execution": ["mlpipe.executor", "mlpipe.tracking", "mlpipe.run", "mlpipe.runtime"],
+    "execution": ["mlpipe.executor", "mlpipe.mapping", "mlpipe.tracking", "mlpipe.run", "mlpipe.runtime"],
     "contract": ["mlpipe.backend"],
     "drivers": ["mlpipe.local", "mlpipe.launch"],
     "plugins": ["mlpipe.extend"],

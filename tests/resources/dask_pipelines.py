@@ -90,3 +90,57 @@ def chain(seconds: float = 1.0) -> int:
     a = pause(seconds, 1)
     b = pause.with_options(name="pause_2")(seconds, a)
     return pause.with_options(name="pause_3")(seconds, b)
+
+
+@mp.step
+def rates(n: int) -> list[float]:
+    return [0.5 * i for i in range(n)]
+
+
+@mp.step
+def train(lr: float, epochs: int, seconds: float) -> float:
+    """One item of a sweep (its attempt marker names the worker that ran it)."""
+    time.sleep(seconds)
+    return lr * epochs
+
+
+@mp.step
+def doubled(score: float) -> float:
+    return score * 2
+
+
+@mp.step
+def invert(x: float) -> float:
+    return 1 / x
+
+
+@mp.step
+def best(scores: list[float]) -> float:
+    return max(scores)
+
+
+@mp.pipeline(name="dask-sweep")
+def sweep(n: int = 4, epochs: int = 10, seconds: float = 0.0) -> float:
+    """A 1 -> n -> n -> 1 fan-out: train[i] per rate, doubled[i] per score, then the best."""
+    scores = train.map(lr=rates(n), epochs=mp.unmapped(epochs), seconds=mp.unmapped(seconds))
+    return best(doubled.map(score=scores))
+
+
+@mp.pipeline(name="dask-inverse")
+def inverse(values: list[float] = [1.0, 0.0]) -> float:
+    return best(invert.map(x=values))
+
+
+@mp.pipeline(name="dask-uneven")
+def uneven(n: int = 3) -> float:
+    return best(train.map(lr=rates(n), epochs=[1, 2], seconds=mp.unmapped(0.0)))
+
+
+@mp.pipeline(name="dask-branch-map")
+def branch_map(n: int = 3) -> float:
+    """A mapped step inside `mp.when`: skipped, branch not taken, when there are no more than 3 rates."""
+    values = rates(n)
+    top = best(values)
+    with mp.when(top > 1.0):
+        best.with_options(name="best_scores")(doubled.map(score=values))
+    return top

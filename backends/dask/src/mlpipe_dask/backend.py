@@ -68,7 +68,9 @@ class DaskBackend(Backend):
     """
 
     name = "dask"
-    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, gates=True)
+    capabilities = Capabilities(
+        parallel=True, resources=True, retries=True, timeouts=True, gates=True, conditions=True, map=True
+    )
     Options = DaskOptions
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:

@@ -32,16 +32,23 @@ from mlpipe.errors import MlpipeError
 from mlpipe.extend import (
     TERMINAL,
     ArtifactStore,
+    ObjectInfo,
     PipelineIR,
     RunRecord,
     RunState,
     StepOutcome,
     StepSpec,
+    branch_not_taken,
+    collect_items,
+    decode_param,
     execute_remote_step,
+    item_specs,
+    items_failed,
     load_ir,
     load_step_records,
     memory_bytes,
     open_store,
+    resolve_code,
     run_path,
     skip_reason,
     track_skipped,
@@ -53,10 +60,12 @@ if TYPE_CHECKING:
 __all__ = [
     "CANCEL_CHECK_SECONDS",
     "cancel_marker",
+    "collect_map",
     "drive",
     "driver_key",
     "end_marker",
     "probe",
+    "run_item",
     "run_step",
     "step_key",
     "task_resources",
@@ -141,25 +150,62 @@ def probe(url: str, storage_options: dict[str, Any], rel: str) -> dict[str, Any]
     return {**where, "error": None}
 
 
+def _record(store: ArtifactStore, run_id: str, step: str) -> dict[str, Any]:
+    rel = run_path(run_id, "steps", f"{step}.json")
+    return store.get_json(rel) if store.has(rel) else {}
+
+
+def _value_of(store: ArtifactStore, run_id: str) -> Any:
+    """Reads an upstream step's output from its record and the store (what ``mp.when`` and ``map`` need)."""
+
+    def value_of(step: str, output: str) -> Any:
+        info = ObjectInfo(**_record(store, run_id, step)["outputs"][output])
+        return store.get_value(info.digest, info=info)
+
+    return value_of
+
+
+def _blocked(ir: PipelineIR, upstream: dict[str, dict[str, Any]] | None) -> tuple[str, bool] | None:
+    """The reason a step is skipped because an upstream step did not succeed, and whether it is a branch not taken."""
+    for name, result in (upstream or {}).items():
+        if result.get("status") != "succeeded":
+            if result["status"] == "skipped":
+                return str(result["error"]), bool(result.get("branch"))
+            return skip_reason(ir.step(name), result["error"]), False
+    return None
+
+
+def _skipped(
+    store: ArtifactStore, ir: PipelineIR, task: dict[str, Any], reason: str, branch: bool, started: float
+) -> dict[str, Any]:
+    outcome = StepOutcome(task["step"], "skipped", started=started, ended=time.time(), error=reason)
+    outcome.branch_not_taken = branch
+    RunRecord.load(store, task["run_id"]).record_outcome(ir.name, ir.step(task["step"]), outcome)
+    return {"status": "skipped", "error": reason, "branch": branch, "recorded": True, "started": started}
+
+
 def run_step(task: dict[str, Any], upstream: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Run one step of a run on this worker; return its status (the record is in the store).
 
     ``upstream`` holds the results of the step's upstream tasks (Dask passes
     them in when they finish: a few words each, never data). When one did not
     succeed, the step is recorded ``skipped`` with the reason the local backend
-    gives, naming the step that failed.
+    gives, naming the step that failed (or, after a branch not taken, that
+    branch's reason: a skip that does not fail the run). A step under
+    ``mp.when`` whose condition is false is skipped, branch not taken.
     """
     started = time.time()
     store = _store(task["store"], task["storage_options"])
     try:
         ir = _ir(store, task["ir"])
-        blocked = [(name, r) for name, r in (upstream or {}).items() if r.get("status") != "succeeded"]
-        if blocked:
-            name, result = blocked[0]
-            reason = result["error"] if result["status"] == "skipped" else skip_reason(ir.step(name), result["error"])
-            outcome = StepOutcome(task["step"], "skipped", started=started, ended=time.time(), error=reason)
-            RunRecord.load(store, task["run_id"]).record_outcome(ir.name, ir.step(task["step"]), outcome)
-            return {"status": "skipped", "error": reason, "recorded": True, "started": started}
+        blocked = _blocked(ir, upstream)
+        if blocked is not None:
+            return _skipped(store, ir, task, blocked[0], blocked[1], started)
+        spec = ir.step(task["step"])
+        if spec.when:
+            reason = branch_not_taken(spec, _value_of(store, task["run_id"]))
+            if reason is not None:
+                return _skipped(store, ir, task, reason, True, started)
         outcome = execute_remote_step(
             store,
             ir,
@@ -178,6 +224,73 @@ def run_step(task: dict[str, Any], upstream: dict[str, dict[str, Any]] | None = 
         "error": outcome.error,
         "recorded": True,
         "started": started,
+    }
+
+
+def run_item(task: dict[str, Any], item: StepSpec) -> dict[str, Any]:
+    """Run one item (``<step>[i]``) of a mapped step on this worker, cached by its own key as locally."""
+    started = time.time()
+    store = _store(task["store"], task["storage_options"])
+    ir = _ir(store, task["ir"])
+    try:
+        outcome = execute_remote_step(
+            store,
+            ir,
+            task["ir"],
+            task["run_id"],
+            task["step"],
+            task["params"],
+            backend="dask",
+            cache=task["cache"],
+            item=item,
+        )
+    except MlpipeError as exc:
+        error = str(exc)
+        failed = StepOutcome(item.name, "failed", started=started, ended=time.time(), error=error)
+        RunRecord.load(store, task["run_id"]).record_outcome(ir.name, item, failed)
+        return {"name": item.name, "status": "failed", "error": error, "cached": False, "outputs": {}}
+    outputs = {name: info.to_dict() for name, info in outcome.outputs.items()}
+    return {
+        "name": item.name,
+        "status": outcome.status,
+        "error": outcome.error,
+        "cached": outcome.cached,
+        "outputs": outputs,
+    }
+
+
+def collect_map(task: dict[str, Any], items: list[dict[str, Any]], started: float) -> dict[str, Any]:
+    """The fan-in of a mapped step: record it with the list of its items' outputs (or its items' failure)."""
+    import typing
+
+    store = _store(task["store"], task["storage_options"])
+    ir = _ir(store, task["ir"])
+    spec = ir.step(task["step"])
+    names = [r["name"] for r in items]
+    failed = [(r["name"], r["error"]) for r in items if r["status"] != "succeeded"]
+    if failed:
+        error = items_failed(failed, len(items))
+        outcome = StepOutcome(spec.name, "failed", started=started, ended=time.time(), error=error)
+    else:
+        returns = typing.get_type_hints(resolve_code(spec, store)).get("return", Any)
+
+        def read(info: ObjectInfo) -> Any:
+            return store.get_value(info.digest, returns, info=info)
+
+        outputs = [ObjectInfo(**r["outputs"]["output"]) for r in items]
+        collected = collect_items(store, ir.name, spec, task["run_id"], outputs, read)
+        cached = bool(items) and all(r["cached"] for r in items)
+        outcome = StepOutcome(
+            spec.name, "succeeded", cached=cached, outputs={"output": collected}, started=started, ended=time.time()
+        )
+    RunRecord.load(store, task["run_id"]).record_outcome(ir.name, spec, outcome, {"map": {"items": names}})
+    return {
+        "status": outcome.status,
+        "cached": outcome.cached,
+        "error": outcome.error,
+        "recorded": True,
+        "started": started,
+        "items": names,
     }
 
 
@@ -204,6 +317,8 @@ class _Driver:
         self.done: queue.SimpleQueue[Future] = queue.SimpleQueue()
         self.records = RunRecord.load(store, self.run_id)
         self.skipped: list[StepOutcome] = []
+        self.items: dict[str, list[str]] = {}  # mapped step -> its items' names, in order
+        self.branch: set[str] = set()  # steps skipped because their branch was not taken (not a failure)
         self.cancelled = False
         self._checked = time.monotonic()
 
@@ -226,6 +341,11 @@ class _Driver:
                 self.states[name] = str(record["status"])
                 if record.get("error"):
                     self.errors[name] = str(record["error"])
+                if record.get("branch") == "not taken":
+                    self.branch.add(name)
+                items = (record.get("components") or {}).get("map", {}).get("items")
+                if items is not None:
+                    self.items[name] = list(items)
         for spec in self.ir.steps:
             if self.states.get(spec.name) == "failed":
                 self._skip_after(spec.name)
@@ -273,7 +393,7 @@ class _Driver:
         several (a fan-out) are submitted here once it is done, so Dask spreads
         them over the workers.
         """
-        return all(len(self.downstream[up]) == 1 for up in spec.upstream)
+        return not spec.map_over and all(len(self.downstream[up]) == 1 for up in spec.upstream)
 
     def _submit_ready(self) -> None:
         submitted = []
@@ -295,20 +415,57 @@ class _Driver:
                 "params": self.ref["params"],
                 "cache": self.ref["cache"],
             }
-            upstream = {
-                up: self.running.get(up) or {"status": self.states[up], "error": self.errors.get(up)}
-                for up in spec.upstream
-            }
             key = step_key(self.run_id, name)
-            future = self.client.submit(
-                run_step, task, upstream, key=key, resources=task_resources(spec) or None, pure=False
-            )
+            if spec.map_over and all(self.states[up] == "succeeded" for up in spec.upstream):
+                future = self._fan_out(spec, task, key)
+                if future is None:  # decided here: a branch not taken, or items that cannot be built
+                    continue
+            else:
+                upstream = {
+                    up: self.running.get(up)
+                    or {"status": self.states[up], "error": self.errors.get(up), "branch": up in self.branch}
+                    for up in spec.upstream
+                }
+                future = self.client.submit(
+                    run_step, task, upstream, key=key, resources=task_resources(spec) or None, pure=False
+                )
             self.names[key] = name
             self.running[name] = future
             submitted.append(future)
         for future in submitted:
             if self._watched(self.specs[self.names[future.key]]):
                 future.add_done_callback(self.done.put)
+
+    def _fan_out(self, spec: StepSpec, task: dict[str, Any], key: str) -> Future | None:
+        """Submit one task per item of a mapped step, and its fan-in; None when the step ends here.
+
+        The items are built as the local backend builds them (same names, same
+        cache keys), from the upstream outputs in the store; each item is a
+        task Dask places on any worker, and the fan-in task waits for them all.
+        """
+        started = time.time()
+        value_of = _value_of(self.store, self.run_id)
+        reason = branch_not_taken(spec, value_of) if spec.when else None
+        items: list[StepSpec] | str = []
+        if reason is None:
+            items = item_specs(spec, self.specs, _decoded(self.ir, spec, self.ref["params"]), value_of, self.items)
+        if reason is not None or isinstance(items, str):
+            status = "skipped" if reason is not None else "failed"
+            error = reason if reason is not None else f"step {spec.name!r}: {items}"
+            outcome = StepOutcome(spec.name, status, started=started, ended=time.time(), error=error)
+            outcome.branch_not_taken = reason is not None
+            self.records.record_outcome(self.ir.name, spec, outcome)
+            self.states[spec.name], self.errors[spec.name] = status, error
+            if reason is not None:
+                self.branch.add(spec.name)
+                self.skipped.append(outcome)
+            return None
+        resources = task_resources(spec) or None
+        futures = [
+            self.client.submit(run_item, task, item, key=f"{key}-{i}", resources=resources, pure=False)
+            for i, item in enumerate(items)
+        ]
+        return self.client.submit(collect_map, task, futures, started, key=key, pure=False)
 
     def _collect(self) -> None:
         """Record the outcome of every finished task: one gather for all results, upstream steps first."""
@@ -339,6 +496,10 @@ class _Driver:
             self.records.record_outcome(self.ir.name, spec, outcome)
         if status == "skipped":
             self.skipped.append(outcome)
+            if result.get("branch"):
+                self.branch.add(name)
+        if result.get("items") is not None:
+            self.items[name] = list(result["items"])
         self.states[name] = status
         if result.get("error"):
             self.errors[name] = str(result["error"])
@@ -366,14 +527,23 @@ class _Driver:
         status: RunState = "succeeded"
         if self.cancelled:
             status = "cancelled"
-        elif any(self.states.get(name) != "succeeded" for name in self.specs):
+        elif any(self.states.get(name) != "succeeded" and name not in self.branch for name in self.specs):
             status = "failed"
         self.records.reload()
+        if self.items:  # items are listed after their mapped step, as on the local backend
+            order = self.records.doc.get("order") or []
+            self.records.doc["order"] = [n for name in order for n in (name, *self.items.get(name, ()))]
         doc = self.records.close(status)
         # Written once, never rewritten: the launcher saves the run's handle into run.json (another process,
         # so RunRecord's lock cannot order the two) and its read-modify-write could put back "running".
         self.store.put_json(end_marker(self.run_id), {k: doc.get(k) for k in ("status", "ended", "error")})
         return status
+
+
+def _decoded(ir: PipelineIR, spec: StepSpec, raw: dict[str, str]) -> dict[str, Any]:
+    """The pipeline parameters a mapped step maps over, decoded from the runtime's text."""
+    names = {inp.param for inp in spec.inputs if inp.source == "param" and inp.name in spec.map_over}
+    return {p.name: decode_param(p, raw[p.name]) if p.name in raw else p.default for p in ir.params if p.name in names}
 
 
 def _task_error(step: str, exc: BaseException) -> str:
