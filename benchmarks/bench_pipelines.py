@@ -87,3 +87,30 @@ def write_steps_module(directory: Path, n: int, name: str) -> Path:
     path = directory / f"{name}.py"
     path.write_text("\n".join(lines))
     return path
+
+
+@mp.step
+def numbers(start: int, n: int) -> list[int]:
+    return list(range(start, start + n))
+
+
+@mp.step
+def bump(x: int) -> int:
+    return x + 1
+
+
+@mp.step
+def total(xs: list[int]) -> int:
+    return sum(xs)
+
+
+@mp.pipeline
+def mapped(start: int = 0, n: int = 10) -> int:
+    """``n`` items, one ``bump`` run per item, summed: what a map costs per item."""
+    return total(bump.map(x=numbers(start, n)))
+
+
+@mp.pipeline
+def unmapped(start: int = 0, n: int = 10) -> int:
+    """The same list summed without the map: the baseline ``mapped`` is measured against."""
+    return total(numbers(start, n))
