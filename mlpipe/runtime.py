@@ -12,7 +12,16 @@ The orchestrator only orders tasks; data never passes through it.
 Usage::
 
     python -m mlpipe.runtime --store URL --ir DIGEST --run-id ID --step NAME \
-        [--param name=value ...] [--backend NAME] [--no-cache | --cache true|false] [--output-file PATH]
+        [--engine-run-id ID] [--param name=value ...] [--backend NAME] [--no-cache | --cache true|false]
+        [--output-file PATH]
+
+``--run-id`` is mlpipe's run id, passed by ``mlpipe submit`` as a run
+parameter. A run started from an engine's UI or schedule leaves that
+parameter at its default, an engine placeholder such as
+``{{$.pipeline_job_uuid}}`` that no engine resolves inside a default; the run
+id is then ``--engine-run-id``, which the engine resolves (KFP >= 2.5,
+Vertex). An id that is still a placeholder there is refused: every such run
+would share one record folder and one retry counter.
 
 Exit status: 0 when the step succeeded (computed or served from the cache),
 1 when it failed, 2 when the invocation itself is wrong.
@@ -34,7 +43,7 @@ from mlpipe.ir import ParamSpec, PipelineIR, StepSpec
 from mlpipe.records import RunRecord, check_run_id, load_ir, run_path, write_ir
 from mlpipe.store import ArtifactStore, ObjectInfo, open_store
 
-__all__ = ["StoreAttempts", "decode_param", "execute_remote_step", "load_ir", "main", "write_ir"]
+__all__ = ["StoreAttempts", "choose_run_id", "decode_param", "execute_remote_step", "load_ir", "main", "write_ir"]
 
 
 def decode_param(spec: ParamSpec, raw: str) -> Any:
@@ -72,6 +81,28 @@ def _integral_floats_to_int(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _integral_floats_to_int(v) for k, v in value.items()}
     return value
+
+
+def choose_run_id(run_id: str, engine_run_id: str | None) -> str:
+    """The run id a task records under: ``run_id`` unless it is empty or an unresolved placeholder.
+
+    Raises:
+        ParameterError: neither is a run id (an engine too old to resolve its placeholder).
+    """
+    if run_id and not _placeholder(run_id):
+        return run_id
+    if engine_run_id and not _placeholder(engine_run_id):
+        return engine_run_id
+    raise ParameterError(
+        f"--run-id is {run_id!r} and --engine-run-id {engine_run_id!r}: the engine did not resolve its run id "
+        "placeholder (KFP resolves {{$.pipeline_job_uuid}} from 2.5 on). Start the run with `mlpipe submit`, "
+        "or set the run parameter mlpipe_run_id to a unique id when starting it from the UI",
+        argument="run_id",
+    )
+
+
+def _placeholder(value: str) -> bool:
+    return value.startswith("{{$") and value.endswith("}}")
 
 
 def _upstream(store: ArtifactStore, run_id: str, spec: StepSpec) -> dict[tuple[str, str], ObjectInfo]:
@@ -235,7 +266,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mlpipe.runtime", description="Run one mlpipe step.")
     parser.add_argument("--store", required=True, help="Store URL shared by all tasks")
     parser.add_argument("--ir", required=True, help="Digest of the compiled pipeline in the store")
-    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--run-id", required=True, help="mlpipe's run id; empty or a placeholder: --engine-run-id")
+    parser.add_argument("--engine-run-id", help="The engine's run id, used when --run-id is not set")
     parser.add_argument("--step", required=True)
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--backend", default=os.environ.get("MLPIPE_BACKEND", "remote"))
@@ -259,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         raw[name] = value
     try:
+        args.run_id = choose_run_id(args.run_id, args.engine_run_id)
         store = open_store(args.store)
         ir = load_ir(store, args.ir)
         outcome = execute_remote_step(

@@ -139,6 +139,8 @@ def test_spec_loads_in_kfp_with_graph_params_and_names(training: mp.Pipeline, st
         "n_estimators": ("Integer", 100),
         "test_size": ("Float", 0.25),
         "seed": ("Integer", 0),
+        # mlpipe's run id, set by submit; left at the placeholder, the task records under KFP's run id
+        "mlpipe_run_id": ("String", "{{$.pipeline_job_uuid}}"),
     }
     spec, platform = _spec_documents(path.read_text())
     assert platform is None
@@ -149,8 +151,9 @@ def test_spec_loads_in_kfp_with_graph_params_and_names(training: mp.Pipeline, st
         task = tasks[k8s_name(step.name)]
         assert task["taskInfo"]["name"] == step.name
         assert sorted(task.get("dependentTasks", [])) == sorted(k8s_name(u) for u in step.upstream)
-        run_id = task["inputs"]["parameters"]["mlpipe_run_id"]
-        assert run_id == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+        inputs = task["inputs"]["parameters"]
+        assert inputs["mlpipe_run_id"] == {"componentInputParameter": "mlpipe_run_id"}
+        assert inputs["mlpipe_engine_run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
         assert "enableCache" not in task["cachingOptions"]  # KFP caching off by default
     train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]
     assert train["command"] == ["python", "-m", "mlpipe.runtime"]

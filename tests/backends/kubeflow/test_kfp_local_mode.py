@@ -162,3 +162,21 @@ def test_task_that_dies_before_recording_is_failed_and_dependents_skipped(tmp_pa
     assert "without writing its record" in (run.steps["needs"].error or "")
     assert run.steps["needs_2"].status == "skipped"
     assert "upstream step 'needs'" in (run.steps["needs_2"].error or "")
+
+
+def test_spec_started_without_mlpipe_run_id_records_under_the_engines_run_id(tmp_path: Path) -> None:
+    """A run started from the KFP UI or a schedule: mlpipe_run_id keeps its default, kfp.local resolves its job id."""
+    from mlpipe_kubeflow.compiler import write_spec
+    from mlpipe_kubeflow.local_runner import execute_spec
+
+    store = open_store(str(tmp_path / "store"))
+    backend = KubeflowBackend({"mode": "local"}, image="python:3.11-slim")
+    plan = backend.plan(kp.small.ir, store)
+    spec = write_spec(plan, str(tmp_path / "small.yaml"))
+    assert execute_spec(spec, plan.arguments({"x": 2}), "unused") is None
+    (engine_id,) = store.listdir("runs")  # kfp.local's own job id, one folder for the whole run
+    assert "{" not in engine_id
+    assert {s.status for s in Run.load(store, engine_id).steps.values()} == {"succeeded"}
+    assert execute_spec(spec, plan.arguments({"x": 2}, "given-id"), "given-id") is None
+    assert sorted(store.listdir("runs")) == sorted([engine_id, "given-id"])
+    assert all(s.cached for s in Run.load(store, "given-id").steps.values())

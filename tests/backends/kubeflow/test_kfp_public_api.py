@@ -14,8 +14,9 @@ def test_facade() -> None:
 
 
 def test_modules_export_what_they_own() -> None:
-    assert compiler.__all__ == ["DEFAULT_IMAGE", "RECORD_OUTPUT", "RUN_ID_INPUT", "ParamPlan", "PipelinePlan",
-                                "TaskPlan", "build", "plan", "spec_documents", "spec_header", "write_spec"]
+    assert compiler.__all__ == ["DEFAULT_IMAGE", "ENGINE_RUN_ID_INPUT", "RECORD_OUTPUT", "RUN_ID_INPUT", "ParamPlan",
+                                "PipelinePlan", "TaskPlan", "build", "plan", "spec_documents", "spec_header",
+                                "write_spec"]
     assert yamlout.__all__ == ["dump_all", "dumps"]
     assert local_runner.__all__ == ["container_components_as_subprocess", "execute_spec"]
     assert background.__all__ == ["LOCAL_STOPPED", "LocalRuns", "close_after_engine", "execute_locally",

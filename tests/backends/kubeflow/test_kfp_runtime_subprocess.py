@@ -69,8 +69,12 @@ def resolve_arg(arg: Any, inputs: dict[str, Any], output_file: str) -> str:
     return str(arg)
 
 
-def run_like_kfp(spec_path: Path, arguments: dict[str, Any], work: Path) -> tuple[str, dict[str, int]]:
-    """Run every task of the spec as its container would; returns the KFP job id and each task's exit code."""
+def run_like_kfp(spec_path: Path, arguments: dict[str, Any], work: Path, *, kfp_2_5: bool = True,
+                 stderr: dict[str, str] | None = None) -> tuple[str, dict[str, int]]:
+    """Run every task of the spec as its container would; returns the KFP job id and each task's exit code.
+
+    ``kfp_2_5=False`` plays a server older than 2.5, whose driver passes ``{{$.pipeline_job_uuid}}`` on as text.
+    """
     spec = next(yaml.safe_load_all(spec_path.read_text()))
     job_id = str(uuid.uuid4())
     params = {name: d.get("defaultValue") for name, d in spec["root"]["inputDefinitions"]["parameters"].items()}
@@ -91,7 +95,8 @@ def run_like_kfp(spec_path: Path, arguments: dict[str, Any], work: Path) -> tupl
                 if "componentInputParameter" in source:
                     inputs[key] = params[source["componentInputParameter"]]
                 else:
-                    inputs[key] = source["runtimeValue"]["constant"].replace("{{$.pipeline_job_uuid}}", job_id)
+                    constant = source["runtimeValue"]["constant"]
+                    inputs[key] = constant.replace("{{$.pipeline_job_uuid}}", job_id) if kfp_2_5 else constant
             executor = spec["deploymentSpec"]["executors"][f"exec-{name}"]["container"]
             out_file = str(work / name / "mlpipe_record")
             argv = [resolve_arg(a, inputs, out_file) for a in executor["args"]]
@@ -99,6 +104,8 @@ def run_like_kfp(spec_path: Path, arguments: dict[str, Any], work: Path) -> tupl
             proc = subprocess.run([*command, *argv], cwd=work, env=env, capture_output=True, text=True, timeout=120,
                                   check=False)
             done[name] = proc.returncode
+            if stderr is not None:
+                stderr[name] = proc.stderr
             if proc.returncode == 0:
                 record = json.loads(Path(out_file).read_text())
                 assert record["status"] == "succeeded"
@@ -126,6 +133,38 @@ def test_tasks_run_as_containers_give_the_local_results(store: ArtifactStore, tm
     assert run.output("describe")["flags"] == [3, 4]  # ints again, though KFP carried them as floats
     assert run.backend == "kubeflow"
     assert run.params["label"] == "x y"
+
+
+def test_submitted_run_id_names_the_record_folder_on_any_kfp(store: ArtifactStore, tmp_path: Path) -> None:
+    """mlpipe submit passes its run id as the run parameter mlpipe_run_id: no placeholder needs resolving."""
+    from mlpipe_kubeflow.compiler import write_spec
+
+    plan = KubeflowBackend(image="python:3.11-slim").plan(basic.ir, store)
+    write_spec(plan, str(tmp_path / "basic.yaml"))
+    arguments = plan.arguments(basic.validate_params({"n": 2}), "20261202-run-a")
+    assert arguments["mlpipe_run_id"] == "20261202-run-a"
+    _, codes = run_like_kfp(tmp_path / "basic.yaml", arguments, tmp_path, kfp_2_5=False)
+    assert set(codes.values()) == {0}
+    assert {s.status for s in Run.load(store, "20261202-run-a").steps.values()} == {"succeeded"}
+    assert store.listdir("runs") == ["20261202-run-a"]  # nothing under the KFP job id, nothing under a placeholder
+    # a second run of the same spec gets its own folder and its own retry counters
+    _, codes = run_like_kfp(tmp_path / "basic.yaml", plan.arguments({"n": 2}, "20261202-run-b"), tmp_path,
+                            kfp_2_5=False)
+    assert set(codes.values()) == {0}
+    assert store.listdir("runs") == ["20261202-run-a", "20261202-run-b"]
+
+
+def test_ui_run_on_kfp_older_than_2_5_is_refused_clearly(store: ArtifactStore, tmp_path: Path) -> None:
+    """Started from the UI (no mlpipe_run_id) on a server that copies the placeholder: one clear line, exit 2."""
+    from mlpipe_kubeflow.compiler import write_spec
+
+    write_spec(KubeflowBackend(image="python:3.11-slim").plan(basic.ir, store), str(tmp_path / "basic.yaml"))
+    errors: dict[str, str] = {}
+    _, codes = run_like_kfp(tmp_path / "basic.yaml", {"n": 2}, tmp_path, kfp_2_5=False, stderr=errors)
+    assert codes["make-numbers"] == 2 and codes["summarize"] == -1
+    assert "did not resolve its run id placeholder" in errors["make-numbers"]
+    assert "mlpipe submit" in errors["make-numbers"] and "Traceback" not in errors["make-numbers"]
+    assert store.listdir("runs") == []
 
 
 def test_task_shares_the_cache_with_the_local_backend(store: ArtifactStore, tmp_path: Path) -> None:

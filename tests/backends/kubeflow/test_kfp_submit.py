@@ -62,8 +62,10 @@ def test_submit_sends_spec_params_and_experiment(kfp: FakeKFP) -> None:
     (run_request,) = kfp.posted("/runs")
     body = run_request.body
     assert body["experiment_id"] == "exp-0001"
-    assert body["display_name"] == f"kfp-small-{handle.data['requested_run_id']}"
-    assert body["runtime_config"] == {"parameters": {"x": 5, "scale": [1.0, 2.0]}, "pipeline_root": "s3://bucket/root"}
+    assert body["display_name"] == f"kfp-small-{handle.run_id}"
+    # mlpipe's run id travels as a run parameter: the tasks record under it on any KFP version
+    assert body["runtime_config"] == {"parameters": {"x": 5, "scale": [1.0, 2.0], "mlpipe_run_id": handle.run_id},
+                                      "pipeline_root": "s3://bucket/root"}
     assert body["service_account"] == "pipeline-runner"
     spec = body["pipeline_spec"]
     assert spec["pipelineInfo"]["name"] == "kfp-small"
@@ -74,7 +76,7 @@ def test_submit_sends_spec_params_and_experiment(kfp: FakeKFP) -> None:
     assert store.has(f"pipelines/{args[args.index('--ir') + 1]}.json")
     assert spec["deploymentSpec"]["executors"]["exec-needs"]["container"]["image"] == IMAGE
 
-    assert handle.backend == "kubeflow" and handle.external_id == handle.run_id == "run-0002"
+    assert handle.backend == "kubeflow" and handle.external_id == "run-0002" and handle.run_id != "run-0002"
     assert handle.url == f"{kfp.host}/#/runs/details/run-0002"
     doc = store.get_json(f"runs/{handle.run_id}/run.json")
     assert doc["handle"]["external_id"] == "run-0002"  # saved by the launcher, for `mlpipe runs show`
@@ -143,6 +145,7 @@ def test_schedule_creates_a_recurring_run(kfp: FakeKFP) -> None:
     assert body["trigger"] == {"cron_schedule": {"cron": "0 0 2 * * *"}}
     assert body["experiment_id"] == "exp-0001" and body["no_catchup"] is True
     assert int(body["max_concurrency"]) == 2
+    # no mlpipe_run_id: each scheduled run keeps the default and records under its own KFP run id
     assert body["runtime_config"]["parameters"] == {"x": 7, "scale": [1.0, 2.0]}
     assert body["pipeline_spec"]["pipelineInfo"]["name"] == "kfp-small"
     assert handle.data["kind"] == "recurring" and handle.external_id == "rr-0002"
@@ -158,7 +161,7 @@ def test_cli_submit_wait_follows_the_run(kfp: FakeKFP) -> None:
     target = str(ROOT / "tests" / "resources" / "kubeflow_pipelines.py") + ":small"
     ok = CliRunner().invoke(app, ["submit", target, "--profile", "kfp", "-p", "x=3", "--wait"])
     assert ok.exit_code == 0, ok.output
-    assert "submitted run run-0002 to kubeflow" in ok.output and "succeeded" in ok.output
+    assert "submitted run " in ok.output and " to kubeflow" in ok.output and "succeeded" in ok.output
     assert kfp.posted("/runs")[0].body["runtime_config"]["parameters"]["x"] == 3
     kfp.states = ["FAILED"]
     failed = CliRunner().invoke(app, ["submit", target, "--profile", "kfp", "--wait"])

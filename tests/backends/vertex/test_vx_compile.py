@@ -103,7 +103,12 @@ def test_spec_is_a_valid_pipeline_spec_and_loads_in_kfp(store: ArtifactStore, tm
     json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())  # unknown or misspelt fields would raise
     component = components.load_component_from_file(str(path))
     assert {n: i.type for n, i in component.component_spec.inputs.items()} == {
-        "n": "Integer", "lr": "Float", "label": "String"}
+        "n": "Integer", "lr": "Float", "label": "String", "mlpipe_run_id": "String"}
+    # A job that a schedule starts keeps the default and records under its job id (the engine's run id).
+    assert spec["root"]["inputDefinitions"]["parameters"]["mlpipe_run_id"]["defaultValue"] == "{{$.pipeline_job_name}}"
+    for task in spec["root"]["dag"]["tasks"].values():
+        assert task["inputs"]["parameters"]["mlpipe_engine_run_id"] == {
+            "runtimeValue": {"constant": "{{$.pipeline_job_name}}"}}
 
 
 def test_the_ir_the_tasks_read_is_in_the_bucket(store: ArtifactStore) -> None:

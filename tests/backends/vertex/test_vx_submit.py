@@ -71,7 +71,8 @@ def test_request_carries_spec_runtime_config_and_job_settings(fake_vertex: FakeV
     assert body["pipelineSpec"] == floats(expected.body["pipelineSpec"])  # unchanged but for Struct's doubles
     assert body["runtimeConfig"] == {
         "gcsOutputDirectory": f"{gs_url}/vertex",
-        "parameterValues": {"n": 7.0, "scale": 2.0, "label": "demo", "options": {"k": 1.0}, "flags": [1.0, 2.0]},
+        "parameterValues": {"n": 7.0, "scale": 2.0, "label": "demo", "options": {"k": 1.0}, "flags": [1.0, 2.0],
+                            "mlpipe_run_id": job_id},  # the tasks record under it, not under a placeholder
         "failurePolicy": 1,  # PIPELINE_FAILURE_POLICY_FAIL_SLOW, enums travel as ints
     }
     assert body["serviceAccount"] == SA
@@ -85,8 +86,10 @@ def test_request_carries_spec_runtime_config_and_job_settings(fake_vertex: FakeV
     spec = body["pipelineSpec"]
     tasks = spec["root"]["dag"]["tasks"]
     assert {t["cachingOptions"].get("enableCache", False) for t in tasks.values()} == {False}
-    assert {t["inputs"]["parameters"]["mlpipe_run_id"]["runtimeValue"]["constant"] for t in tasks.values()} == {
-        "{{$.pipeline_job_name}}"}
+    assert {t["inputs"]["parameters"]["mlpipe_run_id"]["componentInputParameter"] for t in tasks.values()} == {
+        "mlpipe_run_id"}
+    assert {t["inputs"]["parameters"]["mlpipe_engine_run_id"]["runtimeValue"]["constant"]
+            for t in tasks.values()} == {"{{$.pipeline_job_name}}"}
     for executor in spec["deploymentSpec"]["executors"].values():
         args = executor["container"]["args"]
         assert args[args.index("--store") + 1] == gs_url
@@ -188,6 +191,8 @@ def test_schedule_is_created_with_the_job_request(fake_vertex: FakeVertex, gs_ur
     job = body["createPipelineJobRequest"]["pipelineJob"]
     assert body["createPipelineJobRequest"]["parent"] == PARENT
     assert job["runtimeConfig"]["parameterValues"]["n"] == 4.0
+    # each job the schedule starts records under its own job id ({{$.pipeline_job_name}}), not a shared one
+    assert "mlpipe_run_id" not in job["runtimeConfig"]["parameterValues"]
     assert job["serviceAccount"] == SA and job["encryptionSpec"] == {"kmsKeyName": KEY}
     assert job["labels"] == {"team": "ml", "cost-center": "r_and_d", "mlpipe-pipeline": "conformance-basic"}
     assert handle.data["kind"] == "schedule" and handle.external_id == f"{PARENT}/schedules/1"

@@ -109,11 +109,12 @@ class KubeflowBackend(Backend):
     ) -> RunHandle:
         """Start a run and return its handle.
 
-        In cluster mode the handle's ``run_id`` is the KFP run id, because the
-        tasks record themselves under ``dsl.PIPELINE_JOB_ID_PLACEHOLDER``; the
-        id the launcher proposed is kept in ``data["requested_run_id"]``. With
-        a ``schedule`` a recurring run is created instead and the handle names
-        it (``data["kind"] == "recurring"``).
+        The run id travels as the run parameter ``mlpipe_run_id``, so the
+        tasks record themselves under it whatever the server's version; the
+        handle's ``external_id`` is the KFP run id. With a ``schedule`` a
+        recurring run is created instead and the handle names it
+        (``data["kind"] == "recurring"``); each run it starts records itself
+        under its KFP run id (``{{$.pipeline_job_uuid}}``, KFP >= 2.5).
 
         Raises:
             UnsupportedFeatureError: the store is not reachable from the cluster, no image is configured,
@@ -147,8 +148,10 @@ class KubeflowBackend(Backend):
             )
         return Run.load(store, handle.run_id)
 
-    def _arguments(self, ir: PipelineIR, plan_: PipelinePlan, params: Mapping[str, Any]) -> dict[str, Any]:
-        arguments = plan_.arguments(params)
+    def _arguments(
+        self, ir: PipelineIR, plan_: PipelinePlan, params: Mapping[str, Any], run_id: str | None
+    ) -> dict[str, Any]:
+        arguments = plan_.arguments(params, run_id)
         check_parameter_budget(ir.name, arguments, self.opts.max_parameter_bytes, "run parameters")
         return arguments
 
@@ -176,7 +179,8 @@ class KubeflowBackend(Backend):
                 step=unset[0],
                 option="image",
             )
-        arguments = self._arguments(ir, plan_, params)
+        # A schedule's runs each need their own id: they leave mlpipe_run_id at its default, the KFP run id.
+        arguments = self._arguments(ir, plan_, params, None if opts.schedule else run_id)
         run_name = opts.run_name.format(pipeline=ir.name, run_id=run_id)
         with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-") as tmp:
             spec = write_spec(plan_, os.path.join(tmp, f"{plan_.name}.yaml"))
@@ -190,17 +194,15 @@ class KubeflowBackend(Backend):
             "host": opts.host,
             "namespace": opts.namespace,
             "experiment": opts.experiment,
-            "requested_run_id": run_id,
         }
         status: RunState = "running"
-        record_id = sub.external_id
         if sub.recurring:
             data.update(kind="recurring", schedule=opts.kfp_cron, experiment_id=sub.experiment_id)
-            record_id, status = run_id, "succeeded"
+            status = "succeeded"
         record = RunRecord.open(
             store,
             ir,
-            record_id,
+            run_id,
             backend=self.name,
             params=params,
             status=status,
@@ -212,7 +214,7 @@ class KubeflowBackend(Backend):
             record.update(ended=time.time())
         return RunHandle(
             backend=self.name,
-            run_id=record_id,
+            run_id=run_id,
             pipeline=ir.name,
             store=store.url,
             external_id=sub.external_id,
@@ -244,7 +246,7 @@ class KubeflowBackend(Backend):
             store_hint="use a directory or a bucket",
         )
         plan_ = self.plan(ir, store, cache=cache)
-        arguments = self._arguments(ir, plan_, params)
+        arguments = self._arguments(ir, plan_, params, run_id)
         record = RunRecord.open(
             store,
             ir,

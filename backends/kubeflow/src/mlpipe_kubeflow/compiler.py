@@ -15,7 +15,10 @@ compile at 5,000 steps); :func:`build` still does it that way, and the tests
 compare the two outputs byte for byte and load the spec with kfp's loader.
 
 Every task runs ``python -m mlpipe.runtime`` with the store URL and the IR's
-digest as constants and the KFP job id as ``--run-id``; data moves through
+digest as constants and the run id from the run parameter ``mlpipe_run_id``,
+which ``submit`` sets to mlpipe's run id. A run started from the KFP UI or a
+schedule keeps its default, the placeholder text, and the task falls back to
+KFP's run UUID (``{{$.pipeline_job_uuid}}``, resolved by KFP >= 2.5 only); data moves through
 the store by content address, never through KFP. The only KFP output of a
 task is a small JSON record (status, cache key) for the UI.
 
@@ -43,6 +46,7 @@ from mlpipe_kubeflow.options import ENV_NAME, KubeflowOptions, StepOverrides, To
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "ENGINE_RUN_ID_INPUT",
     "RECORD_OUTPUT",
     "RUN_ID_INPUT",
     "ParamPlan",
@@ -56,9 +60,10 @@ __all__ = [
 ]
 
 DEFAULT_IMAGE = "mlpipe-runtime:latest"
-RUN_ID_INPUT = "mlpipe_run_id"
+RUN_ID_INPUT = "mlpipe_run_id"  # a pipeline parameter: mlpipe's run id, set by submit
+ENGINE_RUN_ID_INPUT = "mlpipe_engine_run_id"  # each task's engine run id (a placeholder), used when the first is empty
 RECORD_OUTPUT = "mlpipe_record"
-_RESERVED = (RUN_ID_INPUT, RECORD_OUTPUT)
+_RESERVED = (RUN_ID_INPUT, ENGINE_RUN_ID_INPUT, RECORD_OUTPUT)
 _PY_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}
 _KFP_MEMORY_SUFFIXES = ("E", "Ei", "P", "Pi", "T", "Ti", "G", "Gi", "M", "Mi", "K", "Ki", "")
 _INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
@@ -125,9 +130,16 @@ class PipelinePlan:
     def param(self, name: str) -> ParamPlan:
         return next(p for p in self.params if p.name == name)
 
-    def arguments(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """KFP run arguments for validated mlpipe parameter values."""
-        return {p.name: p.to_kfp(values[p.name]) for p in self.params if p.name in values}
+    def arguments(self, values: Mapping[str, Any], run_id: str | None = None) -> dict[str, Any]:
+        """KFP run arguments for validated mlpipe parameter values, and the run id the tasks record under.
+
+        Without ``run_id`` (a schedule: every run it starts needs its own) the
+        tasks use the engine's run id instead.
+        """
+        out = {p.name: p.to_kfp(values[p.name]) for p in self.params if p.name in values}
+        if run_id is not None:
+            out[RUN_ID_INPUT] = run_id
+        return out
 
     def runtime_args(self, task: TaskPlan) -> list[str]:
         """The constant part of the task's ``python -m mlpipe.runtime`` arguments."""
@@ -243,6 +255,11 @@ def _task(spec: StepSpec, name: str, names: Mapping[str, str], image: str | None
         secrets_as_env=tuple((n, tuple(m.items())) for n, m in sorted(secrets.items())),
         tolerations=(*options.tolerations, *extra.tolerations),
     )
+
+
+# KFP resolves a placeholder only as a task's constant input, never in a parameter's default: this default reaches
+# the task as the literal text, and the runtime then takes the engine's run id (ENGINE_RUN_ID_INPUT) instead.
+_RUN_ID_PARAM = ParamPlan(name=RUN_ID_INPUT, kind="str", required=False, default=RUN_ID_PLACEHOLDER)
 
 
 def _param(spec: ParamSpec) -> ParamPlan:
@@ -392,7 +409,13 @@ def _sdk_version() -> str:
 
 
 def _container(plan_: PipelinePlan, task: TaskPlan) -> dict[str, Any]:
-    args = [*plan_.runtime_args(task), "--run-id", f"{{{{$.inputs.parameters['{RUN_ID_INPUT}']}}}}"]
+    args = [
+        *plan_.runtime_args(task),
+        "--run-id",
+        f"{{{{$.inputs.parameters['{RUN_ID_INPUT}']}}}}",
+        "--engine-run-id",
+        f"{{{{$.inputs.parameters['{ENGINE_RUN_ID_INPUT}']}}}}",
+    ]
     for name in task.params:
         args += ["--param", json.dumps({"Concat": [f"{name}=", f"{{{{$.inputs.parameters['{name}']}}}}"]})]
     args += ["--output-file", f"{{{{$.outputs.parameters['{RECORD_OUTPUT}'].output_file}}}}"]
@@ -481,7 +504,8 @@ def _without_empty(fields: dict[str, Any]) -> dict[str, Any]:
 
 def _task_spec(task: TaskPlan, options: KubeflowOptions) -> dict[str, Any]:
     parameters: dict[str, Any] = {name: {"componentInputParameter": name} for name in task.params}
-    parameters[RUN_ID_INPUT] = {"runtimeValue": {"constant": RUN_ID_PLACEHOLDER}}
+    parameters[RUN_ID_INPUT] = {"componentInputParameter": RUN_ID_INPUT}
+    parameters[ENGINE_RUN_ID_INPUT] = {"runtimeValue": {"constant": RUN_ID_PLACEHOLDER}}
     spec: dict[str, Any] = {
         "cachingOptions": {"enableCache": True} if task.caching else {},
         "componentRef": {"name": f"comp-{task.name}"},
@@ -502,7 +526,7 @@ def _task_spec(task: TaskPlan, options: KubeflowOptions) -> dict[str, Any]:
 
 def _root_inputs(params: tuple[ParamPlan, ...]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for p in params:
+    for p in (*params, _RUN_ID_PARAM):
         definition: dict[str, Any] = {"parameterType": _ir_type(p.kind)}
         if not p.required:
             definition["isOptional"] = True
@@ -527,6 +551,7 @@ def spec_documents(plan_: PipelinePlan) -> tuple[dict[str, Any], dict[str, Any] 
     for task in plan_.tasks:
         inputs = {name: {"parameterType": _ir_type(plan_.param(name).kind)} for name in task.params}
         inputs[RUN_ID_INPUT] = {"parameterType": "STRING"}
+        inputs[ENGINE_RUN_ID_INPUT] = {"parameterType": "STRING"}
         components[f"comp-{task.name}"] = {
             "executorLabel": f"exec-{task.name}",
             "inputDefinitions": {"parameters": inputs},
@@ -537,9 +562,7 @@ def spec_documents(plan_: PipelinePlan) -> tuple[dict[str, Any], dict[str, Any] 
         config = _platform(task, plan_.options)
         if config is not None:
             platform[f"exec-{task.name}"] = config
-    root: dict[str, Any] = {"dag": {"tasks": tasks}}
-    if plan_.params:
-        root["inputDefinitions"] = {"parameters": _root_inputs(plan_.params)}
+    root: dict[str, Any] = {"dag": {"tasks": tasks}, "inputDefinitions": {"parameters": _root_inputs(plan_.params)}}
     spec = {
         "components": components,
         "deploymentSpec": {"executors": executors},
@@ -593,15 +616,16 @@ def _component(plan_: PipelinePlan, task: TaskPlan) -> Any:
     from kfp import dsl
 
     P = inspect.Parameter
-    names = [*task.params, RUN_ID_INPUT, RECORD_OUTPUT]
+    names = [*task.params, RUN_ID_INPUT, ENGINE_RUN_ID_INPUT, RECORD_OUTPUT]
     signature = [P(n, P.POSITIONAL_OR_KEYWORD, annotation=plan_.param(n).py_type) for n in task.params]
     signature.append(P(RUN_ID_INPUT, P.POSITIONAL_OR_KEYWORD, annotation=str))
+    signature.append(P(ENGINE_RUN_ID_INPUT, P.POSITIONAL_OR_KEYWORD, annotation=str))
     signature.append(P(RECORD_OUTPUT, P.POSITIONAL_OR_KEYWORD, annotation=dsl.OutputPath(str)))
     constant = plan_.runtime_args(task)
 
     def body(*placeholders: Any) -> Any:
         ph = dict(zip(names, placeholders, strict=True))
-        args: list[Any] = [*constant, "--run-id", ph[RUN_ID_INPUT]]
+        args: list[Any] = [*constant, "--run-id", ph[RUN_ID_INPUT], "--engine-run-id", ph[ENGINE_RUN_ID_INPUT]]
         for name in task.params:
             args += ["--param", dsl.ConcatPlaceholder([f"{name}=", ph[name]])]
         args += ["--output-file", ph[RECORD_OUTPUT]]
@@ -690,7 +714,7 @@ def _build(plan_: PipelinePlan) -> Callable[..., Any]:
 
     components = {t.name: _component(plan_, t) for t in plan_.tasks}
     # Python signatures put required parameters first; kfp passes the channels in signature order.
-    ordered = sorted(plan_.params, key=lambda p: not p.required)
+    ordered = sorted((*plan_.params, _RUN_ID_PARAM), key=lambda p: not p.required)
     pnames = [p.name for p in ordered]
 
     def body(*channels: Any) -> None:
@@ -698,7 +722,8 @@ def _build(plan_: PipelinePlan) -> Callable[..., Any]:
         tasks: dict[str, Any] = {}
         for task in plan_.tasks:
             kwargs = {n: by_name[n] for n in task.params}
-            kwargs[RUN_ID_INPUT] = RUN_ID_PLACEHOLDER
+            kwargs[RUN_ID_INPUT] = by_name[RUN_ID_INPUT]
+            kwargs[ENGINE_RUN_ID_INPUT] = RUN_ID_PLACEHOLDER
             kfp_task = components[task.name](**kwargs)
             _configure(kfp_task, task, plan_.options)
             if task.after:

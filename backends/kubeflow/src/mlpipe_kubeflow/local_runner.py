@@ -14,10 +14,9 @@ narrowest hook that lets kfp's runner execute them as host subprocesses:
 * The subclass drops the two refusals (container component, non-Python
   image), runs ``python`` as this interpreter, and adds ``PYTHONPATH`` so the
   tasks import the user's step modules as this process does.
-* kfp.local invents a random 8-digit job id for
-  ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` and never returns it, so the adapter
-  replaces the value after ``--run-id`` with mlpipe's run id; on a cluster the
-  placeholder is the KFP run id, which the backend learns from the API.
+* The run id arrives as the run argument ``mlpipe_run_id``, as on a cluster
+  (kfp.local resolves ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` to a random job id
+  that it never returns; a run without the argument records under that one).
 
 Everything else is kfp's: loading the YAML, resolving placeholders, the DAG
 order, retries, outputs. It relies on private kfp API, hence the pin
@@ -53,14 +52,6 @@ def _python_path() -> str:
     return os.pathsep.join(seen)
 
 
-def _with_run_id(command: list[str], run_id: str) -> list[str]:
-    out = list(command)
-    for i, part in enumerate(out[:-1]):
-        if part == "--run-id":
-            out[i + 1] = run_id
-    return out
-
-
 @contextlib.contextmanager
 def container_components_as_subprocess(run_id: str, cancel: threading.Event | None = None) -> Iterator[None]:
     """Let kfp.local's SubprocessRunner run mlpipe's container components as subprocesses of this interpreter."""
@@ -81,7 +72,7 @@ def container_components_as_subprocess(run_id: str, cancel: threading.Event | No
             if stop.is_set():
                 print(f"mlpipe: run {run_id} was cancelled; not starting {self.full_command[-1:]}", file=sys.stderr)
                 return status.Status.FAILURE
-            command = _with_run_id(list(self.full_command), run_id)
+            command = list(self.full_command)
             # Only argv[0]: kfp's own replace_python_executable rewrites 'python3' inside every argument.
             if command and command[0] in _PYTHON:
                 command[0] = sys.executable

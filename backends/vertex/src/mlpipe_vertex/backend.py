@@ -157,6 +157,11 @@ class VertexBackend(Backend):
             raise UnsupportedFeatureError(f"vertex: {exc}", backend=self.name, option="labels") from None
         return labels
 
+    def _run_id_argument(self, jid: str) -> str | None:
+        """The ``mlpipe_run_id`` run parameter: the job id, or none for a schedule (each job records under its own
+        job id, ``{{$.pipeline_job_name}}``)."""
+        return None if self.opts.schedule else jid
+
     def _validate(
         self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str, cache: bool
     ) -> tuple[str, VertexPlan]:
@@ -181,7 +186,7 @@ class VertexBackend(Backend):
                 step=unset[0],
                 option="image",
             )
-        arguments = draft.kfp.arguments(params)
+        arguments = draft.kfp.arguments(params, self._run_id_argument(jid))
         check_parameter_budget(ir.name, arguments, opts.max_parameter_bytes, "run parameters")
         spec = build_spec(draft)
         check_arguments(ir.name, spec, {**params, **arguments})
@@ -221,7 +226,7 @@ class VertexBackend(Backend):
         opts = self.opts
         jid, _draft = self._validate(ir, store, params, run_id, cache)
         vplan = self.plan(ir, store, cache=cache)
-        body = self._body(ir, store, build_spec(vplan), vplan.kfp.arguments(params), jid)
+        body = self._body(ir, store, build_spec(vplan), vplan.kfp.arguments(params, self._run_id_argument(jid)), jid)
         return JobRequest(
             parent=f"projects/{opts.project}/locations/{opts.location}",
             job_id=jid,
@@ -358,7 +363,7 @@ class VertexBackend(Backend):
         )
         vplan = self.plan(ir, store, cache=cache)
         spec = build_spec(vplan)
-        arguments = vplan.kfp.arguments(params)
+        arguments = vplan.kfp.arguments(params, run_id)
         check_parameter_budget(ir.name, arguments, self.opts.max_parameter_bytes, "run parameters")
         check_arguments(ir.name, spec, arguments)
         record = RunRecord.open(

@@ -14,8 +14,9 @@ This module adds what differs on Vertex, in three small steps:
    step's timeout and retries in the task itself, the same on every backend.
 3. The spec is adjusted: resources as *limits* only (Vertex picks
    the machine from them), the accelerator type per executor, ``--backend
-   vertex``, and the run id taken from ``{{$.pipeline_job_name}}`` (the job id
-   mlpipe chose) instead of KFP's run UUID.
+   vertex``, and the engine's run id (used by jobs that a schedule starts,
+   which leave the ``mlpipe_run_id`` parameter at its default) taken from
+   ``{{$.pipeline_job_name}}``, the job id, instead of KFP's run UUID.
 
 :func:`job_request` builds the ``PipelineJob`` as the REST body (camelCase
 JSON), so every field can be checked here before google-cloud-aiplatform is
@@ -31,7 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mlpipe_kubeflow import yamlout
-from mlpipe_kubeflow.compiler import RUN_ID_INPUT, PipelinePlan, plan, spec_documents
+from mlpipe_kubeflow.compiler import ENGINE_RUN_ID_INPUT, RUN_ID_INPUT, PipelinePlan, plan, spec_documents
 from mlpipe_kubeflow.options import KubeflowOptions
 
 from mlpipe.errors import ParameterError, UnsupportedFeatureError
@@ -173,12 +174,13 @@ def build_spec(vplan: VertexPlan) -> dict[str, Any]:
                     "resourceType": kind,
                     "type": kind,
                 }
-        run_id = tasks[task.name]["inputs"]["parameters"][RUN_ID_INPUT]["runtimeValue"]
+        run_id = tasks[task.name]["inputs"]["parameters"][ENGINE_RUN_ID_INPUT]["runtimeValue"]
         if run_id.get("constant") != KFP_RUN_ID_PLACEHOLDER:  # the Kubeflow compiler changed its wiring
             raise UnsupportedFeatureError(
                 f"vertex: unexpected run id input {run_id!r} in task {task.name!r}", backend=BACKEND, option="run_id"
             )
         run_id["constant"] = RUN_ID_PLACEHOLDER
+    spec["root"]["inputDefinitions"]["parameters"][RUN_ID_INPUT]["defaultValue"] = RUN_ID_PLACEHOLDER
     spec["pipelineInfo"]["description"] = (
         f"mlpipe pipeline {vplan.kfp.display_name!r} for Vertex AI: every task runs python -m mlpipe.runtime"
     )
