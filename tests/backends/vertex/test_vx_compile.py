@@ -78,8 +78,10 @@ def test_machine_resources_match_golden_and_are_limits_only(store: ArtifactStore
     assert "resources" not in executors["exec-report"]["container"]
     assert not any(k.endswith("Request") for e in executors.values() for k in e["container"].get("resources", {}))
     tasks = spec["root"]["dag"]["tasks"]
-    # retries and timeouts are enforced by the runtime inside the task; no Kubernetes platform spec
-    assert not any("retryPolicy" in t for t in tasks.values())
+    # retries=2 on prepare: Vertex's task retryPolicy (the other steps have none); no Kubernetes platform spec
+    assert tasks["prepare"]["retryPolicy"] == {"backoffDuration": "30s", "backoffFactor": 2.0,
+                                               "backoffMaxDuration": "3600s", "maxRetryCount": 2}
+    assert [n for n, t in tasks.items() if "retryPolicy" in t] == ["prepare"]
     assert "platforms" not in spec
     assert all(t["cachingOptions"] == {} for t in tasks.values())  # Vertex caching off, task by task
     assert spec["pipelineInfo"]["name"] == "gpu-training-v2"
@@ -169,3 +171,62 @@ def test_cli_compile_with_a_vertex_profile(gs_url: str, _isolated_cwd: Path) -> 
                                        "-o", str(out)])
     assert refused.exit_code == 2
     assert "not on Google Cloud Storage" in refused.output
+
+
+def test_retry_policy_is_what_kfps_set_retry_writes_and_parses_as_a_pipeline_spec(store: ArtifactStore,
+                                                                                   tmp_path: Path) -> None:
+    """Field by field against kfp's own compiler for ``set_retry`` (the call Vertex documents)."""
+    from google.protobuf import json_format
+    from kfp import compiler, dsl
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    spec = yaml.safe_load(compile_text(vp.machines, tmp_path / "m.yaml", store, retry_backoff="5s",
+                                       retry_backoff_max="120s"))
+    ours = spec["root"]["dag"]["tasks"]["prepare"]["retryPolicy"]
+
+    @dsl.container_component
+    def op():  # type: ignore[no-untyped-def]  # kfp reads the annotation, a string under __future__ annotations
+        return dsl.ContainerSpec(image="x", command=["true"])
+
+    @dsl.pipeline(name="p")
+    def reference():  # type: ignore[no-untyped-def]
+        op().set_retry(num_retries=2, backoff_duration="5s", backoff_factor=2.0, backoff_max_duration="120s")
+
+    compiler.Compiler().compile(reference, str(tmp_path / "ref.yaml"))
+    theirs = yaml.safe_load((tmp_path / "ref.yaml").read_text())["root"]["dag"]["tasks"]["op"]["retryPolicy"]
+    assert ours == theirs
+    parsed = json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
+    policy = parsed.root.dag.tasks["prepare"].retry_policy
+    assert (policy.max_retry_count, policy.backoff_duration.seconds, policy.backoff_factor,
+            policy.backoff_max_duration.seconds) == (2, 5, 2.0, 120)
+
+
+def test_no_per_task_deadline_exists_on_vertex_so_the_runtime_enforces_timeout(store: ArtifactStore,
+                                                                                tmp_path: Path) -> None:
+    """timeout=600 on prepare: no spec field can carry it, so the stored IR does and the runtime enforces it.
+
+    If kfp's PipelineTaskSpec or Vertex's PipelineJob gain a per-task deadline, this test fails: use it then.
+    """
+    from google.cloud.aiplatform_v1.types import pipeline_job
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    fields = [f.name for f in pipeline_spec_pb2.PipelineTaskSpec.DESCRIPTOR.fields]
+    assert "retry_policy" in fields and not [f for f in fields if "timeout" in f or "deadline" in f]
+    job_fields = list(pipeline_job.PipelineJob.meta.fields)
+    assert not [f for f in job_fields if "timeout" in f or "deadline" in f]
+    backend = VertexBackend(image=IMAGE)
+    spec = build_spec(backend.plan(vp.machines.ir, store))
+    assert "activeDeadlineSeconds" not in str(spec)
+    args = spec["deploymentSpec"]["executors"]["exec-prepare"]["container"]["args"]
+    from mlpipe.records import load_ir
+
+    ir = load_ir(store, args[args.index("--ir") + 1])
+    assert (ir.step("prepare").timeout, ir.step("prepare").retries) == (600, 2)
+
+
+@pytest.mark.parametrize("option", ["retry_backoff", "retry_backoff_max"])
+def test_retry_backoff_must_be_whole_seconds(option: str) -> None:
+    from mlpipe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{option}.*whole seconds"):
+        VertexBackend({option: "5m"}, image=IMAGE)

@@ -63,3 +63,32 @@ def test_local_mode_submit_returns_at_once_and_wait_follows_it(tmp_path: Path) -
     backend.cancel(handle)  # ended: a no-op
     assert VertexBackend().status(handle).state == "succeeded"  # a later process reads the store
     assert Run.load(store, handle.run_id).output("summarize", "n") == 2
+
+
+def test_task_retry_policy_restarts_a_task_whose_container_died(tmp_path: Path) -> None:
+    """retries=1 on a step whose process dies mid-attempt: only the task's retryPolicy can save the run.
+
+    kfp.local honours ``retryPolicy`` as Vertex does (documented for ``set_retry``); the runtime counts the
+    dead attempt in the store, so the retried task runs the code once more, not twice.
+    """
+    from mlpipe.cli import load_pipeline
+
+    marker = tmp_path / "died"
+    module = tmp_path / "dies_once.py"
+    module.write_text(
+        "import os\nfrom pathlib import Path\n\nimport mlpipe as mp\n\n"
+        "@mp.step(retries=1)\ndef dies_once() -> int:\n"
+        f"    marker = Path({str(marker)!r})\n"
+        "    if not marker.exists():\n"
+        "        marker.write_text('died')\n"
+        "        os._exit(137)  # killed mid-attempt, as by the OOM killer\n"
+        "    return 7\n\n"
+        "@mp.pipeline(name='dies-once')\ndef flow() -> int:\n    return dies_once()\n"
+    )
+    pipeline = load_pipeline(f"{module}:flow")
+    store = open_store(str(tmp_path / "store"))
+    run = run_on(VertexBackend({"mode": "local", "retry_backoff": "0s"}), pipeline, store)
+    assert run.status == "succeeded", run.error
+    assert run.output("dies_once") == 7
+    attempts = store.listdir(f"runs/{run.id}/attempts/dies_once")
+    assert len(attempts) == 2  # one killed, one that succeeded: counted once across the two tasks

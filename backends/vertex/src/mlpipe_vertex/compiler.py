@@ -10,8 +10,13 @@ This module adds what differs on Vertex, in three small steps:
    an unknown accelerator, more than the largest machine) and resolve each
    step's accelerator to Vertex's enum name.
 2. The plan's tasks drop the Kubernetes-only settings (node selectors, pod
-   deadlines) and KFP retry policies: ``python -m mlpipe.runtime`` enforces a
-   step's timeout and retries in the task itself, the same on every backend.
+   deadlines). A step's ``retries`` stay as the task's ``retryPolicy``, which
+   Vertex documents (``set_retry``): it restarts a task whose container died;
+   ``python -m mlpipe.runtime`` retries the step's code inside the task, and
+   the attempts are counted once in the store. A step's ``timeout`` is
+   enforced by the runtime on each attempt: neither the PipelineSpec
+   (``PipelineTaskSpec`` has no deadline) nor the PipelineJob has a per-task
+   timeout for a container task.
 3. The spec is adjusted: resources as *limits* only (Vertex picks
    the machine from them), the accelerator type per executor, ``--backend
    vertex``, and the engine's run id (used by jobs that a schedule starts,
@@ -119,9 +124,13 @@ def _check_resources(ir: PipelineIR) -> dict[str, tuple[str, int]]:
 
 
 def kubeflow_options(options: VertexOptions) -> KubeflowOptions:
-    """The Kubeflow options the shared compiler needs: per-task caching, env, the parameter budget."""
+    """The Kubeflow options the shared compiler needs: per-task caching, env, retry backoff, the parameter budget."""
     return KubeflowOptions(
-        caching=options.caching, env=dict(options.env), max_parameter_bytes=options.max_parameter_bytes
+        caching=options.caching,
+        env=dict(options.env),
+        retry_backoff=options.retry_backoff,
+        retry_backoff_max=options.retry_backoff_max,
+        max_parameter_bytes=options.max_parameter_bytes,
     )
 
 
@@ -135,8 +144,8 @@ def vertex_plan(
     """
     accelerators = _check_resources(ir)
     base = plan(ir, kubeflow_options(options), store=store, ir_digest=ir_digest, image=image, cache=cache)
-    # Kubernetes-only settings go; the runtime enforces timeouts and retries inside the task.
-    tasks = tuple(replace(t, node_selector=(), timeout=None, retries=0) for t in base.tasks)
+    # Kubernetes-only settings go (a pod deadline is one); retries stay as the task's retryPolicy.
+    tasks = tuple(replace(t, node_selector=(), timeout=None) for t in base.tasks)
     by_task = {t.name: accelerators[t.step] for t in tasks if t.step in accelerators}
     return VertexPlan(kfp=replace(base, tasks=tasks), accelerators=by_task)
 

@@ -53,6 +53,9 @@ class VertexOptions(BackendOptions):
         failure_policy: ``"slow"`` (Vertex's default: independent tasks go on
             after a failure) or ``"fast"`` (no new tasks after one fails).
         env: Environment variables set in every task.
+        retry_backoff: First delay before Vertex retries a failed task of a step with
+            ``retries`` (``"30s"``); it doubles each time.
+        retry_backoff_max: Longest delay between two of those retries.
         schedule: A five-field cron expression; submitting creates a Vertex
             schedule instead of one job.
         schedule_timezone: IANA time zone of the schedule, e.g. ``"Europe/Berlin"`` (default UTC).
@@ -83,6 +86,8 @@ class VertexOptions(BackendOptions):
     caching: bool = False
     failure_policy: Literal["slow", "fast"] = "slow"
     env: dict[str, str] = Field(default_factory=dict)
+    retry_backoff: str = "30s"
+    retry_backoff_max: str = "3600s"
     schedule: str | None = None
     schedule_timezone: str | None = None
     schedule_max_concurrency: int = Field(default=1, ge=1)
@@ -94,6 +99,13 @@ class VertexOptions(BackendOptions):
     max_parameter_bytes: int = Field(default=1_000_000, gt=0)
     wait_timeout: float | None = Field(default=None, gt=0)
     poll_interval: float = Field(default=10.0, gt=0)
+
+    @field_validator("retry_backoff", "retry_backoff_max")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+s", value):
+            raise ValueError(f"{value!r}: give whole seconds, such as '30s'")
+        return value
 
     @field_validator("project")
     @classmethod
