@@ -107,6 +107,14 @@ class ConditionSpec(_Frozen):
         test = target if symbol is None else f"{target} {symbol} {self.value!r}"
         return f"not ({test})" if self.negate else test
 
+    def not_taken(self) -> str:
+        """Why a step under this condition was skipped, as every backend records it."""
+        return f"skipped: branch not taken (condition {self.describe()} is false)"
+
+    def test(self) -> ConditionSpec:
+        """The condition without its negation: what a remote task publishes (``~c`` reads it as false)."""
+        return self.model_copy(update={"negate": False}) if self.negate else self
+
     def holds(self, value: Any) -> bool:
         """Whether the test holds for the upstream output ``value`` (a model, a dict or a plain value)."""
         for name in self.path:
@@ -187,6 +195,21 @@ class PipelineIR(_Frozen):
             if spec.name == name:
                 return spec
         raise KeyError(name)
+
+    def published_tests(self) -> dict[str, tuple[ConditionSpec, ...]]:
+        """Per step, the distinct tests that ``mp.when`` blocks make on its outputs, in the order first used.
+
+        A remote task publishes the result of each (true or false) for the
+        orchestrator's branch; ``~c`` and ``c`` share one (see :meth:`ConditionSpec.test`).
+        """
+        found: dict[str, list[ConditionSpec]] = {}
+        for spec in self.steps:
+            for condition in spec.when:
+                tests = found.setdefault(condition.step, [])
+                test = condition.test()
+                if test not in tests:
+                    tests.append(test)
+        return {step: tuple(tests) for step, tests in found.items()}
 
     def downstream(self) -> dict[str, list[str]]:
         """Map of step name to the names of the steps that consume its outputs."""

@@ -586,17 +586,22 @@ class RunRecord:
                 continue
             blocked = [u for u in spec.upstream if u in failures]
             error: str | None = None
+            not_taken = self._branch_not_taken(spec, records) if spec.when and spec.name not in lost else None
             if spec.name in lost:
                 error = lost[spec.name]
-            elif orphan and not blocked and not cancelled:
+            elif orphan and not blocked and not cancelled and not_taken is None:
                 error, orphan = f"the task failed without writing its record (see its log): {orphan}", None
+            branch = False
             if error is not None:
                 outcome = StepOutcome.ended_now(spec.name, "failed", error)
             else:
-                if blocked:
+                if not_taken is not None:
+                    reason, branch = not_taken, True
+                elif blocked:
                     first = blocked[0]
                     if (records.get(first) or {}).get("status") == "skipped":  # inherit the cause, as local does
                         reason = failures[first] or skip_reason(ir.step(first), None)
+                        branch = (records.get(first) or {}).get("branch") == "not taken"
                     else:
                         reason = skip_reason(ir.step(first), failures[first])
                 elif cancelled:
@@ -606,10 +611,34 @@ class RunRecord:
                 else:
                     reason = not_run
                 outcome = StepOutcome.ended_now(spec.name, "skipped", reason)
+                outcome.branch_not_taken = branch
                 skipped.append(outcome)
             records[spec.name] = self.record_outcome(ir.name, spec, outcome)
             failures[spec.name] = outcome.error
         return skipped
+
+    def _branch_not_taken(self, spec: StepSpec, records: Mapping[str, Mapping[str, Any]]) -> str | None:
+        """Why ``spec`` was not run when one of its ``mp.when`` conditions is false, read from the store; else None.
+
+        The orchestrator never starts a step in a branch not taken (KFP skips the
+        condition's sub-DAG), so the run's record learns it here, from the value
+        the condition's step stored, tested as the local backend tests it.
+        """
+        for condition in spec.when:
+            record = records.get(condition.step) or {}
+            info = (record.get("outputs") or {}).get(condition.output)
+            if record.get("status") != "succeeded" or info is None:
+                return None  # not decidable: the step upstream did not succeed (its fate is inherited instead)
+            from mlpipe.store import ObjectInfo
+
+            try:
+                found = ObjectInfo(**info)
+                holds = condition.holds(self.store.get_value(found.digest, info=found))
+            except (MlpipeError, KeyError, AttributeError, TypeError):
+                return None
+            if not holds:
+                return condition.not_taken()
+        return None
 
     # -- closing --------------------------------------------------------------------------
     def close(self, status: RunState | None = None, *, error: str | None = None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ Usage::
 
     python -m mlpipe.runtime --store URL --ir DIGEST --run-id ID --step NAME \
         [--engine-run-id ID] [--param name=value ...] [--backend NAME] [--no-cache | --cache true|false]
-        [--output-file PATH]
+        [--output-file PATH] [--when-file PATH ...]
 
 ``--run-id`` is mlpipe's run id, passed by ``mlpipe submit`` as a run
 parameter. A run started from an engine's UI or schedule leaves that
@@ -22,6 +22,11 @@ parameter at its default, an engine placeholder such as
 id is then ``--engine-run-id``, which the engine resolves (KFP >= 2.5,
 Vertex). An id that is still a placeholder there is refused: every such run
 would share one record folder and one retry counter.
+
+``--when-file`` (once per test in :meth:`PipelineIR.published_tests` for the
+step, in that order) receives ``true`` or ``false``: whether the step's output
+passes the test of an ``mp.when`` block, for the orchestrator's branch (KFP's
+``triggerPolicy.condition`` reads it as a task output parameter).
 
 Exit status: 0 when the step succeeded (computed or served from the cache),
 1 when it failed, 2 when the invocation itself is wrong.
@@ -43,7 +48,16 @@ from mlpipe.ir import ParamSpec, PipelineIR, StepSpec
 from mlpipe.records import RunRecord, check_run_id, load_ir, run_path, write_ir
 from mlpipe.store import ArtifactStore, ObjectInfo, open_store
 
-__all__ = ["StoreAttempts", "choose_run_id", "decode_param", "execute_remote_step", "load_ir", "main", "write_ir"]
+__all__ = [
+    "StoreAttempts",
+    "choose_run_id",
+    "decode_param",
+    "execute_remote_step",
+    "load_ir",
+    "main",
+    "publish_tests",
+    "write_ir",
+]
 
 
 def decode_param(spec: ParamSpec, raw: str) -> Any:
@@ -278,7 +292,23 @@ def _parser() -> argparse.ArgumentParser:
         "--cache", choices=("true", "false"), type=str.lower, default="true", help="false is the same as --no-cache"
     )
     parser.add_argument("--output-file", help="Write the step's status and cache key here (orchestrator output)")
+    parser.add_argument(
+        "--when-file",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="Write true/false here: the step's output against each mp.when test on it, in the IR's order",
+    )
     return parser
+
+
+def publish_tests(store: ArtifactStore, ir: PipelineIR, step: str, outputs: dict[str, ObjectInfo]) -> list[bool]:
+    """Each ``mp.when`` test on the step's outputs (:meth:`PipelineIR.published_tests`), tested as local tests it."""
+    results = []
+    for test in ir.published_tests().get(step, ()):
+        info = outputs[test.output]
+        results.append(test.holds(store.get_value(info.digest, info=info)))
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -307,6 +337,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MlpipeError as exc:
         print(f"mlpipe.runtime: step {args.step!r}: {exc}", file=sys.stderr)
         return exc.exit_code
+    if args.when_file and outcome.status == "succeeded":
+        try:
+            results = publish_tests(store, ir, args.step, outcome.outputs)
+        except MlpipeError as exc:
+            print(f"mlpipe.runtime: step {args.step!r}: cannot test its output for mp.when: {exc}", file=sys.stderr)
+            return exc.exit_code
+        if len(results) != len(args.when_file):
+            print(
+                f"mlpipe.runtime: step {args.step!r}: {len(args.when_file)} --when-file given, but the pipeline "
+                f"tests this step's outputs {len(results)} time(s); recompile the spec",
+                file=sys.stderr,
+            )
+            return 2
+        for path, result in zip(args.when_file, results, strict=True):
+            _write_text(path, "true" if result else "false")
     label = "cached" if outcome.cached else outcome.status
     print(
         f"mlpipe.runtime: step {args.step!r} of run {args.run_id}: {label} in {outcome.duration:.3f} s", file=sys.stderr
@@ -314,12 +359,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if outcome.status != "succeeded":
         print(outcome.traceback or outcome.error or "", file=sys.stderr)
     if args.output_file:
-        directory = os.path.dirname(args.output_file)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        with open(args.output_file, "w") as f:
-            f.write(json.dumps({"status": outcome.status, "key": outcome.key, "cached": outcome.cached}))
+        _write_text(
+            args.output_file, json.dumps({"status": outcome.status, "key": outcome.key, "cached": outcome.cached})
+        )
     return 0 if outcome.status == "succeeded" else 1
+
+
+def _write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
 
 
 if __name__ == "__main__":

@@ -140,3 +140,35 @@ def mix(n: int, rate: float, name: str, on: bool, items: list[int], cfg: dict[st
 def required_params(n: int, rate: float, name: str, on: bool, items: list[int], cfg: dict[str, Any],
                     tail: str = "it's \"quoted\"\nand long " * 5) -> str:
     return mix(n, rate, name, on, items, cfg, tail)
+
+
+@mp.step
+def score(x: int) -> float:
+    return x / 10
+
+
+@mp.step
+def is_even(x: int) -> bool:
+    return x % 2 == 0
+
+
+@mp.step
+def label(value: float, tag: str) -> str:
+    return f"{tag}:{value}"
+
+
+@mp.pipeline(name="kfp-branches")
+def branches(x: int = 9, tag: str = "t") -> None:
+    """Conditions as sub-DAGs: an if/else pair, a block nested in a block, a test made twice, a parameter inside."""
+    s = score(x)
+    with mp.when(s > 0.5):
+        high = label(s, tag)
+        even = is_even(x)
+        with mp.when(even) as is_so:
+            label(s, "even")
+        with mp.when(~is_so):
+            size(high)
+    with mp.when(~(s > 0.5)):
+        label(s, tag)
+    with mp.when(s >= 0.8):  # a second test on the same output: a second published result
+        one(x)

@@ -35,6 +35,7 @@ from mlpipe.ir import PipelineIR
 from mlpipe_kubeflow.background import (
     LocalRuns,
     close_after_engine,
+    close_succeeded,
     execute_locally,
     refuse_in_local_mode,
     step_states,
@@ -56,7 +57,9 @@ class KubeflowBackend(Backend):
     """
 
     name = "kubeflow"
-    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, schedules=True)
+    capabilities = Capabilities(
+        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, conditions=True
+    )
     Options = KubeflowOptions
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
@@ -135,7 +138,7 @@ class KubeflowBackend(Backend):
         status = self.wait(handle, timeout=self.opts.wait_timeout)
         record = RunRecord.load(store, handle.run_id)
         if status.state == "succeeded":
-            record.close_once("succeeded")
+            close_succeeded(store, record, ir)
         else:
             ended = f"the KFP run ended {status.state}"
             close_after_engine(

@@ -14,10 +14,18 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlpipe.errors import BackendError, MlpipeError, UnsupportedFeatureError
-from mlpipe.extend import ArtifactStore, Run, RunHandle, RunRecord, RunStatus, open_index, track_skipped
+from mlpipe.extend import ArtifactStore, Run, RunHandle, RunRecord, RunStatus, load_ir, open_index, track_skipped
 from mlpipe.ir import PipelineIR
 
-__all__ = ["LOCAL_STOPPED", "LocalRuns", "close_after_engine", "execute_locally", "refuse_in_local_mode", "step_states"]
+__all__ = [
+    "LOCAL_STOPPED",
+    "LocalRuns",
+    "close_after_engine",
+    "close_succeeded",
+    "execute_locally",
+    "refuse_in_local_mode",
+    "step_states",
+]
 
 LOCAL_STOPPED = "not run: kfp.local stops a pipeline at its first failed task"
 
@@ -132,6 +140,23 @@ def close_after_engine(
     track_skipped(store, record.run_id, ir, skipped)
     record.reload()
     return record.close("cancelled" if cancelled else None)
+
+
+def close_succeeded(store: ArtifactStore, record: RunRecord, ir: PipelineIR | None = None) -> bool:
+    """Close a run the engine reports succeeded, after recording the steps of the branches it did not take.
+
+    KFP never starts the tasks of a condition sub-DAG whose condition is
+    false, so no task records them; :meth:`RunRecord.settle` records each
+    ``skipped`` with the condition, read from the store. True when this call closed the run.
+    """
+    if record.reload().get("ended"):
+        return False  # closed already (an earlier status() call)
+    if ir is None:
+        ir = load_ir(store, str(record.doc["ir"]))
+    if any(s.when for s in ir.steps):
+        skipped = record.settle(ir, not_run=None)
+        track_skipped(store, record.run_id, ir, skipped)
+    return record.close_once("succeeded")
 
 
 def step_states(handle: RunHandle) -> dict[str, str]:

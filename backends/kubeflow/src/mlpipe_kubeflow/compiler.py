@@ -41,6 +41,7 @@ from typing import Any
 from mlpipe.errors import UnsupportedFeatureError
 from mlpipe.extend import memory_bytes
 from mlpipe.ir import ParamSpec, PipelineIR, StepSpec
+from mlpipe_kubeflow.control import WHEN_OUTPUT, Layout, TaskWiring, group_documents, outer_input, plan_layout
 from mlpipe_kubeflow.naming import BACKEND, check_parameter_budget, pipeline_name, task_names
 from mlpipe_kubeflow.options import ENV_NAME, KubeflowOptions, StepOverrides, Toleration
 
@@ -56,6 +57,7 @@ __all__ = [
     "plan",
     "spec_documents",
     "spec_header",
+    "task_specs",
     "write_spec",
 ]
 
@@ -112,6 +114,8 @@ class TaskPlan:
     caching: bool = False
     secrets_as_env: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     tolerations: tuple[Toleration, ...] = ()
+    dag: str = ""  # the condition sub-DAG holding the task ("" for the root DAG)
+    tests: int = 0  # how many mp.when test results it publishes (BOOLEAN outputs mlpipe_when_<k>)
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ class PipelinePlan:
     params: tuple[ParamPlan, ...]
     tasks: tuple[TaskPlan, ...]
     options: KubeflowOptions = field(default_factory=KubeflowOptions)
+    layout: Layout = field(default_factory=Layout)
 
     def param(self, name: str) -> ParamPlan:
         return next(p for p in self.params if p.name == name)
@@ -317,6 +322,10 @@ def plan(
         replace(t, params=(*t.params, *(p for p in everything if p not in t.params))) if not t.after else t
         for t in tasks
     )
+    layout = plan_layout(ir, names)
+    if layout.groups:
+        dags, tests = dict(layout.task_group), dict(layout.tests)
+        tasks = tuple(replace(t, dag=dags[t.name], tests=tests.get(t.name, 0)) for t in tasks)
     return PipelinePlan(
         name=kfp_name,
         display_name=ir.name,
@@ -326,6 +335,7 @@ def plan(
         params=tuple(_param(p) for p in ir.params),
         tasks=tasks,
         options=options,
+        layout=layout,
     )
 
 
@@ -419,6 +429,8 @@ def _container(plan_: PipelinePlan, task: TaskPlan) -> dict[str, Any]:
     for name in task.params:
         args += ["--param", json.dumps({"Concat": [f"{name}=", f"{{{{$.inputs.parameters['{name}']}}}}"]})]
     args += ["--output-file", f"{{{{$.outputs.parameters['{RECORD_OUTPUT}'].output_file}}}}"]
+    for k in range(task.tests):
+        args += ["--when-file", f"{{{{$.outputs.parameters['{WHEN_OUTPUT.format(k)}'].output_file}}}}"]
     container: dict[str, Any] = {"args": args, "command": ["python", "-m", "mlpipe.runtime"], "image": task.image}
     if task.env:
         # protobuf leaves out empty strings: an empty value is written as a name alone
@@ -502,9 +514,10 @@ def _without_empty(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None and v not in ("", [])}
 
 
-def _task_spec(task: TaskPlan, options: KubeflowOptions) -> dict[str, Any]:
-    parameters: dict[str, Any] = {name: {"componentInputParameter": name} for name in task.params}
-    parameters[RUN_ID_INPUT] = {"componentInputParameter": RUN_ID_INPUT}
+def _task_spec(task: TaskPlan, options: KubeflowOptions, after: tuple[str, ...]) -> dict[str, Any]:
+    outer = outer_input if task.dag else str
+    parameters: dict[str, Any] = {name: {"componentInputParameter": outer(name)} for name in task.params}
+    parameters[RUN_ID_INPUT] = {"componentInputParameter": outer(RUN_ID_INPUT)}
     parameters[ENGINE_RUN_ID_INPUT] = {"runtimeValue": {"constant": RUN_ID_PLACEHOLDER}}
     spec: dict[str, Any] = {
         "cachingOptions": {"enableCache": True} if task.caching else {},
@@ -512,8 +525,8 @@ def _task_spec(task: TaskPlan, options: KubeflowOptions) -> dict[str, Any]:
         "inputs": {"parameters": parameters},
         "taskInfo": {"name": task.step},
     }
-    if task.after:
-        spec["dependentTasks"] = sorted(set(task.after))
+    if after:
+        spec["dependentTasks"] = sorted(set(after))
     if task.retries:
         spec["retryPolicy"] = {
             "backoffDuration": _seconds(options.retry_backoff),
@@ -546,23 +559,34 @@ def spec_documents(plan_: PipelinePlan) -> tuple[dict[str, Any], dict[str, Any] 
     """
     components: dict[str, Any] = {}
     executors: dict[str, Any] = {}
-    tasks: dict[str, Any] = {}
     platform: dict[str, Any] = {}
+    dag_of = {t.name: t.dag for t in plan_.tasks}
+    groups, dags = _groups(plan_)
+    components.update(groups)
     for task in plan_.tasks:
         inputs = {name: {"parameterType": _ir_type(plan_.param(name).kind)} for name in task.params}
         inputs[RUN_ID_INPUT] = {"parameterType": "STRING"}
         inputs[ENGINE_RUN_ID_INPUT] = {"parameterType": "STRING"}
+        outputs = {RECORD_OUTPUT: {"parameterType": "STRING"}}
+        outputs.update({WHEN_OUTPUT.format(k): {"parameterType": "BOOLEAN"} for k in range(task.tests)})
         components[f"comp-{task.name}"] = {
             "executorLabel": f"exec-{task.name}",
             "inputDefinitions": {"parameters": inputs},
-            "outputDefinitions": {"parameters": {RECORD_OUTPUT: {"parameterType": "STRING"}}},
+            "outputDefinitions": {"parameters": outputs},
         }
         executors[f"exec-{task.name}"] = {"container": _container(plan_, task)}
-        tasks[task.name] = _task_spec(task, plan_.options)
+        # kfp moves a dependency on a task outside the task's sub-DAG to the sub-DAG's own task
+        after = tuple(a for a in task.after if dag_of[a] == task.dag)
+        dags.setdefault(task.dag, {})[task.name] = _task_spec(task, plan_.options, after)
         config = _platform(task, plan_.options)
         if config is not None:
             platform[f"exec-{task.name}"] = config
-    root: dict[str, Any] = {"dag": {"tasks": tasks}, "inputDefinitions": {"parameters": _root_inputs(plan_.params)}}
+    for group in plan_.layout.groups:
+        components[f"comp-{group.name}"]["dag"]["tasks"] = dags.get(group.name, {})
+    root: dict[str, Any] = {
+        "dag": {"tasks": dags.get("", {})},
+        "inputDefinitions": {"parameters": _root_inputs(plan_.params)},
+    }
     spec = {
         "components": components,
         "deploymentSpec": {"executors": executors},
@@ -574,6 +598,24 @@ def spec_documents(plan_: PipelinePlan) -> tuple[dict[str, Any], dict[str, Any] 
     if not platform:
         return spec, None
     return spec, {"platforms": {"kubernetes": {"deploymentSpec": {"executors": platform}}}}
+
+
+def _groups(plan_: PipelinePlan) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    if not plan_.layout.groups:
+        return {}, {}
+    # every task reads the run id parameter, so every sub-DAG passes it down
+    wiring = [TaskWiring(t.name, t.dag, (*t.params, RUN_ID_INPUT), t.after) for t in plan_.tasks]
+    types = {p.name: _ir_type(p.kind) for p in (*plan_.params, _RUN_ID_PARAM)}
+    return group_documents(plan_.layout, wiring, types)
+
+
+def task_specs(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every task of a compiled spec, by name: the root DAG's and those inside condition sub-DAGs."""
+    found: dict[str, dict[str, Any]] = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        if "dag" in component:
+            found.update(component["dag"]["tasks"])
+    return found
 
 
 def _description(plan_: PipelinePlan) -> str:
@@ -616,11 +658,13 @@ def _component(plan_: PipelinePlan, task: TaskPlan) -> Any:
     from kfp import dsl
 
     P = inspect.Parameter
-    names = [*task.params, RUN_ID_INPUT, ENGINE_RUN_ID_INPUT, RECORD_OUTPUT]
+    tests = [WHEN_OUTPUT.format(k) for k in range(task.tests)]
+    names = [*task.params, RUN_ID_INPUT, ENGINE_RUN_ID_INPUT, RECORD_OUTPUT, *tests]
     signature = [P(n, P.POSITIONAL_OR_KEYWORD, annotation=plan_.param(n).py_type) for n in task.params]
     signature.append(P(RUN_ID_INPUT, P.POSITIONAL_OR_KEYWORD, annotation=str))
     signature.append(P(ENGINE_RUN_ID_INPUT, P.POSITIONAL_OR_KEYWORD, annotation=str))
     signature.append(P(RECORD_OUTPUT, P.POSITIONAL_OR_KEYWORD, annotation=dsl.OutputPath(str)))
+    signature += [P(n, P.POSITIONAL_OR_KEYWORD, annotation=dsl.OutputPath(bool)) for n in tests]
     constant = plan_.runtime_args(task)
 
     def body(*placeholders: Any) -> Any:
@@ -629,6 +673,8 @@ def _component(plan_: PipelinePlan, task: TaskPlan) -> Any:
         for name in task.params:
             args += ["--param", dsl.ConcatPlaceholder([f"{name}=", ph[name]])]
         args += ["--output-file", ph[RECORD_OUTPUT]]
+        for name in tests:
+            args += ["--when-file", ph[name]]
         return dsl.ContainerSpec(image=task.image, command=["python", "-m", "mlpipe.runtime"], args=args)
 
     body.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
@@ -717,18 +763,31 @@ def _build(plan_: PipelinePlan) -> Callable[..., Any]:
     ordered = sorted((*plan_.params, _RUN_ID_PARAM), key=lambda p: not p.required)
     pnames = [p.name for p in ordered]
 
+    by_task = {t.name: t for t in plan_.tasks}
+    members = dict(plan_.layout.members) or {"": tuple(by_task)}
+
     def body(*channels: Any) -> None:
         by_name = dict(zip(pnames, channels, strict=True))
         tasks: dict[str, Any] = {}
-        for task in plan_.tasks:
-            kwargs = {n: by_name[n] for n in task.params}
-            kwargs[RUN_ID_INPUT] = by_name[RUN_ID_INPUT]
-            kwargs[ENGINE_RUN_ID_INPUT] = RUN_ID_PLACEHOLDER
-            kfp_task = components[task.name](**kwargs)
-            _configure(kfp_task, task, plan_.options)
-            if task.after:
-                kfp_task.after(*(tasks[a] for a in task.after))
-            tasks[task.name] = kfp_task
+
+        def emit(dag: str) -> None:  # a DAG's members in the plan's order, so kfp numbers groups as the plan does
+            for member in members[dag]:
+                if member not in by_task:
+                    group = plan_.layout.group(member)
+                    with dsl.If(tasks[group.producer].outputs[group.output] == group.expected):
+                        emit(member)
+                    continue
+                task = by_task[member]
+                kwargs = {n: by_name[n] for n in task.params}
+                kwargs[RUN_ID_INPUT] = by_name[RUN_ID_INPUT]
+                kwargs[ENGINE_RUN_ID_INPUT] = RUN_ID_PLACEHOLDER
+                kfp_task = components[task.name](**kwargs)
+                _configure(kfp_task, task, plan_.options)
+                if task.after:
+                    kfp_task.after(*(tasks[a] for a in task.after))
+                tasks[task.name] = kfp_task
+
+        emit("")
 
     P = inspect.Parameter
     body.__signature__ = inspect.Signature(  # type: ignore[attr-defined]

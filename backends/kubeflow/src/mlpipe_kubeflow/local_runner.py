@@ -14,6 +14,13 @@ narrowest hook that lets kfp's runner execute them as host subprocesses:
 * The subclass drops the two refusals (container component, non-Python
   image), runs ``python`` as this interpreter, and adds ``PYTHONPATH`` so the
   tasks import the user's step modules as this process does.
+* kfp.local's condition evaluator (``enhanced_dag_orchestrator.ConditionEvaluator``)
+  finds a task output named in ``triggerPolicy.condition`` only when the output is
+  called ``Output`` (a lightweight component's return value); any other name
+  resolves to nothing and the branch is never taken. :func:`_condition_channels`
+  resolves mlpipe's ``mlpipe_when_<k>`` outputs (the task's output in the DAG
+  that holds the condition, else the sub-DAG's input of that name), as the KFP
+  backend resolves every task input before it evaluates a condition.
 * The run id arrives as the run argument ``mlpipe_run_id``, as on a cluster
   (kfp.local resolves ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` to a random job id
   that it never returns; a run without the argument records under that one).
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -83,9 +91,41 @@ def container_components_as_subprocess(run_id: str, cancel: threading.Event | No
         original = sth.SubprocessTaskHandler
         sth.SubprocessTaskHandler = ContainerAsSubprocessHandler
         try:
-            yield
+            with _condition_channels():
+                yield
         finally:
             sth.SubprocessTaskHandler = original
+
+
+_WHEN_CHANNEL = re.compile(r"pipelinechannel--(.+)-(mlpipe_when_\d+)")
+
+
+@contextlib.contextmanager
+def _condition_channels() -> Iterator[None]:
+    """Let kfp.local's condition evaluator read mlpipe's ``mlpipe_when_<k>`` outputs (see the module docstring)."""
+    from kfp.local.orchestrator import enhanced_dag_orchestrator as eo
+
+    evaluator = eo.ConditionEvaluator
+    original = evaluator.__dict__["_resolve_pipeline_channel"]
+
+    def resolve(channel_ref: str, io_store: Any) -> Any:
+        match = _WHEN_CHANNEL.fullmatch(channel_ref)
+        if match is None:
+            return original.__func__(channel_ref, io_store)
+        try:
+            return io_store.get_task_output(match[1], match[2])
+        except (KeyError, ValueError):
+            pass
+        try:
+            return io_store.get_parent_input(channel_ref)
+        except (KeyError, ValueError):
+            return None
+
+    evaluator._resolve_pipeline_channel = staticmethod(resolve)
+    try:
+        yield
+    finally:
+        evaluator._resolve_pipeline_channel = original
 
 
 def _unambiguous_spec(spec_path: str) -> str:

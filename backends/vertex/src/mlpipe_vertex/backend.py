@@ -27,6 +27,7 @@ from typing import Any
 from mlpipe_kubeflow.background import (
     LocalRuns,
     close_after_engine,
+    close_succeeded,
     execute_locally,
     refuse_in_local_mode,
     step_states,
@@ -93,7 +94,9 @@ class VertexBackend(Backend):
     """
 
     name = BACKEND
-    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, schedules=True)
+    capabilities = Capabilities(
+        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, conditions=True
+    )
     Options = VertexOptions
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
@@ -444,6 +447,10 @@ def _close_run_doc(handle: RunHandle, status: RunStatus) -> None:
         store = open_store(handle.store)
         if not RunRecord.exists(store, handle.run_id):
             return
-        RunRecord.load(store, handle.run_id).close_once(status.state, error=status.message)  # type: ignore[arg-type]
+        record = RunRecord.load(store, handle.run_id)
+        if status.state == "succeeded":
+            close_succeeded(store, record)  # with the steps of the branches not taken
+        else:
+            record.close_once(status.state, error=status.message)  # type: ignore[arg-type]
     except (MlpipeError, OSError):  # the state is still reported; the record catches up on the next status()
         return

@@ -37,7 +37,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mlpipe_kubeflow import yamlout
-from mlpipe_kubeflow.compiler import ENGINE_RUN_ID_INPUT, RUN_ID_INPUT, PipelinePlan, plan, spec_documents
+from mlpipe_kubeflow.compiler import (
+    ENGINE_RUN_ID_INPUT,
+    RUN_ID_INPUT,
+    PipelinePlan,
+    plan,
+    spec_documents,
+    task_specs,
+)
 from mlpipe_kubeflow.options import KubeflowOptions
 
 from mlpipe.errors import ParameterError, UnsupportedFeatureError
@@ -150,8 +157,8 @@ def vertex_plan(
     return VertexPlan(kfp=replace(base, tasks=tasks), accelerators=by_task)
 
 
-def _executor(spec: dict[str, Any], task: str) -> dict[str, Any]:
-    component = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
+def _executor(spec: dict[str, Any], tasks: Mapping[str, Any], task: str) -> dict[str, Any]:
+    component = tasks[task]["componentRef"]["name"]
     label = spec["components"][component]["executorLabel"]
     container: dict[str, Any] = spec["deploymentSpec"]["executors"][label]["container"]
     return container
@@ -164,9 +171,9 @@ def build_spec(vplan: VertexPlan) -> dict[str, Any]:
         raise UnsupportedFeatureError(
             "vertex: the compiled spec carries Kubernetes platform settings", backend=BACKEND, option="platforms"
         )
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = task_specs(spec)
     for task in vplan.kfp.tasks:
-        container = _executor(spec, task.name)
+        container = _executor(spec, tasks, task.name)
         args = container["args"]
         for i, arg in enumerate(args[:-1]):
             if arg == "--backend":

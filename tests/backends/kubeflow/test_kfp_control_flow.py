@@ -1,0 +1,131 @@
+"""`mp.when` on Kubeflow: condition sub-DAGs equal to what `dsl.If` compiles to, run by kfp.local, recorded skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from mlpipe_kubeflow import KubeflowBackend
+from mlpipe_kubeflow.compiler import build, task_specs, write_spec
+from resources import kubeflow_pipelines as kp
+
+import mlpipe as mp
+from mlpipe.errors import UnsupportedFeatureError
+from mlpipe.local import LocalBackend
+from mlpipe.runtime import main as runtime_main
+from mlpipe.store import ArtifactStore, open_store
+from mlpipe.testing import run_on
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return open_store(str(tmp_path / "store"))
+
+
+def _spec(store: ArtifactStore, tmp_path: Path, pipeline: mp.Pipeline = kp.branches) -> dict[str, Any]:
+    path = tmp_path / "spec.yaml"
+    backend = KubeflowBackend(image="registry.example/ml/mlpipe:1.0")
+    backend.check(pipeline.ir)
+    backend.compile(pipeline.ir, str(path), store=store)
+    spec: dict[str, Any] = yaml.safe_load(path.read_text())
+    return spec
+
+
+def test_spec_is_byte_for_byte_what_kfp_compiles_for_dsl_if(store: ArtifactStore, tmp_path: Path) -> None:
+    from kfp import compiler
+
+    p = KubeflowBackend(image="registry.example/ml/mlpipe:1.0").plan(kp.branches.ir, store)
+    ours, theirs = tmp_path / "ours.yaml", tmp_path / "kfp.yaml"
+    write_spec(p, str(ours))
+    compiler.Compiler().compile(build(p), package_path=str(theirs))  # build() nests dsl.If blocks
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_blocks_become_condition_sub_dags_over_a_published_test(store: ArtifactStore, tmp_path: Path) -> None:
+    from kfp import components
+
+    spec = _spec(store, tmp_path)
+    root = spec["root"]["dag"]["tasks"]
+    assert sorted(root) == ["condition-1", "condition-4", "condition-5", "score"]
+    trigger = {name: root[name]["triggerPolicy"]["condition"] for name in ("condition-1", "condition-4", "condition-5")}
+    assert trigger == {  # s > 0.5, its else (the same published result, false), and s >= 0.8 (a second one)
+        "condition-1": "inputs.parameter_values['pipelinechannel--score-mlpipe_when_0'] == true",
+        "condition-4": "inputs.parameter_values['pipelinechannel--score-mlpipe_when_0'] == false",
+        "condition-5": "inputs.parameter_values['pipelinechannel--score-mlpipe_when_1'] == true",
+    }
+    assert root["condition-1"]["dependentTasks"] == ["score"]
+    assert root["condition-1"]["inputs"]["parameters"]["pipelinechannel--score-mlpipe_when_0"] == {
+        "taskOutputParameter": {"outputParameterKey": "mlpipe_when_0", "producerTask": "score"}}
+    assert root["condition-1"]["inputs"]["parameters"]["pipelinechannel--tag"] == {"componentInputParameter": "tag"}
+    outer = spec["components"]["comp-condition-1"]["dag"]["tasks"]
+    assert sorted(outer) == ["condition-2", "condition-3", "is-even", "label"]  # the nested blocks inside it
+    assert outer["label"]["inputs"]["parameters"]["tag"] == {"componentInputParameter": "pipelinechannel--tag"}
+    assert "dependentTasks" not in outer["label"]  # its upstream `score` is outside: the sub-DAG waits for it
+    nested = outer["condition-3"]["triggerPolicy"]["condition"]
+    assert nested == "inputs.parameter_values['pipelinechannel--is-even-mlpipe_when_0'] == false"
+    assert sorted(spec["components"]["comp-condition-3"]["dag"]["tasks"]) == ["size"]
+    outputs = spec["components"]["comp-score"]["outputDefinitions"]["parameters"]
+    assert outputs["mlpipe_when_0"] == outputs["mlpipe_when_1"] == {"parameterType": "BOOLEAN"}
+    args = spec["deploymentSpec"]["executors"]["exec-score"]["container"]["args"]
+    assert args[-4:] == ["--when-file", "{{$.outputs.parameters['mlpipe_when_0'].output_file}}",
+                         "--when-file", "{{$.outputs.parameters['mlpipe_when_1'].output_file}}"]
+    assert set(task_specs(spec)) >= {"score", "label", "label-2", "label-3", "size", "one", "is-even"}
+    loaded = components.load_component_from_file(str(tmp_path / "spec.yaml"))
+    assert loaded.name == "kfp-branches"
+
+
+def test_a_condition_on_a_step_inside_another_block_is_refused_naming_both(store: ArtifactStore) -> None:
+    @mp.pipeline(name="kfp-outside")
+    def outside(x: int = 9) -> None:
+        s = kp.score(x)
+        with mp.when(s > 0.5):
+            even = kp.is_even(x)
+        with mp.when(even):  # `even` exists only when s > 0.5
+            kp.one(x)
+
+    with pytest.raises(UnsupportedFeatureError, match=r"step 'one': its condition is_even.output comes from step "
+                                                       r"'is_even', which runs only when score.output > 0.5"):
+        KubeflowBackend().check(outside.ir)
+    assert run_on(LocalBackend(), outside, store, x=4).steps["one"].status == "skipped"  # local runs it
+
+
+@pytest.mark.parametrize(("x", "ran", "not_taken"), [
+    (9, ["score", "label", "is_even", "size", "one"], {"label_2": "is_even.output", "label_3": "score.output > 0.5"}),
+    (4, ["score", "label_3"], {"label": "score.output > 0.5", "is_even": "score.output > 0.5",
+                               "label_2": "score.output > 0.5", "size": "score.output > 0.5",
+                               "one": "score.output >= 0.8"}),
+])
+def test_kfp_local_takes_one_branch_and_records_the_other_skipped(
+    x: int, ran: list[str], not_taken: dict[str, str], store: ArtifactStore
+) -> None:
+    run = run_on(KubeflowBackend({"mode": "local"}), kp.branches, store, x=x)
+    assert run.status == "succeeded", run.error
+    assert sorted(n for n, s in run.steps.items() if s.status == "succeeded") == sorted(ran)
+    skipped = {n: s for n, s in run.steps.items() if s.status == "skipped"}
+    assert set(skipped) == set(not_taken)
+    for name, condition in not_taken.items():
+        assert skipped[name].error is not None and condition in skipped[name].error, skipped[name].error
+        assert skipped[name].error.startswith("skipped: branch not taken (condition ")
+    local = run_on(LocalBackend(), kp.branches, store, x=x)  # same statuses and reasons, all cached
+    assert {n: (s.status, s.error) for n, s in local.steps.items()} == {
+        n: (s.status, s.error) for n, s in run.steps.items()}
+    assert all(s.cached for s in local.steps.values() if s.status == "succeeded")
+
+
+def test_runtime_refuses_a_spec_with_the_wrong_number_of_test_outputs(store: ArtifactStore, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from mlpipe.records import write_ir
+
+    digest = write_ir(store, kp.branches.ir)
+    code = runtime_main(["--store", store.url, "--ir", digest, "--run-id", "20261202-000000-000-abcdef",
+                         "--step", "score", "--param", "x=9", "--param", "tag=t",
+                         "--when-file", str(tmp_path / "w0")])
+    assert code == 2
+    assert "1 --when-file given, but the pipeline tests this step's outputs 2 time(s)" in capsys.readouterr().err
+    ok = runtime_main(["--store", store.url, "--ir", digest, "--run-id", "20261202-000000-001-abcdef",
+                       "--step", "score", "--param", "x=7", "--param", "tag=t",
+                       "--when-file", str(tmp_path / "w0"), "--when-file", str(tmp_path / "w1")])
+    assert ok == 0
+    assert (tmp_path / "w0").read_text() == "true" and (tmp_path / "w1").read_text() == "false"  # 0.7
