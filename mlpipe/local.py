@@ -132,7 +132,8 @@ class LocalBackend(Backend):
         cache: bool,
         cancel: threading.Event,
     ) -> Run:
-        return _LocalRun(self, ir, store, params, run_id, cache, cancel).execute()
+        with store.group_commit():  # records and cache entries published in batches, durably (mlpipe.commit)
+            return _LocalRun(self, ir, store, params, run_id, cache, cancel).execute()
 
 
 class _LocalRun:

@@ -21,9 +21,11 @@ A remote task writes its step's record as its own file the moment it
 finishes. The local backend runs many small steps in one process, where a file
 per step would cost more than the step itself, so it buffers its records and
 writes them together to ``steps.json`` (every two seconds and at the end of
-the run). Readers merge both forms. Cache entries are always written
-immediately, so a killed run loses at most two seconds of history, never a
-finished step's reusable result.
+the run). Readers merge both forms. Cache entries are written when their
+step ends (inside a local run, published by :mod:`mlpipe.commit` within
+milliseconds), so a killed run loses at most two seconds of history and only
+the results of its last few milliseconds. ``run.json`` is published after
+everything it refers to (:meth:`ArtifactStore.publish_json`).
 
 What must not live here: scheduling, step execution, tracking (callers pass
 skipped outcomes on to their tracking hooks themselves).
@@ -443,7 +445,7 @@ class RunRecord:
                 on_disk = self.store.get_json(rel).get("handle")
                 if on_disk is not None:
                     self.doc["handle"] = on_disk
-            self.store.put_json(rel, self.doc)
+            self.store.publish_json(rel, self.doc)  # after the records and cache entries it refers to
         if self.index is not None:
             self.index.record_run(self.doc)
 

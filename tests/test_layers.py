@@ -43,6 +43,7 @@ LAYERS = {
         "mlpipe.graph",
         "mlpipe.code",
         "mlpipe.materializers",
+        "mlpipe.commit",
         "mlpipe.store",
         "mlpipe.metadata",
         "mlpipe.cache",

@@ -549,6 +549,122 @@ def test_by_default_documents_are_fsynced_and_objects_are_not(monkeypatch: pytes
     assert store.get_value(info.digest) == list(range(1000))
 
 
+def _record_commits(monkeypatch: pytest.MonkeyPatch, root: str) -> list[tuple[str, object]]:
+    """Log syncfs calls (with the temporaries present at that moment), renames and fsyncs under ``root``."""
+    from mlpipe import commit
+
+    events: list[tuple[str, object]] = []
+    real_syncfs, real_replace, real_fsync = commit.syncfs, os.replace, os.fsync
+
+    def syncfs(path: str) -> bool:
+        tmps = {os.path.join(d, f) for d, _, files in os.walk(root) for f in files if ".tmp-" in f}
+        events.append(("syncfs", tmps))
+        return real_syncfs(path)
+
+    def replace(src: str, dst: str) -> None:
+        events.append(("rename", (os.fspath(src), os.fspath(dst))))
+        real_replace(src, dst)
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(commit, "syncfs", syncfs)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "fsync", fsync)
+    return events
+
+
+def test_a_local_run_names_each_document_only_after_a_syncfs_made_its_bytes_durable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Group commit: no rename of a record or cache entry before its bytes are synced; run.json after them."""
+    monkeypatch.delenv("MLPIPE_FSYNC", raising=False)
+    store = open_store()
+    root = store.url
+    rp.chain.run(n=3, salt=1)  # directories and the index exist: the run below is the one observed
+    with pytest.MonkeyPatch.context() as patch:  # (monkeypatch.undo() would also undo the fixture's chdir)
+        events = _record_commits(patch, root)
+        run = rp.chain.run(n=3, salt=2)
+    assert run.status == "succeeded"
+    renames = [(i, src, dst) for i, (kind, v) in enumerate(events) if kind == "rename"
+               for src, dst in [v] if "/objects/" not in dst or dst.endswith(".meta.json")]  # type: ignore[misc]
+    grouped = [r for r in renames if not r[2].endswith("run.json")]
+    assert any("/cache/" in dst for _, _, dst in grouped) and any(dst.endswith("steps.json") for _, _, dst in grouped)
+    for i, src, dst in grouped:
+        assert any(kind == "syncfs" and src in v for kind, v in events[:i]), (dst, events)  # type: ignore[operator]
+        assert any(kind == "syncfs" for kind, _ in events[i:]), dst  # and the rename itself, after it
+    assert not [p for kind, p in events if kind == "fsync" and ("/cache/" in str(p) or "steps.json" in str(p))]
+    final = max(i for i, _, dst in renames if dst == os.path.join(root, "runs", run.id, "run.json"))
+    last_grouped = max(i for i, _, _ in grouped if i < final)
+    assert any(kind == "syncfs" for kind, _ in events[last_grouped:final])  # what run.json refers to is durable
+    assert rp.chain.run(n=3, salt=2).steps["total"].cached  # every entry published
+
+
+def test_a_pending_document_is_read_back_in_process_and_named_on_disk_only_once_committed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    from mlpipe import commit
+
+    monkeypatch.delenv("MLPIPE_FSYNC", raising=False)
+    store = open_store()
+    gate = threading.Event()
+    real_syncfs = commit.syncfs
+    monkeypatch.setattr(commit, "syncfs", lambda path: gate.wait(30) and real_syncfs(path))
+    path = Path(store.url, "cache", "ab", "k.json")
+    with store.group_commit():
+        store.put_json("cache/ab/k.json", {"v": 1})
+        assert store.get_json("cache/ab/k.json") == {"v": 1} and store.has("cache/ab/k.json")
+        assert "k.json" in store.listdir("cache/ab")
+        assert not path.exists()  # the committer waits in syncfs: nothing is named yet
+        gate.set()
+        store.commit()
+        assert json.loads(path.read_text()) == {"v": 1}
+        store.put_json("cache/ab/k.json", {"v": 2})
+    assert json.loads(path.read_text()) == {"v": 2}  # the block's end publishes the rest
+    assert not [p for p in path.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_a_failed_commit_names_nothing_and_the_block_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from mlpipe import commit
+
+    monkeypatch.delenv("MLPIPE_FSYNC", raising=False)
+    store = open_store()
+    store.put_json("runs/x/old.json", {"v": 0})
+
+    def broken(path: str) -> bool:
+        raise OSError(errno.EIO, "write-back failed")
+
+    monkeypatch.setattr(commit, "syncfs", broken)
+    with pytest.raises(OSError, match="write-back failed"), store.group_commit():
+        store.put_json("cache/cd/k.json", {"v": 1})
+        store.put_json("runs/x/old.json", {"v": 1})
+        time.sleep(0.05)
+    assert not Path(store.url, "cache", "cd", "k.json").exists()
+    assert store.get_json("runs/x/old.json") == {"v": 0}  # the old document, never a torn new one
+    assert not list(Path(store.url).rglob("*.tmp-*"))
+
+
+def test_without_syncfs_a_commit_fsyncs_each_document_before_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlpipe import commit
+
+    monkeypatch.delenv("MLPIPE_FSYNC", raising=False)
+    store = open_store()
+    root = store.url
+    with pytest.MonkeyPatch.context() as patch:
+        events = _record_commits(patch, root)
+        patch.setattr(commit, "_libc_syncfs", None)  # not Linux
+        with store.group_commit():
+            store.put_json("cache/ef/k.json", {"v": 1})
+    (i, (src, dst)), = [(i, v) for i, (kind, v) in enumerate(events) if kind == "rename"]  # type: ignore[misc]
+    assert ("fsync", src) in events[:i]
+    assert ("fsync", os.path.dirname(dst)) in events[i:]
+
+
 def test_a_store_this_process_cannot_write_can_still_be_inspected(monkeypatch: pytest.MonkeyPatch) -> None:
     """As root, file modes do not stop writes, so the index's writability check is what is patched here."""
     from mlpipe import metadata
