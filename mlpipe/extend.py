@@ -53,6 +53,7 @@ from mlpipe.records import (
 )
 from mlpipe.run import Run, StepRun
 from mlpipe.runtime import StoreAttempts, decode_param, execute_remote_step
+from mlpipe.staging import task_storage_options
 from mlpipe.step import memory_bytes
 from mlpipe.store import ArtifactStore, ObjectInfo, open_store
 from mlpipe.tracking import join_run, track_skipped
@@ -111,6 +112,7 @@ __all__ = [
     "ship",
     "skip_reason",
     "step_record",
+    "task_storage_options",
     "track_skipped",
     "write_ir",
 ]

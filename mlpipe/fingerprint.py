@@ -279,7 +279,8 @@ _PREVIEW_CHARS = 120
 # Names and contents that mark a constant as a credential: it is hashed into the fingerprint but
 # never previewed, so it stays out of cache entries, step records, the IR and the index.
 _SECRET_NAME = re.compile(
-    r"key|token|secret|passw|pwd|credential|creds|auth|cookie|session|private|signature|bearer|dsn|cert",
+    r"key|token|secret|passw|pwd|credential|creds|auth|cookie|session|private|signature|bearer|dsn|cert"
+    r"|conn_?str|connection_?string",
     re.IGNORECASE,
 )
 _SECRET_TEXT = re.compile(
@@ -287,6 +288,22 @@ _SECRET_TEXT = re.compile(
     r"|\bgh[pousr]_[A-Za-z0-9]{20}|\bxox[abprs]-|\bsk-[A-Za-z0-9]{16}|\bdapi[0-9a-f]{16}|://[^/\s:@]+:[^/\s@]+@",
 )
 _ENV_MIN_CHARS = 6  # shorter environment values ("1", "true", "en_US") are too common to mean anything
+
+
+def credential_like(name: str, value: Any) -> bool:
+    """Whether a named setting looks like a credential by its own name or its text (no environment lookup).
+
+    The same rules that keep credentials out of previews: a name such as
+    ``key``, ``secret``, ``token``, ``password`` or ``connection_string``, or
+    text such as an AWS access key id, a private key or a URL with a password
+    in it. ``signature_version`` (botocore's signing algorithm) is a setting.
+    """
+    if name in _NOT_CREDENTIALS:
+        return False
+    return bool(_SECRET_NAME.search(name)) or (isinstance(value, str) and bool(_SECRET_TEXT.search(value)))
+
+
+_NOT_CREDENTIALS = frozenset({"signature_version"})
 
 
 def _is_secret(name: str, value: Any) -> bool:

@@ -12,8 +12,8 @@ The orchestrator only orders tasks; data never passes through it.
 Usage::
 
     python -m mlpipe.runtime --store URL --ir DIGEST --run-id ID --step NAME \
-        [--engine-run-id ID] [--param name=value ...] [--backend NAME] [--no-cache | --cache true|false]
-        [--output-file PATH] [--when-file PATH ...]
+        [--engine-run-id ID] [--storage-options JSON] [--param name=value ...] [--backend NAME]
+        [--no-cache | --cache true|false] [--output-file PATH] [--when-file PATH ...]
 
 ``--run-id`` is mlpipe's run id, passed by ``mlpipe submit`` as a run
 parameter. A run started from an engine's UI or schedule leaves that
@@ -56,6 +56,7 @@ __all__ = [
     "load_ir",
     "main",
     "publish_tests",
+    "storage_options",
     "write_ir",
 ]
 
@@ -113,6 +114,29 @@ def choose_run_id(run_id: str, engine_run_id: str | None) -> str:
         "or set the run parameter mlpipe_run_id to a unique id when starting it from the UI",
         argument="run_id",
     )
+
+
+def storage_options(from_spec: str | None, from_env: str | None) -> dict[str, Any] | None:
+    """The store's fsspec options: the spec's (``--storage-options``), updated by ``MLPIPE_STORAGE_OPTIONS``.
+
+    The spec carries what is safe to write down (an endpoint); the task's
+    environment, set from the cluster's secrets, may add credentials.
+
+    Raises:
+        ParameterError: either is not a JSON object.
+    """
+    merged: dict[str, Any] = {}
+    for where, text in (("--storage-options", from_spec), ("MLPIPE_STORAGE_OPTIONS", from_env)):
+        if not text:
+            continue
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+        if not isinstance(value, dict):
+            raise ParameterError(f'{where} must be a JSON object such as \'{{"endpoint_url": "http://minio:9000"}}\'')
+        merged.update(value)
+    return merged or None
 
 
 def _placeholder(value: str) -> bool:
@@ -283,6 +307,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--run-id", required=True, help="mlpipe's run id; empty or a placeholder: --engine-run-id")
     parser.add_argument("--engine-run-id", help="The engine's run id, used when --run-id is not set")
     parser.add_argument("--step", required=True)
+    parser.add_argument(
+        "--storage-options",
+        help="JSON of fsspec options for the store (an endpoint, a region; no credentials); "
+        "MLPIPE_STORAGE_OPTIONS in the environment adds to them",
+    )
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--backend", default=os.environ.get("MLPIPE_BACKEND", "remote"))
     parser.add_argument("--no-cache", action="store_true")
@@ -322,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raw[name] = value
     try:
         args.run_id = choose_run_id(args.run_id, args.engine_run_id)
-        store = open_store(args.store)
+        store = open_store(args.store, storage_options(args.storage_options, os.environ.get("MLPIPE_STORAGE_OPTIONS")))
         ir = load_ir(store, args.ir)
         outcome = execute_remote_step(
             store,

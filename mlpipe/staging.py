@@ -12,13 +12,18 @@ ones with :meth:`StagedStore.upload`.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
+from mlpipe.errors import ConfigError
+from mlpipe.fingerprint import credential_like
 from mlpipe.store import ArtifactStore, open_store
 
-__all__ = ["StagedStore", "portability_warnings"]
+__all__ = ["StagedStore", "portability_warnings", "task_storage_options"]
 
 
 class StagedStore(ArtifactStore):
@@ -93,3 +98,62 @@ def portability_warnings(store_url: str, is_local: bool, images: dict[str, str |
             "the profile (built with `mlpipe image FILE:PIPELINE`) or @mp.step(image=...)"
         )
     return out
+
+
+def task_storage_options(options: Mapping[str, Any], backend: str) -> str | None:
+    """The profile's ``storage_options`` that a compiled spec may carry to its tasks, as JSON text (None: none).
+
+    What lets the tasks reach the same store travels (a MinIO ``endpoint_url``,
+    ``client_kwargs.region_name``, ``anon``, gcsfs's ``token = "anon"`` and
+    other token modes); what looks like a credential, by
+    name (``key``, ``secret``, ``token``, ``password``...) or by text (an AWS
+    key id, a URL with a password), at any depth, is left out with one warning
+    naming it. Credentials reach the tasks from the cluster (environment
+    variables, mounted secrets, workload identity), never from the spec.
+
+    Raises:
+        ConfigError: an option that is not JSON (a spec carries text only).
+    """
+    withheld: list[str] = []
+    kept = _without_credentials(options, "", withheld)
+    if withheld:
+        warnings.warn(
+            f"storage_options {', '.join(withheld)} look like credentials and are not written into the {backend} "
+            "spec; give the tasks their credentials through the cluster (environment variables such as "
+            "AWS_ACCESS_KEY_ID, a mounted secret, workload identity, or MLPIPE_STORAGE_OPTIONS in the task's "
+            "environment)",
+            UserWarning,
+            stacklevel=2,
+        )
+    if not kept:
+        return None
+    try:
+        return json.dumps(kept, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"storage_options: {exc}; the {backend} spec carries them to the tasks as JSON, so use strings, "
+            "numbers, booleans, lists and tables only"
+        ) from None
+
+
+# gcsfs's ``token`` may name a way to authenticate instead of holding a credential.
+_TOKEN_MODES = frozenset({"anon", "google_default", "cloud", "cache", "browser"})
+
+
+def _without_credentials(options: Mapping[str, Any], prefix: str, withheld: list[str]) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for name, value in options.items():
+        path = f"{prefix}{name}"
+        if name == "token" and value in _TOKEN_MODES:
+            kept[name] = value
+        elif credential_like(str(name), value):
+            withheld.append(path)
+        elif isinstance(value, Mapping):
+            inner = _without_credentials(value, f"{path}.", withheld)
+            if inner or not value:
+                kept[name] = inner
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, str) and credential_like("", v) for v in value):
+            withheld.append(path)
+        else:
+            kept[name] = value
+    return kept

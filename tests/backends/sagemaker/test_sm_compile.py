@@ -202,3 +202,19 @@ def test_public_api_is_pinned() -> None:
     ]
     assert SageMakerBackend.capabilities.schedules and SageMakerBackend.capabilities.gates
     assert not SageMakerBackend.capabilities.map and not SageMakerBackend.capabilities.conditions
+
+
+def test_store_endpoint_travels_to_every_job_credentials_do_not(tmp_path: Path) -> None:
+    from mlpipe.staging import StagedStore
+
+    store = StagedStore("s3://bucket/mlpipe", {"endpoint_url": "http://minio:9000", "key": "AKIAIOSFODNN7EXAMPLE",
+                                               "secret": "wJalrXUtnFEMI-not-in-any-definition"})
+    with pytest.warns(UserWarning, match="storage_options key, secret .* not written into the sagemaker spec"):
+        path = SageMakerBackend(OPTIONS, image=IMAGE).compile(sm_pipelines.training.ir, str(tmp_path / "d.json"),
+                                                              store=store)
+    text = Path(path).read_text()
+    assert "AKIAIOSFODNN7EXAMPLE" not in text and "wJalrXUtnFEMI" not in text
+    for step in json.loads(text)["Steps"]:
+        args = step["Arguments"]["AppSpecification"]["ContainerArguments"]
+        assert args[args.index("--storage-options") + 1] == '{"endpoint_url":"http://minio:9000"}'
+    store.discard()

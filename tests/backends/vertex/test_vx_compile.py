@@ -230,3 +230,17 @@ def test_retry_backoff_must_be_whole_seconds(option: str) -> None:
 
     with pytest.raises(ConfigError, match=f"{option}.*whole seconds"):
         VertexBackend({option: "5m"}, image=IMAGE)
+
+
+def test_store_options_travel_to_every_task_credentials_do_not(gs_url: str, tmp_path: Path) -> None:
+    from mlpipe.staging import StagedStore
+
+    store = StagedStore(gs_url, {"endpoint_url": "http://gcs.internal:4443", "project": "p-1",
+                                 "token": "/secrets/sa.json"})
+    with pytest.warns(UserWarning, match="storage_options token .* not written into the vertex spec"):
+        spec = build_spec(VertexBackend(image=IMAGE).plan(vp.machines.ir, store))
+    assert "/secrets/sa.json" not in str(spec)
+    for executor in spec["deploymentSpec"]["executors"].values():
+        args = executor["container"]["args"]
+        assert args[args.index("--storage-options") + 1] == '{"endpoint_url":"http://gcs.internal:4443","project":"p-1"}'
+    store.discard()

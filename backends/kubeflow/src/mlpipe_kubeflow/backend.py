@@ -29,6 +29,7 @@ from mlpipe.extend import (
     RunStatus,
     open_index,
     open_store,
+    task_storage_options,
     write_ir,
 )
 from mlpipe.ir import PipelineIR
@@ -77,7 +78,13 @@ class KubeflowBackend(Backend):
     def plan(self, ir: PipelineIR, store: ArtifactStore, *, cache: bool = True) -> PipelinePlan:
         """Store the IR (shipping non-importable code) and decide the spec; refusals are raised here."""
         draft = self._draft(ir)
-        return replace(draft, store=store.url, ir_digest=write_ir(store, ir), cache=cache)
+        return replace(
+            draft,
+            store=store.url,
+            ir_digest=write_ir(store, ir),
+            cache=cache,
+            storage_options=task_storage_options(store.storage_options, self.name),
+        )
 
     def check(self, ir: PipelineIR) -> None:
         """Refuse what KFP cannot express (names, sizes, resources), before anything is stored or run."""

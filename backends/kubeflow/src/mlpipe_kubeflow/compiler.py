@@ -131,6 +131,7 @@ class PipelinePlan:
     tasks: tuple[TaskPlan, ...]
     options: KubeflowOptions = field(default_factory=KubeflowOptions)
     layout: Layout = field(default_factory=Layout)
+    storage_options: str | None = None  # JSON of the store's options the tasks need, credentials left out
 
     def param(self, name: str) -> ParamPlan:
         return next(p for p in self.params if p.name == name)
@@ -149,6 +150,8 @@ class PipelinePlan:
     def runtime_args(self, task: TaskPlan) -> list[str]:
         """The constant part of the task's ``python -m mlpipe.runtime`` arguments."""
         args = ["--store", self.store, "--ir", self.ir_digest, "--step", task.step, "--backend", BACKEND]
+        if self.storage_options:
+            args += ["--storage-options", self.storage_options]
         return [*args, "--no-cache"] if not self.cache else args
 
 
@@ -282,8 +285,12 @@ def plan(
     ir_digest: str,
     image: str | None = None,
     cache: bool = True,
+    storage_options: str | None = None,
 ) -> PipelinePlan:
     """Decide and check everything the KFP spec will say.
+
+    ``storage_options`` is the JSON the tasks pass to the store
+    (:func:`mlpipe.extend.task_storage_options`: no credentials).
 
     Raises:
         UnsupportedFeatureError: what KFP cannot express, naming the step and option.
@@ -336,6 +343,7 @@ def plan(
         tasks=tasks,
         options=options,
         layout=layout,
+        storage_options=storage_options,
     )
 
 

@@ -38,6 +38,7 @@ from mlpipe.extend import (
     open_store,
     resolve_profile,
     ship,
+    task_storage_options,
     track_skipped,
     write_ir,
 )
@@ -175,7 +176,13 @@ class SageMakerBackend(Backend):
         self.check(ir)
         digest = write_ir(store, ir)
         definition = build_definition(
-            ir, store_url=store.url, ir_digest=digest, role=self._role(), image=self.image, options=self.opts
+            ir,
+            store_url=store.url,
+            ir_digest=digest,
+            role=self._role(),
+            image=self.image,
+            options=self.opts,
+            storage_options=task_storage_options(store.storage_options, self.name),
         )
         validate_definition(definition, pipeline_name=sagemaker_pipeline_name(ir, self.opts))
         return definition, digest

@@ -125,8 +125,13 @@ def _join(*values: Any) -> dict[str, Any]:
     return {"Std:Join": {"On": "", "Values": list(values)}}
 
 
-def container_arguments(ir: PipelineIR, spec: StepSpec, store_url: str, ir_digest: str) -> list[Any]:
-    """The runtime's command line for one step, with SageMaker expressions where values vary per run."""
+def container_arguments(
+    ir: PipelineIR, spec: StepSpec, store_url: str, ir_digest: str, storage_options: str | None = None
+) -> list[Any]:
+    """The runtime's command line for one step, with SageMaker expressions where values vary per run.
+
+    ``storage_options`` is the JSON of the store's options the job needs (an endpoint; never credentials).
+    """
     args: list[Any] = [
         "--store", store_url,
         "--ir", ir_digest,
@@ -135,6 +140,8 @@ def container_arguments(ir: PipelineIR, spec: StepSpec, store_url: str, ir_diges
         "--backend", "sagemaker",
         "--cache", {"Get": f"Parameters.{CACHE_PARAMETER}"},
     ]  # fmt: skip
+    if storage_options:
+        args += ["--storage-options", storage_options]
     for param in ir.params:
         args += ["--param", _join(f"{param.name}=", {"Get": f"Parameters.{param.name}"})]
     return args
@@ -210,6 +217,7 @@ def build_step(
     role: str,
     image: str | None,
     options: SageMakerOptions,
+    storage_options: str | None = None,
 ) -> dict[str, Any]:
     """One ``Processing`` step, keys in the SDK's order."""
     instance_type = choose_instance_type(
@@ -225,7 +233,7 @@ def build_step(
         },
         "AppSpecification": {
             "ImageUri": step_image(spec, image),
-            "ContainerArguments": container_arguments(ir, spec, store_url, ir_digest),
+            "ContainerArguments": container_arguments(ir, spec, store_url, ir_digest, storage_options),
             "ContainerEntrypoint": [options.python, "-m", "mlpipe.runtime"],
         },
         "RoleArn": role,
@@ -256,6 +264,7 @@ def build_definition(
     role: str,
     image: str | None,
     options: SageMakerOptions,
+    storage_options: str | None = None,
 ) -> dict[str, Any]:
     """The whole pipeline definition as a dict (serialise it with :func:`dumps`)."""
     return {
@@ -266,7 +275,16 @@ def build_definition(
         "PipelineExperimentConfig": None,
         "MlflowConfig": None,
         "Steps": [
-            build_step(ir, spec, store_url=store_url, ir_digest=ir_digest, role=role, image=image, options=options)
+            build_step(
+                ir,
+                spec,
+                store_url=store_url,
+                ir_digest=ir_digest,
+                role=role,
+                image=image,
+                options=options,
+                storage_options=storage_options,
+            )
             for spec in ir.steps
         ],
     }

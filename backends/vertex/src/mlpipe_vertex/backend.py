@@ -47,6 +47,7 @@ from mlpipe.extend import (
     RunStatus,
     open_index,
     open_store,
+    task_storage_options,
     write_ir,
 )
 from mlpipe.ir import PipelineIR
@@ -117,7 +118,15 @@ class VertexBackend(Backend):
     def plan(self, ir: PipelineIR, store: ArtifactStore, *, cache: bool = True) -> VertexPlan:
         """Store the IR (shipping non-importable code) and decide the spec."""
         self.check(ir)
-        return vertex_plan(ir, self.opts, store=store.url, ir_digest=write_ir(store, ir), image=self.image, cache=cache)
+        return vertex_plan(
+            ir,
+            self.opts,
+            store=store.url,
+            ir_digest=write_ir(store, ir),
+            image=self.image,
+            cache=cache,
+            storage_options=task_storage_options(store.storage_options, self.name),
+        )
 
     def compile(self, ir: PipelineIR, path: str, *, store: ArtifactStore | None = None) -> str:
         """Write the pipeline spec Vertex runs (KFP v2 YAML) to ``path``.

@@ -142,7 +142,14 @@ def kubeflow_options(options: VertexOptions) -> KubeflowOptions:
 
 
 def vertex_plan(
-    ir: PipelineIR, options: VertexOptions, *, store: str, ir_digest: str, image: str | None = None, cache: bool = True
+    ir: PipelineIR,
+    options: VertexOptions,
+    *,
+    store: str,
+    ir_digest: str,
+    image: str | None = None,
+    cache: bool = True,
+    storage_options: str | None = None,
 ) -> VertexPlan:
     """Decide and check everything the Vertex spec will say.
 
@@ -150,7 +157,15 @@ def vertex_plan(
         UnsupportedFeatureError: what KFP or Vertex cannot express, naming the step and option.
     """
     accelerators = _check_resources(ir)
-    base = plan(ir, kubeflow_options(options), store=store, ir_digest=ir_digest, image=image, cache=cache)
+    base = plan(
+        ir,
+        kubeflow_options(options),
+        store=store,
+        ir_digest=ir_digest,
+        image=image,
+        cache=cache,
+        storage_options=storage_options,
+    )
     # Kubernetes-only settings go (a pod deadline is one); retries stay as the task's retryPolicy.
     tasks = tuple(replace(t, node_selector=(), timeout=None) for t in base.tasks)
     by_task = {t.name: accelerators[t.step] for t in tasks if t.step in accelerators}
