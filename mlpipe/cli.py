@@ -72,10 +72,18 @@ def _console(stderr: bool = False) -> Any:
 
 
 def load_pipeline(target: str) -> Pipeline:
-    """Import ``FILE.py:PIPELINE`` (or ``package.module:PIPELINE``) and return the pipeline."""
+    """Import ``FILE.py:PIPELINE`` (or ``package.module:PIPELINE``) and return the pipeline.
+
+    ``FILE.py`` alone (or ``package.module``) names the one pipeline defined
+    there; with none or several that is an error listing them.
+    """
     path, sep, attr = target.rpartition(":")
-    if not sep or not path or not attr:
-        raise DefinitionError(f"expected FILE.py:PIPELINE, got {target!r} (for example pipeline.py:training)")
+    if not sep:
+        path, attr = target, ""
+    if not path or (sep and not attr):
+        raise DefinitionError(
+            f"expected FILE.py or FILE.py:PIPELINE, got {target!r} (for example pipeline.py:training)"
+        )
     if path.endswith(".py") or os.sep in path or "/" in path:
         file = Path(path).resolve()
         if not file.is_file():
@@ -92,15 +100,38 @@ def load_pipeline(target: str) -> Pipeline:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise DefinitionError(f"cannot import {module_name!r} from {target!r}: {exc}") from exc
+    if not attr:
+        return _only_pipeline(module, path)
     obj = getattr(module, attr, None)
     if obj is None:
-        found = sorted(name for name, value in vars(module).items() if isinstance(value, Pipeline))
-        raise DefinitionError(
-            f"{path} has no attribute {attr!r}; pipelines defined there: {', '.join(found) or '(none)'}"
-        )
+        found = ", ".join(_pipelines_in(module)) or "(none)"
+        raise DefinitionError(f"{path} has no attribute {attr!r}; pipelines defined there: {found}")
     if not isinstance(obj, Pipeline):
         raise DefinitionError(f"{path}:{attr} is a {type(obj).__name__}, not a pipeline; decorate it with @mp.pipeline")
     return obj
+
+
+def _pipelines_in(module: Any) -> dict[str, Pipeline]:
+    """The module's pipelines by attribute name: those defined in it, or if none, those it imports."""
+    found: dict[str, Pipeline] = {}
+    for name, value in sorted(vars(module).items()):
+        if isinstance(value, Pipeline) and all(value is not seen for seen in found.values()):
+            found[name] = value
+    own = {name: p for name, p in found.items() if getattr(p.fn, "__module__", None) == module.__name__}
+    return own or found
+
+
+def _only_pipeline(module: Any, path: str) -> Pipeline:
+    found = _pipelines_in(module)
+    if len(found) == 1:
+        return next(iter(found.values()))
+    if not found:
+        raise DefinitionError(f"{path} defines no pipeline; decorate a function with @mp.pipeline")
+    names = ", ".join(found)
+    raise DefinitionError(
+        f"{path} defines {len(found)} pipelines ({names}); name one as {path}:PIPELINE, "
+        f"for example {path}:{next(iter(found))}"
+    )
 
 
 def _forget_other_module(module_name: str, file: Path, path: str) -> None:
@@ -188,20 +219,22 @@ def _main(
 
 @app.command()
 def run(
-    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE")],
+    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE, or FILE.py alone when it holds one pipeline.")],
     param: ParamOpt = None,
     profile: ProfileOpt = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every step.")] = False,
 ) -> None:
     """Run a pipeline and wait for it (exit 1 if it fails)."""
+    from mlpipe.launch import resolve
     from mlpipe.progress import REPORTER, PlainReporter, RichReporter
 
     try:
+        _prof, backend, _store = resolve(profile, None)  # before the user's module runs: a bad profile fails fast
         pipe = load_pipeline(target)
         params = parse_params(pipe, param)
         token = REPORTER.set(RichReporter() if _is_tty() else PlainReporter())
         try:
-            result = pipe.run(profile=profile, cache=not no_cache, **params)
+            result = pipe.run(profile=profile, backend=backend, cache=not no_cache, **params)
         finally:
             REPORTER.reset(token)
     except MlpipeError as exc:
@@ -233,7 +266,7 @@ def run(
 
 @app.command("compile")
 def compile_cmd(
-    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE")],
+    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE, or FILE.py alone when it holds one pipeline.")],
     output: Annotated[str, typer.Option("-o", "--output", help="File to write.")],
     backend: Annotated[
         str | None, typer.Option("--backend", help="Backend name (kubeflow, vertex, sagemaker).")
@@ -250,17 +283,18 @@ def compile_cmd(
     pass --upload to do it now (to run the file from a UI or with the
     engine's own client).
     """
+    from mlpipe.backend import get_backend
+    from mlpipe.config import load_profile
     from mlpipe.launch import compile_spec
 
     try:
-        pipe = load_pipeline(target)
         if backend is None and profile is None:
             raise DefinitionError("compile needs --backend B or --profile P")
-        if backend is None:
-            from mlpipe.config import load_profile
-
-            backend = load_profile(profile).backend
-        spec = compile_spec(pipe.ir, backend, output, profile=profile, upload=upload)
+        prof = load_profile(profile)  # before the user's module runs: a bad profile fails fast
+        name = backend or prof.backend
+        instance = get_backend(name, prof.options if name == prof.backend else {}, image=prof.image)
+        pipe = load_pipeline(target)
+        spec = compile_spec(pipe.ir, instance, output, profile=profile, upload=upload)
     except MlpipeError as exc:
         _fail(exc)
     for message in spec.warnings:
@@ -279,7 +313,7 @@ def compile_cmd(
 
 @app.command()
 def submit(
-    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE")],
+    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE, or FILE.py alone when it holds one pipeline.")],
     profile: ProfileOpt = None,
     param: ParamOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the run to its end; exit 1 if it fails.")] = False,
@@ -292,9 +326,9 @@ def submit(
     from mlpipe.launch import resolve
 
     try:
+        _prof, backend, _store = resolve(profile, None)  # before the user's module runs: a bad profile fails fast
         pipe = load_pipeline(target)
         params = parse_params(pipe, param)
-        _prof, backend, _store = resolve(profile, None)
         handle = pipe.submit(profile=profile, backend=backend, cache=not no_cache, **params)
         print(f"submitted run {handle.run_id} to {handle.backend}" + (f": {handle.url}" if handle.url else ""))
         if not wait and backend.name != "local":
@@ -316,7 +350,7 @@ def submit(
 
 @app.command()
 def graph(
-    target: Annotated[str | None, typer.Argument(help="FILE.py:PIPELINE (optional with --run).")] = None,
+    target: Annotated[str | None, typer.Argument(help="FILE.py:PIPELINE or FILE.py (optional with --run).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="mermaid, dot or html")] = "mermaid",
     output: Annotated[str | None, typer.Option("-o", "--output", help="Write to a file instead of stdout.")] = None,
     run_id: Annotated[
@@ -331,13 +365,13 @@ def graph(
         if target is None and run_id is None:
             raise DefinitionError("graph needs FILE.py:PIPELINE, or --run RUN_ID to draw a recorded run")
         states = None
+        store = _store(profile) if run_id is not None else None  # before the user's module runs
         ir = load_pipeline(target).ir if target is not None else None
-        if run_id is not None:
+        if store is not None and run_id is not None:
             from mlpipe.graphview import StepState
             from mlpipe.records import load_ir
             from mlpipe.run import get_run
 
-            store = _store(profile)
             run = get_run(run_id, store)
             if ir is None:
                 ir = load_ir(store, run.doc["ir"])
@@ -364,10 +398,9 @@ def backends() -> None:
 
 def _store(profile: str | None) -> Any:
     from mlpipe.config import load_profile
-    from mlpipe.store import open_store
+    from mlpipe.launch import profile_store
 
-    prof = load_profile(profile)
-    return open_store(prof.store, prof.storage_options)
+    return profile_store(load_profile(profile))
 
 
 def _fmt_size(n: int | None) -> str:
@@ -724,7 +757,7 @@ def index(
 
 @app.command()
 def image(
-    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE")],
+    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE, or FILE.py alone when it holds one pipeline.")],
     output: Annotated[str, typer.Option("-o", "--output", help="Directory for the generated files.")] = "mlpipe-image",
     base: Annotated[str | None, typer.Option("--base", help="Base image (default: python:<version>-slim).")] = None,
     requirements: Annotated[str | None, typer.Option("--requirements", help="The project's requirements.")] = None,

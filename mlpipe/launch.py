@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from mlpipe.backend import Backend, RunHandle, get_backend
 from mlpipe.config import Profile, load_profile
+from mlpipe.errors import StoreError
 from mlpipe.records import RunRecord
 from mlpipe.store import ArtifactStore, open_store
 from mlpipe.tracking import run_scope
@@ -31,6 +32,7 @@ __all__ = [
     "compile_pipeline",
     "compile_spec",
     "new_run_id",
+    "profile_store",
     "resolve",
     "run_pipeline",
     "save_handle",
@@ -54,7 +56,27 @@ def resolve(profile: str | None, backend: str | Backend | None) -> tuple[Profile
         name = backend or prof.backend
         options = prof.options if name == prof.backend else {}
         instance = get_backend(name, options, image=prof.image)
-    return prof, instance, open_store(prof.store, prof.storage_options)
+    return prof, instance, profile_store(prof)
+
+
+def profile_store(prof: Profile) -> ArtifactStore:
+    """The profile's store; a local one is created now, so a store that cannot be names itself and the profile.
+
+    Raises:
+        StoreError: ``cannot create store '/sys/x' (profile 'prod'): operation not permitted``.
+    """
+    store = open_store(prof.store, prof.storage_options)
+    if store.is_local:
+        try:
+            os.makedirs(store.url, exist_ok=True)
+        except OSError as exc:
+            reason = (exc.strerror or type(exc).__name__).lower()
+            where = f" in {prof.source}" if prof.source else " (the default; set it in mlpipe.toml)"
+            raise StoreError(
+                f"cannot create store {prof.store!r} (profile {prof.name!r}): {reason}; "
+                f"give the profile a writable store directory{where}"
+            ) from None
+    return store
 
 
 def _prepare(

@@ -115,7 +115,8 @@ def test_bad_parameters_exit_2_without_traceback(cwd: Path, args: list[str], mes
         (f"{PIPES}:nope", "has no attribute 'nope'; pipelines defined there: badstore, badtype, crossing, first, "
                           "mismatched, ok, raising"),
         (f"{PIPES}:not_a_pipeline", "is a int, not a pipeline; decorate it with @mp.pipeline"),
-        (str(PIPES), "error: expected FILE.py:PIPELINE"),
+        (str(PIPES), "defines 7 pipelines (badstore, badtype, crossing, first, mismatched, ok, raising); name one as "),
+        (f"{PIPES}:", "error: expected FILE.py or FILE.py:PIPELINE"),
         ("no_such_module_xyz:ok", "error: cannot import 'no_such_module_xyz'"),
         (f"{PIPES}:crossing", "error: pipeline 'crossing', step 'after', argument 'x': the output 'output' of step "
                               "'make' belongs to pipeline 'first'; handles cannot cross pipelines"),

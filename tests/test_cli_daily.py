@@ -102,3 +102,111 @@ def test_runs_delete_removes_the_records_keeps_the_cache_and_the_ledger_agrees()
     assert all(s.cached for s in again.steps.values())  # the deleted run's results still serve the cache
     code, out = _cli("runs", "delete", "nope")
     assert code == 2 and "nope" in out
+
+
+# -- FILE.py alone, the profile before the module, store errors -------------------------------
+
+TWO = '''
+import mlpipe as mp
+
+@mp.step
+def inc(n: int) -> int:
+    return n + 1
+
+@mp.pipeline
+def first(n: int = 1) -> int:
+    return inc(n)
+
+@mp.pipeline
+def second(n: int = 2) -> int:
+    return inc(inc(n))
+'''
+
+ONE = '''
+from pathlib import Path
+
+import mlpipe as mp
+from two import first  # imported, not defined here: FILE.py alone still means this file's own pipeline
+
+Path("imported-{name}").write_text("the module ran")
+
+@mp.step
+def double(n: int) -> int:
+    return n * 2
+
+@mp.pipeline
+def only(n: int = 4) -> int:
+    return double(n)
+'''
+
+
+def _project(name: str = "one") -> None:
+    Path("two.py").write_text(TWO)
+    Path(f"{name}.py").write_text(ONE.format(name=name))
+
+
+def test_a_file_with_one_pipeline_needs_no_pipeline_name() -> None:
+    _project()
+    code, out = _cli("run", "one.py")
+    assert code == 0, out
+    assert "double.output = 8" in out
+    code, out = _cli("graph", "one.py")
+    assert code == 0 and "double" in out and "inc" not in out
+    code, out = _cli("compile", "one.py", "--backend", "kubeflow", "-o", "one.yaml")
+    assert code == 0, out
+    assert "double" in Path("one.yaml").read_text()
+
+
+def test_a_file_with_several_or_no_pipelines_lists_them() -> None:
+    _project()
+    code, out = _cli("run", "two.py")
+    assert code == 2
+    assert "error: two.py defines 2 pipelines (first, second); name one as two.py:PIPELINE" in out
+    assert not Path(".mlpipe/runs").exists()
+    Path("empty.py").write_text("x = 1\n")
+    code, out = _cli("graph", "empty.py")
+    assert code == 2 and "empty.py defines no pipeline; decorate a function with @mp.pipeline" in out
+    code, out = _cli("run", "two.py:third")
+    assert code == 2 and "two.py has no attribute 'third'; pipelines defined there: first, second" in out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("run", "one.py", "--profile", "prdo"),
+        ("submit", "one.py", "--profile", "prdo"),
+        ("compile", "one.py", "--profile", "prdo", "-o", "x.json"),
+        ("graph", "one.py", "--run", "x", "--profile", "prdo"),
+        ("image", "one.py", "--profile", "prdo"),
+        ("run", "one.py", "--profile", "typo"),
+    ],
+)
+def test_the_profile_is_checked_before_the_users_module_runs(args: tuple[str, ...]) -> None:
+    _project("one")
+    Path("mlpipe.toml").write_text('[profiles.prod]\nstore = "store"\n\n[profiles.typo]\nbackend = "locall"\n')
+    code, out = _cli(*args)
+    assert code == 2, out
+    assert "'prdo' is not defined" in out or "locall" in out, out
+    assert not Path("imported-one").exists()  # the module's import-time code did not run
+
+
+def test_a_store_that_cannot_be_created_names_the_profile_and_the_store() -> None:
+    import os
+    import subprocess
+    import sys
+
+    blocker = Path("not-a-dir")
+    blocker.write_text("a file where the store's parent directory should be")
+    Path("mlpipe.toml").write_text('[profiles.prod]\nstore = "not-a-dir/store"\n')
+    _project()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLPIPE_", "MLFLOW_"))}
+    for args in (["run", "one.py"], ["runs", "list"], ["runs", "list", "--profile", "prod"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "mlpipe", *args], capture_output=True, text=True, env=env, timeout=120, check=False
+        )
+        assert result.returncode == 1, result.stderr
+        store = Path("not-a-dir/store").resolve()
+        assert result.stderr.startswith(f"error: cannot create store '{store}' (profile 'prod'): not a directory;")
+        assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not Path("imported-one").exists()
+    assert blocker.read_text().startswith("a file")
