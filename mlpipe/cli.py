@@ -714,12 +714,17 @@ def cache_gc(
 def artifacts_show(
     address: Annotated[str, typer.Argument(help="Artifact digest (a unique prefix is enough).")],
     profile: ProfileOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """What produced an artifact and what consumed it."""
-    from mlpipe.explain import describe_artifact
+    from mlpipe.explain import artifact_lineage, describe_artifact
 
     try:
-        text = describe_artifact(_store(profile), address)
+        store = _store(profile)
+        if json_out:
+            print(json.dumps(artifact_lineage(store, address), indent=2, default=str))
+            return
+        text = describe_artifact(store, address)
     except MlpipeError as exc:
         _fail(exc)
     print(printable(text))

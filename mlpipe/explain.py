@@ -18,7 +18,7 @@ from mlpipe.metadata import open_index
 from mlpipe.run import get_run
 from mlpipe.store import ArtifactStore
 
-__all__ = ["describe_artifact", "explain", "explain_step"]
+__all__ = ["artifact_lineage", "describe_artifact", "explain", "explain_step"]
 
 
 def _when(ts: float | None) -> str:
@@ -154,8 +154,14 @@ def explain(store: ArtifactStore, run_id: str, step: str) -> str:
     return "\n".join(lines)
 
 
-def describe_artifact(store: ArtifactStore, address: str) -> str:
-    """Producer(s), consumers and sidecar of an artifact, by digest or unique prefix."""
+def artifact_lineage(store: ArtifactStore, address: str) -> dict[str, Any]:
+    """What an artifact is, the run and step that produced it (code, inputs), the runs that reused it, its consumers.
+
+    By digest or unique prefix; the document ``mlpipe artifacts show --json`` prints.
+
+    Raises:
+        MlpipeError: the index knows no such artifact.
+    """
     index = open_index(store)
     art = index.artifact(address)
     if art is None:
@@ -164,41 +170,73 @@ def describe_artifact(store: ArtifactStore, address: str) -> str:
             "try `mlpipe index --rebuild` if runs were recorded elsewhere"
         )
     digest = art["digest"]
-    lines = [
-        f"artifact {digest}",
-        f"  type {art['type']}  materializer {art['materializer']}  size {art['size']} bytes",
-    ]
     producers = index.producers(digest)
     original = next((p for p in producers if not p["cached"]), None)
+    produced_by: dict[str, Any] | None = None
     if original:
-        run = get_run(original["run_id"], store)
-        step = run.steps.get(original["step"])
-        code = (step.record.get("code") if step else None) or {}
+        step = get_run(original["run_id"], store).steps.get(original["step"])
+        record = step.record if step is not None else {}
+        code = record.get("code") or {}
+        inputs: dict[str, Any] = {}
+        for name, inp in (record.get("components") or {}).get("inputs", {}).items():
+            if inp["kind"] == "artifact":
+                inputs[name] = {"artifact": inp["digest"], "step": inp["step"]}
+            else:
+                inputs[name] = {"value": inp["value"]}
+        produced_by = {
+            "run": original["run_id"],
+            "step": original["step"],
+            "output": original["name"],
+            "started": original["started"],
+            "code": {k: code.get(k) for k in ("module", "qualname", "fingerprint")} if code else None,
+            "inputs": inputs,
+        }
+    return {
+        "digest": digest,
+        "type": art["type"],
+        "materializer": art["materializer"],
+        "size": art["size"],
+        "produced_by": produced_by,
+        "reused_by": [p["run_id"] for p in producers if p["cached"]],
+        "consumed_by": [
+            {"run": c["run_id"], "step": c["step"], "input": c["name"], "cached": bool(c["cached"])}
+            for c in index.consumers(digest)
+        ],
+    }
+
+
+def describe_artifact(store: ArtifactStore, address: str) -> str:
+    """Producer(s), consumers and sidecar of an artifact, by digest or unique prefix."""
+    art = artifact_lineage(store, address)
+    lines = [
+        f"artifact {art['digest']}",
+        f"  type {art['type']}  materializer {art['materializer']}  size {art['size']} bytes",
+    ]
+    made = art["produced_by"]
+    if made:
         lines.append(
-            f"  produced by run {original['run_id']}, step {original['step']!r} (output {original['name']!r})"
-            f" at {_when(original['started'])}"
+            f"  produced by run {made['run']}, step {made['step']!r} (output {made['output']!r})"
+            f" at {_when(made['started'])}"
         )
+        code = made["code"]
         if code:
             lines.append(
                 f"    code {code.get('module')}.{code.get('qualname')} fingerprint {str(code.get('fingerprint'))[:16]}…"
             )
-        if step is not None:
-            for name, inp in (step.record.get("components") or {}).get("inputs", {}).items():
-                if inp["kind"] == "artifact":
-                    lines.append(f"    input {name}: {inp['digest'][:16]}… from step {inp['step']!r}")
-                else:
-                    lines.append(f"    input {name} = {inp['value']!r}")
-    reused = [p for p in producers if p["cached"]]
+        for name, inp in made["inputs"].items():
+            if "artifact" in inp:
+                lines.append(f"    input {name}: {inp['artifact'][:16]}… from step {inp['step']!r}")
+            else:
+                lines.append(f"    input {name} = {inp['value']!r}")
+    reused = art["reused_by"]
     if reused:
-        lines.append(
-            f"  served from the cache in {len(reused)} later run(s): " + ", ".join(p["run_id"] for p in reused[:10])
-        )
-    consumers = index.consumers(digest)
+        lines.append(f"  served from the cache in {len(reused)} later run(s): " + ", ".join(reused[:10]))
+    consumers = art["consumed_by"]
     if consumers:
         lines.append("  consumed by:")
         for c in consumers[:50]:
             lines.append(
-                f"    run {c['run_id']}, step {c['step']!r} as {c['name']!r}{' (cache hit)' if c['cached'] else ''}"
+                f"    run {c['run']}, step {c['step']!r} as {c['input']!r}{' (cache hit)' if c['cached'] else ''}"
             )
     else:
         lines.append("  not consumed by any recorded step")

@@ -210,3 +210,26 @@ def test_a_store_that_cannot_be_created_names_the_profile_and_the_store() -> Non
         assert "Traceback" not in result.stderr and result.stdout == ""
     assert not Path("imported-one").exists()
     assert blocker.read_text().startswith("a file")
+
+
+def test_artifacts_show_json_gives_the_producer_its_inputs_reuse_and_consumers() -> None:
+    first = retried.run(n=7)
+    again = retried.run(n=7)
+    digest = first.steps["flaky"].outputs["output"].digest
+    code, out = _cli("artifacts", "show", digest[:10], "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["digest"] == digest and doc["type"].endswith("int") and doc["materializer"] == "json"
+    made = doc["produced_by"]
+    assert (made["run"], made["step"], made["output"]) == (first.id, "flaky", "output")
+    assert made["inputs"] == {"n": {"value": 7}}
+    assert made["code"]["qualname"] == "flaky" and len(made["code"]["fingerprint"]) >= 16
+    assert doc["reused_by"] == [again.id]
+    assert {(c["run"], c["step"], c["input"], c["cached"]) for c in doc["consumed_by"]} == {
+        (first.id, "scores", "n", False),
+        (again.id, "scores", "n", True),
+    }
+    code, text = _cli("artifacts", "show", digest[:10])
+    assert code == 0 and f"produced by run {first.id}, step 'flaky'" in text and "input n = 7" in text
+    code, out = _cli("artifacts", "show", "ffffffff", "--json")
+    assert code == 2 and "no artifact 'ffffffff'" in out
