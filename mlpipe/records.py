@@ -588,9 +588,12 @@ class RunRecord:
                 continue
             blocked = [u for u in spec.upstream if u in failures]
             error: str | None = None
+            item_names: list[str] = []
             not_taken = self._branch_not_taken(spec, records) if spec.when and spec.name not in lost else None
             if spec.name in lost:
                 error = lost[spec.name]
+            elif spec.map_over and (failed_items := _failed_items(spec.name, records)):
+                error, item_names = failed_items
             elif orphan and not blocked and not cancelled and not_taken is None:
                 error, orphan = f"the task failed without writing its record (see its log): {orphan}", None
             branch = False
@@ -615,7 +618,8 @@ class RunRecord:
                 outcome = StepOutcome.ended_now(spec.name, "skipped", reason)
                 outcome.branch_not_taken = branch
                 skipped.append(outcome)
-            records[spec.name] = self.record_outcome(ir.name, spec, outcome)
+            components = {"map": {"items": item_names}} if item_names else None
+            records[spec.name] = self.record_outcome(ir.name, spec, outcome, components)
             failures[spec.name] = outcome.error
         return skipped
 
@@ -652,7 +656,8 @@ class RunRecord:
         """
         self.flush()
         records = self.steps()
-        order = self.doc.get("order") or list(records)
+        order = _with_items(self.doc.get("order") or list(records), records)
+        self.doc["order"] = order
         if status is None:
             status = "succeeded" if all(settled_ok(records.get(name)) for name in order) else "failed"
         failed = [n for n in order if (records.get(n) or {}).get("status") == "failed"]
@@ -678,3 +683,28 @@ class RunRecord:
             return False
         self.close(status, error=error)
         return True
+
+
+def _with_items(order: list[str], records: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``order`` with each mapped step's items (``train[0]``...) after it, from its record, unless listed already."""
+    listed = set(order)
+    out: list[str] = []
+    for name in order:
+        out.append(name)
+        mapped = ((records.get(name) or {}).get("components") or {}).get("map") or {}
+        out += [item for item in mapped.get("items") or () if item not in listed and item in records]
+    return out
+
+
+def _failed_items(step: str, records: Mapping[str, Mapping[str, Any]]) -> tuple[str, list[str]] | None:
+    """A mapped step's error when its fan-in never ran because items failed (``mapping.items_failed``'s wording)."""
+    items = sorted(
+        (int(name[len(step) + 1 : -1]), name, r)
+        for name, r in records.items()
+        if name.startswith(f"{step}[") and name.endswith("]") and name[len(step) + 1 : -1].isdigit()
+    )
+    failed = [(name, r.get("error")) for _, name, r in items if r.get("status") != "succeeded"]
+    if not failed:
+        return None
+    error = f"{len(failed)} of {len(items)} items failed; {failed[0][0]}: {failed[0][1]}"
+    return error, [name for _, name, _ in items]

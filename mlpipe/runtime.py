@@ -40,7 +40,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from mlpipe.errors import MlpipeError, ParameterError, StepFailedError
@@ -232,18 +232,7 @@ def execute_remote_step(
     spec = ir.step(step)
     if item is not None and (not spec.map_over or not item.name.startswith(f"{step}[")):
         raise ParameterError(f"{item.name!r} is not an item of the mapped step {step!r}", argument="step")
-    declared = {p.name: p for p in ir.params}
-    unknown = sorted(set(raw_params) - set(declared))
-    if unknown:
-        raise ParameterError(f"pipeline {ir.name!r} has no parameter {', '.join(unknown)}")
-    params: dict[str, Any] = {}
-    for name, p in declared.items():
-        if name in raw_params:
-            params[name] = decode_param(p, raw_params[name])
-        elif not p.required:
-            params[name] = p.default
-        elif any(i.source == "param" and i.param == name for i in spec.inputs):
-            raise ParameterError(f"pipeline {ir.name!r}: parameter {name!r} is required", argument=name)
+    params = decoded_params(ir, spec, raw_params)
     verify(spec, resolve(spec, store))  # before anything is written: a stale image leaves no trace in the store
     record = RunRecord.join(store, ir, run_id, ir_digest=ir_digest, backend=backend, params=params, cache=cache)
     executor = StepExecutor(
@@ -271,6 +260,23 @@ def execute_remote_step(
             return run(target, force, depth + 1)
 
     return run(item if item is not None else spec, False)
+
+
+def decoded_params(ir: PipelineIR, spec: StepSpec, raw_params: Mapping[str, str]) -> dict[str, Any]:
+    """The run's parameters from an orchestrator's text, defaults filled in; a missing one the step needs is refused."""
+    declared = {p.name: p for p in ir.params}
+    unknown = sorted(set(raw_params) - set(declared))
+    if unknown:
+        raise ParameterError(f"pipeline {ir.name!r} has no parameter {', '.join(unknown)}")
+    params: dict[str, Any] = {}
+    for name, p in declared.items():
+        if name in raw_params:
+            params[name] = decode_param(p, raw_params[name])
+        elif not p.required:
+            params[name] = p.default
+        elif any(i.source == "param" and i.param == name for i in spec.inputs):
+            raise ParameterError(f"pipeline {ir.name!r}: parameter {name!r} is required", argument=name)
+    return params
 
 
 def _as_declared(spec: StepSpec, fn: Any, params: dict[str, Any]) -> dict[str, Any]:
@@ -328,7 +334,109 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="Write true/false here: the step's output against each mp.when test on it, in the IR's order",
     )
+    # A mapped step as three tasks (how KFP runs step.map): the fan-out, each item, the fan-in.
+    mapped = parser.add_mutually_exclusive_group()
+    mapped.add_argument("--items-file", metavar="PATH", help="Mapped step: write the JSON list of item indices here")
+    mapped.add_argument("--item", metavar="I", help="Mapped step: run item I only, recorded as <step>[I]")
+    mapped.add_argument("--collect", action="store_true", help="Mapped step: record it with its items' outputs")
     return parser
+
+
+def remote_items(
+    store: ArtifactStore, ir: PipelineIR, run_id: str, step: str, params: Mapping[str, Any]
+) -> list[StepSpec] | str:
+    """The items of the mapped step ``step`` in a remote task (or why there are none), as the local backend builds them.
+
+    Upstream values come from the upstream steps' records in the store; the
+    items of a mapped upstream step from its record (``components.map.items``).
+    """
+    from mlpipe.mapping import item_specs
+
+    spec = ir.step(step)
+    records: dict[str, dict[str, Any]] = {}
+
+    def record(name: str) -> dict[str, Any]:
+        if name not in records:
+            records[name] = store.get_json(run_path(run_id, "steps", f"{name}.json"))
+        return records[name]
+
+    def value_of(up: str, output: str) -> Any:
+        info = ObjectInfo(**record(up)["outputs"][output])
+        return store.get_value(info.digest, info=info)
+
+    items = {u: list(record(u)["components"]["map"]["items"]) for u in spec.upstream if ir.step(u).map_over}
+    return item_specs(spec, {s.name: s for s in ir.steps}, params, value_of, items)
+
+
+def collect_remote(store: ArtifactStore, ir: PipelineIR, record: RunRecord, step: str, items: list[StepSpec]) -> Any:
+    """The fan-in task of a mapped step: record it with the list of its items' outputs (or their failure).
+
+    Returns the step's :class:`StepOutcome`.
+    """
+    import typing
+
+    from mlpipe.code import resolve
+    from mlpipe.mapping import collect_items, items_failed
+    from mlpipe.records import StepOutcome
+
+    spec = ir.step(step)
+    started = time.time()
+    names = [item.name for item in items]
+    found: dict[str, dict[str, Any]] = {}
+    for name in names:
+        rel = run_path(record.run_id, "steps", f"{name}.json")
+        found[name] = store.get_json(rel) if store.has(rel) else {"status": "missing", "error": "it has no record"}
+    failed = [(n, r.get("error")) for n, r in found.items() if r.get("status") != "succeeded"]
+    if failed:
+        outcome = StepOutcome(
+            step, "failed", started=started, ended=time.time(), error=items_failed(failed, len(names))
+        )
+    else:
+        returns = typing.get_type_hints(resolve(spec, store)).get("return", Any)
+
+        def read(info: ObjectInfo) -> Any:
+            return store.get_value(info.digest, returns, info=info)
+
+        outputs = [ObjectInfo(**found[n]["outputs"]["output"]) for n in names]
+        collected = collect_items(store, ir.name, spec, record.run_id, outputs, read)
+        cached = bool(names) and all(found[n].get("cached") for n in names)
+        outcome = StepOutcome(
+            step, "succeeded", cached=cached, outputs={"output": collected}, started=started, ended=time.time()
+        )
+    record.record_outcome(ir.name, spec, outcome, {"map": {"items": names}})
+    return outcome
+
+
+def _mapped_task(args: argparse.Namespace, store: ArtifactStore, ir: PipelineIR, raw: dict[str, str]) -> Any:
+    """A mapped step's fan-out, item or fan-in task: the outcome to report, or an exit code."""
+    from mlpipe.records import StepOutcome
+
+    spec = ir.step(args.step) if args.step in {s.name for s in ir.steps} else None
+    if spec is None or not spec.map_over:
+        raise ParameterError(f"--step {args.step!r} is not a mapped step of pipeline {ir.name!r}", argument="step")
+    cache = not args.no_cache and args.cache == "true"
+    params = decoded_params(ir, spec, raw)
+    record = RunRecord.join(store, ir, args.run_id, ir_digest=args.ir, backend=args.backend, params=params, cache=cache)
+    items = remote_items(store, ir, args.run_id, args.step, params)
+    if isinstance(items, str):
+        outcome = StepOutcome.ended_now(args.step, "failed", f"step {args.step!r}: {items}")
+        record.record_outcome(ir.name, spec, outcome)
+        return outcome
+    if args.items_file:
+        _write_text(args.items_file, json.dumps(list(range(len(items)))))
+        print(f"mlpipe.runtime: step {args.step!r} maps over {len(items)} item(s)", file=sys.stderr)
+        return 0
+    if args.collect:
+        return collect_remote(store, ir, record, args.step, items)
+    try:
+        index = int(float(args.item))  # an engine may render the loop's integer item as 2.0
+    except ValueError:
+        raise ParameterError(f"--item expects an item index, got {args.item!r}", argument="item") from None
+    if not 0 <= index < len(items):
+        raise ParameterError(f"--item {index}: step {args.step!r} has {len(items)} item(s)", argument="item")
+    return execute_remote_step(
+        store, ir, args.ir, args.run_id, args.step, raw, backend=args.backend, cache=cache, item=items[index]
+    )
 
 
 def publish_tests(store: ArtifactStore, ir: PipelineIR, step: str, outputs: dict[str, ObjectInfo]) -> list[bool]:
@@ -353,16 +461,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.run_id = choose_run_id(args.run_id, args.engine_run_id)
         store = open_store(args.store, storage_options(args.storage_options, os.environ.get("MLPIPE_STORAGE_OPTIONS")))
         ir = load_ir(store, args.ir)
-        outcome = execute_remote_step(
-            store,
-            ir,
-            args.ir,
-            args.run_id,
-            args.step,
-            raw,
-            backend=args.backend,
-            cache=not args.no_cache and args.cache == "true",
-        )
+        if args.items_file or args.item is not None or args.collect:
+            outcome = _mapped_task(args, store, ir, raw)
+            if isinstance(outcome, int):
+                return outcome
+        else:
+            outcome = execute_remote_step(
+                store,
+                ir,
+                args.ir,
+                args.run_id,
+                args.step,
+                raw,
+                backend=args.backend,
+                cache=not args.no_cache and args.cache == "true",
+            )
     except MlpipeError as exc:
         print(f"mlpipe.runtime: step {args.step!r}: {exc}", file=sys.stderr)
         return exc.exit_code

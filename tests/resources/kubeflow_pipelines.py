@@ -172,3 +172,38 @@ def branches(x: int = 9, tag: str = "t") -> None:
         label(s, tag)
     with mp.when(s >= 0.8):  # a second test on the same output: a second published result
         one(x)
+
+
+@mp.step
+def grid(n: int) -> list[float]:
+    return [i / 4 for i in range(n)]
+
+
+@mp.step
+def fit_one(lr: float, epochs: int) -> float:
+    return round(lr * epochs, 3)
+
+
+@mp.step
+def best(scores: list[float]) -> float:
+    return max(scores)
+
+
+@mp.pipeline(name="kfp-fan")
+def fan(n: int = 3, epochs: int = 4) -> float:
+    """A map over a step's run-time list, a map over the mapped result, a fan-in, and a map under a condition."""
+    scores = fit_one.map(lr=grid(n), epochs=mp.unmapped(epochs))
+    top = best(fit_one.map(lr=scores, epochs=mp.unmapped(2)))
+    with mp.when(top > 1.0):
+        label.map(value=scores, tag=mp.unmapped("hi"))
+    return top
+
+
+@mp.step
+def total(values: list[int]) -> int:
+    return sum(values)
+
+
+@mp.pipeline(name="kfp-fragile")
+def fragile(xs: list[int] = [1, 2]) -> int:
+    return total(needs.map(x=xs))

@@ -129,3 +129,73 @@ def test_runtime_refuses_a_spec_with_the_wrong_number_of_test_outputs(store: Art
                        "--when-file", str(tmp_path / "w0"), "--when-file", str(tmp_path / "w1")])
     assert ok == 0
     assert (tmp_path / "w0").read_text() == "true" and (tmp_path / "w1").read_text() == "false"  # 0.7
+
+
+# -- step.map: ParallelFor over the fan-out task's item list, dsl.Collected fan-in ------------------
+
+
+@pytest.mark.parametrize("pipeline", [kp.branches, kp.fan], ids=["branches", "fan"])
+def test_maps_and_conditions_compile_byte_for_byte_as_kfp_does(pipeline: mp.Pipeline, store: ArtifactStore,
+                                                                 tmp_path: Path) -> None:
+    from kfp import compiler
+
+    options = {"steps": {"fit_one_2": {"parallelism": 3}}} if pipeline is kp.fan else {}
+    p = KubeflowBackend(options, image="registry.example/ml/mlpipe:1.0").plan(pipeline.ir, store)
+    ours, theirs = tmp_path / "ours.yaml", tmp_path / "kfp.yaml"
+    write_spec(p, str(ours))
+    compiler.Compiler().compile(build(p), package_path=str(theirs))  # dsl.ParallelFor, dsl.Collected, dsl.If
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_a_map_is_a_fan_out_task_a_parallel_for_and_a_collecting_task(store: ArtifactStore, tmp_path: Path) -> None:
+    path = tmp_path / "fan.yaml"
+    KubeflowBackend({"steps": {"fit_one_2": {"parallelism": 3}}}).compile(kp.fan.ir, str(path), store=store)
+    spec = yaml.safe_load(path.read_text())
+    root = spec["root"]["dag"]["tasks"]
+    assert sorted(root) == ["best", "condition-3", "fit-one", "fit-one-2", "fit-one-2-items", "fit-one-items",
+                            "for-loop-1", "for-loop-2", "grid"]
+    loop = root["for-loop-1"]
+    assert loop["iteratorPolicy"] == {"parallelismLimit": 10}  # map_parallelism, the default
+    assert root["for-loop-2"]["iteratorPolicy"] == {"parallelismLimit": 3}  # the step's own entry
+    assert loop["parameterIterator"] == {"itemInput": "pipelinechannel--fit-one-items-mlpipe_items-loop-item",
+                                         "items": {"inputParameter": "pipelinechannel--fit-one-items-mlpipe_items"}}
+    assert loop["dependentTasks"] == ["fit-one-items"]
+    item = spec["components"]["comp-for-loop-1"]["dag"]["tasks"]["fit-one-item"]
+    assert item["inputs"]["parameters"]["mlpipe_item"] == {
+        "componentInputParameter": "pipelinechannel--fit-one-items-mlpipe_items-loop-item"}
+    assert root["fit-one"]["inputs"]["parameters"]["mlpipe_records"] == {  # dsl.Collected of the iterations
+        "taskOutputParameter": {"outputParameterKey": "pipelinechannel--fit-one-item-mlpipe_record",
+                                "producerTask": "for-loop-1"}}
+    assert root["fit-one"]["dependentTasks"] == ["for-loop-1"]
+    assert root["fit-one-2-items"]["dependentTasks"] == ["fit-one"]  # a map over a map waits for its fan-in
+    inner = spec["components"]["comp-condition-3"]["dag"]["tasks"]  # a map under mp.when: its loop inside
+    assert sorted(inner) == ["for-loop-4", "label", "label-items"]
+    args = {n: spec["deploymentSpec"]["executors"][f"exec-{n}"]["container"]["args"]
+            for n in ("fit-one-items", "fit-one-item", "fit-one")}
+    assert args["fit-one-items"][-2:] == ["--items-file", "{{$.outputs.parameters['mlpipe_items'].output_file}}"]
+    assert args["fit-one-item"][-2:] == ["--item", "{{$.inputs.parameters['mlpipe_item']}}"]
+    assert "--collect" in args["fit-one"]
+
+
+def test_kfp_local_runs_each_item_as_its_own_task_cached_per_item(store: ArtifactStore) -> None:
+    local_store = open_store(store.url + "-local")
+    reference = run_on(LocalBackend(), kp.fan, local_store, n=3)
+    run = run_on(KubeflowBackend({"mode": "local"}), kp.fan, store, n=3)
+    assert run.status == "succeeded", run.error
+    assert run.output("best") == reference.output("best") == 4.0
+    assert run.output("fit_one") == reference.output("fit_one") == [0.0, 1.0, 2.0]
+    assert list(run.steps) == list(reference.steps)  # items listed after their mapped step, as locally
+    assert [run.steps[f"label[{i}]"].status for i in range(3)] == ["succeeded"] * 3  # the map under mp.when
+    assert run.steps["fit_one[2]"].key == reference.steps["fit_one[2]"].key  # the local backend's per-item keys
+    more = run_on(LocalBackend(), kp.fan, store, n=4)  # then locally, on the store the KFP run filled
+    assert [more.steps[f"fit_one[{i}]"].cached for i in range(4)] == [True, True, True, False]
+    assert more.output("best") == 6.0
+
+
+def test_a_failed_item_fails_its_mapped_step_and_skips_what_follows(store: ArtifactStore) -> None:
+    run = run_on(KubeflowBackend({"mode": "local"}), kp.fragile, store, xs=[1, -1, 2])
+    assert run.status == "failed"
+    assert run.steps["needs[1]"].status == "failed" and "negative" in (run.steps["needs[1]"].error or "")
+    assert run.steps["needs"].status == "failed"
+    assert (run.steps["needs"].error or "").startswith("1 of 3 items failed; needs[1]: ")
+    assert run.steps["total"].status == "skipped"

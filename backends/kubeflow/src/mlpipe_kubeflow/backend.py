@@ -59,7 +59,7 @@ class KubeflowBackend(Backend):
 
     name = "kubeflow"
     capabilities = Capabilities(
-        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, conditions=True
+        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, conditions=True, map=True
     )
     Options = KubeflowOptions
 

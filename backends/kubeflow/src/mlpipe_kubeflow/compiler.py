@@ -34,6 +34,7 @@ import gc
 import inspect
 import json
 import math
+import typing
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -41,7 +42,18 @@ from typing import Any
 from mlpipe.errors import UnsupportedFeatureError
 from mlpipe.extend import memory_bytes
 from mlpipe.ir import ParamSpec, PipelineIR, StepSpec
-from mlpipe_kubeflow.control import WHEN_OUTPUT, Layout, TaskWiring, group_documents, outer_input, plan_layout
+from mlpipe_kubeflow.control import (
+    ITEM_INPUT,
+    ITEMS_OUTPUT,
+    RECORDS_INPUT,
+    WHEN_OUTPUT,
+    Layout,
+    TaskWiring,
+    channel,
+    group_documents,
+    outer_input,
+    plan_layout,
+)
 from mlpipe_kubeflow.naming import BACKEND, check_parameter_budget, pipeline_name, task_names
 from mlpipe_kubeflow.options import ENV_NAME, KubeflowOptions, StepOverrides, Toleration
 
@@ -114,8 +126,14 @@ class TaskPlan:
     caching: bool = False
     secrets_as_env: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()
     tolerations: tuple[Toleration, ...] = ()
-    dag: str = ""  # the condition sub-DAG holding the task ("" for the root DAG)
+    dag: str = ""  # the condition sub-DAG or loop holding the task ("" for the root DAG)
     tests: int = 0  # how many mp.when test results it publishes (BOOLEAN outputs mlpipe_when_<k>)
+    role: str = ""  # a mapped step's three tasks: "items" (fan-out), "item" (in the loop), "collect" (fan-in)
+
+    @property
+    def display(self) -> str:
+        """The task's display name: the step's, and for a mapped step's tasks what each does."""
+        return {"items": f"{self.step} (items)", "item": f"{self.step}[i]"}.get(self.role, self.step)
 
 
 @dataclass(frozen=True)
@@ -152,6 +170,8 @@ class PipelinePlan:
         args = ["--store", self.store, "--ir", self.ir_digest, "--step", task.step, "--backend", BACKEND]
         if self.storage_options:
             args += ["--storage-options", self.storage_options]
+        if task.role == "collect":
+            args.append("--collect")
         return [*args, "--no-cache"] if not self.cache else args
 
 
@@ -270,6 +290,16 @@ def _task(spec: StepSpec, name: str, names: Mapping[str, str], image: str | None
 _RUN_ID_PARAM = ParamPlan(name=RUN_ID_INPUT, kind="str", required=False, default=RUN_ID_PLACEHOLDER)
 
 
+def _mapped(task: TaskPlan) -> tuple[TaskPlan, TaskPlan, TaskPlan]:
+    """A mapped step's tasks: the fan-out, the loop's iteration, and the fan-in (which keeps the step's name)."""
+    items, item = f"{task.name}-items", f"{task.name}-item"
+    return (
+        replace(task, name=items, role="items", retries=0, timeout=None, caching=False),
+        replace(task, name=item, role="item", after=(items,)),
+        replace(task, role="collect", after=(item,), params=(), retries=0, timeout=None, caching=False),
+    )
+
+
 def _param(spec: ParamSpec) -> ParamPlan:
     default = spec.default
     if spec.kind == "json" and not spec.required:
@@ -329,7 +359,14 @@ def plan(
         replace(t, params=(*t.params, *(p for p in everything if p not in t.params))) if not t.after else t
         for t in tasks
     )
-    layout = plan_layout(ir, names)
+    parallelism = {
+        s.name: (options.steps.get(s.name) or StepOverrides()).parallelism or options.map_parallelism
+        for s in ir.steps
+        if s.map_over
+    }
+    layout = plan_layout(ir, names, parallelism)
+    if parallelism:
+        tasks = tuple(part for t in tasks for part in (_mapped(t) if t.step in parallelism else (t,)))
     if layout.groups:
         dags, tests = dict(layout.task_group), dict(layout.tests)
         tasks = tuple(replace(t, dag=dags[t.name], tests=tests.get(t.name, 0)) for t in tasks)
@@ -439,6 +476,10 @@ def _container(plan_: PipelinePlan, task: TaskPlan) -> dict[str, Any]:
     args += ["--output-file", f"{{{{$.outputs.parameters['{RECORD_OUTPUT}'].output_file}}}}"]
     for k in range(task.tests):
         args += ["--when-file", f"{{{{$.outputs.parameters['{WHEN_OUTPUT.format(k)}'].output_file}}}}"]
+    if task.role == "items":
+        args += ["--items-file", f"{{{{$.outputs.parameters['{ITEMS_OUTPUT}'].output_file}}}}"]
+    elif task.role == "item":
+        args += ["--item", f"{{{{$.inputs.parameters['{ITEM_INPUT}']}}}}"]
     container: dict[str, Any] = {"args": args, "command": ["python", "-m", "mlpipe.runtime"], "image": task.image}
     if task.env:
         # protobuf leaves out empty strings: an empty value is written as a name alone
@@ -522,16 +563,26 @@ def _without_empty(fields: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None and v not in ("", [])}
 
 
-def _task_spec(task: TaskPlan, options: KubeflowOptions, after: tuple[str, ...]) -> dict[str, Any]:
+def _task_spec(task: TaskPlan, options: KubeflowOptions, after: tuple[str, ...], layout: Layout) -> dict[str, Any]:
     outer = outer_input if task.dag else str
     parameters: dict[str, Any] = {name: {"componentInputParameter": outer(name)} for name in task.params}
     parameters[RUN_ID_INPUT] = {"componentInputParameter": outer(RUN_ID_INPUT)}
     parameters[ENGINE_RUN_ID_INPUT] = {"runtimeValue": {"constant": RUN_ID_PLACEHOLDER}}
+    if task.role == "item":
+        parameters[ITEM_INPUT] = {"componentInputParameter": f"{layout.group(task.dag).channel}-loop-item"}
+    elif task.role == "collect":
+        item = f"{task.name}-item"
+        parameters[RECORDS_INPUT] = {
+            "taskOutputParameter": {
+                "outputParameterKey": channel(item, RECORD_OUTPUT),
+                "producerTask": layout.dag_of(item),
+            }
+        }
     spec: dict[str, Any] = {
         "cachingOptions": {"enableCache": True} if task.caching else {},
         "componentRef": {"name": f"comp-{task.name}"},
         "inputs": {"parameters": parameters},
-        "taskInfo": {"name": task.step},
+        "taskInfo": {"name": task.display},
     }
     if after:
         spec["dependentTasks"] = sorted(set(after))
@@ -568,7 +619,6 @@ def spec_documents(plan_: PipelinePlan) -> tuple[dict[str, Any], dict[str, Any] 
     components: dict[str, Any] = {}
     executors: dict[str, Any] = {}
     platform: dict[str, Any] = {}
-    dag_of = {t.name: t.dag for t in plan_.tasks}
     groups, dags = _groups(plan_)
     components.update(groups)
     for task in plan_.tasks:
@@ -577,15 +627,23 @@ def spec_documents(plan_: PipelinePlan) -> tuple[dict[str, Any], dict[str, Any] 
         inputs[ENGINE_RUN_ID_INPUT] = {"parameterType": "STRING"}
         outputs = {RECORD_OUTPUT: {"parameterType": "STRING"}}
         outputs.update({WHEN_OUTPUT.format(k): {"parameterType": "BOOLEAN"} for k in range(task.tests)})
+        if task.role == "items":
+            outputs[ITEMS_OUTPUT] = {"parameterType": "LIST"}
+        elif task.role == "item":
+            inputs[ITEM_INPUT] = {"parameterType": "NUMBER_INTEGER"}
+        elif task.role == "collect":
+            inputs[RECORDS_INPUT] = {"parameterType": "LIST"}
         components[f"comp-{task.name}"] = {
             "executorLabel": f"exec-{task.name}",
             "inputDefinitions": {"parameters": inputs},
             "outputDefinitions": {"parameters": outputs},
         }
         executors[f"exec-{task.name}"] = {"container": _container(plan_, task)}
-        # kfp moves a dependency on a task outside the task's sub-DAG to the sub-DAG's own task
-        after = tuple(a for a in task.after if dag_of[a] == task.dag)
-        dags.setdefault(task.dag, {})[task.name] = _task_spec(task, plan_.options, after)
+        # kfp moves a dependency on a task outside the task's sub-DAG to the sub-DAG's own task,
+        # and one on a task inside a sibling sub-DAG to that sub-DAG
+        layout = plan_.layout
+        after = tuple({m for a in task.after if (m := layout.member_in(task.dag, a)) is not None})
+        dags.setdefault(task.dag, {})[task.name] = _task_spec(task, plan_.options, after, layout)
         config = _platform(task, plan_.options)
         if config is not None:
             platform[f"exec-{task.name}"] = config
@@ -673,6 +731,14 @@ def _component(plan_: PipelinePlan, task: TaskPlan) -> Any:
     signature.append(P(ENGINE_RUN_ID_INPUT, P.POSITIONAL_OR_KEYWORD, annotation=str))
     signature.append(P(RECORD_OUTPUT, P.POSITIONAL_OR_KEYWORD, annotation=dsl.OutputPath(str)))
     signature += [P(n, P.POSITIONAL_OR_KEYWORD, annotation=dsl.OutputPath(bool)) for n in tests]
+    role = {
+        "items": (ITEMS_OUTPUT, dsl.OutputPath(typing.List[int])),  # noqa: UP006 (kfp reads typing.List)
+        "item": (ITEM_INPUT, int),
+        "collect": (RECORDS_INPUT, list),
+    }.get(task.role)
+    if role is not None:
+        names.append(role[0])
+        signature.append(P(role[0], P.POSITIONAL_OR_KEYWORD, annotation=role[1]))
     constant = plan_.runtime_args(task)
 
     def body(*placeholders: Any) -> Any:
@@ -683,6 +749,10 @@ def _component(plan_: PipelinePlan, task: TaskPlan) -> Any:
         args += ["--output-file", ph[RECORD_OUTPUT]]
         for name in tests:
             args += ["--when-file", ph[name]]
+        if task.role == "items":
+            args += ["--items-file", ph[ITEMS_OUTPUT]]
+        elif task.role == "item":
+            args += ["--item", ph[ITEM_INPUT]]
         return dsl.ContainerSpec(image=task.image, command=["python", "-m", "mlpipe.runtime"], args=args)
 
     body.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
@@ -694,7 +764,7 @@ def _component(plan_: PipelinePlan, task: TaskPlan) -> Any:
 def _configure(kfp_task: Any, task: TaskPlan, options: KubeflowOptions) -> None:
     from kfp import kubernetes
 
-    kfp_task.set_display_name(task.step)
+    kfp_task.set_display_name(task.display)
     kfp_task.set_caching_options(enable_caching=task.caching)
     for key, value in task.env:
         kfp_task.set_env_variable(key, value)
@@ -777,18 +847,29 @@ def _build(plan_: PipelinePlan) -> Callable[..., Any]:
     def body(*channels: Any) -> None:
         by_name = dict(zip(pnames, channels, strict=True))
         tasks: dict[str, Any] = {}
+        loop_items: dict[str, Any] = {}
 
         def emit(dag: str) -> None:  # a DAG's members in the plan's order, so kfp numbers groups as the plan does
             for member in members[dag]:
                 if member not in by_task:
                     group = plan_.layout.group(member)
-                    with dsl.If(tasks[group.producer].outputs[group.output] == group.expected):
-                        emit(member)
+                    source = tasks[group.producer].outputs[group.output]
+                    if group.loop:
+                        with dsl.ParallelFor(items=source, parallelism=group.parallelism) as item:
+                            loop_items[member] = item
+                            emit(member)
+                    else:
+                        with dsl.If(source == group.expected):
+                            emit(member)
                     continue
                 task = by_task[member]
                 kwargs = {n: by_name[n] for n in task.params}
                 kwargs[RUN_ID_INPUT] = by_name[RUN_ID_INPUT]
                 kwargs[ENGINE_RUN_ID_INPUT] = RUN_ID_PLACEHOLDER
+                if task.role == "item":
+                    kwargs[ITEM_INPUT] = loop_items[task.dag]
+                elif task.role == "collect":
+                    kwargs[RECORDS_INPUT] = dsl.Collected(tasks[f"{task.name}-item"].outputs[RECORD_OUTPUT])
                 kfp_task = components[task.name](**kwargs)
                 _configure(kfp_task, task, plan_.options)
                 if task.after:

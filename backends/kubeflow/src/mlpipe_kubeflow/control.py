@@ -1,4 +1,4 @@
-"""``mp.when`` blocks as KFP condition sub-DAGs: which tasks go in which, their names and order.
+"""``mp.when`` blocks and ``step.map`` as KFP sub-DAGs: which tasks go in which, their names and order.
 
 Each distinct ``mp.when`` block becomes what ``dsl.If`` compiles to: a task
 ``condition-N`` in the enclosing DAG whose component is a sub-DAG holding the
@@ -9,7 +9,15 @@ test the local backend applies (:meth:`mlpipe.ir.ConditionSpec.holds`), so a
 branch is taken on Kubeflow exactly when it is taken locally; ``~c`` reads
 the same output as ``== false``. Nested blocks are nested sub-DAGs.
 
-Groups are numbered ``condition-1``, ``condition-2``... in the order kfp's
+A mapped step ``train`` becomes three tasks: ``train-items`` works out the
+items (``mlpipe.mapping.item_specs``: lengths, values) and publishes their
+indices as a LIST output ``mlpipe_items``; a ``dsl.ParallelFor`` over that
+list (``for-loop-N``, ``iteratorPolicy.parallelismLimit``) runs
+``train-item`` once per index, which records ``train[i]`` with its own cache
+key; and ``train`` takes the iterations' records as ``dsl.Collected`` and
+records the step with the list of its items' outputs (the fan-in).
+
+Groups are numbered ``condition-1``, ``for-loop-2``... in the order kfp's
 DSL would number them when the pipeline is built unit by unit (a task or a
 whole block, in dependency order, ties by first step), which is how
 :func:`mlpipe_kubeflow.compiler.build` builds it; the tests compare the two.
@@ -17,6 +25,7 @@ whole block, in dependency order, ties by first step), which is how
 
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,19 +47,28 @@ __all__ = [
 ]
 
 WHEN_OUTPUT = "mlpipe_when_{}"
+ITEMS_OUTPUT = "mlpipe_items"  # the fan-out task's LIST of item indices
+ITEM_INPUT = "mlpipe_item"  # an iteration's index
+RECORDS_INPUT = "mlpipe_records"  # the fan-in task's dsl.Collected iteration records
 _ROOT = ""
 
 
 @dataclass(frozen=True)
 class GroupPlan:
-    """One ``mp.when`` block as a condition sub-DAG (``dsl.If``)."""
+    """One ``mp.when`` block as a condition sub-DAG (``dsl.If``), or a mapped step's loop (``dsl.ParallelFor``)."""
 
-    name: str  # condition-N: its task in the parent DAG, and comp-condition-N
+    name: str  # condition-N / for-loop-N: its task in the parent DAG, and comp-<name>
     parent: str  # the enclosing group's name, "" for the root DAG
-    producer: str  # the task that publishes the test
-    output: str  # its BOOLEAN output parameter
-    expected: bool  # the published result that takes this branch (False for ~c)
-    condition: str  # the condition as mlpipe describes it
+    producer: str  # the task that publishes the test (the item indices, for a loop)
+    output: str  # its BOOLEAN output parameter (LIST, for a loop)
+    expected: bool = True  # the published result that takes this branch (False for ~c)
+    condition: str = ""  # the condition as mlpipe describes it
+    kind: str = "condition"  # or "loop"
+    parallelism: int = 0  # a loop's parallelismLimit
+
+    @property
+    def loop(self) -> bool:
+        return self.kind == "loop"
 
     @property
     def channel(self) -> str:
@@ -76,8 +94,29 @@ class Layout:
     task_group: tuple[tuple[str, str], ...] = ()  # task name -> its innermost group ("" at the root)
     tests: tuple[tuple[str, int], ...] = ()  # task name -> how many mlpipe_when outputs it publishes
 
+    @functools.cached_property
+    def _groups(self) -> dict[str, GroupPlan]:
+        return {g.name: g for g in self.groups}
+
+    @functools.cached_property
+    def _dags(self) -> dict[str, str]:
+        return dict(self.task_group)
+
     def group(self, name: str) -> GroupPlan:
-        return next(g for g in self.groups if g.name == name)
+        return self._groups[name]
+
+    def dag_of(self, task: str) -> str:
+        """The DAG a task sits in ("" for the root)."""
+        return self._dags.get(task, "")
+
+    def member_in(self, dag: str, task: str) -> str | None:
+        """The member of ``dag`` that holds ``task``: the task, or the group around it; None when outside ``dag``."""
+        inner = self.dag_of(task)
+        if inner == dag:
+            return task
+        while inner and self._groups[inner].parent != dag:
+            inner = self._groups[inner].parent
+        return inner or None
 
     def chain(self, dag: str) -> list[str]:
         """``dag`` and the groups enclosing it, innermost first (empty for the root)."""
@@ -88,13 +127,15 @@ class Layout:
         return out
 
 
-def plan_layout(ir: PipelineIR, names: Mapping[str, str]) -> Layout:
-    """Group the tasks of ``ir`` (step → task ``names``) into condition sub-DAGs.
+def plan_layout(ir: PipelineIR, names: Mapping[str, str], parallelism: Mapping[str, int]) -> Layout:
+    """Group the tasks of ``ir`` (step → task ``names``) into condition sub-DAGs and loops.
+
+    ``parallelism`` is each mapped step's ``parallelismLimit``, by step name.
 
     Raises:
         UnsupportedFeatureError: a step depends on a step of a branch it is not in, or a group's name is taken.
     """
-    if not any(s.when for s in ir.steps):
+    if not any(s.when or s.map_over for s in ir.steps):
         return Layout()
     published = ir.published_tests()
     when = {s.name: s.when for s in ir.steps}
@@ -157,40 +198,68 @@ def plan_layout(ir: PipelineIR, names: Mapping[str, str]) -> Layout:
     groups: list[GroupPlan] = []
     rename: dict[str, str] = {_ROOT: _ROOT}
     conditions = {key: conds for conds, key in keys.items()}
+    mapped = {names[s.name]: s.name for s in ir.steps if s.map_over}
+    members_out: dict[str, list[str]] = {}
+    placed: dict[str, str] = {}  # every task (a mapped step's three included) -> its DAG
 
     def walk(dag: str) -> None:
+        here = rename[dag]
+        out = members_out.setdefault(here, [])
         for member in ordered[dag]:
-            if member in units:
-                rename[member] = f"condition-{len(groups) + 1}"
-                condition = conditions[member][-1]
-                producer = names[condition.step]
-                k = published[condition.step].index(condition.test())
+            if member in mapped:
+                loop = f"for-loop-{len(groups) + 1}"
+                fan_out, item = f"{member}-items", f"{member}-item"
                 groups.append(
                     GroupPlan(
-                        name=rename[member],
-                        parent=rename[parent_of[member]],
-                        producer=producer,
-                        output=WHEN_OUTPUT.format(k),
-                        expected=not condition.negate,
-                        condition=condition.describe(),
+                        name=loop,
+                        parent=here,
+                        producer=fan_out,
+                        output=ITEMS_OUTPUT,
+                        kind="loop",
+                        parallelism=parallelism[mapped[member]],
                     )
                 )
-                walk(member)
+                out += [fan_out, loop, member]
+                members_out[loop] = [item]
+                placed.update({fan_out: here, member: here, item: loop})
+                continue
+            if member not in units:
+                out.append(member)
+                placed[member] = here
+                continue
+            rename[member] = f"condition-{len(groups) + 1}"
+            out.append(rename[member])
+            condition = conditions[member][-1]
+            producer = names[condition.step]
+            k = published[condition.step].index(condition.test())
+            groups.append(
+                GroupPlan(
+                    name=rename[member],
+                    parent=rename[parent_of[member]],
+                    producer=producer,
+                    output=WHEN_OUTPUT.format(k),
+                    expected=not condition.negate,
+                    condition=condition.describe(),
+                )
+            )
+            walk(member)
 
     walk(_ROOT)
-    taken = sorted({g.name for g in groups} & set(names.values()))
+    steps = {t: s for s, t in names.items()}
+    extra = {f"{t}{suffix}": steps[t] for t in mapped for suffix in ("-items", "-item")}
+    taken = sorted(({g.name for g in groups} | set(extra)) & set(names.values()))
     if taken:
-        step = next(s for s, t in names.items() if t == taken[0])
+        step = steps[taken[0]]
         raise UnsupportedFeatureError(
-            f"step {step!r}: its KFP task name {taken[0]!r} is the name of a condition sub-DAG of this pipeline; "
-            "rename the step",
+            f"step {step!r}: its KFP task name {taken[0]!r} is also the name of a condition sub-DAG, a loop or a "
+            "mapped step's fan-out task of this pipeline; rename the step",
             backend=BACKEND,
             step=step,
         )
     return Layout(
         groups=tuple(groups),
-        members=tuple((rename[dag], tuple(rename.get(m, m) for m in ordered[dag])) for dag in units),
-        task_group=tuple((task, rename[dag]) for task, dag in task_dag.items()),
+        members=tuple((dag, tuple(members)) for dag, members in members_out.items()),
+        task_group=tuple(placed.items()),
         tests=tuple((names[step], len(tests)) for step, tests in published.items()),
     )
 
@@ -244,13 +313,14 @@ def outer_input(name: str) -> str:
 def group_documents(
     layout: Layout, tasks: list[TaskWiring], param_types: Mapping[str, str]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The sub-DAG components (``comp-condition-N``, their tasks still empty) and each DAG's group tasks.
+    """The sub-DAG components (``comp-condition-N``, ``comp-for-loop-N``; their tasks still empty) and each
+    DAG's group tasks.
 
-    The dicts are what kfp's compiler writes for ``dsl.If`` blocks: a group's
-    inputs are the pipeline parameters its tasks use and the condition
-    outputs of the groups around its tasks whose producer is outside it.
+    The dicts are what kfp's compiler writes for ``dsl.If`` and ``dsl.ParallelFor``
+    blocks: a group's inputs are the pipeline parameters its tasks use, the
+    condition outputs of the conditions around its tasks whose producer is
+    outside it, and, for a loop, the list it iterates over and the item.
     """
-    dag_of = {t.name: t.dag for t in tasks}
     components: dict[str, Any] = {}
     group_tasks: dict[str, dict[str, Any]] = {}
     for group in layout.groups:
@@ -262,32 +332,55 @@ def group_documents(
             params += [p for p in t.params if p not in params]
             for enclosing in layout.chain(t.dag):
                 around = layout.group(enclosing)
-                if around.producer not in names:
+                if not around.loop and around.producer not in names:
                     channels.setdefault(around.channel, around)
         inputs: dict[str, Any] = {outer_input(p): {"parameterType": param_types[p]} for p in params}
         inputs.update({name: {"parameterType": "BOOLEAN"} for name in channels})
-        components[f"comp-{group.name}"] = {"dag": {"tasks": {}}, "inputDefinitions": {"parameters": inputs}}
         parent = group.parent
         arguments: dict[str, Any] = {
             outer_input(p): {"componentInputParameter": outer_input(p) if parent else p} for p in params
         }
         for name, around in channels.items():
-            if dag_of[around.producer] == parent:
-                arguments[name] = {
-                    "taskOutputParameter": {"outputParameterKey": around.output, "producerTask": around.producer}
+            arguments[name] = _argument(layout, parent, name, around.producer, around.output)
+        component: dict[str, Any] = {"dag": {"tasks": {}}, "inputDefinitions": {"parameters": inputs}}
+        if group.loop:
+            item = next(iter(names))
+            record = channel(item, "mlpipe_record")
+            inputs[group.channel] = {"parameterType": "LIST"}
+            inputs[f"{group.channel}-loop-item"] = {"parameterType": "NUMBER_INTEGER"}
+            arguments[group.channel] = _argument(layout, parent, group.channel, group.producer, group.output)
+            component["dag"]["outputs"] = {
+                "parameters": {
+                    record: {"valueFromParameter": {"outputParameterKey": "mlpipe_record", "producerSubtask": item}}
                 }
-            else:
-                arguments[name] = {"componentInputParameter": name}
-        after = {a for t in inside for a in t.after if dag_of[a] == parent}
-        if dag_of[group.producer] == parent:
+            }
+            component["outputDefinitions"] = {"parameters": {record: {"parameterType": "LIST"}}}
+        components[f"comp-{group.name}"] = component
+        after = {layout.member_in(parent, a) for t in inside for a in t.after if a not in names}
+        if layout.member_in(parent, group.producer) is not None:
             after.add(group.producer)
+        after.discard(None)
         spec: dict[str, Any] = {"componentRef": {"name": f"comp-{group.name}"}}
         if after:
-            spec["dependentTasks"] = sorted(after)
-        spec.update(
-            inputs={"parameters": arguments},
-            taskInfo={"name": group.name},
-            triggerPolicy={"condition": group.trigger},
-        )
+            spec["dependentTasks"] = sorted(a for a in after if a is not None)
+        spec["inputs"] = {"parameters": arguments}
+        if group.loop:
+            if group.parallelism:
+                spec["iteratorPolicy"] = {"parallelismLimit": group.parallelism}
+            spec["parameterIterator"] = {
+                "itemInput": f"{group.channel}-loop-item",
+                "items": {"inputParameter": group.channel},
+            }
+            spec["taskInfo"] = {"name": group.name}
+        else:
+            spec["taskInfo"] = {"name": group.name}
+            spec["triggerPolicy"] = {"condition": group.trigger}
         group_tasks.setdefault(parent, {})[group.name] = spec
     return components, group_tasks
+
+
+def _argument(layout: Layout, dag: str, name: str, producer: str, output: str) -> dict[str, Any]:
+    """How a group task in ``dag`` receives a task output: from the task itself when it is in ``dag``."""
+    if layout.dag_of(producer) == dag:
+        return {"taskOutputParameter": {"outputParameterKey": output, "producerTask": producer}}
+    return {"componentInputParameter": name}

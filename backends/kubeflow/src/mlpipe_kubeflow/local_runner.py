@@ -20,7 +20,11 @@ narrowest hook that lets kfp's runner execute them as host subprocesses:
   resolves to nothing and the branch is never taken. :func:`_condition_channels`
   resolves mlpipe's ``mlpipe_when_<k>`` outputs (the task's output in the DAG
   that holds the condition, else the sub-DAG's input of that name), as the KFP
-  backend resolves every task input before it evaluates a condition.
+  backend resolves every task input before it evaluates a condition. Its
+  ``dsl.ParallelFor`` has the same blind spot for the list it iterates over
+  (found only as ``<task>-Output`` or as an input of the enclosing DAG), so
+  the list of a mapped step's fan-out task (``mlpipe_items``) is put where
+  the loop looks for it before the loop starts.
 * The run id arrives as the run argument ``mlpipe_run_id``, as on a cluster
   (kfp.local resolves ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` to a random job id
   that it never returns; a run without the argument records under that one).
@@ -98,11 +102,15 @@ def container_components_as_subprocess(run_id: str, cancel: threading.Event | No
 
 
 _WHEN_CHANNEL = re.compile(r"pipelinechannel--(.+)-(mlpipe_when_\d+)")
+_ITEMS_CHANNEL = re.compile(r"pipelinechannel--(.+)-(mlpipe_items)")
 
 
 @contextlib.contextmanager
 def _condition_channels() -> Iterator[None]:
-    """Let kfp.local's condition evaluator read mlpipe's ``mlpipe_when_<k>`` outputs (see the module docstring)."""
+    """Let kfp.local's conditions and loops read mlpipe's ``mlpipe_when_<k>`` and ``mlpipe_items`` outputs.
+
+    See the module docstring.
+    """
     from kfp.local.orchestrator import enhanced_dag_orchestrator as eo
 
     evaluator = eo.ConditionEvaluator
@@ -121,11 +129,28 @@ def _condition_channels() -> Iterator[None]:
         except (KeyError, ValueError):
             return None
 
+    run_loop = eo._run_parallel_for_task
+
+    def loop(*, task_spec: Any, io_store: Any, **rest: Any) -> Any:
+        items = task_spec.parameter_iterator.items
+        if task_spec.WhichOneof("iterator") == "parameter_iterator" and items.HasField("input_parameter"):
+            match = _ITEMS_CHANNEL.fullmatch(items.input_parameter)
+            if match is not None:
+                try:
+                    value = io_store.get_task_output(match[1], match[2])
+                except (KeyError, ValueError):
+                    value = None  # then it is an input of the enclosing DAG, where kfp looks by itself
+                if value is not None:
+                    io_store.put_parent_input(items.input_parameter, value)
+        return run_loop(task_spec=task_spec, io_store=io_store, **rest)
+
     evaluator._resolve_pipeline_channel = staticmethod(resolve)
+    eo._run_parallel_for_task = loop
     try:
         yield
     finally:
         evaluator._resolve_pipeline_channel = original
+        eo._run_parallel_for_task = run_loop
 
 
 def _unambiguous_spec(spec_path: str) -> str:

@@ -72,6 +72,8 @@ class StepOverrides(BaseModel):
         secrets_as_env: ``{secret_name: {secret_key: ENV_VAR}}`` for this step only.
         node_selector: Node labels for this step only (for example a GPU pool).
         tolerations: Tolerations for this step only.
+        parallelism: For a mapped step (``step.map``), most items running at once
+            (the ParallelFor's ``parallelismLimit``); default ``map_parallelism``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -80,6 +82,7 @@ class StepOverrides(BaseModel):
     secrets_as_env: SecretsAsEnv = Field(default_factory=dict)
     node_selector: NodeLabels = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+    parallelism: int | None = Field(default=None, ge=1)
 
 
 class KubeflowOptions(BackendOptions):
@@ -132,6 +135,8 @@ class KubeflowOptions(BackendOptions):
             the cluster's pods mount the same filesystem at the same path (NFS, a
             shared volume). Off by default: normally a path store means the pods
             cannot see the data, and submitting is refused.
+        map_parallelism: Most items of a mapped step running at once (the
+            ParallelFor's ``parallelismLimit``), unless the step's entry in ``steps`` says.
     """
 
     mode: Literal["cluster", "local"] = "cluster"
@@ -164,6 +169,7 @@ class KubeflowOptions(BackendOptions):
     wait_timeout: float | None = Field(default=None, gt=0)
     pod_startup_seconds: int = Field(default=300, ge=0)
     shared_filesystem: bool = False
+    map_parallelism: int = Field(default=10, ge=1)
 
     @field_validator("run_name")
     @classmethod

@@ -96,7 +96,7 @@ class VertexBackend(Backend):
 
     name = BACKEND
     capabilities = Capabilities(
-        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, conditions=True
+        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, conditions=True, map=True
     )
     Options = VertexOptions
 
