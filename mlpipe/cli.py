@@ -496,6 +496,8 @@ def runs_show(
     console = _console()
     console.print(printable(f"run {r.id}  pipeline {r.pipeline}  backend {r.backend}  status {r.status}"))
     console.print(printable(f"started {_fmt_time(r.started)}  duration {r.duration:.2f} s  params {r.params}"))
+    if r.error and r.status != "succeeded":
+        console.print(printable(f"error: {r.error}"), soft_wrap=True)
     handle = r.doc.get("handle")
     if handle and handle.get("external_id"):
         console.print(
@@ -616,11 +618,14 @@ def _refresh_remote(store: Any, run: Any) -> None:
     except MlpipeError as exc:
         print(f"note: could not reach {h.backend} for the run's state: {exc}", file=sys.stderr)
         return
-    record = RunRecord(store, dict(run.doc))
-    record.doc["status"] = status.state
-    if status.done and not record.doc.get("ended"):
-        record.doc["ended"] = time.time()
-    record.write()
+    record = RunRecord.load(store, run.id)  # as the backend's status() may just have written it
+    if record.doc.get("status") != status.state or (status.done and not record.doc.get("ended")):
+        record.doc["status"] = status.state
+        if status.done and not record.doc.get("ended"):
+            record.doc["ended"] = time.time()
+        if status.message and status.state == "failed" and not record.doc.get("error"):
+            record.doc["error"] = status.message
+        record.write()
     open_index(store).sync_run(store, run.id)
 
 

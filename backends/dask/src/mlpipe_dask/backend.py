@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from mlpipe.errors import BackendError, ConfigError, UnsupportedFeatureError
+from mlpipe.errors import BackendError, ConfigError, MlpipeError, UnsupportedFeatureError
 from mlpipe.extend import (
     TERMINAL,
     ArtifactStore,
@@ -36,7 +36,16 @@ from mlpipe.extend import (
     write_ir,
 )
 from mlpipe_dask.options import DaskOptions
-from mlpipe_dask.tasks import cancel_marker, drive, driver_key, end_marker, probe, task_resources
+from mlpipe_dask.tasks import (
+    cancel_marker,
+    drive,
+    driver_key,
+    driver_marker,
+    driver_state,
+    end_marker,
+    probe,
+    task_resources,
+)
 
 if TYPE_CHECKING:
     from distributed import Client, Future, LocalCluster
@@ -277,9 +286,15 @@ class DaskBackend(Backend):
             params=params,
             ir_digest=digest,
             cache=cache,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            dask={"scheduler": address, "driver": driver_key(run_id)},
+            # The launcher is not the run's process (the driver on the cluster is, see dask-driver.json): its
+            # host and pid stay out of the top level, where they would make the run look interrupted once the
+            # launcher exits.
+            dask={
+                "scheduler": address,
+                "driver": driver_key(run_id),
+                "heartbeat": self.opts.heartbeat,
+                "launcher": {"host": socket.gethostname(), "pid": os.getpid()},
+            },
         )
         ref = {
             "store": url,
@@ -288,6 +303,7 @@ class DaskBackend(Backend):
             "run_id": run_id,
             "params": encode_params(ir, params),
             "cache": cache,
+            "heartbeat": self.opts.heartbeat,
         }
         future = client.submit(drive, ref, key=driver_key(run_id), pure=False)
         fire_and_forget(future)
@@ -310,7 +326,10 @@ class DaskBackend(Backend):
 
         When this process submitted the run and its driver task failed (the
         driver's worker died more often than Dask allows), the run is closed as
-        failed here, with Dask's reason.
+        failed here, with Dask's reason. In any process, a run whose driver
+        stopped beating and that the scheduler no longer runs (or whose
+        scheduler is gone) is closed as failed, ``interrupted: ...`` with the
+        evidence: a driver lost with its cluster never leaves a run ``running``.
         """
         store = self._store(handle)
         if not RunRecord.exists(store, handle.run_id):
@@ -323,6 +342,11 @@ class DaskBackend(Backend):
         if doc.get("status") not in TERMINAL and future is not None and future.status in ("error", "cancelled"):
             reason = "cancelled by the scheduler" if future.status == "cancelled" else repr(future.exception())
             record.close("failed", error=f"the run's driver task ended: {reason}")
+        if doc.get("status") not in TERMINAL:
+            lost = self._driver_lost(store, handle.run_id, doc)
+            if lost is not None:
+                self._close_orphaned(store, record, lost)
+                doc = record.doc
         steps = {name: str(r.get("status")) for name, r in load_step_records(store, handle.run_id).items()}
         state = str(doc.get("status", "running"))
         if state in TERMINAL and handle.run_id not in self._synced:
@@ -330,6 +354,69 @@ class DaskBackend(Backend):
             self._synced.add(handle.run_id)
             self._drivers.pop(handle.run_id, None)
         return RunStatus(state=state, message=doc.get("error"), steps=steps)
+
+    def _driver_lost(self, store: ArtifactStore, run_id: str, doc: Mapping[str, Any]) -> str | None:
+        """Why the run's driver is gone for good (its heartbeat stopped and the scheduler confirms), or None.
+
+        A driver beats every ``heartbeat`` seconds; two missed beats (or none
+        within two beats plus ``connect_timeout`` of the submission) make this
+        process ask the scheduler about the driver's task. A driver that is
+        queued, or being restarted on another worker, is still running.
+        """
+        section = doc.get("dask") or {}
+        every = float(section.get("heartbeat") or 5.0)
+        now = time.time()
+        marker = driver_marker(run_id)
+        beat = store.get_json(marker) if store.has(marker) else None
+        if beat is not None:
+            age = now - float(beat.get("beat", 0.0))
+            if age <= 2 * every:
+                return None
+            heard = (
+                f"its driver (pid {beat.get('pid')} on {beat.get('host')}, Dask worker {beat.get('worker')}) "
+                f"last beat {age:.0f} s ago"
+            )
+        else:
+            age = now - float(doc.get("started") or now)
+            if age <= 2 * every + self.opts.connect_timeout:
+                return None
+            heard = f"its driver never started ({age:.0f} s since the run was submitted)"
+        address, key = section.get("scheduler"), section.get("driver") or driver_key(run_id)
+        if not address:
+            return f"interrupted: {heard}"
+        try:
+            from distributed import Client
+
+            with Client(address, timeout=min(self.opts.connect_timeout, 5.0), set_as_default=False) as client:
+                state, workers = client.run_on_scheduler(driver_state, key)
+        except (OSError, TimeoutError) as exc:
+            return (
+                f"interrupted: {heard}, and the scheduler at {address} cannot be reached ({type(exc).__name__}): "
+                "the cluster was stopped or lost. Finished steps are cached; submit the run again to go on"
+            )
+        if state in ("waiting", "queued", "no-worker", "processing", "memory") and workers:
+            return None  # running, or waiting for a free thread: a restarted driver beats again when it starts
+        if state is None:
+            why = "no longer knows the driver's task"
+        elif not workers:
+            why = f"has no worker left to run the driver's task ({state})"
+        else:
+            why = f"has the driver's task {state}"
+        return (
+            f"interrupted: {heard}, and the scheduler at {address} {why}. Finished steps are cached; submit the "
+            "run again to go on"
+        )
+
+    def _close_orphaned(self, store: ArtifactStore, record: RunRecord, reason: str) -> None:
+        """Close a run whose driver is gone: its unfinished steps get records, the run fails with ``reason``."""
+        from mlpipe.extend import load_ir
+
+        try:
+            ir = load_ir(store, str(record.doc["ir"]))
+            record.settle(ir, engine_error=reason, not_run="not run: the run's driver was lost")
+        except (KeyError, MlpipeError):  # no IR to settle by: the run's end still says why
+            pass
+        record.close_once("failed", error=reason)
 
     def wait(self, handle: RunHandle, *, timeout: float | None = None, poll: float = 2.0) -> RunStatus:
         """Wait on the driver task when this process started it; else poll the store."""

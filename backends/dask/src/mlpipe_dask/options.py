@@ -22,6 +22,9 @@ class DaskOptions(BackendOptions):
             Defaults: ``cpu`` = ``threads_per_worker``, ``memory`` = the worker's memory limit.
         memory_limit: Memory limit of each local worker (``"4GiB"``, ``"auto"``).
         connect_timeout: Seconds to wait for the scheduler and for the first worker.
+        heartbeat: Seconds between the run driver's heartbeats in the store. A run whose
+            driver missed two is checked with the scheduler by whoever asks for its status
+            (``mlpipe runs show``), and closed as failed when the driver is gone.
     """
 
     address: str | None = None
@@ -30,6 +33,7 @@ class DaskOptions(BackendOptions):
     worker_resources: dict[str, float] = Field(default_factory=dict)
     memory_limit: str = "auto"
     connect_timeout: float = Field(default=30.0, gt=0)
+    heartbeat: float = Field(default=5.0, gt=0, le=3600)
 
     @field_validator("address")
     @classmethod

@@ -59,10 +59,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CANCEL_CHECK_SECONDS",
+    "Heartbeat",
     "cancel_marker",
     "collect_map",
     "drive",
     "driver_key",
+    "driver_marker",
+    "driver_state",
     "end_marker",
     "probe",
     "run_item",
@@ -97,6 +100,60 @@ def driver_key(run_id: str) -> str:
 def cancel_marker(run_id: str) -> str:
     """Where a cancel request for a run is left in the store (any process can write it)."""
     return run_path(run_id, "dask-cancel.json")
+
+
+def driver_marker(run_id: str) -> str:
+    """Where the run's driver leaves its heartbeat: who it is (host, pid, worker) and when it last beat."""
+    return run_path(run_id, "dask-driver.json")
+
+
+def driver_state(key: str, dask_scheduler: Any = None) -> tuple[str | None, int]:
+    """Run on the scheduler: the state of the task ``key`` (None if unknown) and how many workers it has."""
+    if dask_scheduler is None:
+        return None, 0
+    task = dask_scheduler.tasks.get(key)
+    return (None if task is None else str(task.state)), len(dask_scheduler.workers)
+
+
+class Heartbeat:
+    """Writes the driver's heartbeat every ``every`` seconds from a thread of its own, until stopped.
+
+    A thread, so that a driver blocked in a gather or reading a large list
+    still beats: a missing beat means the driver's process is gone.
+    """
+
+    def __init__(self, store: ArtifactStore, run_id: str, every: float) -> None:
+        from distributed import get_worker
+
+        self.store, self.rel, self.every = store, driver_marker(run_id), every
+        self.doc = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "worker": str(get_worker().address),
+            "started": time.time(),
+            "every": every,
+        }
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"mlpipe-heartbeat-{run_id}", daemon=True)
+
+    def beat(self) -> None:
+        self.store.put_json(self.rel, {**self.doc, "beat": time.time()})
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.beat()
+            except Exception:  # a store hiccup: the next beat tries again (a reader allows two missed beats)
+                continue
+
+    def __enter__(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(self.every + 5)
 
 
 def end_marker(run_id: str) -> str:
@@ -300,7 +357,7 @@ def drive(ref: dict[str, Any]) -> str:
 
     store = _store(ref["store"], ref["storage_options"])
     ir = _ir(store, ref["ir"])
-    with worker_client() as client:
+    with Heartbeat(store, ref["run_id"], float(ref.get("heartbeat", 5.0))), worker_client() as client:
         return _Driver(client, store, ir, ref).run()
 
 
