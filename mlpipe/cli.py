@@ -218,6 +218,23 @@ def _main(
 
 
 @app.command()
+def init(
+    directory: Annotated[str, typer.Argument(help="Project directory (created if needed).")] = ".",
+) -> None:
+    """Start a project: an example pipeline, an mlpipe.toml profile and pytest tests (never overwrites a file)."""
+    from mlpipe.scaffold import init_project
+
+    try:
+        written = init_project(directory)
+    except MlpipeError as exc:
+        _fail(exc)
+    for path in written:
+        print(f"created {path}")
+    where = "" if Path(directory).resolve() == Path.cwd() else f"cd {directory} && "
+    print(f"next: {where}pytest -q && mlpipe run pipeline.py && mlpipe runs list")
+
+
+@app.command()
 def run(
     target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE, or FILE.py alone when it holds one pipeline.")],
     param: ParamOpt = None,

@@ -451,3 +451,35 @@ def test_load_pipeline_from_two_files_with_the_same_name_in_one_process(
     with pytest.raises(DefinitionError, match="is named like the module 'json' that is already imported"):
         load_pipeline(f"{tmp_path / 'json.py'}:x")
     sys.modules.pop("samename_pipe", None)
+
+
+# -- mlpipe init ------------------------------------------------------------------------------
+
+
+def test_init_scaffolds_a_project_whose_tests_pass_and_whose_pipeline_runs(cwd: Path) -> None:
+    made = mlpipe("init", "proj", cwd=cwd)
+    assert made.returncode == 0, made.stderr
+    project = cwd / "proj"
+    for rel in ("pipeline.py", "mlpipe.toml", "tests/test_pipeline.py", "tests/conftest.py", ".gitignore"):
+        assert f"created proj/{rel}" in made.stdout and (project / rel).is_file()
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project,
+                           capture_output=True, text=True, env=_clean_env(), timeout=300, check=False)
+    assert tests.returncode == 0, tests.stdout + tests.stderr
+    assert "2 passed" in tests.stdout
+    assert not (project / ".mlpipe").exists()  # the tests used a store of their own
+    ran = mlpipe("run", "pipeline.py", cwd=project)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith("evaluate.output = Metrics(accuracy=")
+    assert (project / ".mlpipe" / "runs").is_dir()  # the dev profile's store, next to mlpipe.toml
+    again = mlpipe("run", "../pipeline.py", "-p", "n=500", cwd=project / "tests")  # from a subdirectory: same store
+    assert again.returncode == 0 and again.stderr.count("cached ") == 4, again.stderr
+
+
+def test_init_never_overwrites_a_file(cwd: Path) -> None:
+    (cwd / "pipeline.py").write_text("# mine\n")
+    refused = mlpipe("init", cwd=cwd)
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("error: not overwriting pipeline.py: `mlpipe init` only creates new files")
+    _no_traceback(refused)
+    assert (cwd / "pipeline.py").read_text() == "# mine\n"
+    assert sorted(p.name for p in cwd.iterdir()) == ["pipeline.py"]  # nothing else was written either
