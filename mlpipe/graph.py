@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from mlpipe.graphview import StepState
     from mlpipe.trace import Trace
 
-__all__ = ["compile_trace", "param_kind", "render", "to_networkx", "topological_order"]
+__all__ = ["box_note", "compile_trace", "condition_edges", "param_kind", "render", "to_networkx", "topological_order"]
 
 
 def param_kind(tp: Any) -> str:
@@ -291,6 +291,37 @@ def _edges(ir: PipelineIR) -> list[tuple[str, str, str]]:
     return edges
 
 
+def condition_edges(ir: PipelineIR) -> list[tuple[str, str, str]]:
+    """``(tested step, step, "when <condition>")`` for each ``mp.when`` condition a step enters.
+
+    A step that consumes a step of the same block inherits the condition
+    through it, so only the block's first steps get the edge.
+    """
+    specs = {s.name: s for s in ir.steps}
+    edges = []
+    for spec in ir.steps:
+        inputs = {i.step for i in spec.inputs if i.source == "step"}
+        for condition in spec.when:
+            if any(condition in specs[u].when for u in inputs if u in specs):
+                continue
+            edges.append((condition.step, spec.name, f"when {condition.describe()}"))
+    return edges
+
+
+def box_note(spec: StepSpec, states: Mapping[str, Any] | None = None) -> str | None:
+    """What a step's box says besides its name: ``map over lr`` (with a run, how many items), or its condition."""
+    notes = []
+    if spec.map_over:
+        note = f"map over {', '.join(spec.map_over)}"
+        if states:
+            count = sum(1 for name in states if name.startswith(f"{spec.name}[") and name.endswith("]"))
+            note += f": {count} item{'s' if count != 1 else ''}"
+        notes.append(note)
+    if spec.when:
+        notes.append("when " + " and ".join(c.describe() for c in spec.when))
+    return " · ".join(notes) or None
+
+
 def render(ir: PipelineIR, fmt: str = "mermaid", *, states: Mapping[str, StepState] | None = None) -> str:
     """The graph as Mermaid, Graphviz DOT, or a self-contained HTML page (inline SVG, no scripts).
 
@@ -309,12 +340,18 @@ def render(ir: PipelineIR, fmt: str = "mermaid", *, states: Mapping[str, StepSta
         fill, stroke, _text = STATUS_STYLES.get(state.style, STATUS_STYLES["pending"])
         return fill, stroke
 
+    def label(spec: StepSpec) -> str:
+        note = box_note(spec, states)
+        return spec.name if note is None else f"{spec.name} · {note}"
+
     if fmt == "mermaid":
         lines = ["flowchart TD"]
         for spec in ir.steps:
-            lines.append(f'    {spec.name}["{spec.name}"]')
-        for src, dst, label in _edges(ir):
-            lines.append(f"    {src} -->|{label}| {dst}")
+            lines.append(f'    {spec.name}["{label(spec)}"]')
+        for src, dst, text in _edges(ir):
+            lines.append(f"    {src} -->|{text}| {dst}")
+        for src, dst, text in condition_edges(ir):  # dashed: the step runs only when the test holds
+            lines.append(f'    {src} -.->|"{text}"| {dst}')
         for spec in ir.steps:
             c = colour(spec.name)
             if c:
@@ -325,9 +362,17 @@ def render(ir: PipelineIR, fmt: str = "mermaid", *, states: Mapping[str, StepSta
         for spec in ir.steps:
             c = colour(spec.name)
             style = f' [style="rounded,filled", fillcolor="{c[0]}", color="{c[1]}"]' if c else ""
+            note = box_note(spec, states)
+            text = "" if note is None else f'label="{label(spec)}"'
+            if style and text:
+                style = style[:-1] + f", {text}]"
+            elif text:
+                style = f" [{text}]"
             lines.append(f'    "{spec.name}"{style};')
-        for src, dst, label in _edges(ir):
-            lines.append(f'    "{src}" -> "{dst}" [label="{label}"];')
+        for src, dst, text in _edges(ir):
+            lines.append(f'    "{src}" -> "{dst}" [label="{text}"];')
+        for src, dst, text in condition_edges(ir):
+            lines.append(f'    "{src}" -> "{dst}" [label="{text}", style=dashed];')
         lines.append("}")
         return "\n".join(lines) + "\n"
     if fmt == "html":

@@ -92,6 +92,10 @@ def _edge_labels(ir: PipelineIR) -> dict[tuple[str, str], str]:
             if inp.source == "step" and inp.step is not None:
                 text = inp.name if inp.output == "output" else f"{inp.output} → {inp.name}"
                 labels.setdefault((inp.step, spec.name), []).append(text)
+    from mlpipe.graph import condition_edges
+
+    for src, dst, text in condition_edges(ir):
+        labels.setdefault((src, dst), []).append(text)
     return {edge: ", ".join(texts) for edge, texts in labels.items()}
 
 
@@ -158,7 +162,12 @@ def _ports(drawing: Drawing) -> dict[tuple[Any, Any], tuple[float, float]]:
 def svg(ir: PipelineIR, states: Mapping[str, StepState] | None = None) -> str:
     """The graph as one ``<svg>`` element (for HTML pages and notebooks)."""
     states = dict(states or {})
-    texts = {s.name: _box_text(s.name, states.get(s.name)) for s in ir.steps}
+    from mlpipe.graph import box_note
+
+    texts = {
+        s.name: " · ".join(t for t in (box_note(s, states), _box_text(s.name, states.get(s.name))) if t) or None
+        for s in ir.steps
+    }
     sizes: dict[Any, tuple[float, float]] = {
         s.name: (
             max(110.0, _CHAR * max(len(s.name), len(texts[s.name] or "") * 0.85) + 28),
@@ -190,9 +199,10 @@ def svg(ir: PipelineIR, states: Mapping[str, StepState] | None = None) -> str:
                 d.append(f"L{points[i + 2][0]:.1f},{points[i + 2][1]:.1f}")
         label = labels[key]
         tip = f"{route.source} → {route.target}: {label}"
+        dashed = ' stroke-dasharray="5,3"' if "when " in label else ""  # runs only when a test holds
         parts.append(
             f'<path class="edge" data-source="{_e(route.source)}" data-target="{_e(route.target)}" '
-            f'd="{" ".join(d)}" fill="none" stroke="#6e7781" stroke-width="1.4" marker-end="url(#arrow)">'
+            f'd="{" ".join(d)}" fill="none" stroke="#6e7781" stroke-width="1.4"{dashed} marker-end="url(#arrow)">'
             f"<title>{_e(tip)}</title></path>"
         )
         w, h = _LABEL_CHAR * len(label) + 6, _LABEL_FONT + 5

@@ -205,3 +205,42 @@ def test_steps_that_act_on_the_model_registry_are_not_cached_unless_declared() -
     assert "external mlpipe.integrations.mlflow.promote" in ir.step("via_module").code_manifest
     assert "external mlpipe.integrations.mlflow.register_model" in ir.step("via_name").code_manifest
     assert not any(label.startswith("external") for label in ir.step("plain").code_manifest)
+
+
+def test_graph_marks_maps_and_conditions_and_a_run_counts_items() -> None:
+    import mlpipe as mp
+    from mlpipe.graphview import StepState, html_page
+
+    @mp.step
+    def values(n: int) -> list[float]:
+        return [float(i) for i in range(n)]
+
+    @mp.step
+    def twice(x: float) -> float:
+        return 2 * x
+
+    @mp.step
+    def top(xs: list[float]) -> float:
+        return max(xs)
+
+    @mp.step
+    def keep(x: float) -> float:
+        return x
+
+    @mp.pipeline(name="marked")
+    def marked(n: int = 3) -> None:
+        best = top(twice.map(x=values(n)))
+        with mp.when(best > 2.0):
+            keep(keep.with_options(name="first")(best))
+
+    mermaid = render(marked.ir, "mermaid")
+    assert '    twice["twice · map over x"]' in mermaid
+    assert '    first["first · when top.output > 2.0"]' in mermaid
+    assert '    top -.->|"when top.output > 2.0"| first' in mermaid
+    assert "-.->|\"when top.output > 2.0\"| keep" not in mermaid  # inherited through `first`, not drawn twice
+    dot = render(marked.ir, "dot")
+    assert '"top" -> "first" [label="when top.output > 2.0", style=dashed];' in dot
+    states = {name: StepState("succeeded") for name in ("values", "twice", "twice[0]", "twice[1]", "top")}
+    assert 'twice["twice · map over x: 2 items"]' in render(marked.ir, "mermaid", states=states)
+    page = html_page(marked.ir, states)
+    assert "map over x: 2 items" in page and 'stroke-dasharray="5,3"' in page

@@ -151,6 +151,23 @@ def test_kubeflow_local_mode_tracks_every_step_including_skipped(served: Tracked
     assert for_run(run.id) is None
 
 
+@pytest.mark.parametrize("backend", ["local", "kubeflow"])
+def test_mapped_items_and_branches_not_taken_are_child_runs(served: Tracked, backend: str) -> None:
+    (served.work / "mlpipe.toml").write_text(
+        f'[profiles.p]\nbackend = "{backend}"\nstore = ".mlpipe"\n'
+        + ('options = { mode = "local" }\n' if backend == "kubeflow" else "")
+        + f'tracking_uri = "{served.uri}"\nexperiment = "{served.experiment}"\n'
+    )
+    run = mpl.mapped.run(profile="p", n=3)
+    assert run.status == "succeeded", run.error
+    parent, children = served.tree(run.id)
+    assert {f"halve[{i}]" for i in range(3)} <= set(children)  # one child run per item, under its own name
+    assert children["halve[1]"].data.tags["mlpipe.status"] == "succeeded"
+    assert children["after_2"].data.tags["mlpipe.status"] == "skipped"  # the branch not taken
+    assert children["after_2"].data.tags["mlflow.parentRunId"] == parent.info.run_id
+    (served.work / "mlpipe.toml").unlink()
+
+
 def test_dask_backend_tracks_every_step_including_skipped(served: Tracked) -> None:
     """Steps run in the worker processes of a local Dask cluster: their child runs join the launcher's parent."""
     pytest.importorskip("distributed")

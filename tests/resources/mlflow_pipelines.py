@@ -166,3 +166,17 @@ def publish_custom(name: str) -> mpm.ModelVersionRef:
 @mp.pipeline
 def custom(name: str) -> mpm.ModelVersionRef:
     return publish_custom(name=name)
+
+
+@mp.step
+def halve(value: float) -> float:
+    return value / 2
+
+
+@mp.pipeline(name="mapped-and-branched")
+def mapped(n: int = 3) -> float:
+    """A map (halve[0], halve[1], ...) and two branches, one of which is not taken."""
+    top = after(right(halve.map(value=source(n)), pause=0.0))
+    with mp.when(top > 100.0):
+        after(top)
+    return top
