@@ -11,13 +11,25 @@ to the store and read back by ``python -m mlpipe.runtime`` inside a container.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["CodeRef", "ConditionSpec", "InputSpec", "OutputRef", "ParamSpec", "PipelineIR", "StepOutput", "StepSpec"]
+__all__ = [
+    "ArtifactKind",
+    "CodeRef",
+    "ConditionSpec",
+    "InputSpec",
+    "OutputRef",
+    "ParamSpec",
+    "PipelineIR",
+    "StepOutput",
+    "StepSpec",
+]
 
 ParamKind = Literal["int", "float", "str", "bool", "list", "dict", "json"]
+ArtifactKind = Literal["Dataset", "Model", "Metrics", "HTML", "Artifact"]
 
 
 class _Frozen(BaseModel):
@@ -62,12 +74,38 @@ class InputSpec(_Frozen):
     value: Any = None
 
 
+_MODEL_NAME = re.compile(
+    r"(Model|Regressor|Classifier|Regression|Estimator|Pipeline|Booster|Forest|Network|Net|SVC|SVR|KMeans)$"
+)
+
+
 class StepOutput(_Frozen):
     """One output of a step. ``materializer`` is the static choice for its annotation."""
 
     name: str
     type: str
     materializer: str
+
+    @property
+    def artifact(self) -> ArtifactKind:
+        """What the output is, for an engine's UI: the KFP/Vertex artifact type names it (``system.<kind>``).
+
+        Decided from the IR alone (compiling opens no store): frames and arrays
+        are a ``Dataset``, pydantic models ``Metrics`` (their numeric fields are
+        the metrics), ``HtmlReport`` values ``HTML``, values of a class whose name
+        says it is an estimator (``LogisticRegression``, ``XGBClassifier``,
+        ``Booster``, ``...Model``) a ``Model``, anything else an ``Artifact``.
+        """
+        family = self.materializer.partition("@")[0]
+        if family in ("pandas.parquet", "numpy.npy") or self.type.split(".")[0] in ("pandas", "numpy", "pyarrow"):
+            return "Dataset"
+        if family == "pydantic.json":
+            return "Metrics"
+        if family == "html":
+            return "HTML"
+        if self.materializer == "auto" and _MODEL_NAME.search(self.type.rsplit(".", 1)[-1]):
+            return "Model"
+        return "Artifact"
 
 
 class CodeRef(_Frozen):

@@ -14,6 +14,7 @@ Usage::
     python -m mlpipe.runtime --store URL --ir DIGEST --run-id ID --step NAME \
         [--engine-run-id ID] [--storage-options JSON] [--param name=value ...] [--backend NAME]
         [--no-cache | --cache true|false] [--output-file PATH] [--when-file PATH ...]
+        [--executor-input JSON]
 
 ``--run-id`` is mlpipe's run id, passed by ``mlpipe submit`` as a run
 parameter. A run started from an engine's UI or schedule leaves that
@@ -28,6 +29,13 @@ step, in that order) receives ``true`` or ``false``: whether the step's output
 passes the test of an ``mp.when`` block, for the orchestrator's branch (KFP's
 ``triggerPolicy.condition`` reads it as a task output parameter).
 
+With ``--executor-input`` (KFP's and Vertex's ``{{$}}``: the task's
+ExecutorInput) the step's outputs are also declared to the engine as typed
+artifacts, the way a KFP container component does it: the runtime writes
+``executor_output.json`` at ``outputs.outputFile`` with, per output, the URI of
+its object in the store (no copy) and its metadata (a ``system.Metrics``
+output's numeric fields as the metrics). See :func:`executor_output`.
+
 Exit status: 0 when the step succeeded (computed or served from the cache),
 1 when it failed, 2 when the invocation itself is wrong.
 """
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import socket
 import sys
@@ -53,12 +62,20 @@ __all__ = [
     "choose_run_id",
     "decode_param",
     "execute_remote_step",
+    "executor_output",
     "load_ir",
     "main",
+    "metric_values",
     "publish_tests",
     "storage_options",
     "write_ir",
 ]
+
+# URI schemes whose objects KFP's launcher uploads itself (backend/src/v2/component/launcher_v2.go,
+# LocalPathForURI). It accepts such an output URI only under the run's own pipeline root
+# (Config.KeyFromURI: "does not have expected bucket prefix", and the task fails), which the
+# store's objects never are, so on Kubeflow the store URI of those goes into the metadata instead.
+_LAUNCHER_UPLOADS = ("gs://", "s3://", "minio://", "oci://")
 
 
 def decode_param(spec: ParamSpec, raw: str) -> Any:
@@ -306,6 +323,74 @@ def _as_declared(spec: StepSpec, fn: Any, params: dict[str, Any]) -> dict[str, A
     return typed
 
 
+def metric_values(document: Any, prefix: str = "") -> dict[str, float]:
+    """The numbers in a stored pydantic value, as KFP metrics: nested fields joined with dots, booleans left out."""
+    found: dict[str, float] = {}
+    if isinstance(document, dict):
+        for key, value in document.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, bool) or value is None:
+                continue
+            if isinstance(value, (int, float)):
+                if math.isfinite(value):
+                    found[name] = value
+            elif isinstance(value, dict):
+                found.update(metric_values(value, f"{name}."))
+    return found
+
+
+def executor_output(
+    store: ArtifactStore,
+    spec: StepSpec,
+    outputs: dict[str, ObjectInfo],
+    executor_input: dict[str, Any],
+    *,
+    run_id: str,
+    backend: str,
+    cached: bool,
+) -> dict[str, Any]:
+    """KFP's ExecutorOutput for a step's stored outputs: one artifact per output the task declares.
+
+    The same document ``kfp.dsl.executor.Executor.write_executor_output`` writes
+    (``artifacts.<output>.artifacts[0]`` with ``name``, ``uri`` and ``metadata``);
+    the engine merges it into the artifacts it created for the task. The URI is
+    the object in the store (``<store>/objects/<ab>/<digest>``), not a copy,
+    except on Kubeflow for a ``gs://``, ``s3://`` or ``minio://`` store, whose
+    launcher refuses such a URI outside the run's root: there the artifact keeps
+    KFP's URI (nothing is written there) and ``metadata.store_uri`` names the object.
+    """
+    declared = executor_input.get("outputs", {}).get("artifacts", {})
+    kinds = {out.name: out.artifact for out in spec.outputs}
+    artifacts: dict[str, Any] = {}
+    for name, info in outputs.items():
+        if name not in declared or name not in kinds:
+            continue
+        uri = f"{store.url}/{ArtifactStore.object_path(info.digest)}"
+        listed = declared[name].get("artifacts") or [{}]
+        entry: dict[str, Any] = {"name": listed[0].get("name", "")}
+        if backend == "kubeflow" and uri.startswith(_LAUNCHER_UPLOADS):
+            entry["uri"] = ""
+        else:
+            entry["uri"] = uri
+        if kinds[name] == "Metrics":
+            metadata: dict[str, Any] = metric_values(json.loads(bytes(store.read_verified(info.digest))))
+        else:
+            metadata = {
+                "digest": info.digest,
+                "size": info.size,
+                "materializer": info.materializer,
+                "type": info.type,
+                "step": spec.name,
+                "run_id": run_id,
+                "cached": cached,
+            }
+        if not entry["uri"]:
+            metadata["store_uri"] = uri
+        entry["metadata"] = metadata
+        artifacts[name] = {"artifacts": [entry]}
+    return {"artifacts": artifacts} if artifacts else {}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mlpipe.runtime", description="Run one mlpipe step.")
     parser.add_argument("--store", required=True, help="Store URL shared by all tasks")
@@ -339,6 +424,10 @@ def _parser() -> argparse.ArgumentParser:
     mapped.add_argument("--items-file", metavar="PATH", help="Mapped step: write the JSON list of item indices here")
     mapped.add_argument("--item", metavar="I", help="Mapped step: run item I only, recorded as <step>[I]")
     mapped.add_argument("--collect", action="store_true", help="Mapped step: record it with its items' outputs")
+    parser.add_argument(
+        "--executor-input",
+        help="KFP's ExecutorInput (JSON): declare the step's outputs to the engine as typed artifacts",
+    )
     return parser
 
 
@@ -457,6 +546,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mlpipe.runtime: --param expects NAME=VALUE, got {item!r}", file=sys.stderr)
             return 2
         raw[name] = value
+    executor_input: dict[str, Any] | None = None
+    if args.executor_input is not None:
+        try:
+            executor_input = json.loads(args.executor_input)
+            if not isinstance(executor_input, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            print(f"mlpipe.runtime: --executor-input expects KFP's ExecutorInput as JSON: {exc}", file=sys.stderr)
+            return 2
     try:
         args.run_id = choose_run_id(args.run_id, args.engine_run_id)
         store = open_store(args.store, storage_options(args.storage_options, os.environ.get("MLPIPE_STORAGE_OPTIONS")))
@@ -504,6 +602,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _write_text(
             args.output_file, json.dumps({"status": outcome.status, "key": outcome.key, "cached": outcome.cached})
         )
+    if executor_input is not None and outcome.status == "succeeded":
+        path = executor_input.get("outputs", {}).get("outputFile")
+        document = executor_output(
+            store,
+            ir.step(args.step),
+            outcome.outputs,
+            executor_input,
+            run_id=args.run_id,
+            backend=args.backend,
+            cached=outcome.cached,
+        )
+        if path and document:
+            _write_text(path, json.dumps(document))
     return 0 if outcome.status == "succeeded" else 1
 
 

@@ -58,10 +58,12 @@ def _as_struct(value: Any) -> Any:
     return {k: _as_struct(v) for k, v in sorted(value.items())}
 
 
-def resolve_arg(arg: Any, inputs: dict[str, Any], output_file: str) -> str:
+def resolve_arg(arg: Any, inputs: dict[str, Any], output_file: str, executor_input: str = "") -> str:
+    if arg == "{{$}}":
+        return executor_input
     if isinstance(arg, dict) or (isinstance(arg, str) and arg.startswith('{"Concat"')):
         parts = json.loads(arg)["Concat"] if isinstance(arg, str) else arg["Concat"]
-        return "".join(resolve_arg(p, inputs, output_file) for p in parts)
+        return "".join(resolve_arg(p, inputs, output_file, executor_input) for p in parts)
     if arg.startswith("{{$.inputs.parameters['"):
         return launcher_text(inputs[arg[len("{{$.inputs.parameters['"):-len("']}}")]])
     if arg.startswith("{{$.outputs.parameters['"):
@@ -99,7 +101,19 @@ def run_like_kfp(spec_path: Path, arguments: dict[str, Any], work: Path, *, kfp_
                     inputs[key] = constant.replace("{{$.pipeline_job_uuid}}", job_id) if kfp_2_5 else constant
             executor = spec["deploymentSpec"]["executors"][f"exec-{name}"]["container"]
             out_file = str(work / name / "mlpipe_record")
-            argv = [resolve_arg(a, inputs, out_file) for a in executor["args"]]
+            component = spec["components"][task["componentRef"]["name"]]
+            # The ExecutorInput the launcher passes for {{$}}: outputs get URIs under the run's root.
+            declared = component["outputDefinitions"].get("artifacts", {})
+            executor_input = json.dumps({
+                "inputs": {"parameterValues": inputs},
+                "outputs": {
+                    "artifacts": {o: {"artifacts": [{"name": "", "type": d["artifactType"],
+                                                     "uri": f"minio://root/{name}/{o}"}]} for o, d in declared.items()},
+                    "parameters": {"mlpipe_record": {"outputFile": out_file}},
+                    "outputFile": str(work / name / "executor_output.json"),
+                },
+            })
+            argv = [resolve_arg(a, inputs, out_file, executor_input) for a in executor["args"]]
             command = [sys.executable if c == "python" else c for c in executor["command"]]
             proc = subprocess.run([*command, *argv], cwd=work, env=env, capture_output=True, text=True, timeout=120,
                                   check=False)
@@ -133,6 +147,10 @@ def test_tasks_run_as_containers_give_the_local_results(store: ArtifactStore, tm
     assert run.output("describe")["flags"] == [3, 4]  # ints again, though KFP carried them as floats
     assert run.backend == "kubeflow"
     assert run.params["label"] == "x y"
+    # Each task declared its output to the launcher: the store's object, not a copy under the run's root.
+    written = json.loads((tmp_path / "describe" / "executor_output.json").read_text())
+    digest = run.steps["describe"].outputs["output"].digest
+    assert written["artifacts"]["output"]["artifacts"][0]["uri"] == f"{store.url}/objects/{digest[:2]}/{digest}"
 
 
 def test_submitted_run_id_names_the_record_folder_on_any_kfp(store: ArtifactStore, tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ from typing import Any
 
 from mlpipe.errors import UnsupportedFeatureError
 from mlpipe.extend import memory_bytes
-from mlpipe.ir import ParamSpec, PipelineIR, StepSpec
+from mlpipe.ir import ArtifactKind, ParamSpec, PipelineIR, StepSpec
 from mlpipe_kubeflow.control import (
     ITEM_INPUT,
     ITEMS_OUTPUT,
@@ -58,8 +58,10 @@ from mlpipe_kubeflow.naming import BACKEND, check_parameter_budget, pipeline_nam
 from mlpipe_kubeflow.options import ENV_NAME, KubeflowOptions, StepOverrides, Toleration
 
 __all__ = [
+    "ARTIFACT_SCHEMA_VERSION",
     "DEFAULT_IMAGE",
     "ENGINE_RUN_ID_INPUT",
+    "EXECUTOR_INPUT_PLACEHOLDER",
     "RECORD_OUTPUT",
     "RUN_ID_INPUT",
     "ParamPlan",
@@ -82,6 +84,8 @@ _PY_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bo
 _KFP_MEMORY_SUFFIXES = ("E", "Ei", "P", "Pi", "T", "Ti", "G", "Gi", "M", "Mi", "K", "Ki", "")
 _INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"  # kfp's dsl.PIPELINE_JOB_ID_PLACEHOLDER
+EXECUTOR_INPUT_PLACEHOLDER = "{{$}}"  # kfp's dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER: the task's ExecutorInput
+ARTIFACT_SCHEMA_VERSION = "0.0.1"  # of kfp's system.* artifact types
 KFP_SDK_VERSION = "2.17.3"  # the kfp whose compiler output the spec reproduces, when kfp is not installed
 
 
@@ -134,6 +138,7 @@ class TaskPlan:
     def display(self) -> str:
         """The task's display name: the step's, and for a mapped step's tasks what each does."""
         return {"items": f"{self.step} (items)", "item": f"{self.step}[i]"}.get(self.role, self.step)
+    artifacts: tuple[tuple[str, ArtifactKind], ...] = ()  # (output name, kind): typed output artifacts for the UI
 
 
 @dataclass(frozen=True)
@@ -282,6 +287,7 @@ def _task(spec: StepSpec, name: str, names: Mapping[str, str], image: str | None
         caching=options.caching and spec.cache,
         secrets_as_env=tuple((n, tuple(m.items())) for n, m in sorted(secrets.items())),
         tolerations=(*options.tolerations, *extra.tolerations),
+        artifacts=tuple((out.name, out.artifact) for out in spec.outputs),
     )
 
 
@@ -294,8 +300,9 @@ def _mapped(task: TaskPlan) -> tuple[TaskPlan, TaskPlan, TaskPlan]:
     """A mapped step's tasks: the fan-out, the loop's iteration, and the fan-in (which keeps the step's name)."""
     items, item = f"{task.name}-items", f"{task.name}-item"
     return (
-        replace(task, name=items, role="items", retries=0, timeout=None, caching=False),
-        replace(task, name=item, role="item", after=(items,)),
+        # the step's outputs, and so its artifacts, are the fan-in's
+        replace(task, name=items, role="items", retries=0, timeout=None, caching=False, artifacts=()),
+        replace(task, name=item, role="item", after=(items,), artifacts=()),
         replace(task, role="collect", after=(item,), params=(), retries=0, timeout=None, caching=False),
     )
 
@@ -480,6 +487,8 @@ def _container(plan_: PipelinePlan, task: TaskPlan) -> dict[str, Any]:
         args += ["--items-file", f"{{{{$.outputs.parameters['{ITEMS_OUTPUT}'].output_file}}}}"]
     elif task.role == "item":
         args += ["--item", f"{{{{$.inputs.parameters['{ITEM_INPUT}']}}}}"]
+    if task.artifacts:
+        args += ["--executor-input", EXECUTOR_INPUT_PLACEHOLDER]
     container: dict[str, Any] = {"args": args, "command": ["python", "-m", "mlpipe.runtime"], "image": task.image}
     if task.env:
         # protobuf leaves out empty strings: an empty value is written as a name alone
@@ -633,10 +642,13 @@ def spec_documents(plan_: PipelinePlan) -> tuple[dict[str, Any], dict[str, Any] 
             inputs[ITEM_INPUT] = {"parameterType": "NUMBER_INTEGER"}
         elif task.role == "collect":
             inputs[RECORDS_INPUT] = {"parameterType": "LIST"}
+        declared: dict[str, Any] = {"parameters": outputs}
+        if task.artifacts:
+            declared = {"artifacts": {name: _artifact_type(kind) for name, kind in task.artifacts}, **declared}
         components[f"comp-{task.name}"] = {
             "executorLabel": f"exec-{task.name}",
             "inputDefinitions": {"parameters": inputs},
-            "outputDefinitions": {"parameters": outputs},
+            "outputDefinitions": declared,
         }
         executors[f"exec-{task.name}"] = {"container": _container(plan_, task)}
         # kfp moves a dependency on a task outside the task's sub-DAG to the sub-DAG's own task,
@@ -682,6 +694,10 @@ def task_specs(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
         if "dag" in component:
             found.update(component["dag"]["tasks"])
     return found
+
+
+def _artifact_type(kind: ArtifactKind) -> dict[str, Any]:
+    return {"artifactType": {"schemaTitle": f"system.{kind}", "schemaVersion": ARTIFACT_SCHEMA_VERSION}}
 
 
 def _description(plan_: PipelinePlan) -> str:
@@ -739,6 +755,9 @@ def _component(plan_: PipelinePlan, task: TaskPlan) -> Any:
     if role is not None:
         names.append(role[0])
         signature.append(P(role[0], P.POSITIONAL_OR_KEYWORD, annotation=role[1]))
+    for name, kind in task.artifacts:
+        names.append(name)
+        signature.append(P(name, P.POSITIONAL_OR_KEYWORD, annotation=dsl.Output[getattr(dsl, kind)]))
     constant = plan_.runtime_args(task)
 
     def body(*placeholders: Any) -> Any:
@@ -753,6 +772,8 @@ def _component(plan_: PipelinePlan, task: TaskPlan) -> Any:
             args += ["--items-file", ph[ITEMS_OUTPUT]]
         elif task.role == "item":
             args += ["--item", ph[ITEM_INPUT]]
+        if task.artifacts:
+            args += ["--executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER]
         return dsl.ContainerSpec(image=task.image, command=["python", "-m", "mlpipe.runtime"], args=args)
 
     body.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
