@@ -45,6 +45,11 @@ def compiled(store: ArtifactStore, tmp_path: Path) -> Path:
     return spec
 
 
+def arguments(store: ArtifactStore, run_id: str) -> dict[str, Any]:
+    plan = KubeflowBackend(image="registry.example/ml/mlpipe:1.0").plan(artifacts.ir, store)
+    return plan.arguments(artifacts.validate_params({"n": 8}), run_id)
+
+
 def test_spec_declares_typed_artifacts_that_kfp_loads(store: ArtifactStore, tmp_path: Path) -> None:
     from kfp import components
 
@@ -84,7 +89,7 @@ def test_kfp_local_run_produces_artifacts_pointing_into_the_store(store: Artifac
 
     spec = compiled(store, tmp_path)
     root = tmp_path / "kfp-root"
-    assert execute_spec(str(spec), {"n": 8}, "run-artifacts-1", pipeline_root=str(root)) is None
+    assert execute_spec(str(spec), arguments(store, "run-artifacts-1"), "run-artifacts-1", pipeline_root=str(root)) is None
     run = Run.load(store, "run-artifacts-1")
     got = read_back(root)
     assert sorted(got) == sorted(KINDS)
@@ -107,7 +112,8 @@ def test_kfp_local_run_produces_artifacts_pointing_into_the_store(store: Artifac
     assert model_meta["cached"] is False
     # A second run is served from the cache and points at the same objects.
     root2 = tmp_path / "kfp-root-2"
-    assert execute_spec(str(spec), {"n": 8}, "run-artifacts-2", pipeline_root=str(root2)) is None
+    assert execute_spec(str(spec), arguments(store, "run-artifacts-2"), "run-artifacts-2",
+                        pipeline_root=str(root2)) is None
     again = read_back(root2)
     assert {t: a.uri for t, a in again.items()} == {t: a.uri for t, a in got.items()}
     assert again["train"].metadata["cached"] is True

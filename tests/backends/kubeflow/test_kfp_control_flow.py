@@ -69,8 +69,9 @@ def test_blocks_become_condition_sub_dags_over_a_published_test(store: ArtifactS
     outputs = spec["components"]["comp-score"]["outputDefinitions"]["parameters"]
     assert outputs["mlpipe_when_0"] == outputs["mlpipe_when_1"] == {"parameterType": "BOOLEAN"}
     args = spec["deploymentSpec"]["executors"]["exec-score"]["container"]["args"]
-    assert args[-4:] == ["--when-file", "{{$.outputs.parameters['mlpipe_when_0'].output_file}}",
-                         "--when-file", "{{$.outputs.parameters['mlpipe_when_1'].output_file}}"]
+    assert args[-6:-2] == ["--when-file", "{{$.outputs.parameters['mlpipe_when_0'].output_file}}",
+                           "--when-file", "{{$.outputs.parameters['mlpipe_when_1'].output_file}}"]
+    assert args[-2:] == ["--executor-input", "{{$}}"]  # its output as a typed artifact
     assert set(task_specs(spec)) >= {"score", "label", "label-2", "label-3", "size", "one", "is-even"}
     loaded = components.load_component_from_file(str(tmp_path / "spec.yaml"))
     assert loaded.name == "kfp-branches"

@@ -138,6 +138,7 @@ class TaskPlan:
     def display(self) -> str:
         """The task's display name: the step's, and for a mapped step's tasks what each does."""
         return {"items": f"{self.step} (items)", "item": f"{self.step}[i]"}.get(self.role, self.step)
+
     artifacts: tuple[tuple[str, ArtifactKind], ...] = ()  # (output name, kind): typed output artifacts for the UI
 
 
