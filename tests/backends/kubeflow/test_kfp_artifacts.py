@@ -89,7 +89,8 @@ def test_kfp_local_run_produces_artifacts_pointing_into_the_store(store: Artifac
 
     spec = compiled(store, tmp_path)
     root = tmp_path / "kfp-root"
-    assert execute_spec(str(spec), arguments(store, "run-artifacts-1"), "run-artifacts-1", pipeline_root=str(root)) is None
+    assert execute_spec(str(spec), arguments(store, "run-artifacts-1"), "run-artifacts-1",
+                        pipeline_root=str(root)) is None
     run = Run.load(store, "run-artifacts-1")
     got = read_back(root)
     assert sorted(got) == sorted(KINDS)
