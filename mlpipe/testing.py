@@ -147,6 +147,16 @@ def fanned(n: int = 3) -> Stats:
     return summarize(consume.map(x=make_numbers(n)))  # consume[0], consume[1], ... then fan-in
 
 
+@mp.pipeline(name="conformance-dynamic")
+def dynamic(n: int = 3) -> None:
+    values = make_numbers(n)
+    total, _count = summarize(values)
+    with mp.when(total > 2.0):
+        again, _ = summarize(consume.map(x=values))  # a map and its fan-in inside a branch
+        with mp.when(again > 100.0):  # a branch inside the branch
+            consume(again)
+
+
 def run_on(backend: Backend, pipeline: mp.Pipeline, store: ArtifactStore, *, cache: bool = True, **params: Any) -> Run:
     """Run ``pipeline`` on ``backend`` against ``store``, as ``Pipeline.run`` would with a profile."""
     values = pipeline.validate_params(params)
@@ -268,6 +278,26 @@ class BackendConformance:
         assert small.status == "succeeded"
         assert small.steps["consume"].status == "skipped"
         assert small.output("describe")["label"] == "small"
+
+    def test_a_map_inside_a_branch_with_a_branch_inside(self, backend: Backend, store: ArtifactStore) -> None:
+        caps = backend.capabilities
+        if not (caps.map and caps.conditions):
+            with pytest.raises(UnsupportedFeatureError, match="cannot run step"):
+                backend.check(dynamic.ir)
+            return
+        taken = run_on(backend, dynamic, store, n=3)  # total 3 > 2: the map runs; 6 > 100 does not hold
+        assert taken.status == "succeeded", taken.error
+        assert taken.output("consume") == [1.0, 2.0, 3.0]
+        assert [taken.steps[f"consume[{i}]"].status for i in range(3)] == ["succeeded"] * 3
+        assert taken.output("summarize_2", "total") == 6.0
+        assert taken.steps["consume_2"].status == "skipped"
+        assert "summarize_2.total > 100.0 is false" in (taken.steps["consume_2"].error or "")
+        not_taken = run_on(backend, dynamic, store, n=2)  # total 1: nothing in the branch runs
+        assert not_taken.status == "succeeded", not_taken.error
+        for name in ("consume", "summarize_2", "consume_2"):
+            assert not_taken.steps[name].status == "skipped"
+            assert "summarize.total > 2.0 is false" in (not_taken.steps[name].error or ""), name
+        assert not any(name.startswith("consume[") for name in not_taken.steps)
 
     def test_map_fans_out_per_item_or_is_refused(self, backend: Backend, store: ArtifactStore) -> None:
         if not backend.capabilities.map:
