@@ -180,6 +180,7 @@ class _LocalRun:
         self.repairs: dict[str, StepOutcome] = {}  # steps recomputed after their stored output went bad
         self.ready: deque[str] = deque(s.name for s in ir.steps if not s.upstream)
         self.items: dict[str, list[str]] = {}  # mapped step -> the names of its items, in order
+        self.started: dict[str, float] = {}  # when each step began, so an interrupted one is recorded as such
 
     def execute(self) -> Run:
         self.reporter.run_started(self.record.run_id, self.ir.name, len(self.ir.steps))
@@ -214,6 +215,7 @@ class _LocalRun:
                     break
                 if len(self.ready) == 1 and not in_flight:  # a chain runs inline: no thread hand-off
                     name = self.ready.popleft()
+                    self.started[name] = time.time()
                     self.reporter.step_started(name)
                     self._finish(self._run(name))
                     continue
@@ -221,6 +223,7 @@ class _LocalRun:
                     if pool is None:
                         pool = ThreadPoolExecutor(self.backend.max_workers, thread_name_prefix="mlpipe-step")
                     name = self.ready.popleft()
+                    self.started[name] = time.time()
                     self.reporter.step_started(name)
                     pool.submit(work, name)
                     in_flight += 1
@@ -420,9 +423,17 @@ class _LocalRun:
             if name in outcomes and outcomes[name].status == "succeeded":
                 outcomes[name] = repaired  # the run's view matches the step's latest record
         for name, spec in self.specs.items():
-            if name not in outcomes:
-                outcomes[name] = StepOutcome.ended_now(name, "cancelled", "run cancelled")
-                self.record.record_outcome(self.ir.name, spec, outcomes[name])
+            if name in outcomes:
+                continue
+            if name in self.started:  # it was running when the run was cancelled (Ctrl-C, cancel())
+                outcome = StepOutcome(
+                    name, "cancelled", started=self.started[name], ended=time.time(), error="cancelled while running"
+                )
+                self.reporter.step_finished(name, "cancelled", False, outcome.duration, outcome.error)
+            else:
+                outcome = StepOutcome.ended_now(name, "cancelled", "not run: the run was cancelled")
+            outcomes[name] = outcome
+            self.record.record_outcome(self.ir.name, spec, outcome)
         if self.items:  # items are listed after their mapped step
             order = self.record.doc.get("order") or []
             self.record.doc["order"] = [n for name in order for n in (name, *self.items.get(name, ()))]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -233,3 +234,81 @@ def test_artifacts_show_json_gives_the_producer_its_inputs_reuse_and_consumers()
     assert code == 0 and f"produced by run {first.id}, step 'flaky'" in text and "input n = 7" in text
     code, out = _cli("artifacts", "show", "ffffffff", "--json")
     assert code == 2 and "no artifact 'ffffffff'" in out
+
+
+# -- Ctrl-C -----------------------------------------------------------------------------------
+
+NAPS = '''
+import time
+from pathlib import Path
+
+import mlpipe as mp
+
+@mp.step
+def start(n: int) -> int:
+    return n
+
+@mp.step
+def nap(x: int, label: str) -> int:
+    Path(f"started-{label}").write_text("")
+    time.sleep(120)
+    return x
+
+@mp.step
+def join(a: int, b: int) -> int:
+    return a + b
+
+@mp.pipeline
+def naps(n: int = 1) -> int:
+    s = start(n)
+    return join(nap(s, "a"), nap(s, "b"))
+'''
+
+
+def test_ctrl_c_marks_the_running_steps_cancelled_in_the_record_and_runs_show() -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    Path("naps.py").write_text(NAPS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLPIPE_", "MLFLOW_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlpipe", "run", "naps.py"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (Path("started-a").exists() and Path("started-b").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, "the naps never both started"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, err
+    assert len(re.findall(r"cancelled\s+nap\S* \(\d+ ms\): cancelled while running", err)) == 2, err
+    code, out = _cli("runs", "list", "--json")
+    run_id = json.loads(out)[0]["id"]
+    code, out = _cli("runs", "show", run_id, "--json")
+    assert code == 0, out
+    doc = json.loads(out)
+    assert doc["run"]["status"] == "cancelled"
+    steps = doc["steps"]
+    assert steps["start"]["status"] == "succeeded"
+    naps_ = [s for name, s in steps.items() if name.startswith("nap")]
+    assert len(naps_) == 2 and {s["status"] for s in naps_} == {"cancelled"}, steps
+    assert {s["error"] for s in naps_} == {"cancelled while running"}
+    assert all(s["ended"] > s["started"] for s in naps_)  # they had been running
+    assert steps["join"]["status"] == "cancelled" and steps["join"]["error"] == "not run: the run was cancelled"
+    code, text = _cli("runs", "show", run_id)
+    assert code == 0, text
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith("nap")]
+    assert [row[1] for row in rows] == ["cancelled", "cancelled"]
+    assert "running" not in [row[1] for row in rows] and "failed" not in text
