@@ -240,13 +240,10 @@ class PipelineIR(_Frozen):
         A remote task publishes the result of each (true or false) for the
         orchestrator's branch; ``~c`` and ``c`` share one (see :meth:`ConditionSpec.test`).
         """
-        found: dict[str, list[ConditionSpec]] = {}
+        found: dict[str, dict[ConditionSpec, None]] = {}  # an ordered set per step (the specs are frozen: hashable)
         for spec in self.steps:
             for condition in spec.when:
-                tests = found.setdefault(condition.step, [])
-                test = condition.test()
-                if test not in tests:
-                    tests.append(test)
+                found.setdefault(condition.step, {})[condition.test()] = None
         return {step: tuple(tests) for step, tests in found.items()}
 
     def downstream(self) -> dict[str, list[str]]:

@@ -138,6 +138,7 @@ def plan_layout(ir: PipelineIR, names: Mapping[str, str], parallelism: Mapping[s
     if not any(s.when or s.map_over for s in ir.steps):
         return Layout()
     published = ir.published_tests()
+    test_index = {step: {test: k for k, test in enumerate(tests)} for step, tests in published.items()}
     when = {s.name: s.when for s in ir.steps}
     keys: dict[tuple[ConditionSpec, ...], str] = {}  # block (its conditions) -> a provisional id
     first: dict[str, int] = {}  # unit id -> first step index, for a stable order
@@ -231,7 +232,7 @@ def plan_layout(ir: PipelineIR, names: Mapping[str, str], parallelism: Mapping[s
             out.append(rename[member])
             condition = conditions[member][-1]
             producer = names[condition.step]
-            k = published[condition.step].index(condition.test())
+            k = test_index[condition.step][condition.test()]
             groups.append(
                 GroupPlan(
                     name=rename[member],
@@ -323,14 +324,19 @@ def group_documents(
     """
     components: dict[str, Any] = {}
     group_tasks: dict[str, dict[str, Any]] = {}
+    chains = {t.name: layout.chain(t.dag) for t in tasks}
+    within: dict[str, list[TaskWiring]] = {}  # group -> the tasks inside it, nested ones included
+    for t in tasks:
+        for enclosing in chains[t.name]:
+            within.setdefault(enclosing, []).append(t)
     for group in layout.groups:
-        inside = [t for t in tasks if group.name in layout.chain(t.dag)]
+        inside = within.get(group.name, [])
         names = {t.name for t in inside}
         params: list[str] = []
         channels: dict[str, GroupPlan] = {}
         for t in inside:
             params += [p for p in t.params if p not in params]
-            for enclosing in layout.chain(t.dag):
+            for enclosing in chains[t.name]:
                 around = layout.group(enclosing)
                 if not around.loop and around.producer not in names:
                     channels.setdefault(around.channel, around)
