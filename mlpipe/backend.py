@@ -45,6 +45,10 @@ class Capabilities:
     ``gates``: when a step declared with ``gate=True`` fails, the backend records
     every step downstream of it as ``skipped`` with the gate's reason (and the
     run as ``failed``), instead of leaving them pending.
+
+    ``prune``: ``submit`` leaves the steps that are cache hits out of what it
+    sends (:func:`mlpipe.planning.plan_run`), so they cost no task, and records
+    them as cached; a fully cached run starts no task at all.
     """
 
     execute: bool = True
@@ -56,6 +60,7 @@ class Capabilities:
     timeouts: bool = False
     schedules: bool = False
     gates: bool = False
+    prune: bool = False
 
 
 class RunHandle(BaseModel):

@@ -37,6 +37,7 @@ from mlpipe.launch import resolve as resolve_profile
 from mlpipe.mapping import branch_not_taken, collect_items, item_specs, items_failed
 from mlpipe.materializers import Materializer, register_materializer
 from mlpipe.metadata import open_index
+from mlpipe.planning import RunPlan, close_cached_run, plan_run, record_cached
 from mlpipe.records import (
     RUN_TERMINAL,
     RunRecord,
@@ -77,6 +78,7 @@ __all__ = [
     "RUN_TERMINAL",
     "Run",
     "RunHandle",
+    "RunPlan",
     "RunRecord",
     "RunState",
     "RunStatus",
@@ -91,6 +93,7 @@ __all__ = [
     "TERMINAL",
     "UpstreamCorrupted",
     "branch_not_taken",
+    "close_cached_run",
     "collect_items",
     "decode_param",
     "execute_remote_step",
@@ -105,6 +108,8 @@ __all__ = [
     "new_run_id",
     "open_index",
     "open_store",
+    "plan_run",
+    "record_cached",
     "register_materializer",
     "resolve_code",
     "resolve_profile",

@@ -13,7 +13,7 @@ Usage::
 
     python -m mlpipe.runtime --store URL --ir DIGEST --run-id ID --step NAME \
         [--engine-run-id ID] [--storage-options JSON] [--param name=value ...] [--backend NAME]
-        [--no-cache | --cache true|false] [--output-file PATH] [--when-file PATH ...]
+        [--no-cache | --cache true|false] [--cached STEP=KEY ...] [--output-file PATH] [--when-file PATH ...]
         [--executor-input JSON]
 
 ``--run-id`` is mlpipe's run id, passed by ``mlpipe submit`` as a run
@@ -160,9 +160,28 @@ def _placeholder(value: str) -> bool:
     return value.startswith("{{$") and value.endswith("}}")
 
 
-def _upstream(store: ArtifactStore, run_id: str, spec: StepSpec) -> dict[tuple[str, str], ObjectInfo]:
+def _upstream(
+    store: ArtifactStore, run_id: str, spec: StepSpec, cached: Mapping[str, str] | None = None
+) -> dict[tuple[str, str], ObjectInfo]:
+    """The outputs of ``spec``'s upstream steps: from their records in the run, or by cache key for the
+    steps ``cached`` names (left out of the submitted spec as cache hits, ``--cached STEP=KEY``)."""
+    from mlpipe.cache import lookup
+
     produced: dict[tuple[str, str], ObjectInfo] = {}
     for up in spec.upstream:
+        if cached and up in cached:
+            entry = lookup(store, cached[up])
+            if entry is None:
+                raise StepFailedError(
+                    f"step {spec.name!r} of run {run_id}: upstream step {up!r} was left out of the submitted spec "
+                    f"as a cache hit (key {cached[up][:16]}…), but its cache entry or one of its objects is gone "
+                    f"from {store.url} (`mlpipe cache gc`?); submit the run again",
+                    step=spec.name,
+                    run_id=run_id,
+                )
+            for name, info in entry.outputs.items():
+                produced[(up, name)] = ObjectInfo(**info)
+            continue
         rel = run_path(run_id, "steps", f"{up}.json")
         if not store.has(rel):
             raise StepFailedError(
@@ -229,11 +248,14 @@ def execute_remote_step(
     backend: str = "remote",
     cache: bool = True,
     item: StepSpec | None = None,
+    cached: Mapping[str, str] | None = None,
 ) -> Any:
     """Run one step of a run as a remote task does. Returns the :class:`StepOutcome`.
 
     ``item``: one item of the mapped step ``step`` (``<step>[i]``, from
     :func:`mlpipe.mapping.item_specs`), run and recorded under its own name.
+    ``cached``: upstream step → cache key, for upstream steps left out of the
+    submitted spec as cache hits (their outputs are read through their entries).
     """
     from mlpipe.code import resolve, verify
     from mlpipe.executor import StepExecutor, UpstreamCorrupted
@@ -263,7 +285,7 @@ def execute_remote_step(
     def run(target: StepSpec, force: bool, depth: int = 0) -> Any:
         fn = resolve(target, store)
         verify(target, fn)  # also for a step run here to repair a corrupted input
-        produced = _upstream(store, run_id, target)
+        produced = _upstream(store, run_id, target, cached)
         typed = _as_declared(target, fn, params)
         try:
             return executor.execute(target, fn, typed, produced, force=force, packages=fingerprint(fn).packages)
@@ -404,6 +426,13 @@ def _parser() -> argparse.ArgumentParser:
         "MLPIPE_STORAGE_OPTIONS in the environment adds to them",
     )
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument(
+        "--cached",
+        action="append",
+        default=[],
+        metavar="STEP=KEY",
+        help="An upstream step left out of the spec as a cache hit: read its outputs by this cache key",
+    )
     parser.add_argument("--backend", default=os.environ.get("MLPIPE_BACKEND", "remote"))
     parser.add_argument("--no-cache", action="store_true")
     # The value form lets an orchestrator decide per run from a compiled definition
@@ -555,6 +584,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"mlpipe.runtime: --executor-input expects KFP's ExecutorInput as JSON: {exc}", file=sys.stderr)
             return 2
+    cached: dict[str, str] = {}
+    for item in args.cached:
+        name, sep, key = item.partition("=")
+        if not sep or not name or len(key) != 64:
+            print(
+                f"mlpipe.runtime: --cached expects STEP=KEY with a 64-character cache key, got {item!r}",
+                file=sys.stderr,
+            )
+            return 2
+        cached[name] = key
     try:
         args.run_id = choose_run_id(args.run_id, args.engine_run_id)
         store = open_store(args.store, storage_options(args.storage_options, os.environ.get("MLPIPE_STORAGE_OPTIONS")))
@@ -573,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raw,
                 backend=args.backend,
                 cache=not args.no_cache and args.cache == "true",
+                cached=cached,
             )
     except MlpipeError as exc:
         print(f"mlpipe.runtime: step {args.step!r}: {exc}", file=sys.stderr)

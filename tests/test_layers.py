@@ -53,7 +53,7 @@ LAYERS = {
     ],
     "execution": ["mlpipe.executor", "mlpipe.mapping", "mlpipe.tracking", "mlpipe.run", "mlpipe.runtime"],
     "contract": ["mlpipe.backend"],
-    "drivers": ["mlpipe.local", "mlpipe.launch"],
+    "drivers": ["mlpipe.local", "mlpipe.launch", "mlpipe.planning"],
     "plugins": ["mlpipe.extend"],
 }
 

@@ -14,8 +14,9 @@ def test_facade() -> None:
 
 
 def test_modules_export_what_they_own() -> None:
-    assert compiler.__all__ == ["DEFAULT_IMAGE", "ENGINE_RUN_ID_INPUT", "RECORD_OUTPUT", "RUN_ID_INPUT", "ParamPlan",
-                                "PipelinePlan", "TaskPlan", "build", "plan", "spec_documents", "spec_header",
+    assert compiler.__all__ == ["ARTIFACT_SCHEMA_VERSION", "DEFAULT_IMAGE", "ENGINE_RUN_ID_INPUT",
+                                "EXECUTOR_INPUT_PLACEHOLDER", "RECORD_OUTPUT", "RUN_ID_INPUT", "ParamPlan",
+                                "PipelinePlan", "TaskPlan", "build", "plan", "prune", "spec_documents", "spec_header",
                                 "task_specs", "write_spec"]
     assert yamlout.__all__ == ["dump_all", "dumps"]
     assert local_runner.__all__ == ["container_components_as_subprocess", "execute_spec"]

@@ -24,11 +24,15 @@ from mlpipe.extend import (
     Capabilities,
     Run,
     RunHandle,
+    RunPlan,
     RunRecord,
     RunState,
     RunStatus,
+    close_cached_run,
     open_index,
     open_store,
+    plan_run,
+    record_cached,
     task_storage_options,
     write_ir,
 )
@@ -41,7 +45,7 @@ from mlpipe_kubeflow.background import (
     refuse_in_local_mode,
     step_states,
 )
-from mlpipe_kubeflow.compiler import DEFAULT_IMAGE, PipelinePlan, plan, write_spec
+from mlpipe_kubeflow.compiler import DEFAULT_IMAGE, PipelinePlan, plan, prune, write_spec
 from mlpipe_kubeflow.naming import check_parameter_budget
 from mlpipe_kubeflow.options import KubeflowOptions
 
@@ -59,7 +63,14 @@ class KubeflowBackend(Backend):
 
     name = "kubeflow"
     capabilities = Capabilities(
-        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, conditions=True, map=True
+        parallel=True,
+        resources=True,
+        retries=True,
+        timeouts=True,
+        schedules=True,
+        conditions=True,
+        map=True,
+        prune=True,
     )
     Options = KubeflowOptions
 
@@ -191,6 +202,17 @@ class KubeflowBackend(Backend):
             )
         # A schedule's runs each need their own id: they leave mlpipe_run_id at its default, the KFP run id.
         arguments = self._arguments(ir, plan_, params, None if opts.schedule else run_id)
+        data: dict[str, Any] = {
+            "mode": "cluster",
+            "host": opts.host,
+            "namespace": opts.namespace,
+            "experiment": opts.experiment,
+        }
+        # Cache hits cost no pod: left out of the spec (a schedule's runs come later: each runs its whole spec).
+        run_plan, cached = (None, {}) if opts.schedule else self._prune(ir, store, params, cache)
+        if run_plan is not None and len(cached) == len(ir.steps):
+            return self._fully_cached(ir, store, params, run_id, cache, run_plan, plan_.ir_digest, data)
+        plan_ = prune(plan_, ir, cached)
         run_name = opts.run_name.format(pipeline=ir.name, run_id=run_id)
         with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-") as tmp:
             spec = write_spec(plan_, os.path.join(tmp, f"{plan_.name}.yaml"))
@@ -199,12 +221,8 @@ class KubeflowBackend(Backend):
                 sub = kfp_client.create_recurring_run(client, opts, spec, arguments, run_name)
             else:
                 sub = kfp_client.create_run(client, opts, spec, arguments, run_name)
-        data: dict[str, Any] = {
-            "mode": "cluster",
-            "host": opts.host,
-            "namespace": opts.namespace,
-            "experiment": opts.experiment,
-        }
+        if cached:
+            data["pruned"] = sorted(cached)
         status: RunState = "running"
         if sub.recurring:
             data.update(kind="recurring", schedule=opts.kfp_cron, experiment_id=sub.experiment_id)
@@ -220,6 +238,8 @@ class KubeflowBackend(Backend):
             cache=cache,
             kfp=data,
         )
+        if run_plan is not None and cached:
+            record_cached(record, ir, run_plan, frozenset(cached))
         if sub.recurring:
             record.update(ended=time.time())
         return RunHandle(
@@ -231,6 +251,33 @@ class KubeflowBackend(Backend):
             url=sub.url,
             data=data,
         )
+
+    def _prune(
+        self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], cache: bool
+    ) -> tuple[RunPlan | None, dict[str, str]]:
+        """The run's plan and the cache hits to leave out of the spec (step → key)."""
+        if not cache:
+            return None, {}
+        run_plan = plan_run(ir, store, params, cache=cache, explain=False)
+        return run_plan, run_plan.prunable(ir)
+
+    def _fully_cached(
+        self,
+        ir: PipelineIR,
+        store: ArtifactStore,
+        params: Mapping[str, Any],
+        run_id: str,
+        cache: bool,
+        run_plan: RunPlan,
+        ir_digest: str,
+        data: dict[str, Any],
+    ) -> RunHandle:
+        """Every step is a cache hit: nothing is sent to KFP; the run is recorded and closed here."""
+        data = {**data, "kind": "cached"}
+        close_cached_run(
+            store, ir, run_id, run_plan, backend=self.name, params=params, ir_digest=ir_digest, cache=cache, kfp=data
+        )
+        return RunHandle(backend=self.name, run_id=run_id, pipeline=ir.name, store=store.url, data=data)
 
     def _submit_local(
         self, ir: PipelineIR, store: ArtifactStore, params: Mapping[str, Any], run_id: str, cache: bool
@@ -257,6 +304,15 @@ class KubeflowBackend(Backend):
         )
         plan_ = self.plan(ir, store, cache=cache)
         arguments = self._arguments(ir, plan_, params, run_id)
+        run_plan, cached = self._prune(ir, store, params, cache)
+        if run_plan is not None and len(cached) == len(ir.steps):
+            data = {"mode": "local", "kind": "cached"}
+            close_cached_run(
+                store, ir, run_id, run_plan, backend=self.name, params=params, ir_digest=plan_.ir_digest,
+                cache=cache, kfp=data,
+            )  # fmt: skip
+            return Run.load(store, run_id)
+        plan_ = prune(plan_, ir, cached)
         record = RunRecord.open(
             store,
             ir,
@@ -266,8 +322,10 @@ class KubeflowBackend(Backend):
             ir_digest=plan_.ir_digest,
             index=open_index(store),
             cache=cache,
-            kfp={"mode": "local"},
+            kfp={"mode": "local", **({"pruned": sorted(cached)} if cached else {})},
         )
+        if run_plan is not None and cached:
+            record_cached(record, ir, run_plan, frozenset(cached))
         spec_file = f"{plan_.name}.yaml"
         return execute_locally(
             store, ir, record, lambda tmp: write_spec(plan_, os.path.join(tmp, spec_file)), arguments, cancel
@@ -300,6 +358,8 @@ class KubeflowBackend(Backend):
         if local is not None:
             return local
         steps = step_states(handle)
+        if handle.data.get("kind") == "cached":
+            return RunStatus(state="succeeded", message="every step was a cache hit: no task was submitted")
         if handle.data.get("kind") == "recurring":
             return RunStatus(
                 state="succeeded",
@@ -316,7 +376,7 @@ class KubeflowBackend(Backend):
         """Stop the run; a finished run (or an already cancelled one) is left alone."""
         from mlpipe_kubeflow import client as kfp_client
 
-        if self._local.cancel(handle) or not handle.external_id:
+        if self._local.cancel(handle) or not handle.external_id:  # a fully cached run has nothing to stop
             return
         opts = self._options_for(handle)
         client = self._client(opts)

@@ -69,6 +69,7 @@ __all__ = [
     "TaskPlan",
     "build",
     "plan",
+    "prune",
     "spec_documents",
     "spec_header",
     "task_specs",
@@ -133,6 +134,7 @@ class TaskPlan:
     dag: str = ""  # the condition sub-DAG or loop holding the task ("" for the root DAG)
     tests: int = 0  # how many mp.when test results it publishes (BOOLEAN outputs mlpipe_when_<k>)
     role: str = ""  # a mapped step's three tasks: "items" (fan-out), "item" (in the loop), "collect" (fan-in)
+    cached: tuple[tuple[str, str], ...] = ()  # (upstream step, cache key) of upstream steps pruned as cache hits
 
     @property
     def display(self) -> str:
@@ -178,6 +180,8 @@ class PipelinePlan:
             args += ["--storage-options", self.storage_options]
         if task.role == "collect":
             args.append("--collect")
+        for step, key in task.cached:
+            args += ["--cached", f"{step}={key}"]
         return [*args, "--no-cache"] if not self.cache else args
 
 
@@ -390,6 +394,36 @@ def plan(
         layout=layout,
         storage_options=storage_options,
     )
+
+
+def prune(plan_: PipelinePlan, ir: PipelineIR, cached: Mapping[str, str]) -> PipelinePlan:
+    """The plan without the tasks of the ``cached`` steps (cache hits: step → cache key).
+
+    Their consumers read their outputs by cache key (``--cached STEP=KEY``)
+    and no longer wait for them; a task left without upstream receives every
+    parameter, as the first tasks do. Pipelines with ``mp.when`` blocks are
+    not pruned (:meth:`mlpipe.extend.RunPlan.prunable` leaves them whole).
+    """
+    if not cached:
+        return plan_
+    if plan_.layout.groups:
+        raise UnsupportedFeatureError(
+            f"pipeline {ir.name!r}: steps under mp.when cannot be pruned from the spec",
+            backend=BACKEND,
+            pipeline=ir.name,
+        )
+    gone = {t.name for t in plan_.tasks if t.step in cached}
+    everything = tuple(p.name for p in plan_.params)
+    tasks: list[TaskPlan] = []
+    for task in plan_.tasks:
+        if task.step in cached:
+            continue
+        after = tuple(a for a in task.after if a not in gone)
+        params = task.params if after else (*task.params, *(p for p in everything if p not in task.params))
+        upstream = dict.fromkeys(ir.step(task.step).upstream)
+        hits = tuple((up, cached[up]) for up in upstream if up in cached)
+        tasks.append(replace(task, after=after, params=params, cached=hits))
+    return replace(plan_, tasks=tuple(tasks))
 
 
 # -- the spec, as kfp's compiler writes it ------------------------------------------------------
