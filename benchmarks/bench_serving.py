@@ -4,8 +4,11 @@ A logistic regression (4 features) is logged to a sqlite MLflow registry in a
 temporary directory; both servers serve ``models:/bench-model/1`` in their own
 process (``mlflow models serve --env-manager local``, one worker; ``mlpipe
 serve`` with its prediction log on, as deployed). One client sends the same
-one-row ``dataframe_split`` request over a kept-alive HTTP/1.1 connection:
-``warmup`` requests, then ``n`` timed ones. Bounded: 180 s per server start,
+one-row ``dataframe_split`` request over a kept-alive HTTP/1.1 connection
+to each, interleaved (request i goes to both servers, the first one
+alternating), so both are measured in the same minutes under the same load:
+``warmup`` requests, then ``n`` timed ones; the load average before and
+after is in the result. Bounded: 180 s per server start,
 60 s per request, every process stopped at the end.
 
     python benchmarks/bench_serving.py [-n 1000] [--output serving.json]
@@ -93,23 +96,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-def _measure(port: int, n: int, warmup: int) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    headers = {"Content-Type": "application/json"}
-    samples: list[float] = []
-    answer: Any = None
-    for i in range(warmup + n):
-        t0 = time.perf_counter()
-        conn.request("POST", "/invocations", body=BODY, headers=headers)
-        response = conn.getresponse()
-        data = response.read()
-        elapsed = time.perf_counter() - t0
-        if response.status != 200:
-            raise RuntimeError(f"request {i} answered {response.status}: {data[:300]!r}")
-        if i >= warmup:
-            samples.append(elapsed * 1000)
-        answer = json.loads(data)
-    conn.close()
+def _summary(samples: list[float], n: int, answer: Any) -> dict[str, Any]:
     ordered = sorted(samples)
     return {
         "n": n,
@@ -119,6 +106,31 @@ def _measure(port: int, n: int, warmup: int) -> dict[str, Any]:
         "max_ms": round(ordered[-1], 3),
         "answer": answer,
     }
+
+
+def _measure(ports: dict[str, int], n: int, warmup: int) -> dict[str, dict[str, Any]]:
+    """Interleaved: request i goes to every server in turn (the first one alternating), so each sees the same load."""
+    conns = {label: http.client.HTTPConnection("127.0.0.1", port, timeout=60) for label, port in ports.items()}
+    headers = {"Content-Type": "application/json"}
+    samples: dict[str, list[float]] = {label: [] for label in ports}
+    answers: dict[str, Any] = {}
+    labels = list(ports)
+    for i in range(warmup + n):
+        for label in labels if i % 2 == 0 else labels[::-1]:
+            conn = conns[label]
+            t0 = time.perf_counter()
+            conn.request("POST", "/invocations", body=BODY, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            elapsed = time.perf_counter() - t0
+            if response.status != 200:
+                raise RuntimeError(f"{label}: request {i} answered {response.status}: {data[:300]!r}")
+            if i >= warmup:
+                samples[label].append(elapsed * 1000)
+            answers[label] = json.loads(data)
+    for conn in conns.values():
+        conn.close()
+    return {label: _summary(samples[label], n, answers[label]) for label in labels}
 
 
 def measure(n: int = 1000, warmup: int = 50) -> dict[str, Any]:
@@ -135,15 +147,25 @@ def measure(n: int = 1000, warmup: int = 50) -> dict[str, Any]:
             "mlflow models serve": [str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/bench-model/1",
                                     "--env-manager", "local", "-h", "127.0.0.1", "-p", "{port}", "-w", "1"],
         }
-        for label, template in servers.items():
-            port = _free_port()
-            command = [part.replace("{port}", str(port)) for part in template]
-            proc, ready = _start(command, port, {**env, "PYTHONUNBUFFERED": "1"}, root / f"{label.split()[0]}.log")
-            try:
-                got = _measure(port, n, warmup)
-            finally:
+        procs: list[subprocess.Popen[bytes]] = []
+        ports: dict[str, int] = {}
+        ready: dict[str, float] = {}
+        try:
+            for label, template in servers.items():
+                port = _free_port()
+                command = [part.replace("{port}", str(port)) for part in template]
+                log = root / f"{label.split()[0]}.log"
+                proc, ready[label] = _start(command, port, {**env, "PYTHONUNBUFFERED": "1"}, log)
+                procs.append(proc)
+                ports[label] = port
+            out["load_before"] = round(os.getloadavg()[0], 2)
+            measured = _measure(ports, n, warmup)
+            out["load_after"] = round(os.getloadavg()[0], 2)
+        finally:
+            for proc in procs:
                 _stop(proc)
-            got["ready_s"] = round(ready, 1)
+        for label, got in measured.items():
+            got["ready_s"] = round(ready[label], 1)
             out[label] = got
         return out
 

@@ -218,7 +218,10 @@ def create_app(engine: _Engine) -> Any:
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port`` (0: a free port), or :class:`PortInUseError`."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on connections whose socket says
+    # it is TCP, and accepted sockets inherit the listener's proto. With 0, every answer (headers, then body)
+    # waited for the client's delayed ACK: 40-50 ms a request.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.bind((host, port))
     except OSError as exc:
@@ -313,6 +316,7 @@ class ScoringServer:
                 max_batches=max_batches,
                 flush_interval=flush_interval,
                 seed=seed,
+                background=True,  # written by the flusher thread below, never in a request
             )
         self.engine = _Engine(routing, plog, tracking_uri, seed)
         self._socket = bind(host, port)
@@ -347,10 +351,15 @@ class ScoringServer:
             self._flusher.start()
 
     def _flush_loop(self) -> None:
-        assert self.engine.log is not None
-        while not self._stop.wait(self.flush_interval):
+        log = self.engine.log
+        assert log is not None
+        while not self._stop.is_set():
+            log.wake.wait(self.flush_interval)  # the interval, or sooner when a batch is full
+            log.wake.clear()
+            if self._stop.is_set():
+                break  # _close writes the rest
             try:
-                self.engine.log.flush()
+                log.flush()
             except Exception as exc:  # the store failing must not take the server down; say so
                 logger.warning("mlpipe serve: writing the prediction log failed: %s", exc)
 
@@ -407,6 +416,8 @@ class ScoringServer:
 
     def _close(self) -> None:
         self._stop.set()
+        if self.engine.log is not None:
+            self.engine.log.wake.set()
         for thread in (self._watcher, self._flusher):
             if thread is not None:
                 thread.join(10)

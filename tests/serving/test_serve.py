@@ -183,3 +183,30 @@ def test_cli_errors_exit_2_or_1_without_traceback(registry: Registry, tmp_path: 
     assert failed.returncode == 1 and "cannot be loaded" in failed.stderr and "Traceback" not in failed.stderr
     debug = _cli("--debug", "serve", str(broken), "--port", "0", env=env)
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_connections_have_nagle_off_and_requests_never_write_the_log(registry: Registry, tmp_path: Path) -> None:
+    """Without TCP_NODELAY every answer waited for the client's delayed ACK (40-50 ms a request on Linux)."""
+    import http.client
+    import json
+    import socket
+
+    store = tmp_path / "store"
+    with ScoringServer("scorer@champion", port=0, store=store, tracking_uri=registry.uri, batch_rows=2) as server:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        body = json.dumps({"dataframe_split": {"columns": ["x1", "x2"], "data": _rows(registry, 1)}})
+        conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+        assert conn.getresponse().read()
+        (connection,) = server._server.server_state.connections
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        log = server.engine.log
+        assert log is not None and log.background  # requests only keep rows; the flusher thread writes them
+        conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+        assert conn.getresponse().read()
+        conn.close()
+        deadline = time.monotonic() + 30  # a full batch (2 rows) wakes the flusher before its 2 s interval
+        while load_predictions("scorer", store=store).empty:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    assert len(load_predictions("scorer", store=store)) == 2
