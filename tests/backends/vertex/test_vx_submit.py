@@ -256,3 +256,35 @@ def test_run_completes_the_records_of_a_failed_job(fake_vertex: FakeVertex, gs_u
     assert run.steps["make_numbers"].status == "failed"
     assert "image pull failed" in (run.steps["make_numbers"].error or "")
     assert run.steps["summarize"].status == run.steps["describe"].status == "skipped"
+
+
+def test_cache_hits_are_left_out_of_the_job_and_a_fully_cached_run_creates_none(fake_vertex: FakeVertex,
+                                                                                 gs_url: str) -> None:
+    from mlpipe.local import LocalBackend
+    from mlpipe.testing import run_on
+
+    store = open_store(gs_url)
+    assert run_on(LocalBackend(), basic, store, n=7).status == "succeeded"  # every step is now in the cache
+    handle = submit(full_backend(fake_vertex), gs_url, n=7)
+    assert not fake_vertex.calls("POST", "/pipelineJobs")  # no job at all
+    assert handle.data["kind"] == "cached" and handle.external_id is None
+    backend = full_backend(fake_vertex)
+    assert backend.status(handle).state == "succeeded"
+    run = Run.load(store, handle.run_id)
+    assert run.status == "succeeded" and all(s.cached for s in run.steps.values())
+
+    # label only reaches describe: make_numbers and summarize are hits, describe runs and reads them by key
+    handle = backend.submit(basic.ir, store, params=basic.validate_params({"n": 7, "label": "new"}),
+                            run_id="20261126-080000-abcdef")
+    [create] = fake_vertex.calls("POST", "/pipelineJobs")
+    spec = create.body["pipelineSpec"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert sorted(tasks) == ["describe"] and "dependentTasks" not in tasks["describe"]
+    assert set(spec["components"]) == {"comp-describe"}
+    args = spec["deploymentSpec"]["executors"]["exec-describe"]["container"]["args"]
+    cached = [args[i + 1].split("=")[0] for i, a in enumerate(args) if a == "--cached"]
+    assert cached == ["summarize"]  # describe's only upstream; make_numbers feeds summarize alone
+    doc = store.get_json(f"runs/{handle.run_id}/run.json")
+    assert doc["vertex"]["pruned"] == ["make_numbers", "summarize"]
+    steps = Run.load(store, handle.run_id).steps
+    assert steps["make_numbers"].cached and steps["summarize"].cached

@@ -21,7 +21,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mlpipe_kubeflow.background import (
@@ -32,7 +32,7 @@ from mlpipe_kubeflow.background import (
     refuse_in_local_mode,
     step_states,
 )
-from mlpipe_kubeflow.compiler import DEFAULT_IMAGE
+from mlpipe_kubeflow.compiler import DEFAULT_IMAGE, prune
 from mlpipe_kubeflow.naming import check_parameter_budget
 
 from mlpipe.errors import BackendError, MlpipeError, UnsupportedFeatureError
@@ -43,10 +43,14 @@ from mlpipe.extend import (
     Capabilities,
     Run,
     RunHandle,
+    RunPlan,
     RunRecord,
     RunStatus,
+    close_cached_run,
     open_index,
     open_store,
+    plan_run,
+    record_cached,
     task_storage_options,
     write_ir,
 )
@@ -96,7 +100,14 @@ class VertexBackend(Backend):
 
     name = BACKEND
     capabilities = Capabilities(
-        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, conditions=True, map=True
+        parallel=True,
+        resources=True,
+        retries=True,
+        timeouts=True,
+        schedules=True,
+        conditions=True,
+        map=True,
+        prune=True,
     )
     Options = VertexOptions
 
@@ -227,9 +238,18 @@ class VertexBackend(Backend):
         )
 
     def request(
-        self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str, cache: bool = True
+        self,
+        ir: PipelineIR,
+        store: ArtifactStore,
+        *,
+        params: Mapping[str, Any],
+        run_id: str,
+        cache: bool = True,
+        pruned: Mapping[str, str] | None = None,
     ) -> JobRequest:
         """The PipelineJob a submission would create, fully validated; stores the IR, sends nothing to Vertex.
+
+        ``pruned``: cache hits (step → key) left out of the spec; their consumers read them by key.
 
         Raises:
             UnsupportedFeatureError: options, store, image or pipeline that Vertex would refuse.
@@ -238,6 +258,8 @@ class VertexBackend(Backend):
         opts = self.opts
         jid, _draft = self._validate(ir, store, params, run_id, cache)
         vplan = self.plan(ir, store, cache=cache)
+        if pruned:
+            vplan = replace(vplan, kfp=prune(vplan.kfp, ir, pruned))
         body = self._body(ir, store, build_spec(vplan), vplan.kfp.arguments(params, self._run_id_argument(jid)), jid)
         return JobRequest(
             parent=f"projects/{opts.project}/locations/{opts.location}",
@@ -269,7 +291,13 @@ class VertexBackend(Backend):
         from mlpipe_vertex import client
 
         opts = self.opts
-        req = self.request(ir, store, params=params, run_id=run_id, cache=cache)
+        self._validate(ir, store, params, run_id, cache)  # every refusal before the store is read
+        # Cache hits cost no task: left out of the job's spec (a schedule's jobs come later and run it whole).
+        run_plan = None if opts.schedule or not cache else plan_run(ir, store, params, cache=cache, explain=False)
+        pruned = run_plan.prunable(ir) if run_plan is not None else {}
+        if run_plan is not None and len(pruned) == len(ir.steps):
+            return self._fully_cached(ir, store, params, run_id, cache, run_plan)
+        req = self.request(ir, store, params=params, run_id=run_id, cache=cache, pruned=pruned)
         data: dict[str, Any] = {
             "mode": "vertex",
             "project": opts.project,
@@ -307,7 +335,9 @@ class VertexBackend(Backend):
             )
         name, state = client.create_job(opts, req.parent, req.body, req.job_id)
         data["kind"] = "job"
-        RunRecord.open(
+        if pruned:
+            data["pruned"] = sorted(pruned)
+        record = RunRecord.open(
             store,
             ir,
             req.job_id,
@@ -318,6 +348,8 @@ class VertexBackend(Backend):
             cache=cache,
             vertex={**data, "job": name},
         )
+        if run_plan is not None and pruned:
+            record_cached(record, ir, run_plan, frozenset(pruned))
         return RunHandle(
             backend=self.name,
             run_id=req.job_id,
@@ -330,6 +362,31 @@ class VertexBackend(Backend):
             ),
             data=data,
         )
+
+    def _fully_cached(
+        self,
+        ir: PipelineIR,
+        store: ArtifactStore,
+        params: Mapping[str, Any],
+        run_id: str,
+        cache: bool,
+        run_plan: RunPlan,
+    ) -> RunHandle:
+        """Every step is a cache hit: no job is created; the run is recorded and closed under its job id."""
+        jid, _draft = self._validate(ir, store, params, run_id, cache)
+        data = {"mode": "vertex", "kind": "cached", "requested_run_id": run_id}
+        close_cached_run(
+            store,
+            ir,
+            jid,
+            run_plan,
+            backend=BACKEND,
+            params=params,
+            ir_digest=write_ir(store, ir),
+            cache=cache,
+            vertex=data,
+        )
+        return RunHandle(backend=self.name, run_id=jid, pipeline=ir.name, store=store.url, data=data)
 
     def run(
         self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str, cache: bool = True
@@ -374,6 +431,15 @@ class VertexBackend(Backend):
             store_hint="use a gs:// bucket (or a directory)",
         )
         vplan = self.plan(ir, store, cache=cache)
+        run_plan = plan_run(ir, store, params, cache=cache, explain=False) if cache else None
+        pruned = run_plan.prunable(ir) if run_plan is not None else {}
+        if run_plan is not None and len(pruned) == len(ir.steps):
+            close_cached_run(
+                store, ir, run_id, run_plan, backend=BACKEND, params=params, ir_digest=vplan.kfp.ir_digest,
+                cache=cache, vertex={"mode": "local", "kind": "cached"},
+            )  # fmt: skip
+            return Run.load(store, run_id)
+        vplan = replace(vplan, kfp=prune(vplan.kfp, ir, pruned))
         spec = build_spec(vplan)
         arguments = vplan.kfp.arguments(params, run_id)
         check_parameter_budget(ir.name, arguments, self.opts.max_parameter_bytes, "run parameters")
@@ -387,8 +453,10 @@ class VertexBackend(Backend):
             ir_digest=vplan.kfp.ir_digest,
             index=open_index(store),
             cache=cache,
-            vertex={"mode": "local"},
+            vertex={"mode": "local", **({"pruned": sorted(pruned)} if pruned else {})},
         )
+        if run_plan is not None and pruned:
+            record_cached(record, ir, run_plan, frozenset(pruned))
         return execute_locally(
             store,
             ir,
@@ -420,6 +488,8 @@ class VertexBackend(Backend):
         if local is not None:
             return local
         steps = step_states(handle)
+        if handle.data.get("kind") == "cached":
+            return RunStatus(state="succeeded", message="every step was a cache hit: no job was created")
         if handle.data.get("kind") == "schedule":
             return RunStatus(
                 state="succeeded",
