@@ -448,6 +448,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="Write true/false here: the step's output against each mp.when test on it, in the IR's order",
     )
+    parser.add_argument(
+        "--when-json",
+        metavar="PATH",
+        help='Write {"mlpipe_when_<k>": true|false} here: every mp.when test on the step\'s output (SageMaker)',
+    )
     # A mapped step as three tasks (how KFP runs step.map): the fan-out, each item, the fan-in.
     mapped = parser.add_mutually_exclusive_group()
     mapped.add_argument("--items-file", metavar="PATH", help="Mapped step: write the JSON list of item indices here")
@@ -632,6 +637,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         for path, result in zip(args.when_file, results, strict=True):
             _write_text(path, "true" if result else "false")
+    if args.when_json and outcome.status == "succeeded":
+        try:
+            results = publish_tests(store, ir, args.step, outcome.outputs)
+        except MlpipeError as exc:
+            print(f"mlpipe.runtime: step {args.step!r}: cannot test its output for mp.when: {exc}", file=sys.stderr)
+            return exc.exit_code
+        _write_text(args.when_json, json.dumps({f"mlpipe_when_{k}": r for k, r in enumerate(results)}))
     label = "cached" if outcome.cached else outcome.status
     print(
         f"mlpipe.runtime: step {args.step!r} of run {args.run_id}: {label} in {outcome.duration:.3f} s", file=sys.stderr

@@ -7,18 +7,25 @@ running exactly the definition's ``ContainerEntrypoint + ContainerArguments``
 with exactly its ``Environment`` on top of what a container brings (see
 ``sm_support.runtime_env``). Parameters, ``Execution.PipelineExecutionId`` and
 ``Std:Join`` are resolved here. A step whose dependency failed does not run.
+A ``Condition`` step (mlpipe's: ``Equals`` over a ``JsonGet`` of a property
+file) is decided from the file the tested step wrote to its output's
+``LocalPath`` (mapped to a temporary directory, as the job's volume); the
+steps of the branch not taken are not executed and, as in SageMaker, not
+listed.
 """
 
 from __future__ import annotations
 
 import graphlib
+import json
 import subprocess
+import tempfile
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlpipe_sagemaker.validate import resolve_text
+from mlpipe_sagemaker.validate import flatten, resolve_text
 
 
 @dataclass
@@ -71,24 +78,61 @@ def execute(
     missing = [p["Name"] for p in definition["Parameters"] if p["Name"] not in values]
     if missing:
         raise ValueError(f"no value for the parameters {missing}")  # SageMaker refuses to start such an execution
-    steps = {s["Name"]: s for s in definition["Steps"]}
-    sorter = graphlib.TopologicalSorter({name: s.get("DependsOn", []) for name, s in steps.items()})
+    steps = {s["Name"]: s for s in flatten(definition["Steps"])}
+    inside: dict[str, str] = {}  # a branch's step -> its Condition step
+    for s in steps.values():
+        if s["Type"] == "Condition":
+            for branch in ("IfSteps", "ElseSteps"):
+                inside.update({inner["Name"]: s["Name"] for inner in s["Arguments"][branch]})
+    sorter = graphlib.TopologicalSorter(
+        {name: [*s.get("DependsOn", []), *([inside[name]] if name in inside else [])] for name, s in steps.items()}
+    )
     sorter.prepare()
     results: dict[str, StepResult] = {}
+    volumes = tempfile.TemporaryDirectory(prefix="sm-harness-")
+    files: dict[str, dict[str, Any]] = {}  # step -> property file name -> its JSON
+    not_taken: set[str] = set()
 
     def run(name: str) -> StepResult:
-        argv, env = command(steps[name], values, execution_id)
+        step = steps[name]
+        argv, env = command(step, values, execution_id)
+        mounts = {}
+        for out in (step["Arguments"].get("ProcessingOutputConfig") or {}).get("Outputs", []):
+            local = out["S3Output"]["LocalPath"]
+            mounts[out["OutputName"]] = f"{volumes.name}/{name}/{out['OutputName']}"
+            argv = [a.replace(local, mounts[out["OutputName"]]) for a in argv]
         full_env = {**container_env, **env}
         proc = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
+        for pf in step.get("PropertyFiles", []):
+            with open(f"{mounts[pf['OutputName']]}/{pf['FilePath']}") as f:
+                files.setdefault(name, {})[pf["PropertyFileName"]] = json.load(f)
         return StepResult(name, "Succeeded" if proc.returncode == 0 else "Failed", argv, env, proc.returncode,
                           proc.stdout + proc.stderr)
+
+    def decide(name: str) -> None:
+        """Evaluate a Condition step and drop the steps of the branch not taken."""
+        args = steps[name]["Arguments"]
+        holds = True
+        for condition in args["Conditions"]:
+            assert condition["Type"] == "Equals", condition
+            get = condition["LeftValue"]["Std:JsonGet"]
+            _, producer, _, file = get["PropertyFile"]["Get"].split(".")
+            holds = holds and files[producer][file][get["Path"]] == condition["RightValue"]
+        for inner in flatten(args["ElseSteps" if holds else "IfSteps"]):
+            not_taken.add(inner["Name"])
+        results[name] = StepResult(name, "Succeeded")
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         running: dict[Future[StepResult], str] = {}
         while sorter.is_active():
             for name in sorter.get_ready():
-                if any(results[d].status != "Succeeded" for d in steps[name].get("DependsOn", [])):
+                if name in not_taken:
+                    sorter.done(name)
+                elif any(results[d].status != "Succeeded" for d in steps[name].get("DependsOn", [])):
                     results[name] = StepResult(name, "NotExecuted")
+                    sorter.done(name)
+                elif steps[name]["Type"] == "Condition":
+                    decide(name)
                     sorter.done(name)
                 else:
                     running[pool.submit(run, name)] = name
@@ -99,4 +143,5 @@ def execute(
                 name = running.pop(future)
                 results[name] = future.result()
                 sorter.done(name)
-    return ExecutionResult(execution_id, {name: results[name] for name in steps})
+    volumes.cleanup()
+    return ExecutionResult(execution_id, {name: results[name] for name in steps if name in results})

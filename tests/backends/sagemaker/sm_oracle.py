@@ -26,7 +26,7 @@ from mlpipe_sagemaker.compiler import (
 from mlpipe_sagemaker.instances import choose_instance_type
 from mlpipe_sagemaker.options import SageMakerOptions
 
-from mlpipe.ir import PipelineIR
+from mlpipe.ir import ConditionSpec, PipelineIR
 
 
 def sdk_definition(ir: PipelineIR, *, store_url: str, ir_digest: str, options: SageMakerOptions,
@@ -42,8 +42,10 @@ def sdk_definition(ir: PipelineIR, *, store_url: str, ir_digest: str, options: S
 def _build(ir: PipelineIR, *, store_url: str, ir_digest: str, options: SageMakerOptions, image: str | None) -> str:
     import boto3
     from sagemaker.core.processing import Processor
+    from sagemaker.core.shapes import ProcessingOutput, ProcessingS3Output
+    from sagemaker.core.workflow.conditions import ConditionEquals
     from sagemaker.core.workflow.execution_variables import ExecutionVariables
-    from sagemaker.core.workflow.functions import Join
+    from sagemaker.core.workflow.functions import Join, JsonGet
     from sagemaker.core.workflow.parameters import (
         ParameterBoolean,
         ParameterFloat,
@@ -51,6 +53,8 @@ def _build(ir: PipelineIR, *, store_url: str, ir_digest: str, options: SageMaker
         ParameterString,
     )
     from sagemaker.core.workflow.pipeline_context import PipelineSession
+    from sagemaker.core.workflow.properties import PropertyFile
+    from sagemaker.mlops.workflow.condition_step import ConditionStep
     from sagemaker.mlops.workflow.pipeline import Pipeline
     from sagemaker.mlops.workflow.retry import (
         SageMakerJobExceptionTypeEnum,
@@ -79,6 +83,8 @@ def _build(ir: PipelineIR, *, store_url: str, ir_digest: str, options: SageMaker
         params[spec.name] = classes[kind](name=spec.name, default_value=default)
     cache = ParameterString(name=CACHE_PARAMETER, default_value="true")
     steps: dict[str, Any] = {}
+    tests = ir.published_tests()
+    files: dict[str, Any] = {}
     for spec in ir.steps:
         processor = Processor(
             role=options.role,
@@ -97,6 +103,14 @@ def _build(ir: PipelineIR, *, store_url: str, ir_digest: str, options: SageMaker
                                 "--backend", "sagemaker", "--cache", cache]
         for p in ir.params:
             arguments += ["--param", Join(on="", values=[f"{p.name}=", params[p.name]])]
+        outputs = None
+        if spec.name in tests:  # its mp.when results travel as a property file
+            arguments += ["--when-json", "/opt/ml/processing/mlpipe-when/when.json"]
+            files[spec.name] = PropertyFile(name="mlpipe-when", output_name="mlpipe-when", path="when.json")
+            uri = Join(on="/", values=[f"{store_url}/runs", ExecutionVariables.PIPELINE_EXECUTION_ID, "when",
+                                       spec.name])
+            outputs = [ProcessingOutput(output_name="mlpipe-when", s3_output=ProcessingS3Output(
+                s3_uri=uri, local_path="/opt/ml/processing/mlpipe-when", s3_upload_mode="EndOfJob"))]
         policies: list[Any] = []
         if spec.retries:
             attempts = min(spec.retries, 20)
@@ -111,11 +125,36 @@ def _build(ir: PipelineIR, *, store_url: str, ir_digest: str, options: SageMaker
             ]
         steps[spec.name] = ProcessingStep(
             name=spec.name,
-            step_args=processor.run(arguments=arguments),
+            step_args=processor.run(arguments=arguments, outputs=outputs),
             depends_on=[steps[u] for u in dict.fromkeys(spec.upstream)] or None,
             retry_policies=policies or None,
             cache_config=CacheConfig(enable_caching=False),
+            property_files=[files[spec.name]] if spec.name in files else None,
         )
+    counter = [0]
+
+    def level(specs: list[Any], depth: int) -> list[Any]:  # each mp.when test: one ConditionStep, ~c its else
+        out: list[Any] = []
+        branches: dict[Any, tuple[list[Any], list[Any]]] = {}
+        for spec in specs:
+            if len(spec.when) == depth:
+                out.append(steps[spec.name])
+                continue
+            test = spec.when[depth].test()
+            if test not in branches:
+                branches[test] = ([], [])
+                out.append(test)
+            branches[test][1 if spec.when[depth].negate else 0].append(spec)
+        for i, item in enumerate(out):
+            if isinstance(item, ConditionSpec):
+                counter[0] += 1
+                left = JsonGet(step_name=item.step, property_file=files[item.step],
+                               json_path=f"mlpipe_when_{tests[item.step].index(item)}")
+                out[i] = ConditionStep(name=f"when-{counter[0]}", conditions=[ConditionEquals(left=left, right=True)],
+                                       if_steps=level(branches[item][0], depth + 1),
+                                       else_steps=level(branches[item][1], depth + 1), depends_on=[steps[item.step]])
+        return out
+
     pipeline = Pipeline(name=sagemaker_pipeline_name(ir, options), parameters=[*params.values(), cache],
-                        steps=list(steps.values()), sagemaker_session=session, pipeline_experiment_config=None)
+                        steps=level(list(ir.steps), 0), sagemaker_session=session, pipeline_experiment_config=None)
     return str(pipeline.definition())

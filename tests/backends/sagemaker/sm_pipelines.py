@@ -59,3 +59,24 @@ def clip(x: int, limit: int | None = None) -> int:
 @mp.pipeline(name="sm-required")
 def required(x: int, limit: int | None = None) -> int:
     return add(square(x), clip(x, limit=limit))
+
+
+@mp.step
+def is_big(x: int) -> bool:
+    return x > 10
+
+
+@mp.pipeline(name="sm-branches")
+def branches(x: int = 4) -> None:
+    """if/else on one test, a block inside a block, and a second test on the same step."""
+    sq = square(x)
+    with mp.when(sq > 10):
+        big = is_big(add(sq, 1))
+        with mp.when(big) as yes:
+            clip(sq, limit=5)
+        with mp.when(~yes):
+            clip(sq)
+    with mp.when(~(sq > 10)):
+        add(sq, 2)
+    with mp.when(sq >= 100):
+        square(sq)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import sm_pipelines
-from mlpipe_sagemaker import SageMakerBackend, SageMakerOptions, build_definition, dumps
+from mlpipe_sagemaker import SageMakerBackend, SageMakerOptions, build_definition, dumps, validate_definition
 from mlpipe_sagemaker.compiler import encode_value
 from sm_support import IMAGE, OPTIONS, ROLE
 from typer.testing import CliRunner
@@ -19,7 +19,7 @@ from mlpipe.cli import app
 from mlpipe.errors import ConfigError, UnsupportedFeatureError
 from mlpipe.runtime import decode_param
 from mlpipe.store import open_store
-from mlpipe.testing import basic, cutoff, failing
+from mlpipe.testing import basic, branching, cutoff, failing
 
 GOLDEN = Path(__file__).parent / "golden"
 STORE = "s3://mlpipe-golden/store"
@@ -30,6 +30,8 @@ PIPELINES = {
     "conformance_basic": basic,
     "conformance_cutoff": cutoff,
     "conformance_failure": failing,
+    "conformance_branch": branching,
+    "branches": sm_pipelines.branches,
 }
 
 
@@ -201,7 +203,7 @@ def test_public_api_is_pinned() -> None:
         "validate_definition",
     ]
     assert SageMakerBackend.capabilities.schedules and SageMakerBackend.capabilities.gates
-    assert not SageMakerBackend.capabilities.map and not SageMakerBackend.capabilities.conditions
+    assert not SageMakerBackend.capabilities.map and SageMakerBackend.capabilities.conditions
 
 
 def test_store_endpoint_travels_to_every_job_credentials_do_not(tmp_path: Path) -> None:
@@ -218,3 +220,28 @@ def test_store_endpoint_travels_to_every_job_credentials_do_not(tmp_path: Path) 
         args = step["Arguments"]["AppSpecification"]["ContainerArguments"]
         assert args[args.index("--storage-options") + 1] == '{"endpoint_url":"http://minio:9000"}'
     store.discard()
+
+
+def test_conditions_are_condition_steps_over_a_property_file_and_validate() -> None:
+    from mlpipe_sagemaker.validate import DefinitionValidationError
+
+    definition = json.loads(emit(sm_pipelines.branches))
+    validate_definition(definition, pipeline_name="sm-branches")
+    square, when_1, when_3 = definition["Steps"]
+    assert square["PropertyFiles"] == [{"PropertyFileName": "mlpipe-when", "OutputName": "mlpipe-when",
+                                        "FilePath": "when.json"}]
+    assert square["Arguments"]["AppSpecification"]["ContainerArguments"][-2:] == [
+        "--when-json", "/opt/ml/processing/mlpipe-when/when.json"]
+    assert when_1["Type"] == "Condition" and when_1["DependsOn"] == ["square"]
+    assert [s["Name"] for s in when_1["Arguments"]["IfSteps"]] == ["add", "is_big", "when-2"]
+    assert [s["Name"] for s in when_1["Arguments"]["ElseSteps"]] == ["add_2"]  # ~(sq > 10): the else of one test
+    assert when_3["Arguments"]["Conditions"][0]["LeftValue"]["Std:JsonGet"]["Path"] == "mlpipe_when_1"
+    when_1["Arguments"]["Conditions"][0]["Type"] = "Matches"
+    with pytest.raises(DefinitionValidationError, match="condition type 'Matches'"):
+        validate_definition(definition)
+
+
+def test_conditions_need_an_s3_store() -> None:
+    with pytest.raises(UnsupportedFeatureError, match="the store must be an s3:// URL"):
+        build_definition(sm_pipelines.branches.ir, store_url="/tmp/store", ir_digest=DIGEST, role=ROLE, image=IMAGE,
+                         options=SageMakerOptions(**OPTIONS))

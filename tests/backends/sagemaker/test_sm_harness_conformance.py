@@ -93,3 +93,27 @@ def test_required_and_none_parameters_reach_the_steps(aws: str, s3_url: str) -> 
     assert run.params == {"x": 3, "limit": None}
     clip = backend.results[run.id].steps["clip"]
     assert "limit=null" in clip.argv and "x=3" in clip.argv
+
+
+@pytest.mark.parametrize(("x", "ran", "not_taken"), [
+    (4, {"square", "add", "is_big", "clip"}, {"clip_2": "not (is_big.output)", "add_2": "not (square.output > 10)",
+                                              "square_2": "square.output >= 100"}),
+    (2, {"square", "add_2"}, {"add": "square.output > 10", "is_big": "square.output > 10",
+                              "clip": "square.output > 10", "clip_2": "square.output > 10",
+                              "square_2": "square.output >= 100"}),
+])
+def test_condition_steps_take_one_branch_and_the_others_are_recorded_skipped(
+    aws: str, s3_url: str, x: int, ran: set[str], not_taken: dict[str, str]
+) -> None:
+    backend = HarnessBackend(aws)
+    run = run_on(backend, sm_pipelines.branches, open_store(s3_url), x=x)
+    assert run.status == "succeeded", run.error
+    assert {n for n, s in run.steps.items() if s.status == "succeeded"} == ran
+    for name, condition in not_taken.items():
+        assert run.steps[name].status == "skipped"
+        assert f"condition {condition} is false" in (run.steps[name].error or ""), run.steps[name].error
+    executed = backend.results[run.id].steps
+    assert set(executed) == ran | {"when-1", "when-2", "when-3"} - ({"when-2"} if x == 2 else set())
+    local = run_on(LocalBackend(), sm_pipelines.branches, open_store(s3_url), x=x)  # same keys: all hits
+    assert all(s.cached for s in local.steps.values() if s.status == "succeeded")
+    assert {n: s.status for n, s in local.steps.items()} == {n: s.status for n, s in run.steps.items()}

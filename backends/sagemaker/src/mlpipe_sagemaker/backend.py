@@ -131,7 +131,9 @@ class SageMakerBackend(Backend):
     """
 
     name = "sagemaker"
-    capabilities = Capabilities(parallel=True, resources=True, retries=True, timeouts=True, schedules=True, gates=True)
+    capabilities = Capabilities(
+        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, gates=True, conditions=True
+    )
     Options = SageMakerOptions
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
@@ -448,6 +450,8 @@ class SageMakerBackend(Backend):
                 if any(r.get("status") == "failed" for r in record.steps().values())
                 else (message or "the SageMaker execution failed")
             )
+        elif state == "succeeded":
+            self._record_skipped(store, record, {})  # the steps of the branches not taken: skipped, with why
         record.close(state, error=error)  # type: ignore[arg-type]
         open_index(store).sync_run(store, handle.run_id)
 

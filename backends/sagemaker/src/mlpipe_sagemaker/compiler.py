@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from mlpipe.errors import UnsupportedFeatureError
-from mlpipe.ir import ParamSpec, PipelineIR, StepSpec
+from mlpipe.ir import ConditionSpec, ParamSpec, PipelineIR, StepSpec
 from mlpipe_sagemaker.instances import choose_instance_type
 from mlpipe_sagemaker.options import SageMakerOptions
 
@@ -52,6 +52,11 @@ MAX_RUNTIME_SECONDS = 777_600
 RUNTIME_GRACE_SECONDS = 300
 _MAX_RETRY_DELAY = 60  # mlpipe.executor caps its backoff between attempts at 60 s
 _TYPES = {"int": "Integer", "float": "Float", "bool": "Boolean", "str": "String"}
+# A tested step writes its mp.when results here ({"mlpipe_when_0": true, ...}); SageMaker uploads the file
+# and a ConditionStep reads it with JsonGet through the step's property file.
+WHEN_OUTPUT = "mlpipe-when"
+WHEN_LOCAL_PATH = "/opt/ml/processing/mlpipe-when"
+WHEN_FILE = "when.json"
 
 
 def dumps(definition: Mapping[str, Any]) -> str:
@@ -126,7 +131,12 @@ def _join(*values: Any) -> dict[str, Any]:
 
 
 def container_arguments(
-    ir: PipelineIR, spec: StepSpec, store_url: str, ir_digest: str, storage_options: str | None = None
+    ir: PipelineIR,
+    spec: StepSpec,
+    store_url: str,
+    ir_digest: str,
+    storage_options: str | None = None,
+    tested: bool | None = None,
 ) -> list[Any]:
     """The runtime's command line for one step, with SageMaker expressions where values vary per run.
 
@@ -144,7 +154,18 @@ def container_arguments(
         args += ["--storage-options", storage_options]
     for param in ir.params:
         args += ["--param", _join(f"{param.name}=", {"Get": f"Parameters.{param.name}"})]
+    if spec.name in ir.published_tests() if tested is None else tested:
+        args += ["--when-json", f"{WHEN_LOCAL_PATH}/{WHEN_FILE}"]
     return args
+
+
+def when_output(spec: StepSpec, store_url: str) -> dict[str, Any]:
+    """The output that carries a tested step's ``mp.when`` results (``when.json``) to S3, for ``JsonGet``."""
+    uri = {"Std:Join": {"On": "/", "Values": [f"{store_url.rstrip('/')}/runs", EXECUTION_ID, "when", spec.name]}}
+    return {
+        "OutputName": WHEN_OUTPUT,
+        "S3Output": {"S3Uri": uri, "LocalPath": WHEN_LOCAL_PATH, "S3UploadMode": "EndOfJob"},
+    }
 
 
 def max_runtime(spec: StepSpec) -> int | None:
@@ -218,8 +239,11 @@ def build_step(
     image: str | None,
     options: SageMakerOptions,
     storage_options: str | None = None,
+    tested: bool | None = None,
 ) -> dict[str, Any]:
-    """One ``Processing`` step, keys in the SDK's order."""
+    """One ``Processing`` step, keys in the SDK's order. ``tested``: whether an ``mp.when`` tests its output."""
+    if tested is None:
+        tested = spec.name in ir.published_tests()
     instance_type = choose_instance_type(
         spec.name, spec.resources, default=options.default_instance_type, overrides=options.instance_types
     )
@@ -233,12 +257,14 @@ def build_step(
         },
         "AppSpecification": {
             "ImageUri": step_image(spec, image),
-            "ContainerArguments": container_arguments(ir, spec, store_url, ir_digest, storage_options),
+            "ContainerArguments": container_arguments(ir, spec, store_url, ir_digest, storage_options, tested),
             "ContainerEntrypoint": [options.python, "-m", "mlpipe.runtime"],
         },
         "RoleArn": role,
-        "Environment": environment(spec, options),
     }
+    if tested:
+        arguments["ProcessingOutputConfig"] = {"Outputs": [when_output(spec, store_url)]}
+    arguments["Environment"] = environment(spec, options)
     seconds = max_runtime(spec)
     if seconds is not None:
         arguments["StoppingCondition"] = {"MaxRuntimeInSeconds": seconds}
@@ -253,7 +279,78 @@ def build_step(
     # local runs), every step's arguments carry the execution id, and a SageMaker cache hit would skip the
     # runtime, leaving this run without the step's record that downstream steps read.
     step["CacheConfig"] = {"Enabled": False}
+    if tested:
+        step["PropertyFiles"] = [{"PropertyFileName": WHEN_OUTPUT, "OutputName": WHEN_OUTPUT, "FilePath": WHEN_FILE}]
     return step
+
+
+def condition_step(
+    name: str, test: ConditionSpec, index: int, if_steps: list[Any], else_steps: list[Any]
+) -> dict[str, Any]:
+    """A ``Condition`` step: the tested step's published result ``mlpipe_when_<index>`` is true (IfSteps) or not."""
+    return {
+        "Name": name,
+        "Type": "Condition",
+        "Arguments": {
+            "Conditions": [
+                {
+                    "Type": "Equals",
+                    "LeftValue": {
+                        "Std:JsonGet": {
+                            "PropertyFile": {"Get": f"Steps.{test.step}.PropertyFiles.{WHEN_OUTPUT}"},
+                            "Path": f"mlpipe_when_{index}",
+                        }
+                    },
+                    "RightValue": True,
+                }
+            ],
+            "IfSteps": if_steps,
+            "ElseSteps": else_steps,
+        },
+        "DependsOn": [test.step],
+    }
+
+
+def arrange(ir: PipelineIR, built: Mapping[str, Any]) -> list[Any]:
+    """The steps with every ``mp.when`` block inside a ``Condition`` step (``c`` and ``~c`` share one).
+
+    Each level lists its steps in the IR's order, a condition step where the
+    first step of its blocks is; blocks inside blocks nest. Condition steps
+    are named ``when-1``, ``when-2``... in that order.
+    """
+    tests = ir.published_tests()
+    counter = [0]
+    taken = {s.name for s in ir.steps}
+
+    def level(specs: list[StepSpec], depth: int) -> list[Any]:
+        out: list[Any] = []
+        groups: dict[ConditionSpec, tuple[list[StepSpec], list[StepSpec]]] = {}
+        for spec in specs:
+            if len(spec.when) == depth:
+                out.append(built[spec.name])
+                continue
+            condition = spec.when[depth]
+            test = condition.test()
+            if test not in groups:
+                groups[test] = ([], [])
+                out.append(test)  # the condition step goes here, built below
+            groups[test][1 if condition.negate else 0].append(spec)
+        for i, item in enumerate(out):
+            if isinstance(item, ConditionSpec):
+                counter[0] += 1
+                name = f"when-{counter[0]}"
+                if name in taken:
+                    raise UnsupportedFeatureError(
+                        f"step {name!r}: its name is the name of a Condition step of this pipeline; rename the step",
+                        backend="sagemaker",
+                        step=name,
+                    )
+                if_specs, else_specs = groups[item]
+                index = tests[item.step].index(item)
+                out[i] = condition_step(name, item, index, level(if_specs, depth + 1), level(else_specs, depth + 1))
+        return out
+
+    return level(list(ir.steps), 0)
 
 
 def build_definition(
@@ -267,6 +364,28 @@ def build_definition(
     storage_options: str | None = None,
 ) -> dict[str, Any]:
     """The whole pipeline definition as a dict (serialise it with :func:`dumps`)."""
+    if any(s.when for s in ir.steps) and not store_url.startswith("s3://"):
+        raise UnsupportedFeatureError(
+            f"pipeline {ir.name!r} has mp.when blocks, and SageMaker reads a tested step's result from a file the "
+            f"job uploads to S3: the store must be an s3:// URL, not {store_url}",
+            backend="sagemaker",
+            option="store",
+        )
+    published = ir.published_tests()
+    steps = {
+        spec.name: build_step(
+            ir,
+            spec,
+            store_url=store_url,
+            ir_digest=ir_digest,
+            role=role,
+            image=image,
+            options=options,
+            storage_options=storage_options,
+            tested=spec.name in published,
+        )
+        for spec in ir.steps
+    }
     return {
         "Version": VERSION,
         "Metadata": {},
@@ -274,17 +393,5 @@ def build_definition(
         # No SageMaker Experiment/Trial per execution: runs are tracked in the mlpipe store.
         "PipelineExperimentConfig": None,
         "MlflowConfig": None,
-        "Steps": [
-            build_step(
-                ir,
-                spec,
-                store_url=store_url,
-                ir_digest=ir_digest,
-                role=role,
-                image=image,
-                options=options,
-                storage_options=storage_options,
-            )
-            for spec in ir.steps
-        ],
+        "Steps": arrange(ir, steps) if any(s.when for s in ir.steps) else list(steps.values()),
     }

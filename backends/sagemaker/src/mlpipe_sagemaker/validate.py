@@ -72,6 +72,11 @@ class DefinitionValidationError(UnsupportedFeatureError):
     """The definition breaks a SageMaker rule. ``step`` and ``field`` say where."""
 
 
+CONDITION_TYPES = frozenset(
+    {"Equals", "GreaterThan", "GreaterThanOrEqualTo", "LessThan", "LessThanOrEqualTo", "In", "Not", "Or"}
+)
+
+
 def _fail(message: str, *, step: str | None = None, field: str | None = None) -> DefinitionValidationError:
     where = f"step {step!r}: " if step else ""
     return DefinitionValidationError(
@@ -230,8 +235,36 @@ def _check_environment(step: str, env: Any, declared: Mapping[str, Mapping[str, 
         _check_text_limit(step, value, defaults, LIMITS["environment_value_chars"], f"environment variable {key}")
 
 
+def flatten(steps: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Every step of a definition, the steps inside ``Condition`` steps' IfSteps and ElseSteps included."""
+    out: list[Mapping[str, Any]] = []
+    for step in steps:
+        out.append(step)
+        if step.get("Type") == "Condition":
+            args = step.get("Arguments") or {}
+            out += flatten([*(args.get("IfSteps") or []), *(args.get("ElseSteps") or [])])
+    return out
+
+
+def _check_condition(step: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]], names: set[str]) -> None:
+    """A Condition step as mlpipe emits it: Equals over a JsonGet of a known step's property file."""
+    name = step["Name"]
+    conditions = (step.get("Arguments") or {}).get("Conditions") or []
+    if not conditions:
+        raise _fail("the Condition step has no conditions", step=name, field="Conditions")
+    for condition in conditions:
+        if condition.get("Type") not in CONDITION_TYPES:
+            raise _fail(
+                f"condition type {condition.get('Type')!r} is not one SageMaker knows", step=name, field="Conditions"
+            )
+        _check_references(name, condition, declared, names, "Conditions")
+
+
 def _check_step(step: Mapping[str, Any], declared: Mapping[str, Mapping[str, Any]], names: set[str]) -> None:
     name = step["Name"]
+    if step.get("Type") == "Condition":
+        _check_condition(step, declared, names)
+        return
     if step.get("Type") != "Processing":
         raise _fail(f"type {step.get('Type')!r} is not a Processing step", step=name, field="Type")
     args = step.get("Arguments") or {}
@@ -337,7 +370,7 @@ def validate_definition(definition: Mapping[str, Any], *, pipeline_name: str | N
                 field="PipelineName",
             )
     declared = _check_parameters(definition)
-    steps: Sequence[Mapping[str, Any]] = definition.get("Steps") or []
+    steps: Sequence[Mapping[str, Any]] = flatten(definition.get("Steps") or [])
     if not steps:
         raise _fail("the pipeline has no steps", field="Steps")
     names: set[str] = set()
