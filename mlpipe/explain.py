@@ -173,9 +173,14 @@ def artifact_lineage(store: ArtifactStore, address: str) -> dict[str, Any]:
     producers = index.producers(digest)
     original = next((p for p in producers if not p["cached"]), None)
     produced_by: dict[str, Any] | None = None
+    collected_into: list[dict[str, str]] = []
     if original:
-        step = get_run(original["run_id"], store).steps.get(original["step"])
+        run = get_run(original["run_id"], store)
+        step = run.steps.get(original["step"])
         record = step.record if step is not None else {}
+        mapped, _, rest = str(original["step"]).rpartition("[")
+        if mapped and rest.endswith("]") and mapped in run.steps:  # an item: its mapped step collects it (fan-in)
+            collected_into.append({"run": original["run_id"], "step": mapped})
         code = record.get("code") or {}
         inputs: dict[str, Any] = {}
         for name, inp in (record.get("components") or {}).get("inputs", {}).items():
@@ -191,6 +196,9 @@ def artifact_lineage(store: ArtifactStore, address: str) -> dict[str, Any]:
             "code": {k: code.get(k) for k in ("module", "qualname", "fingerprint")} if code else None,
             "inputs": inputs,
         }
+        items = ((record.get("components") or {}).get("map") or {}).get("items")
+        if items is not None:  # a mapped step's output: the list of its items' outputs
+            produced_by["items"] = list(items)
     return {
         "digest": digest,
         "type": art["type"],
@@ -202,6 +210,7 @@ def artifact_lineage(store: ArtifactStore, address: str) -> dict[str, Any]:
             {"run": c["run_id"], "step": c["step"], "input": c["name"], "cached": bool(c["cached"])}
             for c in index.consumers(digest)
         ],
+        "collected_into": collected_into,
     }
 
 
@@ -228,6 +237,11 @@ def describe_artifact(store: ArtifactStore, address: str) -> str:
                 lines.append(f"    input {name}: {inp['artifact'][:16]}… from step {inp['step']!r}")
             else:
                 lines.append(f"    input {name} = {inp['value']!r}")
+        if "items" in made:
+            shown = ", ".join(made["items"][:10]) + (", ..." if len(made["items"]) > 10 else "")
+            lines.append(f"    collected from the outputs of its {len(made['items'])} item(s): {shown}")
+    for into in art["collected_into"]:
+        lines.append(f"  collected into the list of mapped step {into['step']!r} (run {into['run']})")
     reused = art["reused_by"]
     if reused:
         lines.append(f"  served from the cache in {len(reused)} later run(s): " + ", ".join(reused[:10]))
@@ -238,6 +252,6 @@ def describe_artifact(store: ArtifactStore, address: str) -> str:
             lines.append(
                 f"    run {c['run']}, step {c['step']!r} as {c['input']!r}{' (cache hit)' if c['cached'] else ''}"
             )
-    else:
+    elif not art["collected_into"]:
         lines.append("  not consumed by any recorded step")
     return "\n".join(lines)

@@ -160,3 +160,18 @@ def test_a_backend_without_map_refuses_at_check() -> None:
 
     with pytest.raises(UnsupportedFeatureError, match=r"cannot run step 'train', a fan-out \(train.map over lr\)"):
         NoMap().check(sweep.ir)
+
+
+def test_lineage_links_each_item_and_the_collected_list(tmp_path: Path) -> None:
+    from mlpipe.explain import artifact_lineage, describe_artifact
+
+    store = open_store(str(tmp_path / "s"))
+    run = run_on(LocalBackend(), sweep, store, n=3)
+    item = run.steps["train[1]"].outputs["output"].digest
+    collected = run.steps["train"].outputs["output"].digest
+    doc = artifact_lineage(store, item)
+    assert doc["produced_by"]["step"] == "train[1]" and doc["produced_by"]["inputs"]["lr"] == {"value": 0.5}
+    assert doc["collected_into"] == [{"run": run.id, "step": "train"}]
+    text = describe_artifact(store, collected)
+    assert "collected from the outputs of its 3 item(s): train[0], train[1], train[2]" in text
+    assert artifact_lineage(store, collected)["produced_by"]["items"] == ["train[0]", "train[1]", "train[2]"]
