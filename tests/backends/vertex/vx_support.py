@@ -52,6 +52,16 @@ class FakeVertex:
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
     schedules: dict[str, dict[str, Any]] = field(default_factory=dict)
     scripts: dict[str, list[Any]] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
+    operations: int = 0
+    next_deployed_id: int = 7_000_000_000_000_000_000
+
+    def operation(self, parent: str, response_type: str, response: dict[str, Any]) -> dict[str, Any]:
+        """A finished long-running operation, as Vertex answers one (the client reads ``response`` at once)."""
+        self.operations += 1
+        any_response = {"@type": f"type.googleapis.com/google.cloud.aiplatform.v1.{response_type}", **response}
+        return {"name": f"{parent}/operations/{self.operations}", "done": True, "response": any_response}
 
     def script(self, job_id: str, states: list[Any]) -> None:
         """States answered to successive GETs of the job: a state name, or (state, error message)."""
@@ -94,6 +104,8 @@ def _handler(fake: FakeVertex) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             path, query, body = self._record()
+            if self._endpoint_post(path, query, body):
+                return
             if m := re.fullmatch(rf"/v1/({parent})/pipelineJobs", path):
                 job_id = query["pipelineJobId"][0]
                 name = f"{m.group(1)}/pipelineJobs/{job_id}"
@@ -117,8 +129,81 @@ def _handler(fake: FakeVertex) -> type[BaseHTTPRequestHandler]:
                 return self._reply(200, {})
             self._error(404, "NOT_FOUND", path)
 
+        def _endpoint_post(self, path: str, query: dict[str, list[str]], body: Any) -> bool:
+            """The Model and Endpoint calls of the ``vertex`` deployment target; True when answered."""
+            if re.match(r"/v1/projects/[^/]+/locations/[^/]+/(models|endpoints)", path) and not path.startswith(
+                f"/v1/projects/{PROJECT}/"
+            ):
+                self._error(403, "PERMISSION_DENIED", f"Permission denied on resource project {path.split('/')[3]}")
+                return True
+            if m := re.fullmatch(rf"/v1/({parent})/models:upload", path):
+                name = f"{m.group(1)}/models/{body['modelId']}"
+                if name in fake.models:
+                    self._error(409, "ALREADY_EXISTS", f"{name} already exists")
+                    return True
+                fake.models[name] = {**body["model"], "name": name}
+                self._reply(200, fake.operation(m.group(1), "UploadModelResponse", {"model": name}))
+                return True
+            if m := re.fullmatch(rf"/v1/({parent})/endpoints", path):
+                name = f"{m.group(1)}/endpoints/{query['endpointId'][0]}"
+                if name in fake.endpoints:
+                    self._error(409, "ALREADY_EXISTS", f"{name} already exists")
+                    return True
+                fake.endpoints[name] = {**body, "name": name, "deployedModels": [], "trafficSplit": {}}
+                self._reply(200, fake.operation(m.group(1), "Endpoint", fake.endpoints[name]))
+                return True
+            m = re.fullmatch(rf"/v1/(({parent})/endpoints/[^/:]+):(deployModel|undeployModel)", path)
+            if not m:
+                return False
+            endpoint = fake.endpoints.get(m.group(1))
+            if endpoint is None:
+                self._error(404, "NOT_FOUND", m.group(1))
+                return True
+            split = {k: int(v) for k, v in (body.get("trafficSplit") or {}).items()}
+            if split and sum(split.values()) != 100:
+                self._error(400, "INVALID_ARGUMENT", f"traffic split {split} does not sum to 100")
+                return True
+            if m.group(3) == "deployModel":
+                deployed = body["deployedModel"]
+                if deployed["model"] not in fake.models:
+                    self._error(400, "INVALID_ARGUMENT", f"model {deployed['model']} does not exist")
+                    return True
+                fake.next_deployed_id += 1
+                deployed = {**deployed, "id": str(fake.next_deployed_id)}
+                endpoint["deployedModels"].append(deployed)
+                endpoint["trafficSplit"] = {deployed["id"] if k == "0" else k: v for k, v in split.items()}
+                self._reply(200, fake.operation(m.group(2), "DeployModelResponse", {"deployedModel": deployed}))
+                return True
+            gone = body["deployedModelId"]
+            current = endpoint["trafficSplit"].get(gone, 0) if not split else split.get(gone, 0)
+            if current:
+                self._error(400, "FAILED_PRECONDITION", f"deployed model {gone} still has {current}% of the traffic")
+                return True
+            endpoint["deployedModels"] = [d for d in endpoint["deployedModels"] if d["id"] != gone]
+            endpoint["trafficSplit"] = split or {k: v for k, v in endpoint["trafficSplit"].items() if k != gone}
+            self._reply(200, fake.operation(m.group(2), "UndeployModelResponse", {}))
+            return True
+
+        def do_PATCH(self) -> None:
+            path, query, body = self._record()
+            m = re.fullmatch(rf"/v1/({parent}/endpoints/[^/:]+)", path)
+            if not m or m.group(1) not in fake.endpoints:
+                return self._error(404, "NOT_FOUND", path)
+            if query.get("updateMask") not in (["trafficSplit"], ["traffic_split"]):
+                return self._error(400, "INVALID_ARGUMENT", f"unsupported update mask {query.get('updateMask')}")
+            endpoint = fake.endpoints[m.group(1)]
+            split = {k: int(v) for k, v in body.get("trafficSplit", {}).items()}
+            ids = {d["id"] for d in endpoint["deployedModels"]}
+            if sum(split.values()) != 100 or not set(split) <= ids:
+                return self._error(400, "INVALID_ARGUMENT", f"traffic split {split} (deployed: {sorted(ids)})")
+            endpoint["trafficSplit"] = split
+            self._reply(200, endpoint)
+
         def do_GET(self) -> None:
             path, _query, _body = self._record()
+            if path in {f"/v1/{n}" for n in (*fake.models, *fake.endpoints)}:
+                name = path[len("/v1/") :]
+                return self._reply(200, fake.models.get(name) or fake.endpoints[name])
             if (m := re.fullmatch(rf"/v1/({parent}/schedules/[^/:]+)", path)) and m.group(1) in fake.schedules:
                 return self._reply(200, fake.schedules[m.group(1)])
             m = re.fullmatch(rf"/v1/({parent}/pipelineJobs/([^/:]+))", path)
