@@ -200,3 +200,15 @@ def test_a_failed_item_fails_its_mapped_step_and_skips_what_follows(store: Artif
     assert run.steps["needs"].status == "failed"
     assert (run.steps["needs"].error or "").startswith("1 of 3 items failed; needs[1]: ")
     assert run.steps["total"].status == "skipped"
+
+
+def test_vertex_passes_its_map_parallelism_to_the_loop(store: ArtifactStore) -> None:
+    from mlpipe_vertex.compiler import build_spec, vertex_plan
+    from mlpipe_vertex.options import VertexOptions
+
+    vplan = vertex_plan(kp.fan.ir, VertexOptions(map_parallelism=3), store=store.url, ir_digest="d" * 64,
+                        image="europe-docker.pkg.dev/p/r/i:1")
+    spec = build_spec(vplan)
+    assert spec["root"]["dag"]["tasks"]["for-loop-1"]["iteratorPolicy"] == {"parallelismLimit": 3}
+    item = spec["deploymentSpec"]["executors"]["exec-fit-one-item"]["container"]["args"]
+    assert item[item.index("--backend") + 1] == "vertex"  # tasks inside loops are rewritten for Vertex too

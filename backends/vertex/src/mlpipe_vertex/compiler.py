@@ -131,13 +131,14 @@ def _check_resources(ir: PipelineIR) -> dict[str, tuple[str, int]]:
 
 
 def kubeflow_options(options: VertexOptions) -> KubeflowOptions:
-    """The Kubeflow options the shared compiler needs: per-task caching, env, retry backoff, the parameter budget."""
+    """The Kubeflow options the shared compiler needs: caching, env, retry backoff, parameter budget, map parallelism."""
     return KubeflowOptions(
         caching=options.caching,
         env=dict(options.env),
         retry_backoff=options.retry_backoff,
         retry_backoff_max=options.retry_backoff_max,
         max_parameter_bytes=options.max_parameter_bytes,
+        map_parallelism=options.map_parallelism,
     )
 
 

@@ -72,6 +72,8 @@ class VertexOptions(BackendOptions):
         wait_timeout: Seconds ``run()`` waits for a job before giving up (``None``: no limit).
         poll_interval: Longest pause between two state requests while waiting
             (Vertex allows 600 resource requests a minute per project and region).
+        map_parallelism: Most items of a mapped step (``step.map``) running at once,
+            the ParallelFor's ``parallelismLimit``.
     """
 
     mode: Literal["vertex", "local"] = "vertex"
@@ -99,6 +101,7 @@ class VertexOptions(BackendOptions):
     max_parameter_bytes: int = Field(default=1_000_000, gt=0)
     wait_timeout: float | None = Field(default=None, gt=0)
     poll_interval: float = Field(default=10.0, gt=0)
+    map_parallelism: int = Field(default=10, ge=1)
 
     @field_validator("retry_backoff", "retry_backoff_max")
     @classmethod
