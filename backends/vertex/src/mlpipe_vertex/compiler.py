@@ -131,7 +131,7 @@ def _check_resources(ir: PipelineIR) -> dict[str, tuple[str, int]]:
 
 
 def kubeflow_options(options: VertexOptions) -> KubeflowOptions:
-    """The Kubeflow options the shared compiler needs: caching, env, retry backoff, parameter budget, map parallelism."""
+    """The Kubeflow options the shared compiler needs: caching, env, retries, parameter budget, map parallelism."""
     return KubeflowOptions(
         caching=options.caching,
         env=dict(options.env),
