@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -338,10 +339,20 @@ def _make_binder(fn: Callable[..., Any], sig: inspect.Signature) -> Callable[...
         if p.kind is p.POSITIONAL_ONLY and (nxt is None or nxt.kind is not p.POSITIONAL_ONLY) and not added_slash:
             parts.append("/")
             added_slash = True
-    source = f"def {name}({', '.join(parts)}):\n    return dict(locals())\n"
+    signature = ", ".join(parts)
+    code = _BINDERS.get(signature)
+    if code is None:  # compiled once per signature (a module of 5,000 one-argument steps compiles one)
+        source = f"def __mlpipe_binder({signature}):\n    return dict(locals())\n"
+        code = _BINDERS[signature] = compile(source, "<mlpipe binder>", "exec")
     namespace: dict[str, Any] = {"__defaults": defaults}
-    exec(compile(source, f"<mlpipe binder for {name}>", "exec"), namespace)
-    return typing.cast(Callable[..., dict[str, Any]], namespace[name])
+    exec(code, namespace)
+    binder = namespace["__mlpipe_binder"]
+    binder.__code__ = binder.__code__.replace(co_name=name, co_qualname=name)  # CPython's errors name the step
+    binder.__name__ = binder.__qualname__ = name
+    return typing.cast(Callable[..., dict[str, Any]], binder)
+
+
+_BINDERS: dict[str, types.CodeType] = {}
 
 
 def _normalise_options(fn: Callable[..., Any], options: dict[str, Any], partial: bool = False) -> dict[str, Any]:
