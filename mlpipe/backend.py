@@ -15,11 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
 from mlpipe.errors import BackendError, ConfigError, UnsupportedFeatureError
 
 if TYPE_CHECKING:
+    from mlpipe.handles import BackendOptions, RunHandle, RunStatus
     from mlpipe.ir import PipelineIR
     from mlpipe.run import Run
     from mlpipe.store import ArtifactStore
@@ -36,6 +35,16 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "mlpipe.backends"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+_MODELS = frozenset({"BackendOptions", "RunHandle", "RunStatus"})
+
+
+def __getattr__(name: str) -> Any:
+    """``RunHandle``, ``RunStatus`` and ``BackendOptions`` (pydantic models), imported on first use."""
+    if name in _MODELS:
+        from mlpipe import handles
+
+        return getattr(handles, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -63,55 +72,13 @@ class Capabilities:
     prune: bool = False
 
 
-class RunHandle(BaseModel):
-    """A serialisable reference to a submitted run, enough to find it again later.
+class _BaseOptions:
+    """``Backend.Options`` when a backend sets none: :class:`BackendOptions`, imported when first asked for."""
 
-    Attributes:
-        backend: Backend name.
-        run_id: mlpipe's run id (records live under ``runs/<run_id>/`` in the store).
-        pipeline: Pipeline name.
-        store: Store URL.
-        external_id: The backend's own id (KFP run id, Vertex job name, SageMaker execution ARN).
-        url: A link to the run in the backend's UI, when there is one.
-        data: Backend-specific extras.
-    """
+    def __get__(self, obj: object, owner: type | None = None) -> type[BackendOptions]:
+        from mlpipe.handles import BackendOptions
 
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
-
-    backend: str
-    run_id: str
-    pipeline: str
-    store: str
-    external_id: str | None = None
-    url: str | None = None
-    data: dict[str, Any] = {}
-
-    def to_json(self) -> str:
-        return self.model_dump_json()
-
-    @classmethod
-    def from_json(cls, text: str) -> RunHandle:
-        return cls.model_validate_json(text)
-
-
-class RunStatus(BaseModel):
-    """A backend's view of a run's state. ``state`` is one of pending, running, succeeded, failed, cancelled."""
-
-    model_config = ConfigDict(frozen=True, defer_build=True)
-
-    state: str
-    message: str | None = None
-    steps: dict[str, str] = {}
-
-    @property
-    def done(self) -> bool:
-        return self.state in TERMINAL
-
-
-class BackendOptions(BaseModel):
-    """Base of a backend's options model. Unknown keys are rejected."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+        return BackendOptions
 
 
 class Backend(ABC):
@@ -123,24 +90,43 @@ class Backend(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities] = Capabilities()
-    Options: ClassVar[type[BackendOptions]] = BackendOptions
+    #: The options model (a :class:`BackendOptions` subclass); the base's when a backend sets none.
+    Options: ClassVar[type[BackendOptions]] = _BaseOptions()  # type: ignore[assignment]
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
         self.image = image
-        if isinstance(options, BackendOptions):
-            self.options = options
-        elif not options:
-            self.options = self.Options.model_construct()  # all defaults: nothing to validate
-        else:
-            try:
-                self.options = self.Options(**dict(options or {}))
-            except ValidationError as exc:
-                valid = ", ".join(self.Options.model_fields) or "(none)"
-                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
-                raise ConfigError(
-                    f"invalid options for backend {self.name!r}: {problems}. Valid options: {valid}",
-                    backend=self.name,
-                ) from None
+        self._options: BackendOptions | None = None  # None: all defaults, built on first use (no pydantic before)
+        if options is None or (isinstance(options, Mapping) and not options):
+            return
+        if not isinstance(options, Mapping):
+            self._options = options
+            return
+        from pydantic import ValidationError
+
+        try:
+            self._options = self._options_model()(**dict(options))
+        except ValidationError as exc:
+            valid = ", ".join(self._options_model().model_fields) or "(none)"
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'options'}: {e['msg']}" for e in exc.errors())
+            raise ConfigError(
+                f"invalid options for backend {self.name!r}: {problems}. Valid options: {valid}",
+                backend=self.name,
+            ) from None
+
+    @classmethod
+    def _options_model(cls) -> type[BackendOptions]:
+        return cls.Options
+
+    @property
+    def options(self) -> BackendOptions:
+        """The validated options (the defaults when none were given)."""
+        if self._options is None:
+            self._options = self._options_model().model_construct()  # all defaults: nothing to validate
+        return self._options
+
+    @options.setter
+    def options(self, value: BackendOptions) -> None:
+        self._options = value
 
     @abstractmethod
     def submit(

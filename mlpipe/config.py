@@ -10,12 +10,12 @@ directory, so a run from a subdirectory uses the project's store.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from typing import Any, ClassVar
 
 from mlpipe.errors import ConfigError
 
@@ -24,40 +24,63 @@ __all__ = ["Profile", "find_config", "load_profile"]
 DEFAULT_STORE = ".mlpipe"
 
 
-class Profile(BaseModel):
+@dataclass(frozen=True, kw_only=True)
+class Profile:
     """A named choice of backend, store and backend options.
 
     ``tracking_uri`` turns experiment tracking on (MLflow: ``http://host:5000``
     or ``sqlite:///mlflow.db``; ``MLFLOW_TRACKING_URI`` does the same when the
     profile has none); ``experiment`` names the MLflow experiment (default
-    ``mlpipe/<pipeline>``).
+    ``mlpipe/<pipeline>``). A plain frozen dataclass, checked by
+    :func:`_checked` (no pydantic on the path of every run).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str = "default"
     backend: str = "local"
     store: str = DEFAULT_STORE
     image: str | None = None
-    options: dict[str, Any] = {}
-    storage_options: dict[str, Any] = {}
+    options: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict[str, Any] = field(default_factory=dict)
     tracking_uri: str | None = None
     experiment: str | None = None
     source: str | None = None
 
-    @field_validator("store")
+    model_fields: ClassVar[tuple[str, ...]] = (
+        "name", "backend", "store", "image", "options", "storage_options", "tracking_uri", "experiment", "source",
+    )  # fmt: skip
+
+    def model_copy(self, *, update: dict[str, Any] | None = None) -> Profile:
+        return dataclasses.replace(self, **(update or {}))
+
     @classmethod
-    def _store_given(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must not be empty: give a directory such as '.mlpipe' or a URL such as 's3://bucket/x'")
-        return value
+    def model_construct(cls, **values: Any) -> Profile:
+        return cls(**values)
 
 
-class _File(BaseModel):
-    model_config = ConfigDict(extra="forbid", defer_build=True)
+_FILE_KEYS = {"default_profile": "str | None", "profiles": "dict"}
+_PROFILE_KEYS = {
+    "name": "str", "backend": "str", "store": "str", "image": "str | None", "options": "dict",
+    "storage_options": "dict", "tracking_uri": "str | None", "experiment": "str | None", "source": "str | None",
+}  # fmt: skip
 
-    default_profile: str | None = None
-    profiles: dict[str, dict[str, Any]] = {}
+
+def _checked(data: dict[str, Any], schema: dict[str, str]) -> str | None:
+    """What is wrong with ``data`` against ``schema`` (key -> "str", "str | None" or "dict"), or None."""
+    problems: list[str] = []
+    for key, value in data.items():
+        kind = schema.get(key)
+        if kind is None:
+            problems.append(f"{key}: unknown key")
+        elif kind == "dict" and not isinstance(value, dict):
+            problems.append(f"{key}: Input should be a valid dictionary")
+        elif kind.startswith("str") and not isinstance(value, str) and not (kind.endswith("None") and value is None):
+            problems.append(f"{key}: Input should be a valid string")
+        elif key == "store" and not value.strip():
+            problems.append(
+                "store: Value error, must not be empty: give a directory such as '.mlpipe' or a URL such as "
+                "'s3://bucket/x'"
+            )
+    return "; ".join(problems) or None
 
 
 def find_config(start: str | os.PathLike[str] | None = None) -> tuple[Path, dict[str, Any]] | None:
@@ -101,42 +124,41 @@ def load_profile(name: str | None = None, start: str | os.PathLike[str] | None =
             )
         return Profile.model_construct(name=name or "default")  # defaults only: nothing to validate
     path, table = found
-    try:
-        config = _File(**table)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"{path}: {_errors(exc)}. Top-level keys are: default_profile, profiles", path=str(path)
-        ) from None
-    chosen = name or config.default_profile
+    problem = _checked(table, _FILE_KEYS)
+    if problem:
+        raise ConfigError(f"{path}: {problem}. Top-level keys are: default_profile, profiles", path=str(path))
+    profiles: dict[str, dict[str, Any]] = table.get("profiles") or {}
+    bad = [f"profiles.{k}: Input should be a valid dictionary" for k, v in profiles.items() if not isinstance(v, dict)]
+    if bad:
+        raise ConfigError(f"{path}: {'; '.join(bad)}. Top-level keys are: default_profile, profiles", path=str(path))
+    chosen = name or table.get("default_profile")
     if chosen is None:
-        if not config.profiles:
+        if not profiles:
             return Profile(source=str(path), store=_resolve_store(DEFAULT_STORE, path))
-        if len(config.profiles) == 1:
-            chosen = next(iter(config.profiles))
-        elif "default" in config.profiles:
+        if len(profiles) == 1:
+            chosen = next(iter(profiles))
+        elif "default" in profiles:
             chosen = "default"
         else:
             raise ConfigError(
-                f"{path}: several profiles ({', '.join(config.profiles)}) and no default_profile; "
+                f"{path}: several profiles ({', '.join(profiles)}) and no default_profile; "
                 "set default_profile, MLPIPE_PROFILE or --profile",
                 path=str(path),
             )
-    if chosen not in config.profiles:
-        if chosen in ("default", "local") and not config.profiles:
+    if chosen not in profiles:
+        if chosen in ("default", "local") and not profiles:
             return Profile(name=chosen, source=str(path), store=_resolve_store(DEFAULT_STORE, path))
         raise ConfigError(
-            f"profile {chosen!r} is not defined in {path}; defined profiles: {', '.join(config.profiles) or '(none)'}",
+            f"profile {chosen!r} is not defined in {path}; defined profiles: {', '.join(profiles) or '(none)'}",
             profile=chosen,
             path=str(path),
         )
-    raw = dict(config.profiles[chosen])
-    try:
-        profile = Profile(name=chosen, source=str(path), **raw)
-    except ValidationError as exc:
+    raw = {"name": chosen, "source": str(path), **profiles[chosen]}
+    problem = _checked(raw, _PROFILE_KEYS)
+    if problem:
         valid = ", ".join(k for k in Profile.model_fields if k not in ("name", "source"))
-        raise ConfigError(
-            f"{path}, profile {chosen!r}: {_errors(exc)}. Valid keys: {valid}", profile=chosen, path=str(path)
-        ) from None
+        raise ConfigError(f"{path}, profile {chosen!r}: {problem}. Valid keys: {valid}", profile=chosen, path=str(path))
+    profile = Profile(**raw)
     return profile.model_copy(update={"store": _resolve_store(profile.store, path)})
 
 
@@ -147,12 +169,3 @@ def _resolve_store(store: str, config_path: Path) -> str:
     if os.path.isabs(expanded):
         return expanded
     return str(config_path.parent / expanded)
-
-
-def _errors(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)

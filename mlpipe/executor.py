@@ -13,6 +13,7 @@ Scheduling does not live here.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 import traceback
@@ -21,8 +22,6 @@ import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-from pydantic import BaseModel
 
 from mlpipe.cache import artifact_input, cache_key, components_for, lookup, param_input, write_entry
 from mlpipe.errors import (
@@ -381,7 +380,12 @@ class StepExecutor:
                     values[name] = value = plain
             try:
                 checked = validate(expected, value, strict=True)
-                if isinstance(checked, BaseModel) and not isinstance(value, BaseModel):
+                pydantic = sys.modules.get("pydantic")  # a model can only come back if validate imported it
+                if (
+                    pydantic is not None
+                    and isinstance(checked, pydantic.BaseModel)
+                    and not isinstance(value, pydantic.BaseModel)
+                ):
                     values[name] = checked  # `-> Metrics` returning a dict: store (and pass on) the model
                 if expected is float and type(value) is int:
                     values[name] = float(value)  # `-> float` returning 3 stores 3.0, as declared

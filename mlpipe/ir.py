@@ -11,10 +11,11 @@ to the store and read back by ``python -m mlpipe.runtime`` inside a container.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
-from typing import Any, Literal
-
-from pydantic import BaseModel, ConfigDict, Field
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar
 
 __all__ = [
     "ArtifactKind",
@@ -31,15 +32,76 @@ __all__ = [
 ParamKind = Literal["int", "float", "str", "bool", "list", "dict", "json"]
 ArtifactKind = Literal["Dataset", "Model", "Metrics", "HTML", "Artifact"]
 
+_M = TypeVar("_M", bound="_Frozen")
 
-class _Frozen(BaseModel):
-    # The schema is built on first validation only: a local run constructs IR
-    # from trusted data and serialises it with to_dict(), and never pays for it.
-    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
+
+class _Frozen:
+    """Frozen dataclasses with the part of pydantic's model API the IR is used through.
+
+    A local run builds and reads IR from trusted data and never validates it,
+    so the IR is plain dataclasses: the run path imports no pydantic (0.07 s).
+    :meth:`model_validate` and :meth:`model_validate_json`, for IR read from a
+    file, validate with pydantic (imported then): types, literals, no unknown
+    fields (``pydantic.ValidationError``).
+    """
+
+    model_fields: ClassVar[dict[str, dataclasses.Field[Any]]]
+    _tuples: ClassVar[tuple[str, ...]]
+    __pydantic_config__: ClassVar[dict[str, Any]] = {"extra": "forbid"}  # read by pydantic when validating
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.model_fields = {}  # filled in by _finish once the dataclass exists
+        cls._tuples = ()
+
+    def __post_init__(self) -> None:
+        for name in self._tuples:  # pydantic took lists for tuple fields: so do these
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data, the same as ``model_dump(mode="json")`` for these models."""
-        return {name: _plain(getattr(self, name)) for name in type(self).model_fields}
+        """Plain JSON-able data (what ``model_dump(mode="json")`` gave when these were pydantic models)."""
+        return {name: _plain(getattr(self, name)) for name in self.model_fields}
+
+    def model_dump(self, *, mode: str = "json") -> dict[str, Any]:
+        return self.to_dict()
+
+    def model_dump_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    def model_copy(self: _M, *, update: dict[str, Any] | None = None) -> _M:
+        """A copy with ``update`` applied (not validated, as in pydantic)."""
+        return dataclasses.replace(self, **(update or {}))  # type: ignore[type-var]
+
+    @classmethod
+    def model_construct(cls: type[_M], **values: Any) -> _M:
+        return cls(**values)
+
+    @classmethod
+    def model_validate(cls: type[_M], data: Any) -> _M:
+        return _adapter(cls).validate_python(data)  # type: ignore[no-any-return]
+
+    @classmethod
+    def model_validate_json(cls: type[_M], data: str | bytes | bytearray) -> _M:
+        return _adapter(cls).validate_json(data)  # type: ignore[no-any-return]
+
+
+_adapters: dict[type, Any] = {}
+
+
+def _adapter(cls: type) -> Any:
+    adapter = _adapters.get(cls)
+    if adapter is None:
+        from pydantic import TypeAdapter
+
+        adapter = _adapters[cls] = TypeAdapter(cls)
+    return adapter
+
+
+def _finish(cls: type[_Frozen]) -> None:
+    cls.model_fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    cls._tuples = tuple(f.name for f in dataclasses.fields(cls) if str(f.type).startswith("tuple["))  # type: ignore[arg-type]
 
 
 def _plain(value: Any) -> Any:
@@ -52,6 +114,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
+@dataclass(frozen=True, kw_only=True)
 class ParamSpec(_Frozen):
     """A pipeline parameter."""
 
@@ -62,6 +125,7 @@ class ParamSpec(_Frozen):
     default: Any = None
 
 
+@dataclass(frozen=True, kw_only=True)
 class InputSpec(_Frozen):
     """Where one argument of a step comes from."""
 
@@ -79,6 +143,7 @@ _MODEL_NAME = re.compile(
 )
 
 
+@dataclass(frozen=True, kw_only=True)
 class StepOutput(_Frozen):
     """One output of a step. ``materializer`` is the static choice for its annotation."""
 
@@ -108,6 +173,7 @@ class StepOutput(_Frozen):
         return "Artifact"
 
 
+@dataclass(frozen=True, kw_only=True)
 class CodeRef(_Frozen):
     """How a runtime finds a step's function.
 
@@ -126,6 +192,7 @@ class CodeRef(_Frozen):
     pickle_sha256: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
 class ConditionSpec(_Frozen):
     """A run-time test a step runs under (``with mp.when(...)``): an output of an upstream step, or a field of it.
 
@@ -170,24 +237,25 @@ class ConditionSpec(_Frozen):
         return result != self.negate
 
 
+@dataclass(frozen=True, kw_only=True)
 class StepSpec(_Frozen):
     """One step call in the compiled pipeline."""
 
     name: str
     code: CodeRef
     fingerprint: str
-    code_manifest: dict[str, str] = Field(default_factory=dict)
-    code_previews: dict[str, str] = Field(default_factory=dict)
+    code_manifest: dict[str, str] = field(default_factory=dict)
+    code_previews: dict[str, str] = field(default_factory=dict)
     inputs: tuple[InputSpec, ...] = ()
     outputs: tuple[StepOutput, ...] = ()
     upstream: tuple[str, ...] = ()
     retries: int = 0
     timeout: float | None = None
-    resources: dict[str, Any] = Field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
     cache: bool = True
     version: str | None = None
     image: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
     namedtuple: bool = False
     gate: bool = False
     when: tuple[ConditionSpec, ...] = ()
@@ -208,11 +276,13 @@ class StepSpec(_Frozen):
         raise KeyError(name)
 
 
+@dataclass(frozen=True, kw_only=True)
 class OutputRef(_Frozen):
     step: str
     output: str
 
 
+@dataclass(frozen=True, kw_only=True)
 class PipelineIR(_Frozen):
     """A compiled pipeline. ``steps`` are in a topological order."""
 
@@ -253,3 +323,7 @@ class PipelineIR(_Frozen):
             for up in spec.upstream:
                 out[up].append(spec.name)
         return out
+
+
+for _cls in (ParamSpec, InputSpec, StepOutput, CodeRef, ConditionSpec, StepSpec, OutputRef, PipelineIR):
+    _finish(_cls)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlpipe.backend import Backend, RunHandle, get_backend
+from mlpipe.backend import Backend, get_backend
 from mlpipe.config import Profile, load_profile
 from mlpipe.errors import StoreError
 from mlpipe.records import RunRecord
@@ -24,6 +24,7 @@ from mlpipe.store import ArtifactStore, open_store
 from mlpipe.tracking import run_scope
 
 if TYPE_CHECKING:
+    from mlpipe.handles import RunHandle
     from mlpipe.ir import PipelineIR
     from mlpipe.run import Run
 

@@ -20,11 +20,9 @@ import warnings
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
-from mlpipe.backend import Backend, BackendOptions, Capabilities, RunHandle, RunStatus
+from mlpipe.backend import Backend, Capabilities
 from mlpipe.code import resolve as resolve_code
 from mlpipe.errors import BackendError, CorruptObjectError, MlpipeError, ObjectNotFoundError
 from mlpipe.executor import StepExecutor, UpstreamCorrupted
@@ -39,6 +37,9 @@ from mlpipe.run import Run, StepRun
 from mlpipe.store import ArtifactStore, ObjectInfo
 from mlpipe.tracking import for_run as tracking_for_run
 
+if TYPE_CHECKING:
+    from mlpipe.handles import BackendOptions, RunHandle, RunStatus
+
 __all__ = ["LocalBackend", "LocalOptions", "StoreRepairWarning"]
 
 _MAX_REPAIRS = 3
@@ -48,14 +49,50 @@ class StoreRepairWarning(UserWarning):
     """A corrupted object was found and recomputed."""
 
 
-class LocalOptions(BackendOptions):
-    """Options of the local backend.
+#: Steps running at once unless ``max_workers`` says otherwise.
+DEFAULT_MAX_WORKERS = 32
 
-    Attributes:
-        max_workers: Most steps running at once (threads).
-    """
+if TYPE_CHECKING:
 
-    max_workers: int = Field(default=32, ge=1, le=1024)
+    class LocalOptions(BackendOptions):
+        max_workers: int
+
+
+_options_model: list[type[BackendOptions]] = []
+
+
+def _local_options() -> type[LocalOptions]:
+    """The options model of the local backend, made on first use (it is pydantic; a default run needs none)."""
+    if not _options_model:
+        from pydantic import Field
+
+        from mlpipe.handles import BackendOptions
+
+        class LocalOptions(BackendOptions):
+            """Options of the local backend.
+
+            Attributes:
+                max_workers: Most steps running at once (threads).
+            """
+
+            max_workers: int = Field(default=DEFAULT_MAX_WORKERS, ge=1, le=1024)
+
+        LocalOptions.__module__, LocalOptions.__qualname__ = __name__, "LocalOptions"
+        _options_model.append(LocalOptions)
+    return _options_model[0]  # type: ignore[return-value]
+
+
+class _OptionsModel:
+    """``LocalBackend.Options``: the model, made when first asked for."""
+
+    def __get__(self, obj: object, owner: type | None = None) -> type[LocalOptions]:
+        return _local_options()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LocalOptions":
+        return _local_options()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class LocalBackend(Backend):
@@ -65,7 +102,7 @@ class LocalBackend(Backend):
     capabilities = Capabilities(
         parallel=True, resources=True, retries=True, timeouts=True, gates=True, conditions=True, map=True
     )
-    Options = LocalOptions
+    Options = _OptionsModel()  # type: ignore[assignment]
 
     def __init__(self, options: Mapping[str, Any] | BackendOptions | None = None, *, image: str | None = None) -> None:
         super().__init__(options, image=image)
@@ -73,8 +110,8 @@ class LocalBackend(Backend):
 
     @property
     def max_workers(self) -> int:
-        assert isinstance(self.options, LocalOptions)
-        return self.options.max_workers
+        options = self._options
+        return DEFAULT_MAX_WORKERS if options is None else int(options.max_workers)  # type: ignore[attr-defined]
 
     def submit(
         self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str, cache: bool = True
@@ -98,9 +135,13 @@ class LocalBackend(Backend):
         self._active[run_id] = (thread, cancel, state)
         state["status"] = "running"
         thread.start()
+        from mlpipe.handles import RunHandle
+
         return RunHandle(backend=self.name, run_id=run_id, pipeline=ir.name, store=store.url)
 
     def status(self, handle: RunHandle) -> RunStatus:
+        from mlpipe.handles import RunStatus
+
         active = self._active.get(handle.run_id)
         if active is not None:
             _thread, _cancel, state = active

@@ -52,7 +52,7 @@ LAYERS = {
         "mlpipe.staging",
     ],
     "execution": ["mlpipe.executor", "mlpipe.mapping", "mlpipe.tracking", "mlpipe.run", "mlpipe.runtime"],
-    "contract": ["mlpipe.backend"],
+    "contract": ["mlpipe.handles", "mlpipe.backend"],
     "drivers": ["mlpipe.local", "mlpipe.launch", "mlpipe.planning"],
     "plugins": ["mlpipe.extend"],
 }
