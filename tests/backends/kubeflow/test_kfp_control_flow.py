@@ -212,3 +212,13 @@ def test_vertex_passes_its_map_parallelism_to_the_loop(store: ArtifactStore) -> 
     assert spec["root"]["dag"]["tasks"]["for-loop-1"]["iteratorPolicy"] == {"parallelismLimit": 3}
     item = spec["deploymentSpec"]["executors"]["exec-fit-one-item"]["container"]["args"]
     assert item[item.index("--backend") + 1] == "vertex"  # tasks inside loops are rewritten for Vertex too
+
+
+def test_a_map_over_an_empty_list_collects_an_empty_list(store: ArtifactStore) -> None:
+    from mlpipe.testing import fanned
+
+    run = run_on(KubeflowBackend({"mode": "local"}), fanned, store, n=0)  # a ParallelFor of no iterations
+    assert run.status == "succeeded", run.error
+    assert run.output("consume") == []
+    assert run.output("summarize", "total") == 0.0
+    assert not any(name.startswith("consume[") for name in run.steps)

@@ -24,7 +24,8 @@ narrowest hook that lets kfp's runner execute them as host subprocesses:
   ``dsl.ParallelFor`` has the same blind spot for the list it iterates over
   (found only as ``<task>-Output`` or as an input of the enclosing DAG), so
   the list of a mapped step's fan-out task (``mlpipe_items``) is put where
-  the loop looks for it before the loop starts.
+  the loop looks for it before the loop starts; a loop over no items gives
+  the fan-in an empty list (kfp.local publishes nothing for it).
 * The run id arrives as the run argument ``mlpipe_run_id``, as on a cluster
   (kfp.local resolves ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` to a random job id
   that it never returns; a run without the argument records under that one).
@@ -142,6 +143,12 @@ def _condition_channels() -> Iterator[None]:
                     value = None  # then it is an input of the enclosing DAG, where kfp looks by itself
                 if value is not None:
                     io_store.put_parent_input(items.input_parameter, value)
+                if value == []:  # kfp.local publishes no outputs for a loop of no iterations: the fan-in gets []
+                    outputs = rest["components"][task_spec.component_ref.name].output_definitions.parameters
+                    for key in outputs:
+                        io_store.put_task_output(rest["task_name"], key, [])
+                    io_store.put_task_status(rest["task_name"], "SUCCEEDED")
+                    return False
         return run_loop(task_spec=task_spec, io_store=io_store, **rest)
 
     evaluator._resolve_pipeline_channel = staticmethod(resolve)
