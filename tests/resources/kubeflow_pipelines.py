@@ -207,3 +207,8 @@ def total(values: list[int]) -> int:
 @mp.pipeline(name="kfp-fragile")
 def fragile(xs: list[int] = [1, 2]) -> int:
     return total(needs.map(x=xs))
+
+
+@mp.pipeline(name="kfp-zip")
+def zipped(n: int = 2, epochs: list[int] = [1, 2]) -> float:
+    return best(fit_one.map(lr=grid(n), epochs=epochs))

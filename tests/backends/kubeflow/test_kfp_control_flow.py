@@ -222,3 +222,13 @@ def test_a_map_over_an_empty_list_collects_an_empty_list(store: ArtifactStore) -
     assert run.output("consume") == []
     assert run.output("summarize", "total") == 0.0
     assert not any(name.startswith("consume[") for name in run.steps)
+
+
+def test_mapped_lists_of_different_lengths_fail_the_fan_out_naming_both(store: ArtifactStore) -> None:
+    ok = run_on(KubeflowBackend({"mode": "local"}), kp.zipped, store, n=2, epochs=[1, 2])
+    assert ok.status == "succeeded" and ok.output("best") == 0.5
+    run = run_on(KubeflowBackend({"mode": "local"}), kp.zipped, store, n=3, epochs=[1, 2])
+    assert run.status == "failed"
+    assert run.steps["fit_one"].error == (
+        "step 'fit_one': mismatched map lengths (lr: 3, epochs: 2); mapped lists are zipped, so they need one length")
+    assert run.steps["best"].status == "skipped"
