@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from mlpipe.graphview import StepState
     from mlpipe.trace import Trace
 
-__all__ = ["box_note", "compile_trace", "condition_edges", "param_kind", "render", "to_networkx", "topological_order"]
+__all__ = ["compile_trace", "param_kind", "render", "to_networkx", "topological_order"]
 
 
 def param_kind(tp: Any) -> str:
@@ -291,37 +291,6 @@ def _edges(ir: PipelineIR) -> list[tuple[str, str, str]]:
     return edges
 
 
-def condition_edges(ir: PipelineIR) -> list[tuple[str, str, str]]:
-    """``(tested step, step, "when <condition>")`` for each ``mp.when`` condition a step enters.
-
-    A step that consumes a step of the same block inherits the condition
-    through it, so only the block's first steps get the edge.
-    """
-    specs = {s.name: s for s in ir.steps}
-    edges = []
-    for spec in ir.steps:
-        inputs = {i.step for i in spec.inputs if i.source == "step"}
-        for condition in spec.when:
-            if any(condition in specs[u].when for u in inputs if u in specs):
-                continue
-            edges.append((condition.step, spec.name, f"when {condition.describe()}"))
-    return edges
-
-
-def box_note(spec: StepSpec, states: Mapping[str, Any] | None = None) -> str | None:
-    """What a step's box says besides its name: ``map over lr`` (with a run, how many items), or its condition."""
-    notes = []
-    if spec.map_over:
-        note = f"map over {', '.join(spec.map_over)}"
-        if states:
-            count = sum(1 for name in states if name.startswith(f"{spec.name}[") and name.endswith("]"))
-            note += f": {count} item{'s' if count != 1 else ''}"
-        notes.append(note)
-    if spec.when:
-        notes.append("when " + " and ".join(c.describe() for c in spec.when))
-    return " · ".join(notes) or None
-
-
 def render(ir: PipelineIR, fmt: str = "mermaid", *, states: Mapping[str, StepState] | None = None) -> str:
     """The graph as Mermaid, Graphviz DOT, or a self-contained HTML page (inline SVG, no scripts).
 
@@ -331,7 +300,7 @@ def render(ir: PipelineIR, fmt: str = "mermaid", *, states: Mapping[str, StepSta
         states: A run's state of each step (:class:`mlpipe.graphview.StepState`): boxes are
             coloured by status and cache hit.
     """
-    from mlpipe.graphview import STATUS_STYLES, html_page
+    from mlpipe.graphview import STATUS_STYLES, box_note, condition_edges, html_page
 
     def colour(name: str) -> tuple[str, str] | None:
         state = (states or {}).get(name)

@@ -19,10 +19,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from mlpipe.ir import PipelineIR
+from mlpipe.ir import PipelineIR, StepSpec
 from mlpipe.layout import Box, Drawing, layout
 
-__all__ = ["STATUS_STYLES", "StepState", "html_page", "legend", "svg"]
+__all__ = ["STATUS_STYLES", "StepState", "box_note", "condition_edges", "html_page", "legend", "svg"]
 
 _FONT = 13
 _LABEL_FONT = 11
@@ -92,11 +92,40 @@ def _edge_labels(ir: PipelineIR) -> dict[tuple[str, str], str]:
             if inp.source == "step" and inp.step is not None:
                 text = inp.name if inp.output == "output" else f"{inp.output} → {inp.name}"
                 labels.setdefault((inp.step, spec.name), []).append(text)
-    from mlpipe.graph import condition_edges
-
     for src, dst, text in condition_edges(ir):
         labels.setdefault((src, dst), []).append(text)
     return {edge: ", ".join(texts) for edge, texts in labels.items()}
+
+
+def condition_edges(ir: PipelineIR) -> list[tuple[str, str, str]]:
+    """``(tested step, step, "when <condition>")`` for each ``mp.when`` condition a step enters.
+
+    A step that consumes a step of the same block inherits the condition
+    through it, so only the block's first steps get the edge.
+    """
+    specs = {s.name: s for s in ir.steps}
+    edges = []
+    for spec in ir.steps:
+        inputs = {i.step for i in spec.inputs if i.source == "step"}
+        for condition in spec.when:
+            if any(condition in specs[u].when for u in inputs if u in specs):
+                continue
+            edges.append((condition.step, spec.name, f"when {condition.describe()}"))
+    return edges
+
+
+def box_note(spec: StepSpec, states: Mapping[str, Any] | None = None) -> str | None:
+    """What a step's box says besides its name: ``map over lr`` (with a run, how many items), or its condition."""
+    notes = []
+    if spec.map_over:
+        note = f"map over {', '.join(spec.map_over)}"
+        if states:
+            count = sum(1 for name in states if name.startswith(f"{spec.name}[") and name.endswith("]"))
+            note += f": {count} item{'s' if count != 1 else ''}"
+        notes.append(note)
+    if spec.when:
+        notes.append("when " + " and ".join(c.describe() for c in spec.when))
+    return " · ".join(notes) or None
 
 
 def _box_text(name: str, state: StepState | None) -> str | None:
@@ -162,8 +191,6 @@ def _ports(drawing: Drawing) -> dict[tuple[Any, Any], tuple[float, float]]:
 def svg(ir: PipelineIR, states: Mapping[str, StepState] | None = None) -> str:
     """The graph as one ``<svg>`` element (for HTML pages and notebooks)."""
     states = dict(states or {})
-    from mlpipe.graph import box_note
-
     texts = {
         s.name: " · ".join(t for t in (box_note(s, states), _box_text(s.name, states.get(s.name))) if t) or None
         for s in ir.steps
