@@ -38,6 +38,7 @@ from mlpipe.mapping import branch_not_taken, collect_items, item_specs, items_fa
 from mlpipe.materializers import Materializer, register_materializer
 from mlpipe.metadata import open_index
 from mlpipe.planning import RunPlan, close_cached_run, plan_run, record_cached
+from mlpipe.progress import Reporter
 from mlpipe.records import (
     RUN_TERMINAL,
     RunRecord,
@@ -76,6 +77,7 @@ __all__ = [
     "ParamSpec",
     "PipelineIR",
     "RUN_TERMINAL",
+    "Reporter",
     "Run",
     "RunHandle",
     "RunPlan",
@@ -102,6 +104,7 @@ __all__ = [
     "item_specs",
     "items_failed",
     "join_run",
+    "reporter",
     "load_ir",
     "load_step_records",
     "memory_bytes",
@@ -121,3 +124,14 @@ __all__ = [
     "track_skipped",
     "write_ir",
 ]
+
+
+def reporter() -> Reporter:
+    """Where a backend reports its run's progress: what ``mlpipe run`` installed, else one that prints nothing.
+
+    A backend whose engine does not run steps through mlpipe's executor calls
+    ``run_started``, ``step_finished`` and ``run_finished`` itself.
+    """
+    from mlpipe.progress import REPORTER
+
+    return REPORTER.get() or Reporter()

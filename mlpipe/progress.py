@@ -55,6 +55,9 @@ class Reporter:
     def run_finished(self, run_id: str, status: str, duration: float) -> None:
         pass
 
+    def note(self, message: str) -> None:
+        """A line about the run that is not a step event (where a backend's own log went)."""
+
 
 REPORTER: ContextVar[Reporter | None] = ContextVar("mlpipe_reporter", default=None)
 
@@ -81,6 +84,9 @@ class PlainReporter(Reporter):
 
     def run_finished(self, run_id: str, status: str, duration: float) -> None:
         self._line(f"run {run_id} {status} in {duration:.2f} s")
+
+    def note(self, message: str) -> None:
+        self._line(f"  {message}")
 
 
 class RichReporter(Reporter):
@@ -128,6 +134,11 @@ class RichReporter(Reporter):
         self.progress.stop()
         style = "green" if status == "succeeded" else "bold red"
         self.console.print(f"run {run_id} [{style}]{status}[/] in {duration:.2f} s")
+
+    def note(self, message: str) -> None:
+        from rich.markup import escape
+
+        self.progress.console.print(f"  [dim]{escape(printable(message))}[/]")
 
 
 _NB_COLOURS = {

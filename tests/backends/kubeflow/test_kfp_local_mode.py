@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -180,3 +181,36 @@ def test_spec_started_without_mlpipe_run_id_records_under_the_engines_run_id(tmp
     assert execute_spec(spec, plan.arguments({"x": 2}, "given-id"), "given-id") is None
     assert sorted(store.listdir("runs")) == sorted([engine_id, "given-id"])
     assert all(s.cached for s in Run.load(store, "given-id").steps.values())
+
+
+def test_cli_run_prints_the_run_id_and_keeps_kfps_log_off_stdout(profile: None) -> None:
+    import os
+    import re
+    import subprocess
+    import sys
+
+    Path("userflow.py").write_text(
+        "import mlpipe as mp\n\n@mp.step\ndef greet(name: str) -> str:\n    return f'hello {name}'\n\n"
+        "@mp.step\ndef shout(text: str) -> str:\n    print('TASK SAYS', text)\n    return text.upper()\n\n"
+        "@mp.pipeline(name='userflow')\ndef flow(name: str = 'kfp') -> str:\n    return shout(greet(name))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLPIPE_", "MLFLOW_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "mlpipe", "run", "userflow.py", "--profile", "kfp-test", "-p", "name=local"],
+        capture_output=True, text=True, env=env, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "shout.output = 'HELLO LOCAL'\n"  # nothing of kfp's: no log lines, no colours
+    match = re.search(r"^run (\S+): pipeline userflow, 2 steps$", result.stderr, re.M)
+    assert match, result.stderr
+    run_id = match[1]
+    assert re.search(r"^  succeeded greet \(\d+ ms\)$", result.stderr, re.M)
+    assert re.search(rf"^run {run_id} succeeded in [\d.]+ s$", result.stderr, re.M)
+    log = Path(".mlpipe", "runs", run_id, "kfp-local.log").resolve()
+    assert f"kfp.local's log: {log}" in result.stderr
+    text = log.read_text()
+    assert "Executing task" in text and "TASK SAYS hello local" in text  # kfp's log, with the tasks' output
+    assert "Running pipeline" not in result.stderr
+    shown = CliRunner().invoke(app, ["runs", "show", run_id, "--json"])
+    assert json.loads(shown.output)["run"]["backend"] == "kubeflow"
+    assert CliRunner().invoke(app, ["verify"]).exit_code == 0  # the log is no record: the ledger is intact

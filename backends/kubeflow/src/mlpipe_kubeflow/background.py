@@ -8,17 +8,29 @@ stored IR, and reading a run's state back from the store.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlpipe.errors import BackendError, MlpipeError, UnsupportedFeatureError
-from mlpipe.extend import ArtifactStore, Run, RunHandle, RunRecord, RunStatus, load_ir, open_index, track_skipped
+from mlpipe.extend import (
+    ArtifactStore,
+    Run,
+    RunHandle,
+    RunRecord,
+    RunStatus,
+    load_ir,
+    open_index,
+    reporter,
+    track_skipped,
+)
 from mlpipe.ir import PipelineIR
 
 __all__ = [
     "LOCAL_STOPPED",
+    "LOG_NAME",
     "LocalRuns",
     "close_after_engine",
     "close_succeeded",
@@ -26,6 +38,9 @@ __all__ = [
     "refuse_in_local_mode",
     "step_states",
 ]
+
+#: kfp.local's own output for a run, in the run's folder of the store.
+LOG_NAME = "kfp-local.log"
 
 LOCAL_STOPPED = "not run: kfp.local stops a pipeline at its first failed task"
 
@@ -108,15 +123,35 @@ def execute_locally(
 
     ``record`` is the run's record, already opened; ``write(directory)``
     writes the spec into a temporary directory and returns its path.
+    kfp.local's own log goes to ``runs/<id>/kfp-local.log`` in the store
+    (written as it runs when the store is a directory), not to stdout; the
+    run's progress goes to the reporter ``mlpipe run`` installs.
     """
     from mlpipe_kubeflow.local_runner import execute_spec
 
     run_id = record.run_id
+    report = reporter()
+    report.run_started(run_id, ir.name, len(ir.steps))
+    log_rel = f"runs/{run_id}/{LOG_NAME}"
+    root = store.local_root()
     with tempfile.TemporaryDirectory(prefix=f"mlpipe-{record.doc['backend']}-") as tmp:
-        error = execute_spec(write(tmp), dict(arguments), run_id, cancel=cancel)
+        log_path = os.path.join(root, log_rel) if root is not None else os.path.join(tmp, LOG_NAME)
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        try:
+            with open(log_path, "w", encoding="utf-8") as log:
+                error = execute_spec(write(tmp), dict(arguments), run_id, cancel=cancel, log=log)
+        finally:
+            if root is None and os.path.exists(log_path):
+                with open(log_path, "rb") as f:
+                    store.put_bytes(log_rel, f.read())
     close_after_engine(store, ir, record, engine_error=error, cancelled=cancel.is_set())
     open_index(store).sync_run(store, run_id)
-    return Run.load(store, run_id)
+    run = Run.load(store, run_id)
+    for step in run.steps.values():
+        report.step_finished(step.name, step.status, step.cached, step.duration, step.error)
+    report.note(f"kfp.local's log: {log_path if root is not None else f'{store.url}/{log_rel}'}")
+    report.run_finished(run_id, run.status, run.duration)
+    return run
 
 
 def close_after_engine(

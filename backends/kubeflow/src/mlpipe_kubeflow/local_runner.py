@@ -30,6 +30,13 @@ narrowest hook that lets kfp's runner execute them as host subprocesses:
   (kfp.local resolves ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` to a random job id
   that it never returns; a run without the argument records under that one).
 
+* kfp.local logs to stdout (its logger's handler and ``print``, with the
+  tasks' output streamed through it). With ``log=`` that output goes to a
+  file instead, so stdout keeps only what the caller prints (``mlpipe run``'s
+  pipeline outputs): :class:`_RoutedStdout` sends what the threads that
+  existed before the run write to the real stdout, and the rest (the thread
+  running kfp.local and the threads it starts) to the log.
+
 Everything else is kfp's: loading the YAML, resolving placeholders, the DAG
 order, retries, outputs. It relies on private kfp API, hence the pin
 ``kfp>=2.17,<2.18``. kfp.local runs tasks one at a time and stops at the first
@@ -46,7 +53,7 @@ import tempfile
 import threading
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import IO, Any
 
 __all__ = ["container_components_as_subprocess", "execute_spec"]
 
@@ -63,6 +70,44 @@ def _python_path() -> str:
         if entry and entry not in seen and os.path.isdir(entry):
             seen.append(entry)
     return os.pathsep.join(seen)
+
+
+class _RoutedStdout:
+    """``sys.stdout`` during a kfp.local run: other threads' writes reach the real stdout, kfp's go to the log."""
+
+    def __init__(self, real: IO[str], log: IO[str]) -> None:
+        self.real, self.log = real, log
+        runner = threading.get_ident()
+        self.others = {t.ident for t in threading.enumerate()} - {runner}
+
+    def _target(self) -> IO[str]:
+        return self.real if threading.get_ident() in self.others else self.log
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        return self._target().isatty()
+
+    def __getattr__(self, name: str) -> Any:  # encoding, fileno, ...: those of the real stdout
+        return getattr(self.real, name)
+
+
+@contextlib.contextmanager
+def _stdout_to(log: IO[str] | None) -> Iterator[None]:
+    if log is None:
+        yield
+        return
+    real = sys.stdout
+    sys.stdout = _RoutedStdout(real, log)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout = real
+        log.flush()
 
 
 @contextlib.contextmanager
@@ -190,8 +235,12 @@ def execute_spec(
     *,
     pipeline_root: str | None = None,
     cancel: threading.Event | None = None,
+    log: IO[str] | None = None,
 ) -> str | None:
     """Run the compiled spec at ``spec_path`` with kfp.local; None on success, else kfp's failure message.
+
+    kfp.local's own output (its log, the tasks' streamed output) goes to
+    ``log`` when given, else to stdout as kfp prints it.
 
     The tasks write mlpipe's records into the store named in the spec; close
     the run with ``background.close_after_engine`` and read it with ``Run.load``.
@@ -202,7 +251,7 @@ def execute_spec(
     component = components.load_component_from_text(_unambiguous_spec(spec_path))
     with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-local-") as scratch:
         root = pipeline_root or os.path.join(scratch, "pipeline_root")
-        with container_components_as_subprocess(run_id, cancel):
+        with container_components_as_subprocess(run_id, cancel), _stdout_to(log):
             previous = config.LocalExecutionConfig.instance
             try:
                 local.init(
