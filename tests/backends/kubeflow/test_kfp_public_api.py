@@ -20,7 +20,7 @@ def test_modules_export_what_they_own() -> None:
                                 "task_specs", "write_spec"]
     assert yamlout.__all__ == ["dump_all", "dumps"]
     assert local_runner.__all__ == ["container_components_as_subprocess", "execute_spec"]
-    assert background.__all__ == ["LOCAL_STOPPED", "LocalRuns", "close_after_engine", "close_succeeded",
+    assert background.__all__ == ["LOCAL_STOPPED", "LOG_NAME", "LocalRuns", "close_after_engine", "close_succeeded",
                                   "execute_locally", "refuse_in_local_mode", "step_states"]
     assert control.__all__ == ["WHEN_OUTPUT", "GroupPlan", "Layout", "TaskWiring", "channel", "group_documents",
                                "outer_input", "plan_layout"]
