@@ -328,6 +328,67 @@ def compile_cmd(
         )
 
 
+@app.command("plan")
+def plan(
+    target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE, or FILE.py alone when it holds one pipeline.")],
+    profile: ProfileOpt = None,
+    param: ParamOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """Before anything is sent: which steps are cache hits, and why the others will run."""
+    from mlpipe.launch import resolve
+    from mlpipe.planning import plan_run
+
+    try:
+        _prof, backend, store = resolve(profile, None)  # before the user's module runs: a bad profile fails fast
+        pipe = load_pipeline(target)
+        values = pipe.validate_params(parse_params(pipe, param))
+        backend.check(pipe.ir)
+        result = plan_run(pipe.ir, store, values)
+    except MlpipeError as exc:
+        _fail(exc)
+    pruned = result.prunable(pipe.ir) if backend.capabilities.prune else {}
+    starts = len(pipe.ir.steps) - len(pruned)
+    if json_out:
+        doc = {**result.to_dict(), "backend": backend.name, "store": store.url, "pruned": sorted(pruned)}
+        print(json.dumps({**doc, "tasks": starts if backend.capabilities.prune else None}, indent=2))
+        return
+    print(printable(_plan_text(result, pipe.ir, backend.name, store.url, pruned, backend.capabilities.prune)))
+
+
+def _plan_text(result: Any, ir: Any, backend: str, store: str, pruned: dict[str, str], prunes: bool) -> str:
+    hits, runs = len(result.hits), len(result.steps) - len(result.hits)
+    lines = [
+        f"plan of pipeline {result.pipeline!r} on {backend} (store {store}): "
+        f"{hits} cache hit{'s' if hits != 1 else ''}, {runs} step{'s' if runs != 1 else ''} to run"
+    ]
+    width = max(len(s.step) for s in result.steps)
+    for step in result.steps:
+        verdict = "HIT" if step.verdict == "hit" else "RUN"
+        key = f" (key {step.key[:16]}…)" if step.key else ""
+        lines.append(f"  {step.step:<{width}}  {verdict}  {step.reason}{key if step.verdict == 'hit' else ''}")
+        pad = " " * (width + 9)
+        if step.closest is not None:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(step.closest.get("created") or 0))
+            lines.append(
+                f"{pad}closest earlier entry: run {step.closest['run_id']} ({when}), key {step.closest['key'][:16]}…"
+            )
+        for diff in step.differences:
+            lines.append(f"{pad}- {diff}")
+    if not prunes:
+        lines.append(f"the {backend} backend serves the hits from the store without running their code")
+    elif len(pruned) == len(ir.steps):
+        lines.append(f"every step is a cache hit: submit sends nothing to {backend} and starts no task")
+    elif pruned:
+        lines.append(
+            f"submit leaves the {len(pruned)} hit(s) out of the {backend} spec and starts "
+            f"{len(ir.steps) - len(pruned)} task(s); their consumers read them from the store by cache key"
+        )
+    elif result.hits:
+        lines.append(f"submit sends every step to {backend} (mp.when and step.map pipelines are not pruned)")
+    return "\n".join(lines)
+
+
 @app.command()
 def submit(
     target: Annotated[str, typer.Argument(help="FILE.py:PIPELINE, or FILE.py alone when it holds one pipeline.")],
@@ -347,7 +408,15 @@ def submit(
         pipe = load_pipeline(target)
         params = parse_params(pipe, param)
         handle = pipe.submit(profile=profile, backend=backend, cache=not no_cache, **params)
-        print(f"submitted run {handle.run_id} to {handle.backend}" + (f": {handle.url}" if handle.url else ""))
+        if handle.data.get("kind") == "cached":
+            print(f"run {handle.run_id}: every step is a cache hit; nothing was submitted to {handle.backend}")
+        else:
+            left_out = handle.data.get("pruned") or []
+            print(
+                f"submitted run {handle.run_id} to {handle.backend}"
+                + (f" ({len(left_out)} cached step(s) left out: {', '.join(left_out)})" if left_out else "")
+                + (f": {handle.url}" if handle.url else "")
+            )
         if not wait and backend.name != "local":
             return
         last = ""

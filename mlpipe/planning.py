@@ -182,9 +182,15 @@ def _plan_step(
                 )
             info = upstream.outputs[inp.output]
             inputs[inp.name] = artifact_input(str(info["digest"]), inp.step, inp.output)
+        elif inp.source == "param":
+            assert inp.param is not None
+            declared = ir.param(inp.param)
+            if inp.param not in params and declared.required:
+                return StepPlan(spec.name, "run", f"parameter {inp.param!r} is not given, so its key is not known")
+            # as the runtime does: a parameter left out takes its declared default
+            inputs[inp.name] = param_input(params.get(inp.param, declared.default))
         else:
-            raw = params[inp.param] if inp.source == "param" else inp.value  # type: ignore[index]
-            inputs[inp.name] = param_input(raw)
+            inputs[inp.name] = param_input(inp.value)
     components = components_for(spec, inputs)
     key = cache_key(components)
     hit = _hit(spec, key, store)

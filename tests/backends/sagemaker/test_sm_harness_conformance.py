@@ -40,6 +40,9 @@ class HarnessBackend(SageMakerBackend):
     def submit(self, ir: PipelineIR, store: ArtifactStore, *, params: Mapping[str, Any], run_id: str,
                cache: bool = True) -> RunHandle:
         handle = super().submit(ir, store, params=params, run_id=run_id, cache=cache)
+        if handle.data.get("kind") == "cached":  # every step a cache hit: no execution was started
+            assert handle.external_id is None
+            return handle
         sm = boto3.client("sagemaker")
         arn = handle.external_id
         definition = json.loads(sm.describe_pipeline_definition_for_execution(PipelineExecutionArn=arn)

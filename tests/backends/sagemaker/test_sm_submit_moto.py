@@ -243,3 +243,43 @@ def test_execution_is_pinned_to_the_version_the_update_wrote(s3_url: str) -> Non
         handle = backend.submit(sm_pipelines.required.ir, store, params={"x": 1}, run_id="pin-1")
         stub.assert_no_pending_responses()
     assert handle.run_id == "abc123"
+
+
+def test_cache_hits_are_left_out_of_the_execution_and_a_fully_cached_run_starts_none(s3_url: str) -> None:
+    from mlpipe.local import LocalBackend
+    from mlpipe.testing import run_on
+
+    store = open_store(s3_url)
+    assert run_on(LocalBackend(), sm_pipelines.required, store, x=3, limit=5).status == "succeeded"
+    backend = SageMakerBackend({**OPTIONS, "pipeline_name": "sm-prune"}, image=IMAGE)
+    written: list[dict[str, Any]] = []
+    upsert = backend._upsert
+
+    def recording(ir: Any, definition: Any) -> Any:
+        written.append(json.loads(json.dumps(definition)))
+        return upsert(ir, definition)
+
+    backend._upsert = recording  # type: ignore[method-assign]
+    handle = backend.submit(sm_pipelines.required.ir, store, params={"x": 3, "limit": 5}, run_id="prune-1")
+    assert written == []  # fully cached: no pipeline written, no execution started
+    sm = boto3.client("sagemaker")
+    assert not [p for p in sm.list_pipelines()["PipelineSummaries"] if p["PipelineName"] == "sm-prune"]
+    assert handle.data["kind"] == "cached" and handle.run_id == "prune-1"
+    assert backend.status(handle).state == "succeeded"
+    assert all(s.cached for s in Run.load(store, "prune-1").steps.values())
+
+    handle = backend.submit(sm_pipelines.required.ir, store, params={"x": 3, "limit": 2}, run_id="prune-2")
+    pruned, restored = written  # the execution's definition, then the whole one again for schedules and the console
+    steps = {s["Name"]: s for s in pruned["Steps"]}
+    assert sorted(steps) == ["add", "clip"]  # square is a hit: no Processing job for it
+    add_args = steps["add"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+    key = add_args[add_args.index("--cached") + 1]
+    assert key.startswith("square=") and len(key) == len("square=") + 64
+    assert steps["add"]["DependsOn"] == ["clip"]  # no longer waits for square: it reads square's output by key
+    assert "--cached" not in steps["clip"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert [s["Name"] for s in restored["Steps"]] == ["square", "clip", "add"]
+    latest = json.loads(sm.describe_pipeline(PipelineName="sm-prune")["PipelineDefinition"])
+    assert [s["Name"] for s in latest["Steps"]] == ["square", "clip", "add"]
+    doc = store.get_json(f"runs/{handle.run_id}/run.json")
+    assert doc["sagemaker"]["pruned"] == ["square"]
+    assert Run.load(store, handle.run_id).steps["square"].cached

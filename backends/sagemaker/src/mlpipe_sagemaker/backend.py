@@ -32,10 +32,13 @@ from mlpipe.extend import (
     RunHandle,
     RunRecord,
     RunStatus,
+    close_cached_run,
     load_ir,
     load_step_records,
     open_index,
     open_store,
+    plan_run,
+    record_cached,
     resolve_profile,
     ship,
     task_storage_options,
@@ -132,7 +135,14 @@ class SageMakerBackend(Backend):
 
     name = "sagemaker"
     capabilities = Capabilities(
-        parallel=True, resources=True, retries=True, timeouts=True, schedules=True, gates=True, conditions=True
+        parallel=True,
+        resources=True,
+        retries=True,
+        timeouts=True,
+        schedules=True,
+        gates=True,
+        conditions=True,
+        prune=True,
     )
     Options = SageMakerOptions
 
@@ -169,11 +179,14 @@ class SageMakerBackend(Backend):
         )
         validate_definition(definition, pipeline_name=sagemaker_pipeline_name(ir, self.opts))
 
-    def definition(self, ir: PipelineIR, store: ArtifactStore) -> tuple[dict[str, Any], str]:
+    def definition(
+        self, ir: PipelineIR, store: ArtifactStore, pruned: Mapping[str, str] | None = None
+    ) -> tuple[dict[str, Any], str]:
         """The validated definition for ``ir`` and the digest of the IR it runs, which is written to ``store``.
 
         Every step's runtime loads the IR from ``store`` by that digest, so the
-        definition is only valid together with the store it names.
+        definition is only valid together with the store it names. ``pruned``:
+        cache hits (step → key) left out; their consumers read them by key.
         """
         self.check(ir)
         digest = write_ir(store, ir)
@@ -185,6 +198,7 @@ class SageMakerBackend(Backend):
             image=self.image,
             options=self.opts,
             storage_options=task_storage_options(store.storage_options, self.name),
+            pruned=pruned,
         )
         validate_definition(definition, pipeline_name=sagemaker_pipeline_name(ir, self.opts))
         return definition, digest
@@ -326,7 +340,17 @@ class SageMakerBackend(Backend):
         values = self._parameter_values(ir, params, cache)
         self.check(ir)
         shipped = ship(ir, store)
-        definition, digest = self.definition(shipped, store)
+        # Cache hits cost no Processing job: left out of the definition this execution runs.
+        run_plan = plan_run(shipped, store, params, explain=False) if cache else None
+        pruned = run_plan.prunable(shipped) if run_plan is not None else {}
+        if run_plan is not None and len(pruned) == len(ir.steps):
+            cached_data = {"kind": "cached", "submitted_as": run_id}
+            close_cached_run(
+                store, shipped, run_id, run_plan, backend=self.name, params=params, ir_digest=write_ir(store, shipped),
+                cache=cache, sagemaker=cached_data,
+            )  # fmt: skip
+            return RunHandle(backend=self.name, run_id=run_id, pipeline=ir.name, store=store.url, data=cached_data)
+        definition, digest = self.definition(shipped, store, pruned)
         pipeline_arn, version = self._upsert(ir, definition)
         name = sagemaker_pipeline_name(ir, self.opts)
         sm = self._client("sagemaker")
@@ -348,7 +372,11 @@ class SageMakerBackend(Backend):
             started = sm.start_pipeline_execution(**request)
         execution_arn = str(started["PipelineExecutionArn"])
         execution_id = execution_arn.rsplit("/", 1)[-1]
-        RunRecord.open(
+        if pruned:
+            # The pruned definition is this execution's alone (its keys follow these parameters): the pipeline's
+            # latest definition, which a schedule or the console starts, is the whole one again.
+            self._upsert(ir, self.definition(shipped, store)[0])
+        record = RunRecord.open(
             store,
             shipped,
             execution_id,
@@ -356,8 +384,15 @@ class SageMakerBackend(Backend):
             params=params,
             ir_digest=digest,
             cache=cache,
-            sagemaker={"execution_arn": execution_arn, "pipeline_arn": pipeline_arn, "submitted_as": run_id},
+            sagemaker={
+                "execution_arn": execution_arn,
+                "pipeline_arn": pipeline_arn,
+                "submitted_as": run_id,
+                **({"pruned": sorted(pruned)} if pruned else {}),
+            },
         )
+        if run_plan is not None and pruned:
+            record_cached(record, shipped, run_plan, frozenset(pruned))
         self._stores[execution_id] = store
         data: dict[str, Any] = {
             "region": self._region(),
@@ -365,6 +400,8 @@ class SageMakerBackend(Backend):
             "pipeline_arn": pipeline_arn,
             "submitted_as": run_id,
         }
+        if pruned:
+            data["pruned"] = sorted(pruned)
         if self.opts.endpoint_url:
             data["endpoint_url"] = self.opts.endpoint_url
         return RunHandle(
@@ -418,6 +455,8 @@ class SageMakerBackend(Backend):
         When the execution has ended, the end is recorded in the run's
         ``run.json`` (once), so ``Run.load`` and ``mlpipe runs show`` agree.
         """
+        if handle.data.get("kind") == "cached":
+            return RunStatus(state="succeeded", message="every step was a cache hit: no execution was started")
         state, message = self._execution_state(handle)
         store = self._store_for(handle)
         steps = self._step_states(store, handle.run_id)

@@ -137,10 +137,12 @@ def container_arguments(
     ir_digest: str,
     storage_options: str | None = None,
     tested: bool | None = None,
+    pruned: Mapping[str, str] | None = None,
 ) -> list[Any]:
     """The runtime's command line for one step, with SageMaker expressions where values vary per run.
 
     ``storage_options`` is the JSON of the store's options the job needs (an endpoint; never credentials).
+    ``pruned``: upstream cache hits left out of the definition (step → key), read by key (``--cached``).
     """
     args: list[Any] = [
         "--store", store_url,
@@ -152,6 +154,9 @@ def container_arguments(
     ]  # fmt: skip
     if storage_options:
         args += ["--storage-options", storage_options]
+    for up in dict.fromkeys(spec.upstream):
+        if pruned and up in pruned:
+            args += ["--cached", f"{up}={pruned[up]}"]
     for param in ir.params:
         args += ["--param", _join(f"{param.name}=", {"Get": f"Parameters.{param.name}"})]
     if spec.name in ir.published_tests() if tested is None else tested:
@@ -240,6 +245,7 @@ def build_step(
     options: SageMakerOptions,
     storage_options: str | None = None,
     tested: bool | None = None,
+    pruned: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """One ``Processing`` step, keys in the SDK's order. ``tested``: whether an ``mp.when`` tests its output."""
     if tested is None:
@@ -257,7 +263,9 @@ def build_step(
         },
         "AppSpecification": {
             "ImageUri": step_image(spec, image),
-            "ContainerArguments": container_arguments(ir, spec, store_url, ir_digest, storage_options, tested),
+            "ContainerArguments": container_arguments(
+                ir, spec, store_url, ir_digest, storage_options, tested, pruned
+            ),
             "ContainerEntrypoint": [options.python, "-m", "mlpipe.runtime"],
         },
         "RoleArn": role,
@@ -269,7 +277,7 @@ def build_step(
     if seconds is not None:
         arguments["StoppingCondition"] = {"MaxRuntimeInSeconds": seconds}
     step: dict[str, Any] = {"Name": spec.name, "Type": "Processing", "Arguments": arguments}
-    depends = list(dict.fromkeys(spec.upstream))
+    depends = [up for up in dict.fromkeys(spec.upstream) if not pruned or up not in pruned]
     if depends:
         step["DependsOn"] = depends
     policies = retry_policies(spec)
@@ -362,8 +370,12 @@ def build_definition(
     image: str | None,
     options: SageMakerOptions,
     storage_options: str | None = None,
+    pruned: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The whole pipeline definition as a dict (serialise it with :func:`dumps`)."""
+    """The whole pipeline definition as a dict (serialise it with :func:`dumps`).
+
+    ``pruned``: steps that are cache hits (step → key), left out; their consumers read them by key.
+    """
     if any(s.when for s in ir.steps) and not store_url.startswith("s3://"):
         raise UnsupportedFeatureError(
             f"pipeline {ir.name!r} has mp.when blocks, and SageMaker reads a tested step's result from a file the "
@@ -383,8 +395,10 @@ def build_definition(
             options=options,
             storage_options=storage_options,
             tested=spec.name in published,
+            pruned=pruned,
         )
         for spec in ir.steps
+        if not pruned or spec.name not in pruned
     }
     return {
         "Version": VERSION,
