@@ -263,9 +263,7 @@ def build_step(
         },
         "AppSpecification": {
             "ImageUri": step_image(spec, image),
-            "ContainerArguments": container_arguments(
-                ir, spec, store_url, ir_digest, storage_options, tested, pruned
-            ),
+            "ContainerArguments": container_arguments(ir, spec, store_url, ir_digest, storage_options, tested, pruned),
             "ContainerEntrypoint": [options.python, "-m", "mlpipe.runtime"],
         },
         "RoleArn": role,
