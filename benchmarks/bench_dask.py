@@ -1,4 +1,5 @@
-"""The Dask backend's figures: per-step overhead beyond Dask's task round trip, fan-out on 1 and 2 workers.
+"""The Dask backend's figures: per-step overhead beyond Dask's task round trip, fan-out on 1 and 2 workers,
+and the same fan-out as one mapped step (16 items).
 
 Each cluster is a ``distributed.LocalCluster`` of one-thread worker processes
 on 127.0.0.1, driven through the backend with its ``address`` (the same path
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_pipelines import fan_pipeline, linear_pipeline
+from bench_pipelines import fan_pipeline, linear_pipeline, map_pipeline
 
 
 def noop(i: int) -> int:
@@ -78,6 +79,9 @@ def measure(workdir: Path, *, quick: bool, repeats: int) -> dict[str, Any]:
             fan = fan_pipeline(0.25)
             run(backend, fan, seed=-1)
             out["fan_2"] = _timed(lambda: run(backend, fan, seed=next(counter)), repeats)
+            mapped = map_pipeline(0.25)
+            run(backend, mapped, seed=-1)
+            out["map_2"] = _timed(lambda: run(backend, mapped, seed=next(counter) * 100), repeats)
     finally:
         two.close()
     single = _cluster(1)

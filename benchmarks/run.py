@@ -394,6 +394,14 @@ class Bench:
             baseline={"median": ideal},
             note="two one-thread workers; ideal = 16 x 0.25 s / 2",
         )
+        self.record(
+            "dask: mapped step 1 -> 16 x 0.25 s items -> 1, 2 workers, beyond ideal",
+            stats([t - ideal for t in got["map_2"]]),
+            "s",
+            0.5,
+            baseline={"median": ideal},
+            note="nap.map(...): one task per item plus the fan-in task; the same bound as the explicit fan-out",
+        )
         one = statistics.median(got["fan_1"])
         self.record(
             "dask: same fan-out on 1 worker",
