@@ -47,21 +47,11 @@ def gather(
     return a0 + a1 + a2 + a3 + a4 + a5 + a6 + a7 + a8 + a9 + a10 + a11 + a12 + a13 + a14 + a15
 
 
-@mp.step
-def spread(seed: int, n: int) -> list[int]:
-    return [seed + i for i in range(n)]
-
-
-@mp.step
-def total(values: list[int]) -> int:
-    return sum(values)
-
-
 def map_pipeline(seconds: float, n: int = 16) -> mp.Pipeline:
     """1 -> n mapped items (``nap.map``) -> 1: the fan-out of :func:`fan_pipeline` as one mapped step."""
 
     def mapped(seed: int = 0) -> int:
-        return total(nap.map(x=spread(seed, n), i=mp.unmapped(0), seconds=mp.unmapped(seconds)))
+        return total(nap.map(x=numbers(seed, n), i=mp.unmapped(0), seconds=mp.unmapped(seconds)))
 
     return mp.pipeline(name=f"map-{n}x{int(seconds * 1000)}ms")(mapped)
 
