@@ -142,6 +142,52 @@ def test_kfp_global_state_is_restored(tmp_path: Path) -> None:
     assert sth.SubprocessTaskHandler is handler
 
 
+@mp.step
+def hold(started: str, go: str) -> str:
+    Path(started).touch()
+    deadline = time.monotonic() + 60
+    while not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "released"
+
+
+@mp.pipeline(name="held")
+def held(started: str, go: str) -> str:
+    return hold(started, go)
+
+
+def test_a_background_run_leaves_other_threads_print_and_logging_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # kfp.local swaps builtins.print and the root logger's handlers during each task; from a
+    # background thread that used to indent every print of the process and drop or revive
+    # other callers' log handlers.
+    import builtins
+    import logging
+
+    root = logging.getLogger()
+    handlers, level, printer = root.handlers[:], root.level, builtins.print
+    started, go = tmp_path / "started", tmp_path / "go"
+    backend = KubeflowBackend({"mode": "local"})
+    handle = backend.submit(held.ir, open_store(str(tmp_path / "store")),
+                            params={"started": str(started), "go": str(go)}, run_id="r-held")  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert started.exists(), "the task never started"
+    try:
+        assert builtins.print is printer
+        print("from the main thread")
+        assert capsys.readouterr().out == "from the main thread\n"
+        assert [h for h in root.handlers if h not in handlers] == [root.handlers[-1]]  # the run's own, only
+        logging.getLogger("elsewhere").warning("not kfp's")
+        assert "not kfp's" not in capsys.readouterr().out
+    finally:
+        go.touch()
+    assert backend.wait(handle, timeout=120, poll=0.1).state == "succeeded"
+    assert root.handlers == handlers and root.level == level and builtins.print is printer
+
+
 @pytest.mark.parametrize(("options", "store", "words"), [
     ({"mode": "local", "schedule": "0 2 * * *"}, "dir", "schedule needs a cluster"),
     ({"mode": "local"}, "memory://kfp-local", "cannot see the in-memory store"),

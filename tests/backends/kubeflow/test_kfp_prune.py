@@ -1,6 +1,6 @@
 """Cached steps cost no task: submit leaves the cache hits out of the spec (kfp.local runs of examples/training.py).
 
-Tasks started are counted where kfp.local starts them (``run_local_subprocess``, one per task).
+Tasks started are counted where mlpipe's kfp.local adapter starts their processes (``_run_task``, one per task).
 """
 
 from __future__ import annotations
@@ -30,16 +30,16 @@ def training() -> Any:
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """The step of every task kfp.local starts."""
-    from kfp.local import subprocess_task_handler as sth
+    from mlpipe_kubeflow import local_runner
 
     steps: list[str] = []
-    original = sth.run_local_subprocess
+    original = local_runner._run_task
 
-    def counting(full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
-        steps.append(full_command[full_command.index("--step") + 1])
-        return original(full_command=full_command, env_vars=env_vars)  # type: ignore[no-any-return]
+    def counting(command: list[str], env: Any, out: Any) -> int:
+        steps.append(command[command.index("--step") + 1])
+        return original(command, env, out)
 
-    monkeypatch.setattr(sth, "run_local_subprocess", counting)
+    monkeypatch.setattr(local_runner, "_run_task", counting)
     yield steps
 
 

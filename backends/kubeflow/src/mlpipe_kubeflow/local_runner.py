@@ -30,12 +30,17 @@ narrowest hook that lets kfp's runner execute them as host subprocesses:
   (kfp.local resolves ``dsl.PIPELINE_JOB_ID_PLACEHOLDER`` to a random job id
   that it never returns; a run without the argument records under that one).
 
-* kfp.local logs to stdout (its logger's handler and ``print``, with the
-  tasks' output streamed through it). With ``log=`` that output goes to a
-  file instead, so stdout keeps only what the caller prints (``mlpipe run``'s
-  pipeline outputs): :class:`_RoutedStdout` sends what the threads that
-  existed before the run write to the real stdout, and the rest (the thread
-  running kfp.local and the threads it starts) to the log.
+* kfp.local changes process-wide state for each run and task: it swaps the
+  root logger's handlers for one on ``sys.stdout`` (restoring a snapshot
+  after) and replaces ``builtins.print`` by an indenting one. Run in a
+  background thread, that leaves every other thread's prints indented and the
+  logging handlers of whatever ran meanwhile dropped or stale.
+  :func:`_kfp_output_to` turns both off for the run (the snapshot swaps and the
+  indentation are no-ops) and installs one root handler that takes only the
+  records of the thread running kfp.local; that log, kfp's separator lines and
+  the tasks' output (read from their pipes here) go to ``log=`` when given,
+  else to ``sys.stdout``. Nothing swaps ``sys.stdout``, so the caller's
+  output (``mlpipe run``'s pipeline outputs) stays its own.
 
 Everything else is kfp's: loading the YAML, resolving placeholders, the DAG
 order, retries, outputs. It relies on private kfp API, hence the pin
@@ -46,6 +51,7 @@ failure; ``background.close_after_engine`` records the steps that never ran as `
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -72,47 +78,91 @@ def _python_path() -> str:
     return os.pathsep.join(seen)
 
 
-class _RoutedStdout:
-    """``sys.stdout`` during a kfp.local run: other threads' writes reach the real stdout, kfp's go to the log."""
+def _write(out: IO[str] | None, text: str) -> None:
+    stream = sys.stdout if out is None else out
+    stream.write(text)
+    stream.flush()
 
-    def __init__(self, real: IO[str], log: IO[str]) -> None:
-        self.real, self.log = real, log
-        runner = threading.get_ident()
-        self.others = {t.ident for t in threading.enumerate()} - {runner}
 
-    def _target(self) -> IO[str]:
-        return self.real if threading.get_ident() in self.others else self.log
+class _ThreadLog(logging.Handler):
+    """The root logger's handler during a kfp.local run: the records of one thread, written to ``out``."""
 
-    def write(self, text: str) -> int:
-        return self._target().write(text)
+    def __init__(self, thread: int, out: IO[str] | None) -> None:
+        super().__init__(logging.INFO)
+        self.thread, self.out = thread, out
 
-    def flush(self) -> None:
-        self._target().flush()
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.thread == self.thread
 
-    def isatty(self) -> bool:
-        return self._target().isatty()
-
-    def __getattr__(self, name: str) -> Any:  # encoding, fileno, ...: those of the real stdout
-        return getattr(self.real, name)
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            _write(self.out, self.format(record) + "\n")
+        except Exception:  # a log line must never fail the run
+            self.handleError(record)
 
 
 @contextlib.contextmanager
-def _stdout_to(log: IO[str] | None) -> Iterator[None]:
-    if log is None:
-        yield
-        return
-    real = sys.stdout
-    sys.stdout = _RoutedStdout(real, log)  # type: ignore[assignment]
+def _kfp_output_to(out: IO[str] | None) -> Iterator[None]:
+    """kfp.local's log, separators and indentation for one run in this thread, without process-wide swaps."""
+    from kfp.local import logging_utils
+
+    def print_line() -> None:
+        _write(out, "-" * 80 + "\n")
+
+    root = logging.getLogger()
+    handler = _ThreadLog(threading.get_ident(), out)
+    handler.setFormatter(logging_utils.MillisecondFormatter(fmt="%(asctime)s - %(levelname)s - %(message)s",
+                                                            datefmt="%H:%M:%S.%f"))  # fmt: skip
+    patched = {
+        "local_logger_context": _unchanged,
+        "indented_print": _unchanged,
+        "print_horizontal_line": print_line,
+    }
+    saved = {name: getattr(logging_utils, name) for name in patched}
+    level = root.level
+    for name, value in patched.items():
+        setattr(logging_utils, name, value)
+    root.addHandler(handler)
+    if root.getEffectiveLevel() > logging.INFO:
+        root.setLevel(logging.INFO)
     try:
         yield
     finally:
-        sys.stdout = real
-        log.flush()
+        root.removeHandler(handler)
+        if root.level == logging.INFO:
+            root.setLevel(level)
+        for name, value in saved.items():
+            setattr(logging_utils, name, value)
+        if out is not None:
+            out.flush()
 
 
 @contextlib.contextmanager
-def container_components_as_subprocess(run_id: str, cancel: threading.Event | None = None) -> Iterator[None]:
-    """Let kfp.local's SubprocessRunner run mlpipe's container components as subprocesses of this interpreter."""
+def _unchanged(*args: Any, **kwargs: Any) -> Iterator[None]:
+    yield
+
+
+def _run_task(command: list[str], env: Mapping[str, str], out: IO[str] | None) -> int:
+    """One task's process, its output (stdout and stderr) copied line by line to ``out`` (None: sys.stdout)."""
+    import subprocess
+
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env={**os.environ, **env}
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            _write(out, line)
+        return process.wait()
+
+
+@contextlib.contextmanager
+def container_components_as_subprocess(
+    run_id: str, cancel: threading.Event | None = None, log: IO[str] | None = None
+) -> Iterator[None]:
+    """Let kfp.local's SubprocessRunner run mlpipe's container components as subprocesses of this interpreter.
+
+    kfp.local's log and the tasks' output go to ``log`` when given, else to ``sys.stdout``.
+    """
     from kfp.local import status
     from kfp.local import subprocess_task_handler as sth
 
@@ -134,14 +184,14 @@ def container_components_as_subprocess(run_id: str, cancel: threading.Event | No
             # Only argv[0]: kfp's own replace_python_executable rewrites 'python3' inside every argument.
             if command and command[0] in _PYTHON:
                 command[0] = sys.executable
-            code = sth.run_local_subprocess(full_command=command, env_vars={**env, **self.env_vars})
+            code = _run_task(command, {**env, **self.env_vars}, log)
             return status.Status.SUCCESS if code == 0 else status.Status.FAILURE
 
     with _LOCK:
         original = sth.SubprocessTaskHandler
         sth.SubprocessTaskHandler = ContainerAsSubprocessHandler
         try:
-            with _condition_channels():
+            with _condition_channels(), _kfp_output_to(log):
                 yield
         finally:
             sth.SubprocessTaskHandler = original
@@ -251,7 +301,7 @@ def execute_spec(
     component = components.load_component_from_text(_unambiguous_spec(spec_path))
     with tempfile.TemporaryDirectory(prefix="mlpipe-kfp-local-") as scratch:
         root = pipeline_root or os.path.join(scratch, "pipeline_root")
-        with container_components_as_subprocess(run_id, cancel), _stdout_to(log):
+        with container_components_as_subprocess(run_id, cancel, log):
             previous = config.LocalExecutionConfig.instance
             try:
                 local.init(
@@ -260,11 +310,12 @@ def execute_spec(
                     workspace_root=os.path.join(scratch, "workspace"),
                     raise_on_error=True,
                 )
-                with warnings.catch_warnings():
-                    # kfp.local says that resources, accelerators and display names have no effect locally:
-                    # expected, and said once in the docs instead of once per task.
-                    warnings.filterwarnings("ignore", message=r"Task .* no effect in the current local runner")
-                    component(**arguments)
+                # kfp.local says that resources, accelerators and display names have no effect locally:
+                # expected, and said once in the docs instead of once per task. The filter is added, not
+                # scoped with catch_warnings: that saves and restores the process's filters, which a run in a
+                # background thread must not do to the other threads.
+                warnings.filterwarnings("ignore", message=r"Task .* no effect in the current local runner")
+                component(**arguments)
             except RuntimeError as exc:  # kfp.local: "Pipeline 'x' finished with status FAILURE. Inner task ..."
                 return str(exc)
             finally:
