@@ -318,14 +318,19 @@ def test_ctrl_c_records_the_run_cancelled_and_exits_without_waiting_for_the_step
         [sys.executable, "-m", "mlpipe", "run", "pipe.py:sleepy", "-p", "seconds=60", "-p", f"marker={marker}"],
         cwd=project, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
-    started = time.monotonic()
-    _out, err = proc.communicate(timeout=50)
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        _out, err = proc.communicate(timeout=50)
+    finally:  # a hung run must not outlive the test (nor leave its pipes to a later one)
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
     assert time.monotonic() - started < 30  # not the 60 s the step would take
     assert proc.returncode == 130
     assert "interrupted: the run is recorded as cancelled" in err

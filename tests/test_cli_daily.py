@@ -288,10 +288,10 @@ def test_ctrl_c_marks_the_running_steps_cancelled_in_the_record_and_runs_show() 
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)  # what a terminal's Ctrl-C sends
         _out, err = proc.communicate(timeout=60)
-    finally:
+    finally:  # a hung run must not outlive the test (nor leave its pipes to a later one)
         if proc.poll() is None:
             proc.kill()
-            proc.wait(timeout=30)
+        proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert len(re.findall(r"cancelled\s+nap\S* \(\d+ ms\): cancelled while running", err)) == 2, err
     code, out = _cli("runs", "list", "--json")
