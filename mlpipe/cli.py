@@ -180,7 +180,7 @@ def parse_params(pipe: Pipeline, items: list[str] | None) -> dict[str, Any]:
             raise ParameterError(f"-p expects key=value, got {item!r}")
         if key in out:
             raise ParameterError(
-                f"parameter {key!r} is given twice with -p ({key}={out_raw[key]!r} and {item!r}); give it once",
+                f"parameter {key!r} is given twice with -p ({key}={out_raw[key]} and {item}); give it once",
                 pipeline=pipe.name,
                 argument=key,
             )

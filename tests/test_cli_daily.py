@@ -38,7 +38,7 @@ def test_shell_completion_script() -> None:
 def test_a_parameter_given_twice_is_an_error() -> None:
     code, out = _cli("run", f"{PIPES}:ok", "-p", "n=3", "-p", "n=4")
     assert code == 2
-    assert "parameter 'n' is given twice with -p (n='3' and 'n=4'); give it once" in out
+    assert "parameter 'n' is given twice with -p (n=3 and n=4); give it once" in out
     assert not Path(".mlpipe/runs").exists()  # nothing ran
 
 
