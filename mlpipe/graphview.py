@@ -279,10 +279,16 @@ def svg(ir: PipelineIR, states: Mapping[str, StepState] | None = None) -> str:
             f'<text x="{box.cx:.1f}" y="{name_y:.1f}" text-anchor="middle" font-size="{_FONT}" fill="#1f2328">'
             f"{_e(spec.name)}</text>{sub}</g>"
         )
+    # The canvas holds the labels too: a label beside the rightmost (or leftmost) edge may reach past the boxes.
+    left = min([0.0] + [r.x - 2 for r in placed])
+    top = min([0.0] + [r.y - 2 for r in placed])
+    right = max([drawing.width] + [r.x + r.w + 2 for r in placed])
+    bottom = max([drawing.height] + [r.y + r.h + 2 for r in placed])
+    width, height = right - left, bottom - top
     # Inline SVG in HTML needs no xmlns (the HTML parser assigns it), so the page holds no URL at all.
     return (
-        f'<svg class="mlpipe-graph" width="{drawing.width:.0f}" height="{drawing.height:.0f}" '
-        f'viewBox="0 0 {drawing.width:.0f} {drawing.height:.0f}" font-family="system-ui,sans-serif">'
+        f'<svg class="mlpipe-graph" width="{width:.0f}" height="{height:.0f}" '
+        f'viewBox="{left:.0f} {top:.0f} {width:.0f} {height:.0f}" font-family="system-ui,sans-serif">'
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" '
         'orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#6e7781"/></marker></defs>'
         + "".join(parts)

@@ -6,6 +6,7 @@ import json
 import random
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from resources import browser
@@ -122,6 +123,33 @@ def with_failure(n: int = 3) -> int:
     return mid(s)
 
 
+class Halves(NamedTuple):
+    train: int
+    test: int
+
+
+@mp.step
+def halve(n: int) -> Halves:
+    return Halves(n // 2, n - n // 2)
+
+
+@mp.step
+def fit(data: int) -> int:
+    return data * 2
+
+
+@mp.step
+def score(model: int, data: int) -> int:
+    return model - data
+
+
+@mp.pipeline
+def named_outputs(n: int = 10) -> int:
+    """Labels such as 'test → data' are wide and sit beside the rightmost edge."""
+    parts = halve(src(n))
+    return score(fit(parts.train), parts.test)
+
+
 _PROBE = """
 <pre id="result"></pre>
 <script>
@@ -139,6 +167,11 @@ steps.forEach((a, i) => {
   labels.forEach((l) => { if (hit(l, a.box)) problems.push(`a label covers box ${a.name}`); });
 });
 labels.forEach((a, i) => labels.slice(i + 1).forEach((b) => { if (hit(a, b)) problems.push("two labels overlap"); }));
+const view = svg.viewBox.baseVal;
+[...steps.map((s) => s.box), ...labels].forEach((r) => {
+  if (r.x < view.x - 0.5 || r.y < view.y - 0.5 || r.x + r.w > view.x + view.width + 0.5
+      || r.y + r.h > view.y + view.height + 0.5) problems.push("a box or label is cut off at the canvas edge");
+});
 for (const path of svg.querySelectorAll("path.edge")) {
   const total = path.getTotalLength();
   for (let k = 1; k < 60; k++) {
@@ -166,7 +199,7 @@ def _probe(page_html: str, path: Path) -> dict[str, object]:
     return json.loads(found.group(1).replace("&gt;", ">").replace("&lt;", "<").replace("&amp;", "&"))
 
 
-@pytest.mark.parametrize("pipe", [res.fanout, res.arithmetic, skip_edges], ids=lambda p: p.name)
+@pytest.mark.parametrize("pipe", [res.fanout, res.arithmetic, skip_edges, named_outputs], ids=lambda p: p.name)
 def test_graph_page_in_chromium_has_no_overlaps_and_no_edge_through_a_box(pipe: mp.Pipeline, tmp_path: Path) -> None:
     page = render(pipe.ir, "html")
     assert "<script" not in page  # the page itself is static; only the probe below runs script
