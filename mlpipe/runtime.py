@@ -348,17 +348,42 @@ def _as_declared(spec: StepSpec, fn: Any, params: dict[str, Any]) -> dict[str, A
 def metric_values(document: Any, prefix: str = "") -> dict[str, float]:
     """The numbers in a stored pydantic value, as KFP metrics: nested fields joined with dots, booleans left out."""
     found: dict[str, float] = {}
+    for key, value in metric_tree(document).items():
+        if isinstance(value, dict):
+            found.update(metric_values(value, f"{prefix}{key}."))
+        else:
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+def metric_tree(document: Any) -> dict[str, Any]:
+    """The numbers in a stored pydantic value, nested as in the value (no booleans, text or non-finite numbers)."""
+    found: dict[str, Any] = {}
     if isinstance(document, dict):
         for key, value in document.items():
-            name = f"{prefix}{key}"
             if isinstance(value, bool) or value is None:
                 continue
             if isinstance(value, (int, float)):
                 if math.isfinite(value):
-                    found[name] = value
+                    found[key] = value
             elif isinstance(value, dict):
-                found.update(metric_values(value, f"{name}."))
+                inner = metric_tree(value)
+                if inner:
+                    found[key] = inner
     return found
+
+
+def metrics_document(store: ArtifactStore, spec: StepSpec, outputs: Mapping[str, ObjectInfo]) -> dict[str, Any]:
+    """``{output: {metric: number, ...}}`` for each of the step's ``Metrics`` outputs (pydantic values).
+
+    SageMaker reads it as a property file: ``JsonGet`` with the path ``output.accuracy``.
+    """
+    kinds = {out.name: out.artifact for out in spec.outputs}
+    return {
+        name: metric_tree(json.loads(bytes(store.read_verified(info.digest))))
+        for name, info in outputs.items()
+        if kinds.get(name) == "Metrics"
+    }
 
 
 def executor_output(
@@ -452,6 +477,11 @@ def _parser() -> argparse.ArgumentParser:
         "--when-json",
         metavar="PATH",
         help='Write {"mlpipe_when_<k>": true|false} here: every mp.when test on the step\'s output (SageMaker)',
+    )
+    parser.add_argument(
+        "--metrics-json",
+        metavar="PATH",
+        help="Write {output: {metric: number}} here for the step's pydantic (Metrics) outputs (SageMaker)",
     )
     # A mapped step as three tasks (how KFP runs step.map): the fan-out, each item, the fan-in.
     mapped = parser.add_mutually_exclusive_group()
@@ -644,6 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mlpipe.runtime: step {args.step!r}: cannot test its output for mp.when: {exc}", file=sys.stderr)
             return exc.exit_code
         _write_text(args.when_json, json.dumps({f"mlpipe_when_{k}": r for k, r in enumerate(results)}))
+    if args.metrics_json and outcome.status == "succeeded":
+        _write_text(args.metrics_json, json.dumps(metrics_document(store, ir.step(args.step), outcome.outputs)))
     label = "cached" if outcome.cached else outcome.status
     print(
         f"mlpipe.runtime: step {args.step!r} of run {args.run_id}: {label} in {outcome.duration:.3f} s", file=sys.stderr

@@ -255,3 +255,12 @@ def test_a_task_whose_image_holds_other_code_refuses_and_stores_nothing(tmp_path
         sys.modules.pop(module, None)
     assert local.output("bump") == 6
     assert local.steps["bump"].cached is False
+
+
+def test_metric_numbers_keep_their_nesting_and_leave_out_what_is_not_a_number() -> None:
+    from mlpipe.runtime import metric_tree, metric_values
+
+    document = {"accuracy": 0.9, "rows": 8, "ok": True, "note": "x", "loss": float("nan"), "missing": None,
+                "per_class": {"a": 0.5, "b": {"deep": 1}, "flags": {"on": False}}, "sizes": [1, 2]}
+    assert metric_tree(document) == {"accuracy": 0.9, "rows": 8, "per_class": {"a": 0.5, "b": {"deep": 1}}}
+    assert metric_values(document) == {"accuracy": 0.9, "rows": 8, "per_class.a": 0.5, "per_class.b.deep": 1}

@@ -11,7 +11,9 @@ A ``Condition`` step (mlpipe's: ``Equals`` over a ``JsonGet`` of a property
 file) is decided from the file the tested step wrote to its output's
 ``LocalPath`` (mapped to a temporary directory, as the job's volume); the
 steps of the branch not taken are not executed and, as in SageMaker, not
-listed.
+listed. When a step succeeds its outputs are uploaded to their ``S3Uri`` (on
+moto) as ``S3UploadMode: EndOfJob`` does, and its property files are read
+back from there; ``ExecutionResult.property_files`` holds them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import tempfile
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mlpipe_sagemaker.validate import flatten, resolve_text
@@ -42,6 +45,7 @@ class StepResult:
 class ExecutionResult:
     execution_id: str
     steps: dict[str, StepResult]
+    property_files: dict[str, dict[str, Any]] = field(default_factory=dict)  # step -> file name -> JSON
 
     @property
     def status(self) -> str:
@@ -103,9 +107,15 @@ def execute(
             argv = [a.replace(local, mounts[out["OutputName"]]) for a in argv]
         full_env = {**container_env, **env}
         proc = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
-        for pf in step.get("PropertyFiles", []):
-            with open(f"{mounts[pf['OutputName']]}/{pf['FilePath']}") as f:
-                files.setdefault(name, {})[pf["PropertyFileName"]] = json.load(f)
+        if proc.returncode == 0:  # a failed job uploads nothing
+            uploaded = {}
+            for out in (step["Arguments"].get("ProcessingOutputConfig") or {}).get("Outputs", []):
+                uri = resolve_text(out["S3Output"]["S3Uri"], values, execution_id)
+                uploaded[out["OutputName"]] = uri
+                _upload(mounts[out["OutputName"]], uri, container_env)
+            for pf in step.get("PropertyFiles", []):
+                text = _download(f"{uploaded[pf['OutputName']]}/{pf['FilePath']}", container_env)
+                files.setdefault(name, {})[pf["PropertyFileName"]] = json.loads(text)
         return StepResult(name, "Succeeded" if proc.returncode == 0 else "Failed", argv, env, proc.returncode,
                           proc.stdout + proc.stderr)
 
@@ -144,4 +154,35 @@ def execute(
                 results[name] = future.result()
                 sorter.done(name)
     volumes.cleanup()
-    return ExecutionResult(execution_id, {name: results[name] for name in steps if name in results})
+    return ExecutionResult(execution_id, {name: results[name] for name in steps if name in results}, files)
+
+
+def _s3(env: Mapping[str, str]) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+
+
+def _split(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
+
+
+def _upload(local_dir: str, uri: str, env: Mapping[str, str]) -> None:
+    """Every file the job left under an output's LocalPath, to its S3Uri (what EndOfJob does)."""
+    bucket, prefix = _split(uri)
+    client = _s3(env)
+    for path in sorted(Path(local_dir).rglob("*")) if Path(local_dir).is_dir() else []:
+        if path.is_file():
+            client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(local_dir).as_posix()}")
+
+
+def _download(uri: str, env: Mapping[str, str]) -> str:
+    bucket, key = _split(uri)
+    return _s3(env).get_object(Bucket=bucket, Key=key)["Body"].read().decode()

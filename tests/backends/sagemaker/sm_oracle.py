@@ -20,6 +20,7 @@ from mlpipe_sagemaker.compiler import (
     environment,
     max_runtime,
     parameter_type,
+    reports_metrics,
     sagemaker_pipeline_name,
     step_image,
 )
@@ -103,14 +104,22 @@ def _build(ir: PipelineIR, *, store_url: str, ir_digest: str, options: SageMaker
                                 "--backend", "sagemaker", "--cache", cache]
         for p in ir.params:
             arguments += ["--param", Join(on="", values=[f"{p.name}=", params[p.name]])]
-        outputs = None
-        if spec.name in tests:  # its mp.when results travel as a property file
-            arguments += ["--when-json", "/opt/ml/processing/mlpipe-when/when.json"]
-            files[spec.name] = PropertyFile(name="mlpipe-when", output_name="mlpipe-when", path="when.json")
-            uri = Join(on="/", values=[f"{store_url}/runs", ExecutionVariables.PIPELINE_EXECUTION_ID, "when",
+        outputs: list[Any] = []
+        step_files: list[Any] = []
+        # its mp.when results, and the numbers of its pydantic outputs, travel as property files
+        for wanted, kind, flag, file in ((spec.name in tests, "when", "--when-json", "when.json"),
+                                         (reports_metrics(spec, store_url), "metrics", "--metrics-json",
+                                          "metrics.json")):
+            if not wanted:
+                continue
+            arguments += [flag, f"/opt/ml/processing/mlpipe-{kind}/{file}"]
+            step_files.append(PropertyFile(name=f"mlpipe-{kind}", output_name=f"mlpipe-{kind}", path=file))
+            uri = Join(on="/", values=[f"{store_url}/runs", ExecutionVariables.PIPELINE_EXECUTION_ID, kind,
                                        spec.name])
-            outputs = [ProcessingOutput(output_name="mlpipe-when", s3_output=ProcessingS3Output(
-                s3_uri=uri, local_path="/opt/ml/processing/mlpipe-when", s3_upload_mode="EndOfJob"))]
+            outputs.append(ProcessingOutput(output_name=f"mlpipe-{kind}", s3_output=ProcessingS3Output(
+                s3_uri=uri, local_path=f"/opt/ml/processing/mlpipe-{kind}", s3_upload_mode="EndOfJob")))
+        if spec.name in tests:
+            files[spec.name] = step_files[0]
         policies: list[Any] = []
         if spec.retries:
             attempts = min(spec.retries, 20)
@@ -125,11 +134,11 @@ def _build(ir: PipelineIR, *, store_url: str, ir_digest: str, options: SageMaker
             ]
         steps[spec.name] = ProcessingStep(
             name=spec.name,
-            step_args=processor.run(arguments=arguments, outputs=outputs),
+            step_args=processor.run(arguments=arguments, outputs=outputs or None),
             depends_on=[steps[u] for u in dict.fromkeys(spec.upstream)] or None,
             retry_policies=policies or None,
             cache_config=CacheConfig(enable_caching=False),
-            property_files=[files[spec.name]] if spec.name in files else None,
+            property_files=step_files or None,
         )
     counter = [0]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 import mlpipe as mp
 
 
@@ -80,3 +82,36 @@ def branches(x: int = 4) -> None:
         add(sq, 2)
     with mp.when(sq >= 100):
         square(sq)
+
+
+class PerClass(BaseModel):
+    positive: float
+    negative: float
+
+
+class Scores(BaseModel):
+    accuracy: float
+    samples: int
+    calibrated: bool
+    per_class: PerClass
+    note: str
+
+
+@mp.step
+def evaluate(n: int) -> Scores:
+    accuracy = round(1 - 1 / (n + 2), 4)
+    return Scores(accuracy=accuracy, samples=n, calibrated=True, per_class=PerClass(positive=accuracy, negative=0.5),
+                  note="holdout")
+
+
+@mp.step
+def promote(scores: Scores) -> str:
+    return f"promoted at {scores.accuracy}"
+
+
+@mp.pipeline(name="sm-evaluated")
+def evaluated(n: int = 8) -> None:
+    """A step with pydantic metrics (a property file for SageMaker) that a condition also tests."""
+    scores = evaluate(n)
+    with mp.when(scores.accuracy > 0.85):
+        promote(scores)

@@ -32,6 +32,7 @@ PIPELINES = {
     "conformance_failure": failing,
     "conformance_branch": branching,
     "branches": sm_pipelines.branches,
+    "evaluated": sm_pipelines.evaluated,
 }
 
 

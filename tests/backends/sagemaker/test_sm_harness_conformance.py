@@ -120,3 +120,24 @@ def test_condition_steps_take_one_branch_and_the_others_are_recorded_skipped(
     local = run_on(LocalBackend(), sm_pipelines.branches, open_store(s3_url), x=x)  # same keys: all hits
     assert all(s.cached for s in local.steps.values() if s.status == "succeeded")
     assert {n: s.status for n, s in local.steps.items()} == {n: s.status for n, s in run.steps.items()}
+
+
+@pytest.mark.parametrize(("n", "promoted"), [(8, True), (2, False)])
+def test_metrics_reach_sagemaker_as_a_property_file_on_s3(aws: str, s3_url: str, n: int, promoted: bool) -> None:
+    backend = HarnessBackend(aws)
+    store = open_store(s3_url)
+    run = run_on(backend, sm_pipelines.evaluated, store, n=n)
+    assert run.status == "succeeded", run.error
+    accuracy = round(1 - 1 / (n + 2), 4)
+    expected = {"output": {"accuracy": accuracy, "samples": n, "per_class": {"positive": accuracy, "negative": 0.5}}}
+    result = backend.results[run.id]
+    assert result.property_files["evaluate"]["mlpipe-metrics"] == expected  # what JsonGet reads, from S3
+    assert result.property_files["evaluate"]["mlpipe-when"] == {"mlpipe_when_0": promoted}
+    bucket, _, prefix = s3_url.removeprefix("s3://").partition("/")
+    uploaded = boto3.client("s3").get_object(Bucket=bucket, Key=f"{prefix}/runs/{run.id}/metrics/evaluate/metrics.json")
+    assert json.loads(uploaded["Body"].read()) == expected
+    assert "promote" not in result.property_files  # a str output: no metrics file
+    assert run.steps["promote"].status == ("succeeded" if promoted else "skipped")
+    assert run.output("evaluate") == sm_pipelines.evaluate.fn(n)
+    local = run_on(LocalBackend(), sm_pipelines.evaluated, store, n=n)  # the uploads do not disturb the store
+    assert all(s.cached for s in local.steps.values() if s.status == "succeeded")

@@ -34,6 +34,7 @@ __all__ = [
     "CACHE_PARAMETER",
     "EXECUTION_ID",
     "MAX_RUNTIME_SECONDS",
+    "METRICS_OUTPUT",
     "build_definition",
     "dumps",
     "encode_value",
@@ -57,6 +58,12 @@ _TYPES = {"int": "Integer", "float": "Float", "bool": "Boolean", "str": "String"
 WHEN_OUTPUT = "mlpipe-when"
 WHEN_LOCAL_PATH = "/opt/ml/processing/mlpipe-when"
 WHEN_FILE = "when.json"
+# A step with pydantic (Metrics) outputs writes their numbers here ({"output": {"accuracy": 0.9}}); SageMaker
+# uploads the file next to the run's records and shows it as the step's property file "mlpipe-metrics", which
+# a ConditionStep or a ModelStep's metrics can read with JsonGet (path "output.accuracy").
+METRICS_OUTPUT = "mlpipe-metrics"
+METRICS_LOCAL_PATH = "/opt/ml/processing/mlpipe-metrics"
+METRICS_FILE = "metrics.json"
 
 
 def dumps(definition: Mapping[str, Any]) -> str:
@@ -161,16 +168,34 @@ def container_arguments(
         args += ["--param", _join(f"{param.name}=", {"Get": f"Parameters.{param.name}"})]
     if spec.name in ir.published_tests() if tested is None else tested:
         args += ["--when-json", f"{WHEN_LOCAL_PATH}/{WHEN_FILE}"]
+    if reports_metrics(spec, store_url):
+        args += ["--metrics-json", f"{METRICS_LOCAL_PATH}/{METRICS_FILE}"]
     return args
+
+
+def reports_metrics(spec: StepSpec, store_url: str) -> bool:
+    """Whether the step gets the ``mlpipe-metrics`` property file: it has a pydantic output and the store is on S3.
+
+    SageMaker uploads a job's outputs to S3 only, so with any other store the
+    metrics stay in the mlpipe store alone.
+    """
+    return store_url.startswith("s3://") and any(out.artifact == "Metrics" for out in spec.outputs)
+
+
+def _job_output(spec: StepSpec, store_url: str, name: str, folder: str, local_path: str) -> dict[str, Any]:
+    """A ProcessingOutput uploading ``local_path`` to ``<store>/runs/<execution id>/<folder>/<step>`` at the end."""
+    uri = {"Std:Join": {"On": "/", "Values": [f"{store_url.rstrip('/')}/runs", EXECUTION_ID, folder, spec.name]}}
+    return {"OutputName": name, "S3Output": {"S3Uri": uri, "LocalPath": local_path, "S3UploadMode": "EndOfJob"}}
 
 
 def when_output(spec: StepSpec, store_url: str) -> dict[str, Any]:
     """The output that carries a tested step's ``mp.when`` results (``when.json``) to S3, for ``JsonGet``."""
-    uri = {"Std:Join": {"On": "/", "Values": [f"{store_url.rstrip('/')}/runs", EXECUTION_ID, "when", spec.name]}}
-    return {
-        "OutputName": WHEN_OUTPUT,
-        "S3Output": {"S3Uri": uri, "LocalPath": WHEN_LOCAL_PATH, "S3UploadMode": "EndOfJob"},
-    }
+    return _job_output(spec, store_url, WHEN_OUTPUT, "when", WHEN_LOCAL_PATH)
+
+
+def metrics_output(spec: StepSpec, store_url: str) -> dict[str, Any]:
+    """The output that carries a step's metrics (``metrics.json``) to S3, for the SageMaker UI and ``JsonGet``."""
+    return _job_output(spec, store_url, METRICS_OUTPUT, "metrics", METRICS_LOCAL_PATH)
 
 
 def max_runtime(spec: StepSpec) -> int | None:
@@ -268,8 +293,12 @@ def build_step(
         },
         "RoleArn": role,
     }
-    if tested:
-        arguments["ProcessingOutputConfig"] = {"Outputs": [when_output(spec, store_url)]}
+    metrics = reports_metrics(spec, store_url)
+    outputs = [when_output(spec, store_url)] if tested else []
+    if metrics:
+        outputs.append(metrics_output(spec, store_url))
+    if outputs:
+        arguments["ProcessingOutputConfig"] = {"Outputs": outputs}
     arguments["Environment"] = environment(spec, options)
     seconds = max_runtime(spec)
     if seconds is not None:
@@ -285,8 +314,11 @@ def build_step(
     # local runs), every step's arguments carry the execution id, and a SageMaker cache hit would skip the
     # runtime, leaving this run without the step's record that downstream steps read.
     step["CacheConfig"] = {"Enabled": False}
-    if tested:
-        step["PropertyFiles"] = [{"PropertyFileName": WHEN_OUTPUT, "OutputName": WHEN_OUTPUT, "FilePath": WHEN_FILE}]
+    files = [(WHEN_OUTPUT, WHEN_FILE)] if tested else []
+    if metrics:
+        files.append((METRICS_OUTPUT, METRICS_FILE))
+    if files:
+        step["PropertyFiles"] = [{"PropertyFileName": n, "OutputName": n, "FilePath": f} for n, f in files]
     return step
 
 
