@@ -15,6 +15,7 @@ import functools
 import hashlib
 import json
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -54,6 +55,7 @@ CREATE TABLE IF NOT EXISTS cache_entries (
 CREATE INDEX IF NOT EXISTS cache_step ON cache_entries(pipeline, step, created);
 """
 
+_BUSY_SECONDS = 30.0  # how long a writer waits for another process's lock on the index
 _indexes: dict[str, Index] = {}
 _indexes_lock = threading.Lock()
 
@@ -186,17 +188,36 @@ class Index:
         self._connect()
 
     def _connect(self) -> None:
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0, isolation_level=None)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=_BUSY_SECONDS, isolation_level=None)
         try:
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=30000")
-            with self._lock:
-                self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA busy_timeout={int(_BUSY_SECONDS * 1000)}")
+            deadline = time.monotonic() + _BUSY_SECONDS
+            while True:
+                try:
+                    self._setup()
+                    break
+                except sqlite3.OperationalError as exc:
+                    # Switching to WAL takes an exclusive lock without waiting for it: processes opening a new
+                    # index at the same moment get "database is locked" at once, so wait here instead.
+                    if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                        raise
+                    time.sleep(random.uniform(0.005, 0.05))
         except sqlite3.Error:
             self._db.close()
             raise
+
+    def _setup(self) -> None:
+        """WAL mode (once per file) and the schema, in one write transaction so concurrent openers serialise."""
+        if self.path != ":memory:" and str(self._db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        with self._lock:
+            try:
+                self._db.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nCOMMIT;")
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     @classmethod
     def read_only_copy(cls, store: ArtifactStore, path: str) -> Index:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,28 @@ def test_rebuild_from_the_store_matches_the_live_index() -> None:
     assert {s["step"]: s["key"] for s in live.steps(second.id)} == steps_before
     digest = second.steps["numbers"].outputs["output"].digest
     assert [c["step"] for c in live.consumers(digest)] == ["split"]
+
+
+_OPEN_AT = """
+import sys, time
+from mlpipe.metadata import Index
+start = float(sys.argv[2])
+while time.time() < start:
+    pass
+Index(sys.argv[1]).close()
+"""
+
+
+def test_processes_opening_a_new_index_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    # Switching a new file to WAL does not wait for a lock: 6 of 40 such openings failed with
+    # "database is locked" before the index retried it (seen as a failed `mlpipe run` in CI).
+    for round_ in range(6):
+        path = tmp_path / f"r{round_}" / "metadata.db"
+        path.parent.mkdir()
+        start = time.time() + 1.0  # after every interpreter has imported mlpipe
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, str(path), str(start)], stderr=subprocess.PIPE,
+                                  text=True) for _ in range(4)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+        assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
