@@ -200,6 +200,24 @@ class StepExecutor:
         Raises:
             UpstreamCorrupted: an input failed verification (the caller repairs).
         """
+        begun = self.begin(spec, fn, params, upstream, force, packages)
+        return begun if isinstance(begun, StepOutcome) else self.finish(begun, memory)
+
+    def begin(
+        self,
+        spec: StepSpec,
+        fn: Callable[..., Any],
+        params: Mapping[str, Any],
+        upstream: Mapping[tuple[str, str], ObjectInfo],
+        force: bool = False,
+        packages: frozenset[str] = frozenset(),
+    ) -> StepOutcome | _Call:
+        """The first half of :meth:`execute`: bind the inputs and look up the cache, loading no input.
+
+        Returns the recorded outcome of a cache hit (or of an input the step
+        refuses), else the call for :meth:`finish`. Cheap, so a scheduler can
+        serve hits without handing them to a worker thread.
+        """
         call = _Call(spec, fn, _hints(fn), StepOutcome(spec.name, "running", started=time.time()), packages)
         invalid = self._bind_inputs(call, params, upstream)
         if invalid is not None:
@@ -213,6 +231,14 @@ class StepExecutor:
                 outcome.ended = time.time()
                 self._record(call, new_entry=None)
                 return outcome
+        return call
+
+    def finish(self, call: _Call, memory: Mapping[str, Any] | None = None) -> StepOutcome:
+        """The second half of :meth:`execute`: load the inputs, call the step, store and record its outputs.
+
+        Raises:
+            UpstreamCorrupted: an input failed verification (the caller repairs).
+        """
         bad = self._load_inputs(call, memory)
         if bad is not None:
             return self._fail(call, bad, with_traceback=False)

@@ -101,6 +101,8 @@ _lock = threading.RLock()
 _memo: dict[int, tuple[Any, Fingerprint, _Bindings]] = {}
 _user_modules: dict[str, bool] = {}
 _module_index: dict[str, tuple[list[str], dict[str, list[ast.AST]]]] = {}
+# (file, first line) -> (linecache's lines, the definition parsed alone): see _top_level_node.
+_segments: dict[tuple[str, int], tuple[list[str], ast.AST]] = {}
 _library_roots: tuple[str, ...] | None = None
 _MAX_CONSTANT_BYTES = 64 * 1024 * 1024
 _MAX_DEPTH = 8
@@ -353,6 +355,7 @@ def clear_memo() -> None:
     with _lock:
         _memo.clear()
         _module_index.clear()
+        _segments.clear()
         _user_modules.clear()
         _checked_files.clear()
         linecache.clearcache()
@@ -402,13 +405,17 @@ def _index_definitions(tree: ast.Module) -> dict[str, list[ast.AST]]:
 _checked_files: set[str] = set()
 
 
-def _index_for(filename: str, module_globals: dict[str, Any] | None) -> dict[str, list[ast.AST]] | None:
+def _lines(filename: str, module_globals: dict[str, Any] | None) -> list[str]:
     if filename not in _checked_files:
         # Once per walk: a module edited on disk and reloaded must not be read from linecache's old copy.
         # (Notebook cells are registered without a modification time, and checkcache keeps them.)
         _checked_files.add(filename)
         linecache.checkcache(filename)
-    lines = linecache.getlines(filename, module_globals)
+    return linecache.getlines(filename, module_globals)
+
+
+def _index_for(filename: str, module_globals: dict[str, Any] | None) -> dict[str, list[ast.AST]] | None:
+    lines = _lines(filename, module_globals)
     if not lines:
         return None
     cached = _module_index.get(filename)
@@ -423,10 +430,52 @@ def _index_for(filename: str, module_globals: dict[str, Any] | None) -> dict[str
     return index
 
 
+_CONTINUES = frozenset(" \t\r\n#)]}")  # a line starting so (or empty) cannot start a top-level statement
+
+
+def _top_level_node(obj: Any, filename: str, firstlineno: int, module_globals: dict[str, Any] | None) -> ast.AST | None:
+    """A module-level function's definition, parsed from its own lines only (None: parse the whole module).
+
+    Its lines run from its first decorator to the next line that starts a
+    top-level statement. Inside the body, a line starting in column 0 can only
+    continue a string or bracket, and cutting there leaves a syntax error, so
+    whatever parses is the whole definition. For a module of 10,000 steps this
+    parses each step's few lines instead of the whole file.
+    """
+    lines = _lines(filename, module_globals)
+    cached = _segments.get((filename, firstlineno))
+    if cached is not None and cached[0] is lines:
+        return cached[1]
+    start = firstlineno - 1
+    end = start
+    while end < len(lines) and not lines[end].startswith(("def ", "async def ")):
+        end += 1  # decorators
+    end += 1
+    while end < len(lines) and (not lines[end] or lines[end][0] in _CONTINUES):
+        end += 1
+    try:
+        tree = ast.parse("".join(lines[start:end]), filename)
+    except SyntaxError:
+        return None
+    if len(tree.body) != 1:
+        return None
+    node = tree.body[0]
+    if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) or node.name != obj.__name__:
+        return None
+    if min([node.lineno] + [d.lineno for d in node.decorator_list]) != 1:
+        return None
+    _segments[(filename, firstlineno)] = (lines, node)
+    return node
+
+
 def _find_node(obj: Any, filename: str | None, firstlineno: int | None) -> ast.AST | None:
     if not filename:
         return None
     module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    if firstlineno is not None and obj.__qualname__ == obj.__name__ and not isinstance(obj, type):
+        node = _top_level_node(obj, filename, firstlineno, getattr(module, "__dict__", None))
+        if node is not None:
+            return node
     index = _index_for(filename, getattr(module, "__dict__", None))
     if index is None:
         return None

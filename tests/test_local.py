@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from importlib.metadata import EntryPoint
 from pathlib import Path
@@ -31,6 +32,58 @@ def test_fan_out_runs_in_parallel(capsys: pytest.CaptureFixture[str]) -> None:
     assert elapsed < 2.5
     sleeps = [run.steps[n] for n in run.steps if n.startswith("sleepy")]
     assert len(sleeps) == 8 and all(s.duration >= 0.45 for s in sleeps)
+
+
+_TOGETHER = threading.Barrier(6, timeout=20)
+_RELEASE = threading.Event()
+
+
+@mp.step
+def meet(i: int) -> int:
+    if i < 6:
+        _TOGETHER.wait()  # passes only when six steps are running at once
+    return i
+
+
+@mp.pipeline
+def six_at_once() -> int:
+    return res.gather(*[meet(i) for i in range(6)], *[meet(i + 6) for i in range(2)])
+
+
+@mp.step
+def wait_for_release(x: int) -> int:
+    if not _RELEASE.wait(timeout=20):
+        raise TimeoutError("the quick steps never ran beside this one")
+    return x
+
+
+@mp.step
+def quick(x: int, i: int) -> int:
+    if i == 49:
+        _RELEASE.set()
+    return x + i
+
+
+@mp.pipeline
+def one_slow_many_quick(x: int = 1) -> None:
+    wait_for_release(x)
+    for i in range(50):
+        quick(x, i)
+
+
+def test_steps_that_wait_get_threads_of_their_own() -> None:
+    # The scheduler starts with one worker and adds more only when the running steps wait or run long:
+    # six steps that can only finish together prove that waiting steps get a thread each.
+    _TOGETHER.reset()
+    run = six_at_once.run(cache=False)
+    assert run.status == "succeeded", run.error
+
+
+def test_a_waiting_step_does_not_hold_up_the_quick_ones() -> None:
+    _RELEASE.clear()
+    run = one_slow_many_quick.run(cache=False)
+    assert run.status == "succeeded", run.error
+    assert run.output("wait_for_release") == 1
 
 
 def test_max_workers_one_runs_sequentially() -> None:
