@@ -586,3 +586,69 @@ def test_libraries_imported_inside_a_step_are_not_imported_by_fingerprinting(tmp
     )
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['sklearn'] False"
+
+
+_AWKWARD = '''
+import mlpipe as mp
+
+
+@mp.step
+def plain(x: int) -> int:
+    return x + 1
+
+
+@mp.step(
+    retries=1,
+)
+def signature_on_lines(
+    x: int,
+    y: int = 2,
+) -> int:
+    return x * y
+
+
+def text_in_column_zero() -> str:
+    return """
+not code: this line starts in column 0
+def neither(): ...
+"""  # the definition goes on past those lines
+
+
+# a comment between definitions
+def brackets_in_column_zero() -> list[int]:
+    return [
+1, 2,
+]
+
+
+def step() -> int:
+    return plain(1) + signature_on_lines(1) + len(text_in_column_zero()) + sum(brackets_in_column_zero())
+'''
+
+
+def test_a_module_level_function_parsed_alone_hashes_as_in_the_whole_module(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fingerprints parse a module-level function's own lines (fast for modules of thousands of steps);
+    # where a line in column 0 continues a string or a bracket, that parse fails and the whole module is used.
+    import mlpipe.fingerprint as fp
+
+    parsed_alone: dict[str, bool] = {}
+    real = fp._top_level_node
+
+    def spy(obj: object, *args: object) -> object:
+        node = real(obj, *args)  # type: ignore[arg-type]
+        parsed_alone[obj.__name__] = node is not None  # type: ignore[attr-defined]
+        return node
+
+    monkeypatch.setattr(fp, "_top_level_node", spy)
+    alone = project.load({"main": _AWKWARD})
+    assert parsed_alone == {"step": True, "plain": True, "signature_on_lines": True,
+                            "text_in_column_zero": False, "brackets_in_column_zero": False}
+    monkeypatch.setattr(fp, "_top_level_node", lambda *args: None)
+    whole = project.load({"main": _AWKWARD})
+    assert alone.manifest == whole.manifest and alone.digest == whole.digest
+    monkeypatch.undo()
+    edited = project.load({"main": _AWKWARD.replace("def neither(): ...", "def neither(): pass")})
+    changed = {k for k in edited.manifest if edited.manifest[k] != alone.manifest.get(k)}
+    assert {k.replace(f"_{project.tag}", "") for k in changed} == {"function main.text_in_column_zero"}
