@@ -393,7 +393,7 @@ class _LocalRun:
         return self.executor.begin(spec, self.fns[name], self.params, self.produced, packages=self.packages[name])
 
     def _finish_call(self, name: str, call: Any) -> StepOutcome:
-        """Compute a step :meth:`_begin` started; an upstream found corrupted is repaired through :meth:`_run`."""
+        """Compute a step :meth:`_begin` started; an input found corrupted is repaired as in :meth:`_run`."""
         return self._repairing(name, lambda: self.executor.finish(call, self.memory))
 
     def _value(self, step: str, output: str) -> Any:
