@@ -23,6 +23,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from mlpipe.errors import UnsupportedFeatureError
@@ -53,17 +54,29 @@ MAX_RUNTIME_SECONDS = 777_600
 RUNTIME_GRACE_SECONDS = 300
 _MAX_RETRY_DELAY = 60  # mlpipe.executor caps its backoff between attempts at 60 s
 _TYPES = {"int": "Integer", "float": "Float", "bool": "Boolean", "str": "String"}
-# A tested step writes its mp.when results here ({"mlpipe_when_0": true, ...}); SageMaker uploads the file
-# and a ConditionStep reads it with JsonGet through the step's property file.
 WHEN_OUTPUT = "mlpipe-when"
-WHEN_LOCAL_PATH = "/opt/ml/processing/mlpipe-when"
-WHEN_FILE = "when.json"
-# A step with pydantic (Metrics) outputs writes their numbers here ({"output": {"accuracy": 0.9}}); SageMaker
-# uploads the file next to the run's records and shows it as the step's property file "mlpipe-metrics", which
-# a ConditionStep or a ModelStep's metrics can read with JsonGet (path "output.accuracy").
 METRICS_OUTPUT = "mlpipe-metrics"
-METRICS_LOCAL_PATH = "/opt/ml/processing/mlpipe-metrics"
-METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class _PropertyFile:
+    """A small JSON file the runtime writes for SageMaker: a ProcessingOutput uploads it, a PropertyFile names it."""
+
+    name: str  # the OutputName and the PropertyFileName
+    flag: str  # the runtime's option that writes it
+    folder: str  # uploaded to <store>/runs/<execution id>/<folder>/<step>/
+    file: str
+
+    @property
+    def local_path(self) -> str:
+        return f"/opt/ml/processing/{self.name}"
+
+
+# A tested step writes its mp.when results ({"mlpipe_when_0": true, ...}); a ConditionStep reads them with JsonGet.
+_WHEN = _PropertyFile(WHEN_OUTPUT, "--when-json", "when", "when.json")
+# A step with pydantic (Metrics) outputs writes their numbers ({"output": {"accuracy": 0.9}}), shown as the step's
+# property file, which a ConditionStep or a ModelStep's metrics can read with JsonGet (path "output.accuracy").
+_METRICS = _PropertyFile(METRICS_OUTPUT, "--metrics-json", "metrics", "metrics.json")
 
 
 def dumps(definition: Mapping[str, Any]) -> str:
@@ -166,11 +179,14 @@ def container_arguments(
             args += ["--cached", f"{up}={pruned[up]}"]
     for param in ir.params:
         args += ["--param", _join(f"{param.name}=", {"Get": f"Parameters.{param.name}"})]
-    if spec.name in ir.published_tests() if tested is None else tested:
-        args += ["--when-json", f"{WHEN_LOCAL_PATH}/{WHEN_FILE}"]
-    if reports_metrics(spec, store_url):
-        args += ["--metrics-json", f"{METRICS_LOCAL_PATH}/{METRICS_FILE}"]
+    for pf in property_files(spec, store_url, spec.name in ir.published_tests() if tested is None else tested):
+        args += [pf.flag, f"{pf.local_path}/{pf.file}"]
     return args
+
+
+def property_files(spec: StepSpec, store_url: str, tested: bool) -> list[_PropertyFile]:
+    """The step's property files, in the order the definition lists them: its mp.when results, its metrics."""
+    return [pf for pf, wanted in ((_WHEN, tested), (_METRICS, reports_metrics(spec, store_url))) if wanted]
 
 
 def reports_metrics(spec: StepSpec, store_url: str) -> bool:
@@ -182,20 +198,10 @@ def reports_metrics(spec: StepSpec, store_url: str) -> bool:
     return store_url.startswith("s3://") and any(out.artifact == "Metrics" for out in spec.outputs)
 
 
-def _job_output(spec: StepSpec, store_url: str, name: str, folder: str, local_path: str) -> dict[str, Any]:
-    """A ProcessingOutput uploading ``local_path`` to ``<store>/runs/<execution id>/<folder>/<step>`` at the end."""
-    uri = {"Std:Join": {"On": "/", "Values": [f"{store_url.rstrip('/')}/runs", EXECUTION_ID, folder, spec.name]}}
-    return {"OutputName": name, "S3Output": {"S3Uri": uri, "LocalPath": local_path, "S3UploadMode": "EndOfJob"}}
-
-
-def when_output(spec: StepSpec, store_url: str) -> dict[str, Any]:
-    """The output that carries a tested step's ``mp.when`` results (``when.json``) to S3, for ``JsonGet``."""
-    return _job_output(spec, store_url, WHEN_OUTPUT, "when", WHEN_LOCAL_PATH)
-
-
-def metrics_output(spec: StepSpec, store_url: str) -> dict[str, Any]:
-    """The output that carries a step's metrics (``metrics.json``) to S3, for the SageMaker UI and ``JsonGet``."""
-    return _job_output(spec, store_url, METRICS_OUTPUT, "metrics", METRICS_LOCAL_PATH)
+def job_output(spec: StepSpec, store_url: str, pf: _PropertyFile) -> dict[str, Any]:
+    """The ProcessingOutput uploading a property file to ``<store>/runs/<execution id>/<folder>/<step>`` at the end."""
+    uri = {"Std:Join": {"On": "/", "Values": [f"{store_url.rstrip('/')}/runs", EXECUTION_ID, pf.folder, spec.name]}}
+    return {"OutputName": pf.name, "S3Output": {"S3Uri": uri, "LocalPath": pf.local_path, "S3UploadMode": "EndOfJob"}}
 
 
 def max_runtime(spec: StepSpec) -> int | None:
@@ -293,12 +299,9 @@ def build_step(
         },
         "RoleArn": role,
     }
-    metrics = reports_metrics(spec, store_url)
-    outputs = [when_output(spec, store_url)] if tested else []
-    if metrics:
-        outputs.append(metrics_output(spec, store_url))
-    if outputs:
-        arguments["ProcessingOutputConfig"] = {"Outputs": outputs}
+    files = property_files(spec, store_url, tested)
+    if files:
+        arguments["ProcessingOutputConfig"] = {"Outputs": [job_output(spec, store_url, pf) for pf in files]}
     arguments["Environment"] = environment(spec, options)
     seconds = max_runtime(spec)
     if seconds is not None:
@@ -314,11 +317,10 @@ def build_step(
     # local runs), every step's arguments carry the execution id, and a SageMaker cache hit would skip the
     # runtime, leaving this run without the step's record that downstream steps read.
     step["CacheConfig"] = {"Enabled": False}
-    files = [(WHEN_OUTPUT, WHEN_FILE)] if tested else []
-    if metrics:
-        files.append((METRICS_OUTPUT, METRICS_FILE))
     if files:
-        step["PropertyFiles"] = [{"PropertyFileName": n, "OutputName": n, "FilePath": f} for n, f in files]
+        step["PropertyFiles"] = [
+            {"PropertyFileName": pf.name, "OutputName": pf.name, "FilePath": pf.file} for pf in files
+        ]
     return step
 
 
